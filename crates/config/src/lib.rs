@@ -1,0 +1,653 @@
+//! mailkeep configuration.
+//!
+//! Implementation notes:
+//! - The file is read in two steps: TOML into [`raw`] structs that mirror the file and reject
+//!   unknown keys, then [`Config::from_raw`] validates each value into typed settings. Every
+//!   error names the file, the key and what was expected.
+//! - Relative paths are relative to the directory holding the config file, so a data directory
+//!   made by `mailkeep init` can be moved as a whole.
+//! - Renamed keys keep working: [`raw`] accepts the old name and [`Config::warnings`] says what
+//!   to write instead.
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mailkeep_types::Domain;
+
+pub mod raw;
+
+/// A configuration error: which file, which key, what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type, or an unknown key (the message names the key and line).
+    #[error("{file}: {message}")]
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// What the TOML parser said.
+        message: String,
+    },
+    /// A value with the right type but a wrong meaning.
+    #[error("{file}: key `{key}`: expected {expected}, found {found}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// The dotted key.
+        key: String,
+        /// What would have been accepted.
+        expected: String,
+        /// What the file has.
+        found: String,
+    },
+}
+
+/// A listener protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// SMTP relay/MX, port 25.
+    Smtp,
+    /// Message submission with STARTTLS, port 587 (RFC 6409).
+    Submission,
+    /// Message submission over implicit TLS, port 465 (RFC 8314).
+    Submissions,
+    /// IMAP with STARTTLS, port 143.
+    Imap,
+    /// IMAP over implicit TLS, port 993.
+    Imaps,
+    /// POP3 with STLS, port 110.
+    Pop3,
+    /// POP3 over implicit TLS, port 995.
+    Pop3s,
+    /// ManageSieve, port 4190.
+    ManageSieve,
+    /// HTTP (admin, webmail, MTA-STS, autoconfig).
+    Http,
+}
+
+impl Protocol {
+    /// Every protocol, with its config name.
+    pub const ALL: [(Protocol, &'static str); 9] = [
+        (Protocol::Smtp, "smtp"),
+        (Protocol::Submission, "submission"),
+        (Protocol::Submissions, "submissions"),
+        (Protocol::Imap, "imap"),
+        (Protocol::Imaps, "imaps"),
+        (Protocol::Pop3, "pop3"),
+        (Protocol::Pop3s, "pop3s"),
+        (Protocol::ManageSieve, "managesieve"),
+        (Protocol::Http, "http"),
+    ];
+
+    /// Parses a protocol name (`smtp`, `imaps`...).
+    pub fn parse(name: &str) -> Option<Protocol> {
+        let lower = name.to_ascii_lowercase();
+        Protocol::ALL
+            .iter()
+            .find(|(_, n)| *n == lower)
+            .map(|(p, _)| *p)
+    }
+
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        Protocol::ALL
+            .iter()
+            .find(|(p, _)| *p == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("unknown")
+    }
+
+    /// Whether this protocol is served by the current build. Others are accepted in the config
+    /// (so configs written for later versions keep working) but `serve` refuses to start them.
+    pub fn implemented(self) -> bool {
+        matches!(self, Protocol::Smtp)
+    }
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// Where it listens.
+    pub address: SocketAddr,
+}
+
+/// Parses `PROTO=ADDR` as given to `--listen`.
+pub fn parse_listen_arg(arg: &str) -> Result<Listener, String> {
+    let (proto, addr) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("--listen {arg}: expected PROTO=ADDR, e.g. smtp=127.0.0.1:2525"))?;
+    let protocol = Protocol::parse(proto).ok_or_else(|| {
+        let names: Vec<&str> = Protocol::ALL.iter().map(|(_, n)| *n).collect();
+        format!(
+            "--listen {arg}: unknown protocol {proto:?}, expected one of {}",
+            names.join(", ")
+        )
+    })?;
+    let address = addr
+        .parse()
+        .map_err(|_| format!("--listen {arg}: {addr:?} is not an IP:PORT address"))?;
+    Ok(Listener { protocol, address })
+}
+
+/// What to answer a recipient whose mailbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaReply {
+    /// 452 4.2.2, the sender retries (default).
+    Temporary,
+    /// 552 5.2.2, the sender bounces.
+    Permanent,
+}
+
+/// SMTP server limits and behaviour.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Largest message accepted, in bytes (advertised with SIZE, RFC 1870).
+    pub max_message_size: u64,
+    /// Most recipients in one transaction (RFC 5321 4.5.3.1.8 asks for at least 100).
+    pub max_recipients: usize,
+    /// Longest command line in bytes (RFC 5321 4.5.3.1.4: 512, more with extensions).
+    pub max_command_line: usize,
+    /// Longest line in message data, in bytes.
+    pub max_data_line: usize,
+    /// Largest header section, in bytes.
+    pub max_header_size: usize,
+    /// Wait for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    pub command_timeout: Duration,
+    /// Wait for each block of message data (RFC 5321 4.5.3.2.5/6).
+    pub data_timeout: Duration,
+    /// Errors in one session before it is closed with 421.
+    pub max_errors: u32,
+    /// Connections open at once, in total.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Reply for recipients over quota.
+    pub quota_reply: QuotaReply,
+    /// Whether to look up the client's reverse DNS name for Received and the log.
+    pub reverse_dns: bool,
+}
+
+/// The delivery log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// How long events are kept.
+    pub retention: Duration,
+}
+
+/// DNS resolution.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// Name servers to ask; empty means the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    /// How long to wait for an answer.
+    pub timeout: Duration,
+}
+
+/// Where and how mail is stored.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The backend: only `sqlite` (embedded) exists today.
+    pub backend: String,
+    /// Directory of the embedded store's database and blobs.
+    pub path: PathBuf,
+}
+
+/// Directory behaviour.
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    /// Separator of sub-addresses (`user+tag@`); `None` turns plus-addressing off.
+    pub plus_separator: Option<char>,
+    /// Quota given to new users, in bytes (0 = unlimited).
+    pub default_quota: u64,
+}
+
+/// TLS certificate and key.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (None when built in memory).
+    pub file: Option<PathBuf>,
+    /// This server's host name: in greetings, Received headers, the MX record.
+    pub hostname: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Listeners.
+    pub listeners: Vec<Listener>,
+    /// TLS, if configured.
+    pub tls: Option<TlsConfig>,
+    /// SMTP limits.
+    pub smtp: SmtpConfig,
+    /// Store.
+    pub store: StoreConfig,
+    /// Directory.
+    pub directory: DirectoryConfig,
+    /// Delivery log.
+    pub log: LogConfig,
+    /// DNS.
+    pub dns: DnsConfig,
+    /// Domains listed in the config file (added to the directory at start).
+    pub domains: Vec<Domain>,
+    /// Warnings for deprecated keys.
+    pub warnings: Vec<String>,
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    base: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, key: &str, expected: &str, found: impl std::fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            key: key.to_string(),
+            expected: expected.to_string(),
+            found: found.to_string(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn size(&self, key: &str, v: &raw::Size) -> Result<u64, ConfigError> {
+        parse_size(v).ok_or_else(|| {
+            self.invalid(
+                key,
+                "a size in bytes, or a number with K, M or G (e.g. 25M)",
+                v,
+            )
+        })
+    }
+
+    fn duration(&self, key: &str, v: &raw::Size) -> Result<Duration, ConfigError> {
+        parse_duration(v).ok_or_else(|| {
+            self.invalid(
+                key,
+                "a duration in seconds, or a number with s, m, h or d (e.g. 5m)",
+                v,
+            )
+        })
+    }
+}
+
+/// Parses `1234`, `"10K"`, `"25M"`, `"1G"` (binary multiples).
+pub fn parse_size(v: &raw::Size) -> Option<u64> {
+    match v {
+        raw::Size::Int(n) => u64::try_from(*n).ok(),
+        raw::Size::Str(s) => {
+            let s = s.trim();
+            let (num, mult) = match s.char_indices().last()? {
+                (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
+                (i, 'm' | 'M') => (&s[..i], 1 << 20),
+                (i, 'g' | 'G') => (&s[..i], 1 << 30),
+                _ => (s, 1),
+            };
+            num.trim().parse::<u64>().ok()?.checked_mul(mult)
+        }
+    }
+}
+
+/// Parses `300`, `"30s"`, `"5m"`, `"2h"`, `"30d"`.
+pub fn parse_duration(v: &raw::Size) -> Option<Duration> {
+    let secs = match v {
+        raw::Size::Int(n) => u64::try_from(*n).ok()?,
+        raw::Size::Str(s) => {
+            let s = s.trim();
+            let (num, mult) = match s.char_indices().last()? {
+                (i, 's') => (&s[..i], 1u64),
+                (i, 'm') => (&s[..i], 60),
+                (i, 'h') => (&s[..i], 3600),
+                (i, 'd') => (&s[..i], 86400),
+                _ => (s, 1),
+            };
+            num.trim().parse::<u64>().ok()?.checked_mul(mult)?
+        }
+    };
+    Some(Duration::from_secs(secs))
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, file)
+    }
+
+    /// Validates config text as if read from `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        let base = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut config = Config::from_raw(raw, file, base)?;
+        config.file = Some(file.to_path_buf());
+        Ok(config)
+    }
+
+    /// Validates raw settings; relative paths are taken from `base`.
+    pub fn from_raw(raw: raw::RawConfig, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let cx = Ctx { file, base };
+        let mut warnings = Vec::new();
+        let hostname = raw
+            .hostname
+            .ok_or_else(|| cx.invalid("hostname", "this server's host name", "nothing"))?;
+        let hostname = Domain::parse(&hostname)
+            .map_err(|e| cx.invalid("hostname", "a host name like mail.example.com", e))?
+            .to_string();
+        let data_dir = cx.path(raw.data_dir.as_deref().unwrap_or("."));
+
+        let mut listeners = Vec::new();
+        for (i, l) in raw.listener.iter().enumerate() {
+            let key = format!("listener[{i}]");
+            let protocol = Protocol::parse(&l.protocol).ok_or_else(|| {
+                cx.invalid(
+                    &format!("{key}.protocol"),
+                    "smtp, submission, submissions, imap, imaps, pop3, pop3s, managesieve or http",
+                    &l.protocol,
+                )
+            })?;
+            let address = l.address.parse().map_err(|_| {
+                cx.invalid(
+                    &format!("{key}.address"),
+                    "IP:PORT, e.g. 0.0.0.0:25 or [::]:25",
+                    &l.address,
+                )
+            })?;
+            listeners.push(Listener { protocol, address });
+        }
+
+        let tls = match raw.tls {
+            Some(t) => Some(TlsConfig {
+                cert: cx.path(&t.cert),
+                key: cx.path(&t.key),
+            }),
+            None => None,
+        };
+
+        let s = raw.smtp.unwrap_or_default();
+        let mut max_errors = s.max_errors;
+        if let Some(old) = s.hard_error_limit {
+            warnings.push(format!(
+                "{}: key `smtp.hard_error_limit` is renamed `smtp.max_errors`",
+                file.display()
+            ));
+            max_errors = max_errors.or(Some(old));
+        }
+        let default = raw::Size::Str;
+        let smtp = SmtpConfig {
+            max_message_size: cx.size(
+                "smtp.max_message_size",
+                s.max_message_size.as_ref().unwrap_or(&default("50M".into())),
+            )?,
+            max_recipients: positive(&cx, "smtp.max_recipients", s.max_recipients, 100)?,
+            max_command_line: positive(&cx, "smtp.max_command_line", s.max_command_line, 4096)?,
+            max_data_line: cx.size(
+                "smtp.max_data_line",
+                s.max_data_line.as_ref().unwrap_or(&raw::Size::Int(65536)),
+            )? as usize,
+            max_header_size: cx.size(
+                "smtp.max_header_size",
+                s.max_header_size.as_ref().unwrap_or(&default("1M".into())),
+            )? as usize,
+            command_timeout: cx.duration(
+                "smtp.command_timeout",
+                s.command_timeout.as_ref().unwrap_or(&default("5m".into())),
+            )?,
+            data_timeout: cx.duration(
+                "smtp.data_timeout",
+                s.data_timeout.as_ref().unwrap_or(&default("3m".into())),
+            )?,
+            max_errors: positive(&cx, "smtp.max_errors", max_errors.map(|v| v as i64), 10)? as u32,
+            max_connections: positive(&cx, "smtp.max_connections", s.max_connections, 1000)?,
+            max_connections_per_ip: positive(
+                &cx,
+                "smtp.max_connections_per_ip",
+                s.max_connections_per_ip,
+                20,
+            )?,
+            quota_reply: match s.quota_reply.as_deref().unwrap_or("temporary") {
+                "temporary" => QuotaReply::Temporary,
+                "permanent" => QuotaReply::Permanent,
+                other => {
+                    return Err(cx.invalid(
+                        "smtp.quota_reply",
+                        "\"temporary\" (452 4.2.2) or \"permanent\" (552 5.2.2)",
+                        format!("{other:?}"),
+                    ))
+                }
+            },
+            reverse_dns: s.reverse_dns.unwrap_or(true),
+        };
+        if smtp.max_message_size < 1024 {
+            return Err(cx.invalid(
+                "smtp.max_message_size",
+                "at least 1K",
+                smtp.max_message_size,
+            ));
+        }
+        if smtp.max_command_line < 512 {
+            return Err(cx.invalid(
+                "smtp.max_command_line",
+                "at least 512 (RFC 5321 4.5.3.1.4)",
+                smtp.max_command_line,
+            ));
+        }
+        if smtp.max_data_line < 1000 {
+            return Err(cx.invalid(
+                "smtp.max_data_line",
+                "at least 1000 (RFC 5321 4.5.3.1.6)",
+                smtp.max_data_line,
+            ));
+        }
+
+        let st = raw.store.unwrap_or_default();
+        let backend = st.backend.unwrap_or_else(|| "sqlite".into());
+        if backend != "sqlite" {
+            return Err(cx.invalid("store.backend", "\"sqlite\"", format!("{backend:?}")));
+        }
+        let store = StoreConfig {
+            backend,
+            path: st
+                .path
+                .map(|p| cx.path(&p))
+                .unwrap_or_else(|| data_dir.join("store")),
+        };
+
+        let d = raw.directory.unwrap_or_default();
+        let plus_separator = match d.plus_separator.as_deref() {
+            None => Some('+'),
+            Some("") => None,
+            Some(s) if s.chars().count() == 1 && !s.contains('@') => s.chars().next(),
+            Some(s) => {
+                return Err(cx.invalid(
+                    "directory.plus_separator",
+                    "one character, or \"\" to turn sub-addressing off",
+                    format!("{s:?}"),
+                ))
+            }
+        };
+        let directory = DirectoryConfig {
+            plus_separator,
+            default_quota: cx.size(
+                "directory.default_quota",
+                d.default_quota.as_ref().unwrap_or(&raw::Size::Int(0)),
+            )?,
+        };
+
+        let lg = raw.log.unwrap_or_default();
+        let log = LogConfig {
+            retention: cx.duration(
+                "log.retention",
+                lg.retention.as_ref().unwrap_or(&default("30d".into())),
+            )?,
+        };
+
+        let dn = raw.dns.unwrap_or_default();
+        let mut servers = Vec::new();
+        for (i, s) in dn.servers.iter().enumerate() {
+            let addr = s
+                .parse::<SocketAddr>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| {
+                    cx.invalid(
+                        &format!("dns.servers[{i}]"),
+                        "an IP address, optionally with :PORT",
+                        format!("{s:?}"),
+                    )
+                })?;
+            servers.push(addr);
+        }
+        let dns = DnsConfig {
+            servers,
+            timeout: cx.duration(
+                "dns.timeout",
+                dn.timeout.as_ref().unwrap_or(&default("5s".into())),
+            )?,
+        };
+
+        let mut domains = Vec::new();
+        for (i, d) in raw.domains.iter().enumerate() {
+            domains.push(Domain::parse(d).map_err(|e| {
+                cx.invalid(&format!("domains[{i}]"), "a domain name", format!("{d:?}: {e}"))
+            })?);
+        }
+
+        Ok(Config {
+            file: None,
+            hostname,
+            data_dir,
+            listeners,
+            tls,
+            smtp,
+            store,
+            directory,
+            log,
+            dns,
+            domains,
+            warnings,
+        })
+    }
+
+    /// Replaces the listeners with `--listen` arguments.
+    pub fn override_listeners(&mut self, listeners: Vec<Listener>) {
+        if !listeners.is_empty() {
+            self.listeners = listeners;
+        }
+    }
+
+    /// The listeners grouped by protocol.
+    pub fn listeners_by_protocol(&self) -> BTreeMap<Protocol, Vec<SocketAddr>> {
+        let mut map: BTreeMap<Protocol, Vec<SocketAddr>> = BTreeMap::new();
+        for l in &self.listeners {
+            map.entry(l.protocol).or_default().push(l.address);
+        }
+        map
+    }
+}
+
+fn positive(cx: &Ctx<'_>, key: &str, v: Option<i64>, default: usize) -> Result<usize, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) if n > 0 => usize::try_from(n).map_err(|_| cx.invalid(key, "a positive number", n)),
+        Some(n) => Err(cx.invalid(key, "a positive number", n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/mailkeep/mailkeep.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("hostname = \"mail.example.com\"\n").unwrap();
+        assert_eq!(c.smtp.max_message_size, 50 << 20);
+        assert_eq!(c.smtp.max_recipients, 100);
+        assert_eq!(c.data_dir, Path::new("/etc/mailkeep/."));
+        assert_eq!(c.directory.plus_separator, Some('+'));
+        assert_eq!(c.smtp.command_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = parse("hostname = \"m.example\"\n[smtp]\nmax_message_size = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/mailkeep/mailkeep.toml"), "{e}");
+        assert!(e.contains("smtp.max_message_size"), "{e}");
+        assert!(e.contains("25M"), "{e}");
+
+        let e = parse("hostname = \"m.example\"\n[smtp]\nmax_mesage_size = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_mesage_size"), "{e}");
+
+        let e = parse("hostname = \"m.example\"\n[[listener]]\nprotocol = \"smtp\"\naddress = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listener[0].address"), "{e}");
+
+        let e = parse("").unwrap_err().to_string();
+        assert!(e.contains("`hostname`"), "{e}");
+    }
+
+    #[test]
+    fn renamed_key_warns_and_works() {
+        let c = parse("hostname = \"m.example\"\n[smtp]\nhard_error_limit = 3\n").unwrap();
+        assert_eq!(c.smtp.max_errors, 3);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("smtp.max_errors"));
+    }
+
+    #[test]
+    fn listen_args_parse() {
+        let l = parse_listen_arg("smtp=127.0.0.1:2525").unwrap();
+        assert_eq!(l.protocol, Protocol::Smtp);
+        assert!(parse_listen_arg("gopher=127.0.0.1:70").unwrap_err().contains("unknown protocol"));
+        assert!(parse_listen_arg("smtp").is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size(&raw::Size::Str("10K".into())), Some(10240));
+        assert_eq!(parse_size(&raw::Size::Int(-1)), None);
+        assert_eq!(parse_duration(&raw::Size::Str("2h".into())), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration(&raw::Size::Str("x".into())), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! The config file as written: every key optional, unknown keys rejected.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// A size or duration: an integer, or a string with a unit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    /// A plain number.
+    Int(i64),
+    /// A number with a unit, e.g. `"25M"` or `"5m"`.
+    Str(String),
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Size::Int(n) => write!(f, "{n}"),
+            Size::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `hostname`
+    pub hostname: Option<String>,
+    /// `data_dir`
+    pub data_dir: Option<String>,
+    /// `domains`
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// `[[listener]]`
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    /// `[tls]`
+    pub tls: Option<RawTls>,
+    /// `[smtp]`
+    pub smtp: Option<RawSmtp>,
+    /// `[store]`
+    pub store: Option<RawStore>,
+    /// `[directory]`
+    pub directory: Option<RawDirectory>,
+    /// `[log]`
+    pub log: Option<RawLog>,
+    /// `[dns]`
+    pub dns: Option<RawDns>,
+}
+
+/// `[[listener]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// `protocol`
+    pub protocol: String,
+    /// `address`
+    pub address: String,
+}
+
+/// `[tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// `cert`
+    pub cert: String,
+    /// `key`
+    pub key: String,
+}
+
+/// `[smtp]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    /// `max_message_size`
+    pub max_message_size: Option<Size>,
+    /// `max_recipients`
+    pub max_recipients: Option<i64>,
+    /// `max_command_line`
+    pub max_command_line: Option<i64>,
+    /// `max_data_line`
+    pub max_data_line: Option<Size>,
+    /// `max_header_size`
+    pub max_header_size: Option<Size>,
+    /// `command_timeout`
+    pub command_timeout: Option<Size>,
+    /// `data_timeout`
+    pub data_timeout: Option<Size>,
+    /// `max_errors`
+    pub max_errors: Option<u32>,
+    /// `hard_error_limit`: the old name of `max_errors`.
+    pub hard_error_limit: Option<u32>,
+    /// `max_connections`
+    pub max_connections: Option<i64>,
+    /// `max_connections_per_ip`
+    pub max_connections_per_ip: Option<i64>,
+    /// `quota_reply`
+    pub quota_reply: Option<String>,
+    /// `reverse_dns`
+    pub reverse_dns: Option<bool>,
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `backend`
+    pub backend: Option<String>,
+    /// `path`
+    pub path: Option<String>,
+}
+
+/// `[directory]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirectory {
+    /// `plus_separator`
+    pub plus_separator: Option<String>,
+    /// `default_quota`
+    pub default_quota: Option<Size>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `retention`
+    pub retention: Option<Size>,
+}
+
+/// `[dns]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// `servers`
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// `timeout`
+    pub timeout: Option<Size>,
+}

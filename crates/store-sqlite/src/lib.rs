@@ -1,0 +1,990 @@
+//! The embedded store: SQLite in WAL mode for metadata, content-addressed files for blobs.
+//!
+//! Implementation notes:
+//! - Durability: `synchronous = FULL`, so a commit returns only after the WAL is fsynced; blob
+//!   files are written to a temporary name, fsynced, renamed and their directory fsynced before
+//!   any row refers to them. A message is referenced only once both are on disk.
+//! - All writes go through one writer thread that takes every job queued at the moment and runs
+//!   them in one transaction (group commit): concurrent SMTP sessions share one fsync. Each job
+//!   runs in its own savepoint, so one failing job does not undo the others.
+//! - Reads use a small pool of separate connections (WAL lets them run beside the writer).
+//! - Change events are broadcast only after the transaction that made them has committed.
+#![warn(missing_docs)]
+
+mod blobs;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+use async_trait::async_trait;
+use mailkeep_store::{
+    Alias, BlobId, BlobStore, ChangeEvent, DirectoryStore, DomainInfo, LogEvent, LogFilter,
+    LogStore, MailStore, Mailbox, MessageMeta, NewMessage, Result, Stored, StoreError, User,
+};
+use mailkeep_types::{
+    AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
+};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{broadcast, oneshot};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// Most idle reader connections kept.
+const MAX_READERS: usize = 8;
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+trait WriteJob: Send {
+    /// Runs inside the batch transaction; false means "roll my savepoint back".
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Called once the batch committed (or failed).
+    fn finish(self: Box<Self>, commit: std::result::Result<(), String>);
+}
+
+type AfterCommit<T> = Box<dyn FnOnce(&T) + Send>;
+
+struct Job<T, F> {
+    f: Option<F>,
+    result: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+    after: Option<AfterCommit<T>>,
+}
+
+impl<T: Send, F: FnOnce(&Connection) -> Result<T> + Send> WriteJob for Job<T, F> {
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else { return false };
+        let r = f(conn);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: std::result::Result<(), String>) {
+        let this = *self;
+        let out = match (commit, this.result) {
+            (Ok(()), Some(r)) => {
+                if let (Ok(v), Some(after)) = (&r, this.after) {
+                    after(v);
+                }
+                r
+            }
+            (Err(e), _) => Err(StoreError::Backend(e)),
+            (Ok(()), None) => Err(StoreError::Backend("write job did not run".into())),
+        };
+        let _ = this.reply.send(out);
+    }
+}
+
+/// The embedded SQLite store.
+pub struct SqliteStore {
+    db_path: PathBuf,
+    blobs: blobs::BlobDir,
+    writer: Mutex<mpsc::Sender<Box<dyn WriteJob>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    events: broadcast::Sender<ChangeEvent>,
+}
+
+fn open_conn(path: &Path, write: bool) -> std::result::Result<Connection, String> {
+    let flags = if write {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `dir` and runs pending migrations.
+    pub fn open(dir: &Path) -> Result<SqliteStore> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| backend(format!("create {}: {e}", dir.display())))?;
+        let db_path = dir.join("mailkeep.db");
+        let mut conn = open_conn(&db_path, true).map_err(backend)?;
+        schema::migrate(&mut conn).map_err(backend)?;
+        let blobs = blobs::BlobDir::open(&dir.join("blobs")).map_err(backend)?;
+        let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(backend)?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(SqliteStore {
+            db_path,
+            blobs,
+            writer: Mutex::new(tx),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            events,
+        })
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.write_then(f, None).await
+    }
+
+    async fn write_then<T, F>(&self, f: F, after: Option<AfterCommit<T>>) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(Job {
+            f: Some(f),
+            result: None,
+            reply,
+            after,
+        });
+        {
+            let sender = self
+                .writer
+                .lock()
+                .map_err(|_| backend("writer lock poisoned"))?;
+            sender
+                .send(job)
+                .map_err(|_| backend("store writer has stopped"))?;
+        }
+        rx.await.map_err(|_| backend("store writer dropped a job"))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.db_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.lock().ok().and_then(|mut v| v.pop());
+            let conn = match conn {
+                Some(c) => c,
+                None => open_conn(&path, false).map_err(backend)?,
+            };
+            let r = f(&conn);
+            if let Ok(mut v) = readers.lock() {
+                if v.len() < MAX_READERS {
+                    v.push(conn);
+                }
+            }
+            r
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let outcome = run_batch(&mut conn, &mut batch);
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, jobs = batch.len(), "store commit failed");
+        }
+        for job in batch {
+            job.finish(outcome.clone());
+        }
+    }
+}
+
+fn run_batch(
+    conn: &mut Connection,
+    batch: &mut [Box<dyn WriteJob>],
+) -> std::result::Result<(), String> {
+    let mut tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    for job in batch.iter_mut() {
+        let sp = tx.savepoint().map_err(|e| e.to_string())?;
+        if job.run(&sp) {
+            sp.commit().map_err(|e| e.to_string())?;
+        } else {
+            drop(sp); // rolls back this job only
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+fn parse_addr(s: String) -> rusqlite::Result<Address> {
+    Address::parse(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn row_user(r: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: AccountId(r.get(0)?),
+        address: parse_addr(r.get(1)?)?,
+        password_hash: r.get(2)?,
+        quota: r.get::<_, i64>(3)? as u64,
+        used: r.get::<_, i64>(4)? as u64,
+    })
+}
+
+fn row_alias(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alias> {
+    let targets: String = r.get(1)?;
+    let targets: Vec<Address> = serde_json::from_str(&targets).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(Alias {
+        address: parse_addr(r.get(0)?)?,
+        targets,
+    })
+}
+
+fn row_domain(r: &rusqlite::Row<'_>) -> rusqlite::Result<DomainInfo> {
+    let name: String = r.get(0)?;
+    let catch_all: Option<String> = r.get(1)?;
+    Ok(DomainInfo {
+        name: Domain::parse(&name).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        catch_all: catch_all.map(parse_addr).transpose()?,
+    })
+}
+
+const USER_COLS: &str = "id, address, password, quota, used";
+
+fn next_uid_validity(conn: &Connection) -> Result<u32> {
+    let max: Option<i64> = conn
+        .query_row("SELECT max(uid_validity) FROM mailboxes", [], |r| r.get(0))
+        .map_err(backend)?;
+    let now = now_secs() as u32 as i64;
+    Ok(now.max(max.unwrap_or(0) + 1) as u32)
+}
+
+#[async_trait]
+impl DirectoryStore for SqliteStore {
+    async fn domain_add(&self, domain: &Domain) -> Result<()> {
+        let d = domain.to_string();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "INSERT OR IGNORE INTO domains (name, created) VALUES (?1, ?2)",
+                    params![d, now_secs()],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::Exists(format!("domain {d}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn domain_remove(&self, domain: &Domain) -> Result<()> {
+        let d = domain.to_string();
+        self.write(move |c| {
+            let users: i64 = c
+                .query_row("SELECT count(*) FROM accounts WHERE domain = ?1", [&d], |r| r.get(0))
+                .map_err(backend)?;
+            let aliases: i64 = c
+                .query_row("SELECT count(*) FROM aliases WHERE domain = ?1", [&d], |r| r.get(0))
+                .map_err(backend)?;
+            if users + aliases > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "domain {d} still has {users} user(s) and {aliases} alias(es): remove them first"
+                )));
+            }
+            let n = c
+                .execute("DELETE FROM domains WHERE name = ?1", [&d])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("domain {d}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn domain_get(&self, domain: &Domain) -> Result<Option<DomainInfo>> {
+        let d = domain.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT name, catch_all FROM domains WHERE name = ?1",
+                [d],
+                row_domain,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn domains(&self) -> Result<Vec<DomainInfo>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare("SELECT name, catch_all FROM domains ORDER BY name")
+                .map_err(backend)?;
+            let rows = st.query_map([], row_domain).map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn domain_set_catch_all(&self, domain: &Domain, target: Option<&Address>) -> Result<()> {
+        let d = domain.to_string();
+        let t = target.map(|a| a.to_string());
+        self.write(move |c| {
+            let n = c
+                .execute("UPDATE domains SET catch_all = ?2 WHERE name = ?1", params![d, t])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("domain {d}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user_add(&self, address: &Address, password_hash: &str, quota: u64) -> Result<AccountId> {
+        let (key, addr, dom) = (address.key(), address.to_string(), address.domain().to_string());
+        let hash = password_hash.to_string();
+        self.write(move |c| {
+            let hosted: bool = c
+                .query_row("SELECT count(*) FROM domains WHERE name = ?1", [&dom], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(backend)?
+                > 0;
+            if !hosted {
+                return Err(StoreError::Conflict(format!(
+                    "domain {dom} is not hosted here: add it first with `mailkeep domain add {dom}`"
+                )));
+            }
+            let taken: i64 = c
+                .query_row(
+                    "SELECT (SELECT count(*) FROM accounts WHERE address_key = ?1) + \
+                     (SELECT count(*) FROM aliases WHERE address_key = ?1)",
+                    [&key],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if taken > 0 {
+                return Err(StoreError::Exists(format!("address {addr}")));
+            }
+            c.execute(
+                "INSERT INTO accounts (address_key, address, domain, password, quota, created) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![key, addr, dom, hash, quota as i64, now_secs()],
+            )
+            .map_err(backend)?;
+            let id = c.last_insert_rowid();
+            for role in MailboxRole::ALL {
+                let v = next_uid_validity(c)?;
+                c.execute(
+                    "INSERT INTO mailboxes (account, name, role, uid_validity) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, role.default_name(), role.as_str(), v],
+                )
+                .map_err(backend)?;
+            }
+            Ok(AccountId(id))
+        })
+        .await
+    }
+
+    async fn user_get(&self, key: &str) -> Result<Option<User>> {
+        let key = key.to_string();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {USER_COLS} FROM accounts WHERE address_key = ?1"),
+                [key],
+                row_user,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn users(&self, domain: Option<&Domain>) -> Result<Vec<User>> {
+        let d = domain.map(|d| d.to_string());
+        self.read(move |c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {USER_COLS} FROM accounts WHERE ?1 IS NULL OR domain = ?1 ORDER BY address_key"
+                ))
+                .map_err(backend)?;
+            let rows = st.query_map([d], row_user).map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn user_remove(&self, address: &Address) -> Result<()> {
+        let key = address.key();
+        self.write(move |c| {
+            let id: Option<i64> = c
+                .query_row("SELECT id FROM accounts WHERE address_key = ?1", [&key], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            let id = id.ok_or_else(|| StoreError::NotFound(format!("user {key}")))?;
+            // Blob files are kept until a later garbage collection; only their counts drop.
+            c.execute(
+                "UPDATE blobs SET refs = refs - (SELECT count(*) FROM messages m \
+                 JOIN mailboxes b ON b.id = m.mailbox WHERE b.account = ?1 AND m.blob = blobs.id) \
+                 WHERE id IN (SELECT m.blob FROM messages m JOIN mailboxes b ON b.id = m.mailbox \
+                 WHERE b.account = ?1)",
+                [id],
+            )
+            .map_err(backend)?;
+            c.execute("DELETE FROM accounts WHERE id = ?1", [id])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user_set_password(&self, address: &Address, password_hash: &str) -> Result<()> {
+        let (key, hash) = (address.key(), password_hash.to_string());
+        self.write(move |c| {
+            let n = c
+                .execute("UPDATE accounts SET password = ?2 WHERE address_key = ?1", params![key, hash])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("user {key}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user_set_quota(&self, address: &Address, quota: u64) -> Result<()> {
+        let key = address.key();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE accounts SET quota = ?2 WHERE address_key = ?1",
+                    params![key, quota as i64],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("user {key}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn alias_add(&self, address: &Address, targets: &[Address]) -> Result<()> {
+        let (key, addr, dom) = (address.key(), address.to_string(), address.domain().to_string());
+        let targets = serde_json::to_string(targets).map_err(backend)?;
+        self.write(move |c| {
+            let hosted: i64 = c
+                .query_row("SELECT count(*) FROM domains WHERE name = ?1", [&dom], |r| r.get(0))
+                .map_err(backend)?;
+            if hosted == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "domain {dom} is not hosted here: add it first with `mailkeep domain add {dom}`"
+                )));
+            }
+            let taken: i64 = c
+                .query_row(
+                    "SELECT (SELECT count(*) FROM accounts WHERE address_key = ?1) + \
+                     (SELECT count(*) FROM aliases WHERE address_key = ?1)",
+                    [&key],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if taken > 0 {
+                return Err(StoreError::Exists(format!("address {addr}")));
+            }
+            c.execute(
+                "INSERT INTO aliases (address_key, address, domain, targets, created) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key, addr, dom, targets, now_secs()],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn alias_get(&self, key: &str) -> Result<Option<Alias>> {
+        let key = key.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT address, targets FROM aliases WHERE address_key = ?1",
+                [key],
+                row_alias,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn aliases(&self, domain: Option<&Domain>) -> Result<Vec<Alias>> {
+        let d = domain.map(|d| d.to_string());
+        self.read(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT address, targets FROM aliases WHERE ?1 IS NULL OR domain = ?1 \
+                     ORDER BY address_key",
+                )
+                .map_err(backend)?;
+            let rows = st.query_map([d], row_alias).map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn alias_remove(&self, address: &Address) -> Result<()> {
+        let key = address.key();
+        self.write(move |c| {
+            let n = c
+                .execute("DELETE FROM aliases WHERE address_key = ?1", [&key])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("alias {key}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn row_mailbox(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
+    let role: Option<String> = r.get(3)?;
+    Ok(Mailbox {
+        id: MailboxId(r.get(0)?),
+        account: AccountId(r.get(1)?),
+        name: r.get(2)?,
+        role: role.as_deref().and_then(MailboxRole::parse),
+        uid_validity: UidValidity(r.get::<_, i64>(4)? as u32),
+        uid_next: Uid(r.get::<_, i64>(5)? as u32),
+        highest_modseq: ModSeq(r.get::<_, i64>(6)? as u64),
+        subscribed: r.get(7)?,
+    })
+}
+
+fn insert_message(c: &Connection, m: &NewMessage) -> Result<Stored> {
+    let (mailbox, uid, modseq): (i64, i64, i64) = c
+        .query_row(
+            "SELECT id, uid_next, highest_modseq + 1 FROM mailboxes WHERE account = ?1 AND role = ?2",
+            params![m.account.0, m.role.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(backend)?
+        .ok_or_else(|| {
+            StoreError::NotFound(format!("{} mailbox of account {}", m.role.as_str(), m.account))
+        })?;
+    // RFC 9051 2.3.1.1: UIDs strictly ascend; RFC 7162 3.1: MODSEQ strictly increases.
+    c.execute(
+        "UPDATE mailboxes SET uid_next = ?2, highest_modseq = ?3 WHERE id = ?1",
+        params![mailbox, uid + 1, modseq],
+    )
+    .map_err(backend)?;
+    let size = m.blob_size + m.prefix.len() as u64;
+    let cache = serde_json::to_string(&m.cache).map_err(backend)?;
+    c.execute(
+        "INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, size, blob, prefix, \
+         message_id, queue_id, cache) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            mailbox,
+            uid,
+            modseq,
+            m.flags.join(" "),
+            m.internal_date,
+            size as i64,
+            m.blob.0,
+            m.prefix,
+            m.cache.message_id,
+            m.queue_id,
+            cache
+        ],
+    )
+    .map_err(backend)?;
+    c.execute(
+        "INSERT INTO blobs (id, size, refs) VALUES (?1, ?2, 1) \
+         ON CONFLICT (id) DO UPDATE SET refs = refs + 1",
+        params![m.blob.0, m.blob_size as i64],
+    )
+    .map_err(backend)?;
+    c.execute(
+        "UPDATE accounts SET used = used + ?2 WHERE id = ?1",
+        params![m.account.0, size as i64],
+    )
+    .map_err(backend)?;
+    Ok(Stored {
+        account: m.account,
+        mailbox: MailboxId(mailbox),
+        uid: Uid(uid as u32),
+        modseq: ModSeq(modseq as u64),
+    })
+}
+
+#[async_trait]
+impl MailStore for SqliteStore {
+    async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT id, account, name, role, uid_validity, uid_next, highest_modseq, \
+                     subscribed FROM mailboxes WHERE account = ?1 ORDER BY id",
+                )
+                .map_err(backend)?;
+            let rows = st.query_map([account.0], row_mailbox).map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn deliver(&self, messages: Vec<NewMessage>) -> Result<Vec<Result<Stored>>> {
+        let events = self.events.clone();
+        let after: AfterCommit<Vec<Result<Stored>>> = Box::new(move |results| {
+            for s in results.iter().flatten() {
+                let _ = events.send(ChangeEvent::MessageAdded(*s));
+            }
+        });
+        self.write_then(
+            move |c| {
+                let mut out = Vec::with_capacity(messages.len());
+                for m in &messages {
+                    // A savepoint per message: one missing mailbox does not undo the others.
+                    c.execute_batch("SAVEPOINT msg").map_err(backend)?;
+                    match insert_message(c, m) {
+                        Ok(s) => {
+                            c.execute_batch("RELEASE msg").map_err(backend)?;
+                            out.push(Ok(s));
+                        }
+                        Err(e) => {
+                            c.execute_batch("ROLLBACK TO msg; RELEASE msg")
+                                .map_err(backend)?;
+                            out.push(Err(e));
+                        }
+                    }
+                }
+                Ok(out)
+            },
+            Some(after),
+        )
+        .await
+    }
+
+    async fn messages(&self, mailbox: MailboxId) -> Result<Vec<MessageMeta>> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT uid, modseq, flags, internal_date, size, blob, prefix, cache, queue_id \
+                     FROM messages WHERE mailbox = ?1 ORDER BY uid",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map([mailbox.0], |r| {
+                    let flags: String = r.get(2)?;
+                    let cache: String = r.get(7)?;
+                    Ok(MessageMeta {
+                        mailbox,
+                        uid: Uid(r.get::<_, i64>(0)? as u32),
+                        modseq: ModSeq(r.get::<_, i64>(1)? as u64),
+                        flags: flags.split_whitespace().map(String::from).collect(),
+                        internal_date: r.get(3)?,
+                        size: r.get::<_, i64>(4)? as u64,
+                        blob: BlobId(r.get(5)?),
+                        prefix: r.get(6)?,
+                        cache: serde_json::from_str(&cache).map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                7,
+                                rusqlite::types::Type::Text,
+                                Box::new(e),
+                            )
+                        })?,
+                        queue_id: r.get(8)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn message_content(&self, mailbox: MailboxId, uid: Uid) -> Result<Option<Vec<u8>>> {
+        let row: Option<(String, Vec<u8>)> = self
+            .read(move |c| {
+                c.query_row(
+                    "SELECT blob, prefix FROM messages WHERE mailbox = ?1 AND uid = ?2",
+                    params![mailbox.0, uid.0 as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(backend)
+            })
+            .await?;
+        let Some((blob, mut prefix)) = row else {
+            return Ok(None);
+        };
+        let body = self
+            .get_blob(&BlobId(blob.clone()))
+            .await?
+            .ok_or_else(|| backend(format!("blob {blob} referenced by a message is missing")))?;
+        prefix.extend_from_slice(&body);
+        Ok(Some(prefix))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[async_trait]
+impl BlobStore for SqliteStore {
+    async fn put_blob(&self, data: &[u8]) -> Result<BlobId> {
+        let dir = self.blobs.clone();
+        let data = data.to_vec();
+        tokio::task::spawn_blocking(move || dir.put(&data))
+            .await
+            .map_err(backend)?
+            .map_err(backend)
+    }
+
+    async fn get_blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>> {
+        let dir = self.blobs.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || dir.get(&id))
+            .await
+            .map_err(backend)?
+            .map_err(backend)
+    }
+}
+
+fn row_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEvent> {
+    let detail: Option<String> = r.get(10)?;
+    Ok(LogEvent {
+        ts: r.get(0)?,
+        session: r.get(1)?,
+        queue_id: r.get(2)?,
+        kind: r.get(3)?,
+        ip: r.get(4)?,
+        sender: r.get(5)?,
+        recipient: r.get(6)?,
+        message_id: r.get(7)?,
+        outcome: r.get(8)?,
+        reply: r.get(9)?,
+        detail: detail
+            .and_then(|d| serde_json::from_str(&d).ok())
+            .unwrap_or(serde_json::Value::Null),
+    })
+}
+
+#[async_trait]
+impl LogStore for SqliteStore {
+    async fn log_append(&self, events: Vec<LogEvent>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.write(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "INSERT INTO log_events (ts, session, queue_id, kind, ip, sender, recipient, \
+                     message_id, outcome, reply, detail) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(backend)?;
+            for e in &events {
+                let detail = if e.detail.is_null() {
+                    None
+                } else {
+                    Some(e.detail.to_string())
+                };
+                st.execute(params![
+                    e.ts,
+                    e.session,
+                    e.queue_id,
+                    e.kind,
+                    e.ip,
+                    e.sender,
+                    e.recipient,
+                    e.message_id,
+                    e.outcome,
+                    e.reply,
+                    detail
+                ])
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn log_search(&self, filter: &LogFilter) -> Result<Vec<LogEvent>> {
+        let f = filter.clone();
+        self.read(move |c| {
+            let mut conds = Vec::new();
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let mut push = |cond: &str, v: rusqlite::types::Value| {
+                args.push(v);
+                conds.push(cond.replace('?', &format!("?{}", args.len())));
+            };
+            if let Some(s) = &f.sender {
+                push("sender LIKE ? ESCAPE '\\'", like(s).into());
+            }
+            if let Some(s) = &f.recipient {
+                push("recipient LIKE ? ESCAPE '\\'", like(s).into());
+            }
+            if let Some(s) = &f.message_id {
+                let id = s.trim().trim_start_matches('<').trim_end_matches('>');
+                push("message_id = ?", id.to_string().into());
+            }
+            if let Some(s) = &f.ip {
+                push("ip = ?", s.clone().into());
+            }
+            if let Some(s) = &f.queue_id {
+                push("queue_id = ?", s.clone().into());
+            }
+            if let Some(s) = &f.outcome {
+                push("outcome = ?", s.clone().into());
+            }
+            if let Some(t) = f.since {
+                push("ts >= ?", t.into());
+            }
+            if let Some(t) = f.until {
+                push("ts < ?", t.into());
+            }
+            let limit = if f.limit == 0 { 100 } else { f.limit };
+            let cond = if conds.is_empty() {
+                "1".to_string()
+            } else {
+                conds.join(" AND ")
+            };
+            let sql = format!(
+                "WITH hit AS (SELECT session, max(ts) AS last FROM log_events WHERE {cond} \
+                 GROUP BY session ORDER BY last DESC LIMIT {limit}) \
+                 SELECT e.ts, e.session, e.queue_id, e.kind, e.ip, e.sender, e.recipient, \
+                 e.message_id, e.outcome, e.reply, e.detail FROM log_events e \
+                 JOIN hit ON hit.session = e.session \
+                 WHERE (?{a} IS NULL OR e.ts >= ?{a}) AND (?{b} IS NULL OR e.ts < ?{b}) \
+                 ORDER BY hit.last DESC, e.session, e.ts, e.id",
+                a = args.len() + 1,
+                b = args.len() + 2,
+            );
+            args.push(f.since.into());
+            args.push(f.until.into());
+            let mut st = c.prepare(&sql).map_err(backend)?;
+            let rows = st
+                .query_map(rusqlite::params_from_iter(args), row_event)
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn log_expire(&self, before: i64) -> Result<u64> {
+        self.write(move |c| {
+            c.execute("DELETE FROM log_events WHERE ts < ?1", [before])
+                .map(|n| n as u64)
+                .map_err(backend)
+        })
+        .await
+    }
+}
+
+fn like(s: &str) -> String {
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        mailkeep_store::conformance::run_all(store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopen_keeps_data_and_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store.domain_add(&Domain::parse("a.test").unwrap()).await.unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.domains().await.unwrap().len(), 1);
+        let v: i64 = store
+            .read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend))
+            .await
+            .unwrap();
+        assert_eq!(v, schema::CURRENT);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Connection::open(dir.path().join("x.db")).unwrap();
+        c.pragma_update(None, "user_version", 999).unwrap();
+        let e = schema::migrate(&mut c).unwrap_err();
+        assert!(e.contains("newer"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_deliveries_get_distinct_uids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        store.domain_add(&Domain::parse("a.test").unwrap()).await.unwrap();
+        let id = store
+            .user_add(&Address::parse("u@a.test").unwrap(), "h", 0)
+            .await
+            .unwrap();
+        let blob = store.put_blob(b"x").await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (store, blob) = (store.clone(), blob.clone());
+            tasks.push(tokio::spawn(async move {
+                store
+                    .deliver(vec![NewMessage {
+                        account: id,
+                        role: MailboxRole::Inbox,
+                        blob,
+                        blob_size: 1,
+                        prefix: vec![],
+                        flags: vec![],
+                        internal_date: 0,
+                        cache: Default::default(),
+                        queue_id: None,
+                    }])
+                    .await
+                    .unwrap()
+                    .remove(0)
+                    .unwrap()
+            }));
+        }
+        let mut uids = std::collections::BTreeSet::new();
+        for t in tasks {
+            uids.insert(t.await.unwrap().uid);
+        }
+        assert_eq!(uids.len(), 50);
+        assert_eq!(uids.iter().next_back(), Some(&Uid(50)));
+    }
+}

@@ -1,0 +1,112 @@
+//! Versioned schema migrations, applied in order at open (`PRAGMA user_version`).
+
+use rusqlite::Connection;
+
+/// Each entry moves the schema from version `index` to `index + 1`. Never edit an entry that
+/// has shipped: add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: directory, mailboxes, messages, blobs, delivery log.
+    r#"
+    CREATE TABLE domains (
+        name TEXT PRIMARY KEY,
+        catch_all TEXT,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        address_key TEXT NOT NULL UNIQUE,
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL REFERENCES domains(name),
+        password TEXT NOT NULL,
+        quota INTEGER NOT NULL DEFAULT 0,
+        used INTEGER NOT NULL DEFAULT 0,
+        created INTEGER NOT NULL
+    );
+    CREATE INDEX accounts_domain ON accounts(domain);
+    CREATE TABLE aliases (
+        address_key TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        domain TEXT NOT NULL REFERENCES domains(name),
+        targets TEXT NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE INDEX aliases_domain ON aliases(domain);
+    CREATE TABLE mailboxes (
+        id INTEGER PRIMARY KEY,
+        account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        role TEXT,
+        uid_validity INTEGER NOT NULL,
+        uid_next INTEGER NOT NULL DEFAULT 1,
+        highest_modseq INTEGER NOT NULL DEFAULT 1,
+        subscribed INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (account, name)
+    );
+    CREATE TABLE messages (
+        mailbox INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        uid INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        flags TEXT NOT NULL DEFAULT '',
+        internal_date INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        blob TEXT NOT NULL,
+        prefix BLOB NOT NULL,
+        message_id TEXT,
+        queue_id TEXT,
+        cache TEXT NOT NULL,
+        PRIMARY KEY (mailbox, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX messages_modseq ON messages(mailbox, modseq);
+    CREATE INDEX messages_message_id ON messages(message_id);
+    CREATE TABLE blobs (
+        id TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        refs INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE log_events (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        session TEXT NOT NULL,
+        queue_id TEXT,
+        kind TEXT NOT NULL,
+        ip TEXT,
+        sender TEXT,
+        recipient TEXT,
+        message_id TEXT,
+        outcome TEXT,
+        reply TEXT,
+        detail TEXT
+    );
+    CREATE INDEX log_ts ON log_events(ts);
+    CREATE INDEX log_session ON log_events(session);
+    CREATE INDEX log_queue_id ON log_events(queue_id);
+    CREATE INDEX log_message_id ON log_events(message_id);
+    CREATE INDEX log_ip ON log_events(ip);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const CURRENT: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`CURRENT`]; refuses a database newer than this build.
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if version > CURRENT {
+        return Err(format!(
+            "the store has schema version {version}, newer than this mailkeep ({CURRENT}): \
+             upgrade mailkeep instead of downgrading"
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        tx.execute_batch(sql)
+            .map_err(|e| format!("migration {}: {e}", i + 1))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| e.to_string())?;
+        tracing::info!(version = i + 1, "store schema migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Address resolution: from an envelope recipient to the accounts and external addresses that
+//! receive the message. The same for every backend.
+//!
+//! Order (as in Postfix's virtual(5) and Dovecot): exact user, exact alias, then the address
+//! without its `+tag` (RFC 5233 sub-addressing) as user or alias, then the domain's catch-all.
+//! Aliases may point at aliases; loops and fan-out are bounded.
+
+use std::collections::BTreeSet;
+
+use mailkeep_types::{AccountId, Address};
+
+use crate::{DirectoryStore, Result};
+
+/// Most alias hops followed before giving up (a loop or a runaway expansion).
+pub const MAX_ALIAS_DEPTH: usize = 10;
+/// Most final targets one address may expand to.
+pub const MAX_TARGETS: usize = 1000;
+
+/// A local account that receives the message.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalTarget {
+    /// The account.
+    pub account: AccountId,
+    /// The account's own address (for Delivered-To).
+    pub address: String,
+    /// The sub-address tag, if the recipient used one.
+    pub tag: Option<String>,
+}
+
+/// The result of resolving one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// The domain is not hosted here.
+    NotLocal,
+    /// The domain is hosted but nobody has this address.
+    Unknown,
+    /// Where the message goes.
+    Targets {
+        /// Local accounts (each at most once).
+        local: Vec<LocalTarget>,
+        /// External addresses reached through aliases.
+        external: Vec<Address>,
+    },
+    /// Alias expansion loops or fans out too far.
+    TooDeep,
+}
+
+/// Resolves a recipient address.
+pub async fn resolve(
+    store: &dyn DirectoryStore,
+    address: &Address,
+    plus_separator: Option<char>,
+) -> Result<Resolution> {
+    if store.domain_get(address.domain()).await?.is_none() {
+        return Ok(Resolution::NotLocal);
+    }
+    let mut local = BTreeSet::new();
+    let mut external = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut work: Vec<(Address, Option<String>, usize)> = vec![(address.clone(), None, 0)];
+    let mut found_any = false;
+    while let Some((addr, inherited_tag, depth)) = work.pop() {
+        if depth > MAX_ALIAS_DEPTH || local.len() + external.len() > MAX_TARGETS {
+            return Ok(Resolution::TooDeep);
+        }
+        if !seen.insert(addr.key()) {
+            continue;
+        }
+        if store.domain_get(addr.domain()).await?.is_none() {
+            // Only reachable through an alias: the original domain was checked above.
+            if !external.contains(&addr) {
+                external.push(addr);
+            }
+            found_any = true;
+            continue;
+        }
+        match lookup(store, &addr, plus_separator).await? {
+            Some((Found::User(id, own), tag)) => {
+                found_any = true;
+                local.insert(LocalTarget {
+                    account: id,
+                    address: own,
+                    tag: tag.or(inherited_tag),
+                });
+            }
+            Some((Found::Alias(targets), tag)) => {
+                found_any = true;
+                for t in targets {
+                    work.push((t, tag.clone().or(inherited_tag.clone()), depth + 1));
+                }
+            }
+            None => {
+                // Catch-all applies to the address first asked for, not to alias targets,
+                // so that a broken alias does not silently land in the catch-all.
+                if depth == 0 {
+                    if let Some(info) = store.domain_get(addr.domain()).await? {
+                        if let Some(target) = info.catch_all {
+                            work.push((target, None, depth + 1));
+                            continue;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !found_any || (local.is_empty() && external.is_empty()) {
+        return Ok(Resolution::Unknown);
+    }
+    Ok(Resolution::Targets {
+        local: local.into_iter().collect(),
+        external,
+    })
+}
+
+enum Found {
+    User(AccountId, String),
+    Alias(Vec<Address>),
+}
+
+async fn lookup(
+    store: &dyn DirectoryStore,
+    addr: &Address,
+    plus_separator: Option<char>,
+) -> Result<Option<(Found, Option<String>)>> {
+    if let Some(found) = lookup_exact(store, &addr.key()).await? {
+        return Ok(Some((found, None)));
+    }
+    // RFC 5233: `user+tag@domain` reaches `user@domain`.
+    if let Some(sep) = plus_separator {
+        if let Some((base, tag)) = addr.split_plus(sep) {
+            let base = addr.with_local(base);
+            if let Some(found) = lookup_exact(store, &base.key()).await? {
+                return Ok(Some((found, Some(tag.to_string()))));
+            }
+        }
+    }
+    Ok(None)
+}
+
+async fn lookup_exact(store: &dyn DirectoryStore, key: &str) -> Result<Option<Found>> {
+    if let Some(user) = store.user_get(key).await? {
+        return Ok(Some(Found::User(user.id, user.address.to_string())));
+    }
+    if let Some(alias) = store.alias_get(key).await? {
+        return Ok(Some(Found::Alias(alias.targets)));
+    }
+    Ok(None)
+}

@@ -1,0 +1,308 @@
+//! Storage traits and data model of mailkeep.
+//!
+//! Implementation notes:
+//! - Every backend implements [`Store`] (directory, mailboxes and messages, blobs, delivery
+//!   log) and must pass [`conformance::run_all`]. Only the binary picks a backend.
+//! - A message's content is a content-addressed blob (shared by every recipient of one
+//!   transaction) plus a small per-recipient `prefix` (Return-Path, Delivered-To) kept with the
+//!   message row; the message as IMAP serves it is `prefix ++ blob`.
+//! - [`MailStore::deliver`] is atomic and durable when it returns: UIDs and MODSEQs are assigned
+//!   in one transaction per batch and a change event is broadcast for each message afterwards.
+//! - Address resolution (aliases, plus-addressing, catch-all) is backend independent and lives
+//!   in [`directory`].
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mailkeep_types::{AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity};
+use serde::{Deserialize, Serialize};
+
+pub mod conformance;
+pub mod directory;
+pub mod model;
+pub mod password;
+
+pub use model::{BodyStructure, Envelope, EnvelopeAddress, MessageCache};
+
+/// Errors of a store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The thing named does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The thing already exists.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// The request contradicts the stored state (e.g. a user in a domain that is not local).
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage failed (disk, database); the operation had no effect.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    /// True when the caller may retry later (server-side failure rather than a bad request).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, StoreError::Backend(_))
+    }
+}
+
+/// Result of store operations.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A hosted domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    /// The domain.
+    pub name: Domain,
+    /// Where mail to unknown local parts goes, if anywhere.
+    pub catch_all: Option<Address>,
+}
+
+/// A user account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The id.
+    pub id: AccountId,
+    /// The address, as created.
+    pub address: Address,
+    /// The argon2id PHC string.
+    pub password_hash: String,
+    /// Quota in bytes, 0 for none.
+    pub quota: u64,
+    /// Bytes used by stored messages.
+    pub used: u64,
+}
+
+/// An alias: one address delivering to one or more others, local or external.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    /// The alias address.
+    pub address: Address,
+    /// Where it delivers.
+    pub targets: Vec<Address>,
+}
+
+/// A mailbox (folder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    /// The id.
+    pub id: MailboxId,
+    /// The owner.
+    pub account: AccountId,
+    /// The full name, `/`-separated hierarchy.
+    pub name: String,
+    /// SPECIAL-USE role (RFC 6154).
+    pub role: Option<MailboxRole>,
+    /// UIDVALIDITY.
+    pub uid_validity: UidValidity,
+    /// The next UID to assign.
+    pub uid_next: Uid,
+    /// The highest MODSEQ of anything in the mailbox (RFC 7162).
+    pub highest_modseq: ModSeq,
+    /// Whether the user is subscribed (LSUB).
+    pub subscribed: bool,
+}
+
+/// Stored message metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageMeta {
+    /// The mailbox.
+    pub mailbox: MailboxId,
+    /// The UID.
+    pub uid: Uid,
+    /// The MODSEQ of its last change.
+    pub modseq: ModSeq,
+    /// System flags (`\Seen`...) and keywords.
+    pub flags: Vec<String>,
+    /// Internal date, seconds since the epoch (RFC 9051 2.3.3).
+    pub internal_date: i64,
+    /// RFC822.SIZE: `prefix` plus blob.
+    pub size: u64,
+    /// The content blob.
+    pub blob: BlobId,
+    /// Per-recipient header lines stored ahead of the blob.
+    pub prefix: Vec<u8>,
+    /// Parsed envelope and body structure, computed at ingest.
+    pub cache: MessageCache,
+    /// The queue id of the SMTP transaction that brought it, if any.
+    pub queue_id: Option<String>,
+}
+
+/// The id of a content-addressed blob (hex SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlobId(pub String);
+
+/// One message to store for one account.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The owner.
+    pub account: AccountId,
+    /// The mailbox role to file into (INBOX for plain delivery).
+    pub role: MailboxRole,
+    /// The content blob, already stored with [`BlobStore::put_blob`].
+    pub blob: BlobId,
+    /// Size of the blob.
+    pub blob_size: u64,
+    /// Per-recipient header lines prepended to the blob.
+    pub prefix: Vec<u8>,
+    /// Flags to set.
+    pub flags: Vec<String>,
+    /// Internal date, seconds since the epoch.
+    pub internal_date: i64,
+    /// Parsed metadata.
+    pub cache: MessageCache,
+    /// The queue id, for the log.
+    pub queue_id: Option<String>,
+}
+
+/// Where a message was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The account.
+    pub account: AccountId,
+    /// The mailbox.
+    pub mailbox: MailboxId,
+    /// Its UID.
+    pub uid: Uid,
+    /// Its MODSEQ.
+    pub modseq: ModSeq,
+}
+
+/// A typed change, broadcast to sessions (IMAP IDLE) after it is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeEvent {
+    /// A message was added to a mailbox.
+    MessageAdded(Stored),
+}
+
+/// One delivery-log event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct LogEvent {
+    /// When, in microseconds since the epoch.
+    pub ts: i64,
+    /// The SMTP session id (or another origin id, e.g. `cli-...`).
+    pub session: String,
+    /// The transaction's queue id.
+    pub queue_id: Option<String>,
+    /// The stable event name (`smtp.connect`, `smtp.rcpt`, `delivery.stored`...).
+    pub kind: String,
+    /// The client IP.
+    pub ip: Option<String>,
+    /// The envelope sender.
+    pub sender: Option<String>,
+    /// The recipient this event concerns.
+    pub recipient: Option<String>,
+    /// The Message-ID.
+    pub message_id: Option<String>,
+    /// `accepted`, `rejected`, `tempfail`, `delivered`, `failed`.
+    pub outcome: Option<String>,
+    /// The SMTP reply given.
+    pub reply: Option<String>,
+    /// Anything else, as JSON.
+    pub detail: serde_json::Value,
+}
+
+/// What [`LogStore::log_search`] looks for; empty fields match anything.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    /// Envelope sender contains this (case-insensitive).
+    pub sender: Option<String>,
+    /// A recipient contains this.
+    pub recipient: Option<String>,
+    /// Message-ID equals this (angle brackets optional).
+    pub message_id: Option<String>,
+    /// Client IP equals this.
+    pub ip: Option<String>,
+    /// Queue id equals this.
+    pub queue_id: Option<String>,
+    /// Events at or after, microseconds.
+    pub since: Option<i64>,
+    /// Events before, microseconds.
+    pub until: Option<i64>,
+    /// Outcome equals this.
+    pub outcome: Option<String>,
+    /// At most this many sessions.
+    pub limit: usize,
+}
+
+/// Domains, users and aliases.
+#[async_trait]
+pub trait DirectoryStore: Send + Sync {
+    /// Adds a domain.
+    async fn domain_add(&self, domain: &Domain) -> Result<()>;
+    /// Removes a domain; refused while users or aliases remain in it.
+    async fn domain_remove(&self, domain: &Domain) -> Result<()>;
+    /// The domain, if hosted.
+    async fn domain_get(&self, domain: &Domain) -> Result<Option<DomainInfo>>;
+    /// All hosted domains.
+    async fn domains(&self) -> Result<Vec<DomainInfo>>;
+    /// Sets or clears a domain's catch-all target.
+    async fn domain_set_catch_all(&self, domain: &Domain, target: Option<&Address>) -> Result<()>;
+    /// Adds a user with its default mailboxes; the domain must be hosted.
+    async fn user_add(&self, address: &Address, password_hash: &str, quota: u64) -> Result<AccountId>;
+    /// Looks a user up by [`Address::key`].
+    async fn user_get(&self, key: &str) -> Result<Option<User>>;
+    /// Users, optionally of one domain.
+    async fn users(&self, domain: Option<&Domain>) -> Result<Vec<User>>;
+    /// Removes a user and their mailboxes.
+    async fn user_remove(&self, address: &Address) -> Result<()>;
+    /// Replaces a user's password hash.
+    async fn user_set_password(&self, address: &Address, password_hash: &str) -> Result<()>;
+    /// Sets a user's quota in bytes (0 for none).
+    async fn user_set_quota(&self, address: &Address, quota: u64) -> Result<()>;
+    /// Adds an alias; its domain must be hosted and it must not shadow a user.
+    async fn alias_add(&self, address: &Address, targets: &[Address]) -> Result<()>;
+    /// Looks an alias up by [`Address::key`].
+    async fn alias_get(&self, key: &str) -> Result<Option<Alias>>;
+    /// Aliases, optionally of one domain.
+    async fn aliases(&self, domain: Option<&Domain>) -> Result<Vec<Alias>>;
+    /// Removes an alias.
+    async fn alias_remove(&self, address: &Address) -> Result<()>;
+}
+
+/// Mailboxes and messages.
+#[async_trait]
+pub trait MailStore: Send + Sync {
+    /// An account's mailboxes.
+    async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>>;
+    /// Stores messages durably in one transaction; per message, where it went or why not.
+    async fn deliver(&self, messages: Vec<NewMessage>) -> Result<Vec<Result<Stored>>>;
+    /// A mailbox's messages in UID order.
+    async fn messages(&self, mailbox: MailboxId) -> Result<Vec<MessageMeta>>;
+    /// The whole message as IMAP serves it (prefix then blob).
+    async fn message_content(&self, mailbox: MailboxId, uid: Uid) -> Result<Option<Vec<u8>>>;
+    /// Subscribes to change events.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeEvent>;
+}
+
+/// Content-addressed blobs.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Stores bytes durably (fsync) and returns their id; storing the same bytes twice is cheap.
+    async fn put_blob(&self, data: &[u8]) -> Result<BlobId>;
+    /// Reads a blob.
+    async fn get_blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>>;
+}
+
+/// The delivery log.
+#[async_trait]
+pub trait LogStore: Send + Sync {
+    /// Appends events.
+    async fn log_append(&self, events: Vec<LogEvent>) -> Result<()>;
+    /// Every event of each session that has an event matching the filter, in time order,
+    /// newest sessions first (at most `filter.limit` sessions).
+    async fn log_search(&self, filter: &LogFilter) -> Result<Vec<LogEvent>>;
+    /// Deletes events older than `before` (microseconds); returns how many.
+    async fn log_expire(&self, before: i64) -> Result<u64>;
+}
+
+/// A complete storage backend.
+pub trait Store: DirectoryStore + MailStore + BlobStore + LogStore {}
+
+impl<T: DirectoryStore + MailStore + BlobStore + LogStore> Store for T {}
+
+/// A shared handle to a backend.
+pub type SharedStore = Arc<dyn Store>;
