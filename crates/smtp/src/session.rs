@@ -1,0 +1,1027 @@
+//! One SMTP session.
+//!
+//! Implementation notes:
+//! - Input is read into our own buffer; a command line longer than the limit is discarded up to
+//!   its LF and answered 500 (RFC 5321 4.5.3.1.4), so memory per session stays bounded.
+//! - Replies are buffered and flushed only when no pipelined command is waiting (RFC 2920).
+//! - STARTTLS discards every byte received before the handshake (RFC 3207 5; the STARTTLS
+//!   command injection of CVE-2011-0411) and forgets EHLO (RFC 3207 4.2).
+//! - Log events are collected per session and written at the end of each transaction and of
+//!   the session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use mailkeep_config::QuotaReply;
+use mailkeep_delivery::{now_micros, Incoming};
+use mailkeep_net::{LimitExceeded, Shutdown};
+use mailkeep_store::directory::{LocalTarget, Resolution};
+use mailkeep_store::LogEvent;
+use mailkeep_types::{Address, QueueId};
+use smtp_proto::{Error as ProtoError, Request};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::data::{check_bdat, DataDecoder, DataProblem};
+use crate::stream::Conn;
+use crate::SmtpServer;
+
+/// Most received headers before a message is taken for a loop (RFC 5321 6.3).
+const MAX_RECEIVED: usize = 100;
+
+struct Rcpt {
+    address: String,
+    targets: Vec<LocalTarget>,
+    notify: Option<String>,
+    orcpt: Option<String>,
+}
+
+struct Transaction {
+    queue_id: QueueId,
+    sender: String,
+    smtputf8: bool,
+    body: Option<&'static str>,
+    declared_size: u64,
+    dsn_ret: Option<&'static str>,
+    dsn_envid: Option<String>,
+    rcpts: Vec<Rcpt>,
+    bdat: Option<Vec<u8>>,
+    bdat_too_big: bool,
+    started: Instant,
+}
+
+struct TlsInfo {
+    version: String,
+    cipher: String,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Session<S> {
+    conn: Conn<S>,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    server: Arc<SmtpServer>,
+    shutdown: Shutdown,
+    id: String,
+    peer: SocketAddr,
+    rdns: Option<String>,
+    helo: Option<String>,
+    esmtp: bool,
+    tls: Option<TlsInfo>,
+    tx: Option<Transaction>,
+    errors: u32,
+    events: Vec<LogEvent>,
+    started: Instant,
+    messages: u32,
+}
+
+fn new_session_id() -> String {
+    QueueId::new(now_micros() as u64, rand::random()).0
+}
+
+/// Refuses a connection over the limits with 421 (RFC 5321 3.8) and logs it.
+pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: SocketAddr,
+    server: &SmtpServer,
+    why: LimitExceeded,
+) {
+    let reply = match why {
+        LimitExceeded::Total => "421 4.7.0 Too many connections, try again later\r\n",
+        LimitExceeded::PerIp => "421 4.7.0 Too many connections from your address\r\n",
+    };
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.write_all(reply.as_bytes()),
+    )
+    .await;
+    let ev = LogEvent {
+        ts: now_micros(),
+        session: new_session_id(),
+        kind: "smtp.connect".into(),
+        ip: Some(peer.ip().to_string()),
+        outcome: Some("rejected".into()),
+        reply: Some(reply.trim_end().into()),
+        ..Default::default()
+    };
+    let _ = server.delivery.store().log_append(vec![ev]).await;
+}
+
+/// Runs a session on an accepted connection until QUIT, error, timeout or shutdown.
+pub async fn run_session<S>(stream: S, peer: SocketAddr, server: Arc<SmtpServer>, shutdown: Shutdown)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let rdns = if server.config.reverse_dns {
+        server.rdns.lookup(peer.ip()).await
+    } else {
+        None
+    };
+    let mut s = Session {
+        conn: Conn::Plain(stream),
+        rbuf: Vec::with_capacity(4096),
+        wbuf: Vec::with_capacity(1024),
+        server,
+        shutdown,
+        id: new_session_id(),
+        peer,
+        rdns,
+        helo: None,
+        esmtp: false,
+        tls: None,
+        tx: None,
+        errors: 0,
+        events: Vec::new(),
+        started: Instant::now(),
+        messages: 0,
+    };
+    s.log(
+        "smtp.connect",
+        LogEvent {
+            outcome: Some("accepted".into()),
+            detail: serde_json::json!({ "rdns": s.rdns }),
+            ..Default::default()
+        },
+    );
+    let reason = s.run().await;
+    if let Some(tx) = s.tx.take() {
+        s.log_tx_abandoned(&tx, &reason);
+    }
+    let elapsed = s.started.elapsed().as_millis() as u64;
+    s.log(
+        "smtp.close",
+        LogEvent {
+            detail: serde_json::json!({ "reason": reason, "duration_ms": elapsed, "messages": s.messages }),
+            ..Default::default()
+        },
+    );
+    s.flush_log().await;
+    let _ = s.conn.shutdown().await;
+}
+
+enum Line {
+    Ok(Vec<u8>),
+    TooLong,
+}
+
+enum ReadError {
+    Timeout,
+    Closed,
+    Io(String),
+    Shutdown,
+}
+
+impl ReadError {
+    fn reason(&self) -> String {
+        match self {
+            ReadError::Timeout => "timeout".into(),
+            ReadError::Closed => "client closed the connection".into(),
+            ReadError::Io(e) => format!("i/o error: {e}"),
+            ReadError::Shutdown => "server shutdown".into(),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    fn log(&mut self, kind: &str, mut ev: LogEvent) {
+        ev.ts = now_micros();
+        ev.session = self.id.clone();
+        ev.kind = kind.into();
+        ev.ip = Some(self.peer.ip().to_string());
+        if ev.queue_id.is_none() {
+            ev.queue_id = self.tx.as_ref().map(|t| t.queue_id.0.clone());
+        }
+        if ev.sender.is_none() {
+            ev.sender = self.tx.as_ref().map(|t| t.sender.clone());
+        }
+        self.events.push(ev);
+    }
+
+    async fn flush_log(&mut self) {
+        let events = std::mem::take(&mut self.events);
+        if let Err(e) = self.server.delivery.store().log_append(events).await {
+            tracing::error!(session = %self.id, error = %e, "delivery log write failed");
+        }
+    }
+
+    fn log_tx_abandoned(&mut self, tx: &Transaction, reason: &str) {
+        self.events.push(LogEvent {
+            ts: now_micros(),
+            session: self.id.clone(),
+            queue_id: Some(tx.queue_id.0.clone()),
+            kind: "smtp.abandoned".into(),
+            ip: Some(self.peer.ip().to_string()),
+            sender: Some(tx.sender.clone()),
+            outcome: Some("abandoned".into()),
+            detail: serde_json::json!({ "reason": reason }),
+            ..Default::default()
+        });
+    }
+
+    fn reply(&mut self, text: &str) {
+        self.wbuf.extend_from_slice(text.as_bytes());
+        self.wbuf.extend_from_slice(b"\r\n");
+    }
+
+    async fn flush(&mut self) -> Result<(), ReadError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let out = std::mem::take(&mut self.wbuf);
+        let t = self.server.config.command_timeout;
+        match tokio::time::timeout(t, async {
+            self.conn.write_all(&out).await?;
+            self.conn.flush().await
+        })
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ReadError::Io(e.to_string())),
+            Err(_) => Err(ReadError::Timeout),
+        }
+    }
+
+    /// Reads more input, flushing pending replies first. `interruptible`: a shutdown aborts
+    /// the wait (only between commands, never inside a message).
+    async fn fill(&mut self, timeout: std::time::Duration, interruptible: bool) -> Result<(), ReadError> {
+        self.flush().await?;
+        let mut tmp = [0u8; 16384];
+        let mut shutdown = self.shutdown.clone();
+        let read = tokio::time::timeout(timeout, self.conn.read(&mut tmp));
+        let n = if interruptible {
+            tokio::select! {
+                r = read => r,
+                _ = shutdown.wait() => return Err(ReadError::Shutdown),
+            }
+        } else {
+            read.await
+        };
+        match n {
+            Err(_) => Err(ReadError::Timeout),
+            Ok(Err(e)) => Err(ReadError::Io(e.to_string())),
+            Ok(Ok(0)) => Err(ReadError::Closed),
+            Ok(Ok(n)) => {
+                self.rbuf.extend_from_slice(&tmp[..n]);
+                Ok(())
+            }
+        }
+    }
+
+    async fn read_line(&mut self) -> Result<Line, ReadError> {
+        let max = self.server.config.max_command_line;
+        let mut discarding = false;
+        loop {
+            if let Some(i) = self.rbuf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.rbuf.drain(..=i).collect();
+                return Ok(if discarding || line.len() > max {
+                    Line::TooLong
+                } else {
+                    Line::Ok(line)
+                });
+            }
+            if self.rbuf.len() > max {
+                // RFC 5321 4.5.3.1.4: over-long command; drop it up to its end.
+                self.rbuf.clear();
+                discarding = true;
+            }
+            if self.shutdown.is_triggered() && self.rbuf.is_empty() && !discarding {
+                return Err(ReadError::Shutdown);
+            }
+            self.fill(self.server.config.command_timeout, true).await?;
+        }
+    }
+
+    async fn run(&mut self) -> String {
+        let greeting = format!("220 {} ESMTP mailkeep", self.server.hostname);
+        self.reply(&greeting);
+        loop {
+            let line = match self.read_line().await {
+                Ok(l) => l,
+                Err(ReadError::Shutdown) => {
+                    // RFC 5321 3.8: 421 when the service is shutting down.
+                    self.reply("421 4.3.2 Server shutting down, try again later");
+                    let _ = self.flush().await;
+                    return "server shutdown".into();
+                }
+                Err(ReadError::Timeout) => {
+                    self.reply("421 4.4.2 Idle timeout, closing connection");
+                    let _ = self.flush().await;
+                    return "timeout".into();
+                }
+                Err(e) => return e.reason(),
+            };
+            let flow = match line {
+                Line::TooLong => {
+                    self.error("500 5.5.2 Line too long");
+                    Flow::Continue
+                }
+                Line::Ok(line) => self.command(line).await,
+            };
+            if let Flow::Close = flow {
+                let _ = self.flush().await;
+                return "quit".into();
+            }
+            if self.errors >= self.server.config.max_errors {
+                self.reply("421 4.7.0 Too many errors, closing connection");
+                let _ = self.flush().await;
+                return "too many errors".into();
+            }
+        }
+    }
+
+    fn error(&mut self, reply: &str) {
+        self.errors += 1;
+        self.reply(reply);
+    }
+
+    async fn command(&mut self, line: Vec<u8>) -> Flow {
+        // A CR anywhere but before the final LF is not a valid command line.
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        if body.contains(&b'\r') || body.contains(&0) {
+            self.error("500 5.5.2 Syntax error: bare CR or NUL in command");
+            return Flow::Continue;
+        }
+        if body.iter().all(|b| b.is_ascii_whitespace()) {
+            self.error("500 5.5.2 Syntax error: empty command");
+            return Flow::Continue;
+        }
+        let parsed = Request::parse(&mut line.iter()).map(|r| r.into_owned());
+        match parsed {
+            Ok(req) => self.handle(req, body).await,
+            Err(e) => {
+                let reply = match e {
+                    ProtoError::UnknownCommand => "500 5.5.2 Command unrecognized".to_string(),
+                    ProtoError::InvalidSenderAddress => {
+                        "501 5.1.7 Bad sender address syntax".to_string()
+                    }
+                    ProtoError::InvalidRecipientAddress => {
+                        "501 5.1.3 Bad recipient address syntax".to_string()
+                    }
+                    ProtoError::SyntaxError { syntax } => format!("501 5.5.4 Syntax: {syntax}"),
+                    ProtoError::InvalidParameter { param } => {
+                        format!("501 5.5.4 Invalid parameter {param:?}")
+                    }
+                    ProtoError::UnsupportedParameter { param } => {
+                        let p: String = param.chars().filter(|c| !c.is_control()).take(64).collect();
+                        format!("555 5.5.4 Unsupported parameter {p:?}")
+                    }
+                    _ => "500 5.5.2 Syntax error".to_string(),
+                };
+                self.error(&reply);
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn handle(&mut self, req: Request<String>, raw: &[u8]) -> Flow {
+        match req {
+            Request::Ehlo { host } => self.hello(host, true),
+            Request::Helo { host } => self.hello(host, false),
+            Request::Lhlo { .. } => self.error("500 5.5.1 LHLO is for LMTP"),
+            Request::StartTls => return self.starttls(raw).await,
+            Request::Mail { from } => self.mail(from),
+            Request::Rcpt { to } => self.rcpt(to).await,
+            Request::Data => return self.data().await,
+            Request::Bdat { chunk_size, is_last } => return self.bdat(chunk_size, is_last).await,
+            Request::Rset => {
+                if let Some(tx) = self.tx.take() {
+                    self.log_tx_abandoned(&tx, "RSET");
+                }
+                self.reply("250 2.0.0 Reset");
+            }
+            Request::Noop { .. } => self.reply("250 2.0.0 OK"),
+            Request::Quit => {
+                let bye = format!("221 2.0.0 {} closing connection", self.server.hostname);
+                self.reply(&bye);
+                return Flow::Close;
+            }
+            // RFC 5321 3.5.3: 252 without confirming anything (no user enumeration).
+            Request::Vrfy { .. } => {
+                self.reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
+            }
+            Request::Expn { .. } => self.reply("502 5.5.1 EXPN not available"),
+            Request::Help { .. } => {
+                self.reply("214-2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS");
+                self.reply("214 2.0.0 See RFC 5321");
+            }
+            Request::Auth { .. } => {
+                self.error("503 5.5.1 AUTH is not available on this port: use submission")
+            }
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                self.error("502 5.5.1 Command not implemented")
+            }
+        }
+        Flow::Continue
+    }
+
+    fn hello(&mut self, host: String, esmtp: bool) {
+        // RFC 5321 4.1.1.1: a domain or an address literal.
+        let valid = !host.is_empty()
+            && host.len() <= 255
+            && host
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'));
+        if !valid {
+            self.error("501 5.5.4 Invalid EHLO/HELO domain");
+            return;
+        }
+        if let Some(tx) = self.tx.take() {
+            // RFC 5321 4.1.4: EHLO resets the transaction.
+            self.log_tx_abandoned(&tx, "EHLO");
+        }
+        self.helo = Some(host.clone());
+        self.esmtp = esmtp;
+        self.log(
+            "smtp.helo",
+            LogEvent {
+                detail: serde_json::json!({ "helo": host, "esmtp": esmtp }),
+                ..Default::default()
+            },
+        );
+        let hostname = self.server.hostname.clone();
+        if !esmtp {
+            self.reply(&format!("250 {hostname}"));
+            return;
+        }
+        let mut lines = vec![
+            format!("{hostname} greets {host}"),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.server.config.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+            "DSN".into(),
+        ];
+        if self.server.tls.is_some() && self.tls.is_none() {
+            lines.push("STARTTLS".into());
+        }
+        lines.push("HELP".into());
+        let last = lines.len() - 1;
+        for (i, l) in lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            self.wbuf.extend_from_slice(format!("250{sep}{l}\r\n").as_bytes());
+        }
+    }
+
+    async fn starttls(&mut self, raw: &[u8]) -> Flow {
+        let Some(tls) = self.server.tls.clone() else {
+            self.error("502 5.5.1 STARTTLS not available");
+            return Flow::Continue;
+        };
+        if self.tls.is_some() {
+            self.error("503 5.5.1 TLS already active");
+            return Flow::Continue;
+        }
+        if raw.len() > "STARTTLS".len() {
+            self.error("501 5.5.4 STARTTLS takes no parameters");
+            return Flow::Continue;
+        }
+        self.reply("220 2.0.0 Ready to start TLS");
+        if self.flush().await.is_err() {
+            return Flow::Close;
+        }
+        // RFC 3207 5 / CVE-2011-0411: anything pipelined after STARTTLS arrived in plaintext
+        // and must not be executed inside the TLS session.
+        if !self.rbuf.is_empty() {
+            self.log(
+                "smtp.starttls_injection",
+                LogEvent {
+                    outcome: Some("discarded".into()),
+                    detail: serde_json::json!({ "bytes": self.rbuf.len() }),
+                    ..Default::default()
+                },
+            );
+        }
+        self.rbuf.clear();
+        let Conn::Plain(stream) = std::mem::replace(&mut self.conn, Conn::Upgrading) else {
+            return Flow::Close;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let hs = tokio::time::timeout(self.server.config.command_timeout, acceptor.accept(stream)).await;
+        match hs {
+            Ok(Ok(stream)) => {
+                let (_, conn) = stream.get_ref();
+                let version = conn
+                    .protocol_version()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("TLS")
+                    .replace('_', ".")
+                    .replace("TLSv1.", "TLSv1.");
+                let cipher = conn
+                    .negotiated_cipher_suite()
+                    .map(|c| format!("{:?}", c.suite()))
+                    .unwrap_or_default();
+                self.log(
+                    "smtp.tls",
+                    LogEvent {
+                        outcome: Some("accepted".into()),
+                        detail: serde_json::json!({ "version": version, "cipher": cipher }),
+                        ..Default::default()
+                    },
+                );
+                self.tls = Some(TlsInfo { version, cipher });
+                self.conn = Conn::Tls(Box::new(stream));
+                // RFC 3207 4.2: forget everything learned before TLS.
+                self.helo = None;
+                self.esmtp = false;
+                if let Some(tx) = self.tx.take() {
+                    self.log_tx_abandoned(&tx, "STARTTLS");
+                }
+                Flow::Continue
+            }
+            Ok(Err(e)) => {
+                self.log(
+                    "smtp.tls",
+                    LogEvent {
+                        outcome: Some("failed".into()),
+                        detail: serde_json::json!({ "error": e.to_string() }),
+                        ..Default::default()
+                    },
+                );
+                Flow::Close
+            }
+            Err(_) => Flow::Close,
+        }
+    }
+
+    fn mail(&mut self, from: smtp_proto::MailFrom<String>) {
+        if self.helo.is_none() {
+            self.error("503 5.5.1 Send EHLO or HELO first");
+            return;
+        }
+        if self.tx.is_some() {
+            self.error("503 5.5.1 Nested MAIL command");
+            return;
+        }
+        let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
+        let eightbit = from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0;
+        if !self.esmtp && (smtputf8 || eightbit || from.size > 0 || from.env_id.is_some()) {
+            self.error("555 5.5.4 Parameters need EHLO");
+            return;
+        }
+        if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
+            self.error("555 5.5.4 BINARYMIME is not supported");
+            return;
+        }
+        let max = self.server.config.max_message_size;
+        // RFC 1870 6.2: a declared size over the limit is refused at MAIL.
+        if from.size as u64 > max {
+            let r = format!("552 5.3.4 Message size exceeds fixed maximum message size ({max})");
+            self.reply(&r);
+            self.log(
+                "smtp.mail",
+                LogEvent {
+                    sender: Some(from.address.clone()),
+                    outcome: Some("rejected".into()),
+                    reply: Some(r),
+                    ..Default::default()
+                },
+            );
+            return;
+        }
+        let sender = from.address.clone();
+        if !sender.is_empty() {
+            // RFC 6531 3.5: a UTF-8 address without SMTPUTF8 is refused with 553 5.6.7.
+            if !sender.is_ascii() && !smtputf8 {
+                self.error("553 5.6.7 Non-ASCII address requires SMTPUTF8");
+                return;
+            }
+            if let Err(e) = Address::parse(&sender) {
+                self.error(&format!("553 5.1.7 Bad sender address: {e}"));
+                return;
+            }
+        }
+        let queue_id = QueueId::new(now_micros() as u64, rand::random());
+        self.tx = Some(Transaction {
+            queue_id,
+            sender: sender.clone(),
+            smtputf8,
+            body: eightbit.then_some("8BITMIME"),
+            declared_size: from.size as u64,
+            dsn_ret: if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
+                Some("FULL")
+            } else if from.flags & smtp_proto::MAIL_RET_HDRS != 0 {
+                Some("HDRS")
+            } else {
+                None
+            },
+            dsn_envid: from.env_id.clone(),
+            rcpts: Vec::new(),
+            bdat: None,
+            bdat_too_big: false,
+            started: Instant::now(),
+        });
+        let r = "250 2.1.0 Sender OK";
+        self.reply(r);
+        self.log(
+            "smtp.mail",
+            LogEvent {
+                outcome: Some("accepted".into()),
+                reply: Some(r.into()),
+                detail: serde_json::json!({
+                    "size": from.size, "smtputf8": smtputf8, "body": eightbit.then_some("8BITMIME"),
+                    "ret": self.tx.as_ref().and_then(|t| t.dsn_ret), "envid": from.env_id,
+                }),
+                ..Default::default()
+            },
+        );
+    }
+
+    fn rcpt_reply(&mut self, address: &str, reply: String, outcome: &str, error: bool) {
+        if error {
+            self.errors += 1;
+        }
+        self.reply(&reply);
+        self.log(
+            "smtp.rcpt",
+            LogEvent {
+                recipient: Some(address.to_string()),
+                outcome: Some(outcome.into()),
+                reply: Some(reply),
+                ..Default::default()
+            },
+        );
+    }
+
+    async fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) {
+        let Some(tx) = self.tx.as_ref() else {
+            self.error("503 5.5.1 Need MAIL before RCPT");
+            return;
+        };
+        let smtputf8 = tx.smtputf8;
+        let declared = tx.declared_size;
+        let count = tx.rcpts.len();
+        let mut raw = to.address.clone();
+        if raw.is_empty() {
+            // RFC 5321 4.5.1: <postmaster> without a domain must be accepted.
+            match &self.server.primary_domain {
+                Some(d) => raw = format!("postmaster@{d}"),
+                None => {
+                    self.rcpt_reply("postmaster", "550 5.1.1 No postmaster here".into(), "rejected", true);
+                    return;
+                }
+            }
+        }
+        // RFC 5321 4.5.3.1.10: too many recipients is a temporary 452.
+        if count >= self.server.config.max_recipients {
+            self.rcpt_reply(&raw, "452 4.5.3 Too many recipients".into(), "tempfail", false);
+            return;
+        }
+        if !raw.is_ascii() && !smtputf8 {
+            self.rcpt_reply(&raw, "553 5.6.7 Non-ASCII address requires SMTPUTF8".into(), "rejected", true);
+            return;
+        }
+        let address = match Address::parse(&raw) {
+            Ok(a) => a,
+            Err(e) => {
+                self.rcpt_reply(&raw, format!("501 5.1.3 Bad recipient address: {e}"), "rejected", true);
+                return;
+            }
+        };
+        let resolution = match self.server.delivery.resolve(&address).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "directory lookup failed");
+                self.rcpt_reply(&raw, "451 4.3.0 Temporary lookup failure, try again later".into(), "tempfail", false);
+                return;
+            }
+        };
+        let (local, external) = match resolution {
+            // No relaying without authentication, ever: the MX only takes mail for its domains.
+            Resolution::NotLocal => {
+                self.rcpt_reply(&raw, "554 5.7.1 Relay access denied".into(), "rejected", true);
+                return;
+            }
+            Resolution::Unknown => {
+                self.rcpt_reply(&raw, "550 5.1.1 No such user here".into(), "rejected", true);
+                return;
+            }
+            Resolution::TooDeep => {
+                self.rcpt_reply(&raw, "550 5.4.6 Alias expansion loop or too many targets".into(), "rejected", true);
+                return;
+            }
+            Resolution::Targets { local, external } => (local, external),
+        };
+        if !external.is_empty() {
+            // Forwarding needs the outbound queue; until then the sender keeps the message.
+            self.rcpt_reply(
+                &raw,
+                "451 4.3.2 Forwarding to external addresses is not available yet, try again later".into(),
+                "tempfail",
+                false,
+            );
+            return;
+        }
+        // Quota (RFC 3463 4.2.2 mailbox full): refuse when every target is full.
+        let mut room = Vec::new();
+        for t in local {
+            match self.server.delivery.store().user_get(&t.address.to_lowercase()).await {
+                Ok(Some(u)) if u.quota > 0 && (u.used >= u.quota || u.used + declared > u.quota) => {}
+                Ok(_) => room.push(t),
+                Err(e) => {
+                    tracing::error!(session = %self.id, error = %e, "quota lookup failed");
+                    self.rcpt_reply(&raw, "451 4.3.0 Temporary lookup failure, try again later".into(), "tempfail", false);
+                    return;
+                }
+            }
+        }
+        if room.is_empty() {
+            let reply = match self.server.config.quota_reply {
+                QuotaReply::Temporary => "452 4.2.2 Mailbox full",
+                QuotaReply::Permanent => "552 5.2.2 Mailbox full",
+            };
+            let outcome = match self.server.config.quota_reply {
+                QuotaReply::Temporary => "tempfail",
+                QuotaReply::Permanent => "rejected",
+            };
+            self.rcpt_reply(&raw, reply.into(), outcome, false);
+            return;
+        }
+        let notify = if to.flags
+            & (smtp_proto::RCPT_NOTIFY_NEVER
+                | smtp_proto::RCPT_NOTIFY_SUCCESS
+                | smtp_proto::RCPT_NOTIFY_FAILURE
+                | smtp_proto::RCPT_NOTIFY_DELAY)
+            != 0
+        {
+            let mut n = Vec::new();
+            for (flag, name) in [
+                (smtp_proto::RCPT_NOTIFY_NEVER, "NEVER"),
+                (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+                (smtp_proto::RCPT_NOTIFY_FAILURE, "FAILURE"),
+                (smtp_proto::RCPT_NOTIFY_DELAY, "DELAY"),
+            ] {
+                if to.flags & flag != 0 {
+                    n.push(name);
+                }
+            }
+            Some(n.join(","))
+        } else {
+            None
+        };
+        let rcpt = Rcpt {
+            address: address.to_string(),
+            targets: room,
+            notify: notify.clone(),
+            orcpt: to.orcpt.clone(),
+        };
+        if let Some(tx) = self.tx.as_mut() {
+            tx.rcpts.push(rcpt);
+        }
+        let reply = "250 2.1.5 Recipient OK".to_string();
+        self.reply(&reply);
+        self.log(
+            "smtp.rcpt",
+            LogEvent {
+                recipient: Some(address.to_string()),
+                outcome: Some("accepted".into()),
+                reply: Some(reply),
+                detail: serde_json::json!({ "notify": notify, "orcpt": to.orcpt }),
+                ..Default::default()
+            },
+        );
+    }
+
+    async fn data(&mut self) -> Flow {
+        match &self.tx {
+            None => {
+                self.error("503 5.5.1 Need MAIL command");
+                return Flow::Continue;
+            }
+            Some(tx) if tx.bdat.is_some() => {
+                self.error("503 5.5.1 DATA is not allowed after BDAT");
+                return Flow::Continue;
+            }
+            // RFC 5321 3.3: DATA without a valid recipient gets 554 (or 503).
+            Some(tx) if tx.rcpts.is_empty() => {
+                self.error("554 5.5.1 No valid recipients");
+                return Flow::Continue;
+            }
+            Some(_) => {}
+        }
+        self.reply("354 Start mail input; end with <CRLF>.<CRLF>");
+        let cfg = &self.server.config;
+        let mut dec = DataDecoder::new(
+            cfg.max_message_size as usize,
+            cfg.max_data_line,
+            cfg.max_header_size,
+        );
+        loop {
+            let (used, done) = dec.feed(&self.rbuf);
+            self.rbuf.drain(..used);
+            if done {
+                break;
+            }
+            // Inside a message a shutdown does not interrupt: the transaction is finished.
+            if let Err(e) = self.fill(self.server.config.data_timeout, false).await {
+                if let Some(tx) = self.tx.take() {
+                    self.log_tx_abandoned(&tx, &format!("during DATA: {}", e.reason()));
+                }
+                self.flush_log().await;
+                return Flow::Close;
+            }
+        }
+        match dec.finish() {
+            Ok(msg) => self.finish_message(msg, "DATA").await,
+            Err(p) => self.refuse_message(p),
+        }
+        Flow::Continue
+    }
+
+    async fn bdat(&mut self, size: usize, last: bool) -> Flow {
+        // RFC 3030 2: the chunk is read whatever happens, so the stream stays in sync.
+        let max = self.server.config.max_message_size as usize;
+        let ok_state = matches!(&self.tx, Some(tx) if !tx.rcpts.is_empty());
+        let mut remaining = size;
+        let mut chunk = Vec::new();
+        let keep = ok_state && !self.tx.as_ref().is_some_and(|t| t.bdat_too_big);
+        let current = self
+            .tx
+            .as_ref()
+            .and_then(|t| t.bdat.as_ref().map(|b| b.len()))
+            .unwrap_or(0);
+        let fits = current.saturating_add(size) <= max;
+        while remaining > 0 {
+            if self.rbuf.is_empty() {
+                if let Err(e) = self.fill(self.server.config.data_timeout, false).await {
+                    if let Some(tx) = self.tx.take() {
+                        self.log_tx_abandoned(&tx, &format!("during BDAT: {}", e.reason()));
+                    }
+                    return Flow::Close;
+                }
+            }
+            let n = remaining.min(self.rbuf.len());
+            if keep && fits {
+                chunk.extend_from_slice(&self.rbuf[..n]);
+            }
+            self.rbuf.drain(..n);
+            remaining -= n;
+        }
+        if !ok_state {
+            let r = if self.tx.is_none() {
+                "503 5.5.1 Need MAIL command"
+            } else {
+                "554 5.5.1 No valid recipients"
+            };
+            self.error(r);
+            return Flow::Continue;
+        }
+        let Some(tx) = self.tx.as_mut() else {
+            return Flow::Continue;
+        };
+        let buf = tx.bdat.get_or_insert_with(Vec::new);
+        if fits && !tx.bdat_too_big {
+            buf.extend_from_slice(&chunk);
+        } else {
+            tx.bdat_too_big = true;
+            buf.clear();
+        }
+        if !last {
+            self.reply(&format!("250 2.0.0 {size} octets received"));
+            return Flow::Continue;
+        }
+        if tx.bdat_too_big {
+            self.refuse_message(DataProblem::TooBig);
+            return Flow::Continue;
+        }
+        let data = tx.bdat.take().unwrap_or_default();
+        let cfg = &self.server.config;
+        match check_bdat(data, cfg.max_data_line, cfg.max_header_size) {
+            Ok(msg) => self.finish_message(msg, "BDAT").await,
+            Err(p) => self.refuse_message(p),
+        }
+        Flow::Continue
+    }
+
+    fn refuse_message(&mut self, p: DataProblem) {
+        let cfg = &self.server.config;
+        let reply = match p {
+            DataProblem::TooBig => format!(
+                "552 5.3.4 Message size exceeds fixed maximum message size ({})",
+                cfg.max_message_size
+            ),
+            // Smuggling defence: see crate::data.
+            DataProblem::BareLineBreak => {
+                "550 5.6.11 Message refused: bare CR or LF in message data (only CRLF line endings are allowed)".into()
+            }
+            DataProblem::LineTooLong => format!(
+                "552 5.6.0 Message refused: a line is longer than {} bytes",
+                cfg.max_data_line
+            ),
+            DataProblem::HeaderTooBig => format!(
+                "552 5.6.0 Message refused: header section larger than {} bytes",
+                cfg.max_header_size
+            ),
+        };
+        self.errors += 1;
+        self.end_transaction(reply, "rejected", None, 0);
+    }
+
+    fn end_transaction(&mut self, reply: String, outcome: &str, message_id: Option<String>, size: usize) {
+        self.reply(&reply);
+        let duration = self.tx.as_ref().map(|t| t.started.elapsed().as_millis() as u64);
+        self.log(
+            "smtp.data",
+            LogEvent {
+                outcome: Some(outcome.into()),
+                reply: Some(reply),
+                message_id,
+                detail: serde_json::json!({ "size": size, "duration_ms": duration }),
+                ..Default::default()
+            },
+        );
+        self.tx = None;
+    }
+
+    fn received_header(&self, tx: &Transaction) -> String {
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let ip = self.peer.ip();
+        let rdns = self.rdns.as_deref().unwrap_or("unknown");
+        // RFC 3848 / RFC 6531: the "with" protocol.
+        let mut with = if self.esmtp { "ESMTP".to_string() } else { "SMTP".to_string() };
+        if tx.smtputf8 {
+            with = "UTF8SMTP".into();
+        }
+        if self.tls.is_some() {
+            with.push('S');
+        }
+        let tls = match &self.tls {
+            Some(t) => format!("\r\n\t(version={} cipher={})", t.version, t.cipher),
+            None => String::new(),
+        };
+        // Naming the recipient only when there is one keeps Bcc recipients private.
+        let for_clause = if tx.rcpts.len() == 1 {
+            format!("\r\n\tfor <{}>", tx.rcpts[0].address)
+        } else {
+            String::new()
+        };
+        let date = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap_or_default();
+        format!(
+            "Received: from {helo} ({rdns} [{ip}])\r\n\tby {} (mailkeep) with {with} id {}{tls}{for_clause};\r\n\t{date}\r\n",
+            self.server.hostname, tx.queue_id
+        )
+    }
+
+    async fn finish_message(&mut self, msg: Vec<u8>, via: &str) {
+        let Some(tx) = self.tx.as_ref() else { return };
+        // RFC 5321 6.3: too many Received headers means a mail loop.
+        let header_end = mailkeep_delivery::ingest::header_len(&msg);
+        let received = msg[..header_end]
+            .split(|b| *b == b'\n')
+            .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:"))
+            .count();
+        if received > MAX_RECEIVED {
+            self.errors += 1;
+            self.end_transaction("554 5.4.6 Too many Received headers: mail loop".into(), "rejected", None, msg.len());
+            return;
+        }
+        let mut data = self.received_header(tx).into_bytes();
+        data.extend_from_slice(&msg);
+        // One account reached through several recipients gets one copy.
+        let mut targets: Vec<LocalTarget> = tx.rcpts.iter().flat_map(|r| r.targets.iter().cloned()).collect();
+        targets.sort_by_key(|t| t.account);
+        targets.dedup_by_key(|t| t.account);
+        let size = data.len();
+        let incoming = Incoming {
+            data,
+            return_path: tx.sender.clone(),
+            recipients: targets,
+            queue_id: tx.queue_id.0.clone(),
+            session: self.id.clone(),
+            client_ip: Some(self.peer.ip().to_string()),
+        };
+        let queue_id = tx.queue_id.clone();
+        let envelope_detail = serde_json::json!({
+            "via": via,
+            "envid": tx.dsn_envid,
+            "ret": tx.dsn_ret,
+            "body": tx.body,
+            "rcpts": tx.rcpts.iter().map(|r| serde_json::json!({"to": r.address, "notify": r.notify, "orcpt": r.orcpt})).collect::<Vec<_>>(),
+        });
+        let message_id = mailkeep_delivery::ingest::parse_cache(&msg).message_id;
+        match self.server.delivery.deliver(incoming).await {
+            Ok(outcomes) if outcomes.iter().any(|o| o.result.is_ok()) => {
+                self.messages += 1;
+                self.log("smtp.envelope", LogEvent { detail: envelope_detail, message_id: message_id.clone(), ..Default::default() });
+                self.end_transaction(format!("250 2.0.0 OK: queued as {queue_id}"), "accepted", message_id, size);
+            }
+            Ok(_) => {
+                tracing::error!(session = %self.id, %queue_id, "no recipient could be stored");
+                self.end_transaction("451 4.3.0 Could not store the message, try again later".into(), "tempfail", message_id, size);
+            }
+            Err(e) => {
+                tracing::error!(session = %self.id, %queue_id, error = %e, "delivery failed");
+                self.end_transaction("451 4.3.0 Could not store the message, try again later".into(), "tempfail", message_id, size);
+            }
+        }
+        self.flush_log().await;
+    }
+}
