@@ -1,1 +1,134 @@
-fn main() {}
+//! The `mailkeep` binary: command line and wiring. All mail logic lives in the library crates.
+
+mod admin;
+mod init;
+mod serve;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+/// A complete mail server you run yourself.
+#[derive(Parser)]
+#[command(name = "mailkeep", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArg {
+    /// The config file.
+    #[arg(long, short = 'c', global = true, env = "MAILKEEP_CONFIG", default_value = "/etc/mailkeep/mailkeep.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a config file, data directory, DKIM keys and a TLS certificate; print DNS records.
+    Init {
+        /// This server's host name (the MX target).
+        #[arg(long)]
+        hostname: String,
+        /// The first mail domain.
+        #[arg(long)]
+        domain: String,
+        /// The data directory.
+        #[arg(long, default_value = "/var/lib/mailkeep")]
+        data: PathBuf,
+        /// Where to write the config (default: DATA/mailkeep.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The SMTP listener address written to the config.
+        #[arg(long, default_value = "0.0.0.0:25")]
+        smtp_listen: String,
+    },
+    /// Run every configured listener.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        run: serve::RunArgs,
+    },
+    /// Start a throw-away server on loopback with a demo domain and user.
+    Demo {
+        /// Keep data here instead of a temporary directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[command(flatten)]
+        run: serve::RunArgs,
+    },
+    /// Hosted domains.
+    Domain {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: admin::DomainCmd,
+    },
+    /// User accounts.
+    User {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: admin::UserCmd,
+    },
+    /// Aliases.
+    Alias {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: admin::AliasCmd,
+    },
+    /// Deliver a message read from standard input to local recipients.
+    Deliver {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A recipient (repeatable).
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// The envelope sender (Return-Path); empty for the null sender.
+        #[arg(long, default_value = "")]
+        from: String,
+    },
+    /// The delivery log.
+    Log {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: admin::LogCmd,
+    },
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("mailkeep: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Init {
+            hostname,
+            domain,
+            data,
+            config,
+            smtp_listen,
+        } => init::run(init::InitOptions {
+            hostname,
+            domain,
+            data,
+            config,
+            smtp_listen,
+        }),
+        Command::Serve { config, run } => serve::serve(&config.config, run),
+        Command::Demo { data, run } => serve::demo(data, run),
+        Command::Domain { config, action } => admin::domain(&config.config, action),
+        Command::User { config, action } => admin::user(&config.config, action),
+        Command::Alias { config, action } => admin::alias(&config.config, action),
+        Command::Deliver { config, to, from } => admin::deliver(&config.config, to, from),
+        Command::Log { config, action } => admin::log(&config.config, action),
+    }
+}

@@ -51,42 +51,11 @@ pub async fn serve(
     listener: TcpListener,
     server: Arc<SmtpServer>,
     limiter: ConnLimiter,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     grace: Duration,
 ) {
-    let mut sessions = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => break,
-            accepted = listener.accept() => {
-                match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        spawn_session(&mut sessions, stream, peer, &server, &limiter, &shutdown);
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let deadline = tokio::time::sleep(grace);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            next = sessions.join_next() => if next.is_none() { break },
-            _ = &mut deadline => {
-                tracing::warn!(open = sessions.len(), "grace period over, closing sessions");
-                sessions.abort_all();
-                break;
-            }
-        }
-    }
+    let (_tx, rx) = tokio::sync::watch::channel(server);
+    serve_reloadable(listener, rx, limiter, shutdown, grace).await;
 }
 
 fn spawn_session(
@@ -109,4 +78,52 @@ fn spawn_session(
             Err(why) => session::refuse(stream, peer, &server, why).await,
         }
     });
+}
+
+/// Like [`serve`], but each new session takes the newest settings from `server` (SIGHUP
+/// reload); sessions already open keep the settings they started with.
+pub async fn serve_reloadable(
+    listener: TcpListener,
+    server: tokio::sync::watch::Receiver<Arc<SmtpServer>>,
+    limiter: ConnLimiter,
+    mut shutdown: Shutdown,
+    grace: Duration,
+) {
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => {
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let current = server.borrow().clone();
+                        spawn_session(&mut sessions, stream, peer, &current, &limiter, &shutdown);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    drain(listener, sessions, grace).await;
+}
+
+async fn drain(listener: TcpListener, mut sessions: JoinSet<()>, grace: Duration) {
+    drop(listener);
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = sessions.join_next() => if next.is_none() { break },
+            _ = &mut deadline => {
+                tracing::warn!(open = sessions.len(), "grace period over, closing sessions");
+                sessions.abort_all();
+                break;
+            }
+        }
+    }
 }

@@ -1,0 +1,492 @@
+//! Administrative commands: domains, users, aliases, local delivery, the delivery log.
+
+use std::io::{IsTerminal, Read};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Subcommand;
+use mailkeep_config::{parse_size, raw::Size, Config};
+use mailkeep_delivery::{now_micros, Delivery, Incoming};
+use mailkeep_store::directory::Resolution;
+use mailkeep_store::{LogEvent, LogFilter, SharedStore};
+use mailkeep_types::{Address, Domain};
+
+#[derive(Subcommand)]
+pub enum DomainCmd {
+    /// Host a domain.
+    Add { domain: String },
+    /// List hosted domains.
+    List,
+    /// Stop hosting a domain (it must have no users or aliases left).
+    Remove { domain: String },
+    /// Send mail for unknown addresses of DOMAIN to ADDRESS (or --clear).
+    CatchAll {
+        domain: String,
+        address: Option<String>,
+        #[arg(long, conflicts_with = "address")]
+        clear: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Add a user; the password is asked for, or read from standard input when it is not a
+    /// terminal (never from an argument, which would show in the process list).
+    Add {
+        address: String,
+        /// Quota, e.g. 2G (default: directory.default_quota).
+        #[arg(long)]
+        quota: Option<String>,
+    },
+    /// List users.
+    List {
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Remove a user and their mail.
+    Remove { address: String },
+    /// Change a password (asked for, or read from standard input).
+    Passwd { address: String },
+    /// Set a quota (e.g. 500M, 2G; 0 = unlimited).
+    Quota { address: String, size: String },
+}
+
+#[derive(Subcommand)]
+pub enum AliasCmd {
+    /// Add an alias delivering to one or more addresses.
+    Add {
+        address: String,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// List aliases.
+    List {
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Remove an alias.
+    Remove { address: String },
+}
+
+#[derive(Subcommand)]
+pub enum LogCmd {
+    /// Find SMTP sessions and deliveries; prints a timeline per session.
+    Search {
+        /// Envelope sender contains this.
+        #[arg(long)]
+        sender: Option<String>,
+        /// A recipient contains this.
+        #[arg(long)]
+        recipient: Option<String>,
+        /// Message-ID.
+        #[arg(long)]
+        message_id: Option<String>,
+        /// Client IP address.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Queue id.
+        #[arg(long)]
+        queue_id: Option<String>,
+        /// accepted, rejected, tempfail, delivered, failed, abandoned.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Start: RFC 3339 time (2026-11-28T10:00:00Z) or an age (30m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// End: RFC 3339 time or an age.
+        #[arg(long)]
+        until: Option<String>,
+        /// Most sessions shown.
+        #[arg(long, default_value = "50")]
+        limit: usize,
+        /// One JSON object per event.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn open(config: &Path) -> Result<(Config, SharedStore)> {
+    let config = Config::load(config)?;
+    let store = crate::serve::open_store(&config)?;
+    Ok((config, store))
+}
+
+fn domain_arg(s: &str, what: &str) -> Result<Domain> {
+    Domain::parse(s).map_err(|e| anyhow!("{what} {s:?}: {e}"))
+}
+
+fn address_arg(s: &str, what: &str) -> Result<Address> {
+    Address::parse(s).map_err(|e| anyhow!("{what} {s:?}: {e}"))
+}
+
+fn size_arg(s: &str, what: &str) -> Result<u64> {
+    parse_size(&Size::Str(s.to_string()))
+        .ok_or_else(|| anyhow!("{what} {s:?}: expected a size like 500M or 2G"))
+}
+
+fn read_password(address: &Address) -> Result<String> {
+    let password = if std::io::stdin().is_terminal() {
+        let p1 = rpassword::prompt_password(format!("Password for {address}: "))?;
+        let p2 = rpassword::prompt_password("Again: ")?;
+        if p1 != p2 {
+            bail!("the passwords differ");
+        }
+        p1
+    } else {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s.lines().next().unwrap_or("").to_string()
+    };
+    if password.chars().count() < 8 {
+        bail!("password: at least 8 characters are needed");
+    }
+    Ok(password)
+}
+
+pub fn domain(config: &Path, cmd: DomainCmd) -> Result<()> {
+    let (_, store) = open(config)?;
+    runtime()?.block_on(async {
+        match cmd {
+            DomainCmd::Add { domain } => {
+                let d = domain_arg(&domain, "domain")?;
+                store.domain_add(&d).await?;
+                println!("added domain {d}");
+            }
+            DomainCmd::List => {
+                for d in store.domains().await? {
+                    match d.catch_all {
+                        Some(c) => println!("{}\tcatch-all -> {c}", d.name.to_unicode()),
+                        None => println!("{}", d.name.to_unicode()),
+                    }
+                }
+            }
+            DomainCmd::Remove { domain } => {
+                let d = domain_arg(&domain, "domain")?;
+                store.domain_remove(&d).await?;
+                println!("removed domain {d}");
+            }
+            DomainCmd::CatchAll {
+                domain,
+                address,
+                clear,
+            } => {
+                let d = domain_arg(&domain, "domain")?;
+                let target = match (address, clear) {
+                    (Some(a), false) => Some(address_arg(&a, "address")?),
+                    (None, true) => None,
+                    _ => bail!("give an ADDRESS or --clear"),
+                };
+                store.domain_set_catch_all(&d, target.as_ref()).await?;
+                match target {
+                    Some(t) => println!("catch-all of {d} -> {t}"),
+                    None => println!("catch-all of {d} cleared"),
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn human(n: u64) -> String {
+    match n {
+        0 => "0".into(),
+        n if n >= 1 << 30 => format!("{:.1}G", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1}M", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1}K", n as f64 / 1024.0),
+        n => n.to_string(),
+    }
+}
+
+pub fn user(config_path: &Path, cmd: UserCmd) -> Result<()> {
+    let (config, store) = open(config_path)?;
+    let rt = runtime()?;
+    match cmd {
+        UserCmd::Add { address, quota } => {
+            let a = address_arg(&address, "address")?;
+            let quota = match quota {
+                Some(q) => size_arg(&q, "--quota")?,
+                None => config.directory.default_quota,
+            };
+            let password = read_password(&a)?;
+            let hash = mailkeep_store::password::hash_password(&password).map_err(|e| anyhow!(e))?;
+            rt.block_on(store.user_add(&a, &hash, quota))?;
+            println!("added user {a}");
+        }
+        UserCmd::List { domain } => {
+            let d = domain.map(|d| domain_arg(&d, "--domain")).transpose()?;
+            println!("{:<40} {:>8} {:>8}", "ADDRESS", "USED", "QUOTA");
+            for u in rt.block_on(store.users(d.as_ref()))? {
+                let quota = if u.quota == 0 { "-".into() } else { human(u.quota) };
+                println!("{:<40} {:>8} {:>8}", u.address.to_string(), human(u.used), quota);
+            }
+        }
+        UserCmd::Remove { address } => {
+            let a = address_arg(&address, "address")?;
+            rt.block_on(store.user_remove(&a))?;
+            println!("removed user {a}");
+        }
+        UserCmd::Passwd { address } => {
+            let a = address_arg(&address, "address")?;
+            if rt.block_on(store.user_get(&a.key()))?.is_none() {
+                bail!("user {a} not found");
+            }
+            let password = read_password(&a)?;
+            let hash = mailkeep_store::password::hash_password(&password).map_err(|e| anyhow!(e))?;
+            rt.block_on(store.user_set_password(&a, &hash))?;
+            println!("password of {a} changed");
+        }
+        UserCmd::Quota { address, size } => {
+            let a = address_arg(&address, "address")?;
+            let q = size_arg(&size, "size")?;
+            rt.block_on(store.user_set_quota(&a, q))?;
+            println!("quota of {a}: {}", if q == 0 { "unlimited".into() } else { human(q) });
+        }
+    }
+    Ok(())
+}
+
+pub fn alias(config: &Path, cmd: AliasCmd) -> Result<()> {
+    let (_, store) = open(config)?;
+    runtime()?.block_on(async {
+        match cmd {
+            AliasCmd::Add { address, targets } => {
+                let a = address_arg(&address, "address")?;
+                let t = targets
+                    .iter()
+                    .map(|t| address_arg(t, "target"))
+                    .collect::<Result<Vec<_>>>()?;
+                store.alias_add(&a, &t).await?;
+                println!("added alias {a}");
+            }
+            AliasCmd::List { domain } => {
+                let d = domain.map(|d| domain_arg(&d, "--domain")).transpose()?;
+                for a in store.aliases(d.as_ref()).await? {
+                    let t: Vec<String> = a.targets.iter().map(|t| t.to_string()).collect();
+                    println!("{} -> {}", a.address, t.join(", "));
+                }
+            }
+            AliasCmd::Remove { address } => {
+                let a = address_arg(&address, "address")?;
+                store.alias_remove(&a).await?;
+                println!("removed alias {a}");
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn deliver(config_path: &Path, to: Vec<String>, from: String) -> Result<()> {
+    let (config, store) = open(config_path)?;
+    if !from.is_empty() {
+        address_arg(&from, "--from")?;
+    }
+    let mut data = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut data)
+        .context("read the message from standard input")?;
+    if data.len() as u64 > config.smtp.max_message_size {
+        bail!(
+            "message is {} bytes, over smtp.max_message_size ({})",
+            data.len(),
+            config.smtp.max_message_size
+        );
+    }
+    // Stored messages always use CRLF line endings, as received over SMTP.
+    let data = normalize_crlf(&data);
+    let delivery = Delivery::new(store, config.directory.plus_separator);
+    let queue_id = mailkeep_types::QueueId::new(now_micros() as u64, rand::random()).0;
+    runtime()?.block_on(async {
+        let mut targets = Vec::new();
+        for t in &to {
+            let a = address_arg(t, "--to")?;
+            match delivery.resolve(&a).await? {
+                Resolution::Targets { local, external } => {
+                    if !external.is_empty() {
+                        bail!("--to {a}: expands to external addresses, which need the outbound queue");
+                    }
+                    targets.extend(local);
+                }
+                Resolution::NotLocal => bail!("--to {a}: domain {} is not hosted here", a.domain()),
+                Resolution::Unknown => bail!("--to {a}: no such user or alias"),
+                Resolution::TooDeep => bail!("--to {a}: alias loop"),
+            }
+        }
+        targets.sort_by_key(|t| t.account);
+        targets.dedup_by_key(|t| t.account);
+        let outcomes = delivery
+            .deliver(Incoming {
+                data,
+                return_path: from,
+                recipients: targets,
+                queue_id: queue_id.clone(),
+                session: format!("cli-{queue_id}"),
+                client_ip: None,
+            })
+            .await?;
+        let mut failed = 0;
+        for o in outcomes {
+            match o.result {
+                Ok(s) => println!("{}: delivered, uid {} (queue id {queue_id})", o.target.address, s.uid),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("{}: failed: {e}", o.target.address)
+                }
+            }
+        }
+        if failed > 0 {
+            bail!("{failed} recipient(s) failed");
+        }
+        Ok(())
+    })
+}
+
+fn normalize_crlf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 40);
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'\r' if data.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Parses `--since`/`--until`: RFC 3339 or an age like `2h`.
+fn time_arg(s: &str, what: &str) -> Result<i64> {
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok((t.unix_timestamp_nanos() / 1000) as i64);
+    }
+    if let Some(d) = mailkeep_config::parse_duration(&Size::Str(s.to_string())) {
+        if s.chars().last().is_some_and(|c| c.is_ascii_alphabetic()) {
+            return Ok(now_micros() - d.as_micros() as i64);
+        }
+    }
+    bail!("{what} {s:?}: expected an RFC 3339 time like 2026-11-28T10:00:00Z or an age like 2h")
+}
+
+fn format_ts(micros: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| micros.to_string())
+}
+
+fn describe(e: &LogEvent) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = &e.recipient {
+        parts.push(format!("to=<{r}>"));
+    } else if e.kind == "smtp.mail" {
+        parts.push(format!("from=<{}>", e.sender.as_deref().unwrap_or("")));
+    }
+    if let Some(m) = &e.message_id {
+        parts.push(format!("message-id=<{m}>"));
+    }
+    if let Some(o) = &e.outcome {
+        parts.push(o.clone());
+    }
+    if let Some(r) = &e.reply {
+        parts.push(format!("\"{r}\""));
+    }
+    if let serde_json::Value::Object(m) = &e.detail {
+        for (k, v) in m {
+            if v.is_null() {
+                continue;
+            }
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            parts.push(format!("{k}={v}"));
+        }
+    }
+    parts.join(" ")
+}
+
+pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
+    let (_, store) = open(config)?;
+    let LogCmd::Search {
+        sender,
+        recipient,
+        message_id,
+        ip,
+        queue_id,
+        outcome,
+        since,
+        until,
+        limit,
+        json,
+    } = cmd;
+    let filter = LogFilter {
+        sender,
+        recipient,
+        message_id,
+        ip,
+        queue_id,
+        outcome,
+        since: since.map(|s| time_arg(&s, "--since")).transpose()?,
+        until: until.map(|s| time_arg(&s, "--until")).transpose()?,
+        limit,
+    };
+    let events = runtime()?.block_on(store.log_search(&filter))?;
+    if json {
+        for e in &events {
+            println!("{}", serde_json::to_string(e)?);
+        }
+        return Ok(());
+    }
+    if events.is_empty() {
+        println!("no matching events");
+        return Ok(());
+    }
+    let mut current = String::new();
+    for e in &events {
+        if e.session != current {
+            current = e.session.clone();
+            println!();
+            println!(
+                "session {} from {}",
+                e.session,
+                e.ip.as_deref().unwrap_or("local")
+            );
+        }
+        let q = e.queue_id.as_deref().map(|q| format!(" [{q}]")).unwrap_or_default();
+        println!("  {} {:<16}{q} {}", format_ts(e.ts), e.kind, describe(e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crlf_normalization() {
+        assert_eq!(normalize_crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
+    }
+
+    #[test]
+    fn time_args() {
+        assert!(time_arg("2026-11-28T10:00:00Z", "--since").is_ok());
+        let t = time_arg("2h", "--since").unwrap();
+        assert!(now_micros() - t >= 7_200_000_000);
+        assert!(time_arg("yesterday", "--since").unwrap_err().to_string().contains("--since"));
+    }
+}

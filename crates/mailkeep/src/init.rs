@@ -1,0 +1,227 @@
+//! `mailkeep init`: config file, data directory, DKIM keys, self-signed certificate, DNS records.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use mailkeep_types::Domain;
+
+/// The DKIM selectors `init` creates.
+pub const SELECTOR_ED25519: &str = "mk1e";
+/// RSA selector.
+pub const SELECTOR_RSA: &str = "mk1r";
+
+/// Options of `init`.
+pub struct InitOptions {
+    pub hostname: String,
+    pub domain: String,
+    pub data: PathBuf,
+    pub config: Option<PathBuf>,
+    pub smtp_listen: String,
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Generates DKIM keys for `domain` in `dir`; returns the DNS TXT records (name, value).
+pub fn dkim_keys(dir: &Path, domain: &Domain) -> Result<Vec<(String, String)>> {
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut records = Vec::new();
+
+    // Ed25519 (RFC 8463): p= is the raw 32-byte public key.
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| anyhow::anyhow!("Ed25519 key generation failed"))?;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|_| anyhow::anyhow!("Ed25519 key check failed"))?;
+    use ring::signature::KeyPair;
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        b64.encode(pkcs8.as_ref())
+    );
+    write_private(&dir.join(format!("{domain}.{SELECTOR_ED25519}.ed25519.pem")), pem.as_bytes())?;
+    records.push((
+        format!("{SELECTOR_ED25519}._domainkey.{domain}"),
+        format!("v=DKIM1; k=ed25519; p={}", b64.encode(pair.public_key().as_ref())),
+    ));
+
+    // RSA-2048 (RFC 6376 3.3.3; RFC 8301 requires at least 1024, 2048 is the norm).
+    let mut rng = rand::rngs::OsRng;
+    let key = rsa::RsaPrivateKey::new(&mut rng, 2048).context("RSA key generation")?;
+    let pem = key.to_pkcs8_pem(LineEnding::LF).context("RSA key encoding")?;
+    write_private(&dir.join(format!("{domain}.{SELECTOR_RSA}.rsa.pem")), pem.as_bytes())?;
+    let public = key
+        .to_public_key()
+        .to_public_key_der()
+        .context("RSA public key encoding")?;
+    records.push((
+        format!("{SELECTOR_RSA}._domainkey.{domain}"),
+        format!("v=DKIM1; k=rsa; p={}", b64.encode(public.as_bytes())),
+    ));
+    Ok(records)
+}
+
+/// Writes a self-signed certificate for `hostname` (until ACME is configured).
+pub fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let cert = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
+        .context("self-signed certificate")?;
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem())
+        .with_context(|| format!("write {}", cert_path.display()))?;
+    write_private(&key_path, cert.signing_key.serialize_pem().as_bytes())?;
+    Ok((cert_path, key_path))
+}
+
+/// The config file `init` writes.
+pub fn config_text(hostname: &str, domain: &Domain, smtp_listen: &str) -> String {
+    format!(
+        r#"# mailkeep configuration, written by `mailkeep init`.
+# Relative paths are relative to this file's directory.
+
+# This server's name: used in the SMTP greeting, Received headers and the MX record.
+hostname = "{hostname}"
+
+# Where the store, keys and certificates live.
+data_dir = "."
+
+# Domains hosted here. More can be added with `mailkeep domain add`.
+domains = ["{domain}"]
+
+# One [[listener]] per socket. Protocols: smtp, submission, submissions, imap, imaps,
+# pop3, pop3s, managesieve, http (this version serves smtp). `serve --listen PROTO=ADDR`
+# replaces them all for one run.
+[[listener]]
+protocol = "smtp"
+address = "{smtp_listen}"
+
+[tls]
+# Self-signed until you install a real certificate (ACME support is planned).
+cert = "tls/cert.pem"
+key = "tls/key.pem"
+
+[smtp]
+max_message_size = "50M"     # advertised with SIZE (RFC 1870)
+max_recipients = 100         # per message (RFC 5321 4.5.3.1.8)
+max_command_line = 4096      # bytes (RFC 5321 4.5.3.1.4 asks for at least 512)
+max_data_line = 65536        # bytes per line of message data
+max_header_size = "1M"
+command_timeout = "5m"       # RFC 5321 4.5.3.2.7
+data_timeout = "3m"          # per block of message data
+max_errors = 10              # errors before the session is closed with 421
+max_connections = 1000
+max_connections_per_ip = 20
+quota_reply = "temporary"    # "temporary" = 452 4.2.2, "permanent" = 552 5.2.2
+reverse_dns = true
+
+[store]
+backend = "sqlite"           # the embedded store
+# path = "store"
+
+[directory]
+plus_separator = "+"         # user+tag@domain reaches user@domain; "" turns it off
+default_quota = 0            # bytes for new users, 0 = unlimited; e.g. "2G"
+
+[log]
+retention = "30d"            # how long the delivery log keeps events
+
+[dns]
+# servers = ["127.0.0.1:53"] # default: the system's resolvers
+timeout = "5s"
+"#
+    )
+}
+
+/// Runs `init`.
+pub fn run(opts: InitOptions) -> Result<()> {
+    let domain = Domain::parse(&opts.domain).map_err(|e| anyhow::anyhow!("--domain: {e}"))?;
+    let hostname = Domain::parse(&opts.hostname)
+        .map_err(|e| anyhow::anyhow!("--hostname: {e}"))?
+        .to_string();
+    let config_path = opts
+        .config
+        .clone()
+        .unwrap_or_else(|| opts.data.join("mailkeep.toml"));
+    if config_path.exists() {
+        bail!(
+            "{} already exists: refusing to overwrite it (remove it or pass --config elsewhere)",
+            config_path.display()
+        );
+    }
+    std::fs::create_dir_all(&opts.data)
+        .with_context(|| format!("create {}", opts.data.display()))?;
+    let data = opts.data.canonicalize()?;
+    let records = dkim_keys(&data.join("dkim"), &domain)?;
+    self_signed(&data.join("tls"), &hostname)?;
+    let mut text = config_text(&hostname, &domain, &opts.smtp_listen);
+    if opts.config.is_some() {
+        text = text.replace("data_dir = \".\"", &format!("data_dir = {:?}", data.display().to_string()));
+        text = text.replace("cert = \"tls/cert.pem\"", &format!("cert = {:?}", data.join("tls/cert.pem").display().to_string()));
+        text = text.replace("key = \"tls/key.pem\"", &format!("key = {:?}", data.join("tls/key.pem").display().to_string()));
+    }
+    if let Some(parent) = config_path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&config_path, text).with_context(|| format!("write {}", config_path.display()))?;
+    // Validate what we wrote, so a broken template can never ship silently.
+    mailkeep_config::Config::load(&config_path)?;
+    let store = mailkeep_store_sqlite::SqliteStore::open(&data.join("store"))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        use mailkeep_store::DirectoryStore;
+        match store.domain_add(&domain).await {
+            Ok(()) | Err(mailkeep_store::StoreError::Exists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    })?;
+    println!("Wrote {}", config_path.display());
+    println!("Data directory: {}", data.display());
+    println!();
+    println!("Publish these DNS records (zone-file syntax, ready to paste):");
+    println!();
+    print!("{}", dns_records(&hostname, &domain, &records));
+    println!();
+    println!("Next: mailkeep user add postmaster@{domain} --config {}", config_path.display());
+    println!("      mailkeep serve --config {}", config_path.display());
+    Ok(())
+}
+
+/// The records a domain needs, as zone-file lines.
+pub fn dns_records(hostname: &str, domain: &Domain, dkim: &[(String, String)]) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("{domain}.\t3600\tIN\tMX\t10 {hostname}.\n"));
+    out.push_str(&format!(
+        "{hostname}.\t3600\tIN\tA\t<this server's IPv4 address>\n{hostname}.\t3600\tIN\tAAAA\t<this server's IPv6 address, if any>\n"
+    ));
+    out.push_str(&format!("{domain}.\t3600\tIN\tTXT\t\"v=spf1 mx -all\"\n"));
+    for (name, value) in dkim {
+        // TXT strings are at most 255 octets (RFC 1035 3.3.14): split long ones.
+        let parts: Vec<String> = value
+            .as_bytes()
+            .chunks(250)
+            .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+            .collect();
+        out.push_str(&format!("{name}.\t3600\tIN\tTXT\t{}\n", parts.join(" ")));
+    }
+    out.push_str(&format!(
+        "_dmarc.{domain}.\t3600\tIN\tTXT\t\"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}\"\n"
+    ));
+    out.push_str(&format!(
+        "; reverse DNS: ask your hosting provider to point the PTR of this server's addresses to {hostname}\n"
+    ));
+    out
+}

@@ -1,0 +1,294 @@
+//! `serve` and `demo`: wiring the store, delivery and listeners together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use mailkeep_config::{parse_listen_arg, Config, Listener, Protocol};
+use mailkeep_delivery::{now_micros, Delivery};
+use mailkeep_net::{load_tls, shutdown_pair, ConnLimiter, ReverseDns};
+use mailkeep_smtp::SmtpServer;
+use mailkeep_store::{SharedStore, StoreError};
+use mailkeep_store_sqlite::SqliteStore;
+use mailkeep_types::{Address, Domain};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Options shared by `serve` and `demo`.
+#[derive(Args, Clone, Default)]
+pub struct RunArgs {
+    /// Listen on PROTO=ADDR instead of the configured listeners (repeatable), e.g.
+    /// smtp=127.0.0.1:2525. Protocols: smtp, submission, submissions, imap, imaps, pop3,
+    /// pop3s, managesieve, http.
+    #[arg(long, value_parser = parse_listen_arg)]
+    pub listen: Vec<Listener>,
+    /// Ask this DNS server (IP or IP:PORT) instead of the configured ones (repeatable).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// How long to wait for open sessions at shutdown.
+    #[arg(long, default_value = "30")]
+    pub grace_seconds: u64,
+}
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILKEEP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load_config(path: &Path, run: &RunArgs) -> Result<Config> {
+    let mut config = Config::load(path)?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    config.override_listeners(run.listen.clone());
+    if !run.dns.is_empty() {
+        config.dns.servers = run
+            .dns
+            .iter()
+            .map(|s| {
+                s.parse::<SocketAddr>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| anyhow::anyhow!("--dns {s}: expected IP or IP:PORT"))
+            })
+            .collect::<Result<_>>()?;
+    }
+    for l in &config.listeners {
+        if !l.protocol.implemented() {
+            bail!(
+                "listener {}={}: this version of mailkeep does not serve {} yet",
+                l.protocol.name(),
+                l.address,
+                l.protocol.name()
+            );
+        }
+    }
+    if config.listeners.is_empty() {
+        bail!("no listeners: add a [[listener]] to the config or pass --listen smtp=ADDR");
+    }
+    Ok(config)
+}
+
+fn smtp_server(config: &Config, delivery: Delivery) -> Result<SmtpServer> {
+    let tls = match &config.tls {
+        Some(t) => Some(load_tls(&t.cert, &t.key)?),
+        None => None,
+    };
+    let rdns = ReverseDns::new(&config.dns.servers, config.dns.timeout, config.smtp.reverse_dns)?;
+    Ok(SmtpServer {
+        hostname: config.hostname.clone(),
+        config: config.smtp.clone(),
+        delivery,
+        tls,
+        rdns,
+        primary_domain: config.domains.first().cloned(),
+    })
+}
+
+pub fn open_store(config: &Config) -> Result<SharedStore> {
+    let store = SqliteStore::open(&config.store.path)
+        .with_context(|| format!("open store {}", config.store.path.display()))?;
+    Ok(Arc::new(store))
+}
+
+pub fn serve(path: &Path, run: RunArgs) -> Result<()> {
+    init_tracing();
+    let config = load_config(path, &run)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve_config(config, run, Some(path.to_path_buf()), None))
+}
+
+async fn serve_config(
+    config: Config,
+    run: RunArgs,
+    path: Option<PathBuf>,
+    on_ready: Option<Box<dyn FnOnce(&[(Protocol, SocketAddr)]) + Send>>,
+) -> Result<()> {
+    let store = open_store(&config)?;
+    for d in &config.domains {
+        match store.domain_add(d).await {
+            Ok(()) | Err(StoreError::Exists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let delivery = Delivery::new(store.clone(), config.directory.plus_separator);
+    let server = Arc::new(smtp_server(&config, delivery.clone())?);
+    let (trigger, shutdown) = shutdown_pair();
+    let limiter = ConnLimiter::new(config.smtp.max_connections, config.smtp.max_connections_per_ip);
+
+    // Bind everything first: a port that cannot be bound stops the start, nothing half-runs.
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let listener = TcpListener::bind(l.address)
+            .await
+            .with_context(|| format!("listen {}={}", l.protocol.name(), l.address))?;
+        let local = listener.local_addr()?;
+        bound.push((l.protocol, local, listener));
+    }
+    let addrs: Vec<(Protocol, SocketAddr)> = bound.iter().map(|(p, a, _)| (*p, *a)).collect();
+    for (p, a) in &addrs {
+        // Tests and scripts read this line to find ports chosen with :0.
+        println!("mailkeep: {} listening on {a}", p.name());
+    }
+    if let Some(f) = on_ready {
+        f(&addrs);
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let (server_tx, _) = tokio::sync::watch::channel(server.clone());
+    let grace = Duration::from_secs(run.grace_seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (protocol, _, listener) in bound {
+        if protocol == Protocol::Smtp {
+            let rx = server_tx.subscribe();
+            tasks.spawn(serve_smtp(listener, rx, limiter.clone(), shutdown.clone(), grace));
+        }
+    }
+
+    // Delivery log retention, checked hourly.
+    let retention = config.log.retention;
+    let log_store = store.clone();
+    let mut log_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            let cutoff = now_micros() - retention.as_micros() as i64;
+            match log_store.log_expire(cutoff).await {
+                Ok(n) if n > 0 => tracing::info!(events = n, "delivery log expired old events"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "delivery log expiry failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                _ = log_shutdown.wait() => break,
+            }
+        }
+    });
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tracing::info!(hostname = %config.hostname, "mailkeep started");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let Some(path) = &path else {
+                    tracing::info!("SIGHUP: nothing to reload (no config file)");
+                    continue;
+                };
+                match load_config(path, &run).and_then(|c| {
+                    let s = smtp_server(&c, delivery.clone())?;
+                    Ok((c, s))
+                }) {
+                    Ok((c, s)) => {
+                        if c.listeners != config.listeners {
+                            tracing::warn!("SIGHUP: listener changes take effect after a restart");
+                        }
+                        let _ = server_tx.send(Arc::new(s));
+                        tracing::info!(file = %path.display(), "SIGHUP: configuration reloaded");
+                    }
+                    Err(e) => tracing::error!("SIGHUP: keeping the old configuration: {e:#}"),
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: finishing open transactions");
+    trigger.trigger();
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_smtp(
+    listener: TcpListener,
+    server: tokio::sync::watch::Receiver<Arc<SmtpServer>>,
+    limiter: ConnLimiter,
+    shutdown: mailkeep_net::Shutdown,
+    grace: Duration,
+) {
+    mailkeep_smtp::serve_reloadable(listener, server, limiter, shutdown, grace).await;
+}
+
+fn random_password() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::thread_rng();
+    (0..16).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+}
+
+pub fn demo(data: Option<PathBuf>, mut run: RunArgs) -> Result<()> {
+    init_tracing();
+    let (dir, _keep) = match data {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::Builder::new().prefix("mailkeep-demo-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let domain = Domain::parse("example.test")?;
+    let hostname = "mail.example.test";
+    let config_path = dir.join("mailkeep.toml");
+    if !config_path.exists() {
+        std::fs::create_dir_all(&dir)?;
+        crate::init::self_signed(&dir.join("tls"), hostname)?;
+        let text = crate::init::config_text(hostname, &domain, "127.0.0.1:2525")
+            .replace("reverse_dns = true", "reverse_dns = false");
+        std::fs::write(&config_path, text)?;
+    }
+    if run.listen.is_empty() {
+        run.listen = vec![parse_listen_arg("smtp=127.0.0.1:2525").map_err(anyhow::Error::msg)?];
+    }
+    let config = load_config(&config_path, &run)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let store = open_store(&config)?;
+        match store.domain_add(&domain).await {
+            Ok(()) | Err(StoreError::Exists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let user = Address::parse("demo@example.test")?;
+        let password = random_password();
+        let hash = mailkeep_store::password::hash_password(&password).map_err(anyhow::Error::msg)?;
+        match store.user_add(&user, &hash, 0).await {
+            Ok(_) => {}
+            Err(StoreError::Exists(_)) => store.user_set_password(&user, &hash).await?,
+            Err(e) => return Err(e.into()),
+        }
+        let postmaster = Address::parse("postmaster@example.test")?;
+        match store.alias_add(&postmaster, std::slice::from_ref(&user)).await {
+            Ok(()) | Err(StoreError::Exists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        drop(store);
+        let cfg_display = config_path.display().to_string();
+        let ready = Box::new(move |addrs: &[(Protocol, SocketAddr)]| {
+            let smtp = addrs
+                .iter()
+                .find(|(p, _)| *p == Protocol::Smtp)
+                .map(|(_, a)| a.to_string())
+                .unwrap_or_default();
+            let (host, port) = smtp.rsplit_once(':').unwrap_or((&smtp, "25"));
+            println!();
+            println!("mailkeep demo is running (Ctrl-C stops it).");
+            println!("  domain:   example.test");
+            println!("  user:     demo@example.test");
+            println!("  password: {password}");
+            println!("  config:   {cfg_display}");
+            println!();
+            println!("Send it a message:");
+            println!("  swaks --server {host} --port {port} --to demo@example.test --from you@example.org");
+            println!("Then see what happened:");
+            println!("  mailkeep log search --config {cfg_display} --recipient demo@example.test");
+            println!();
+        });
+        serve_config(config, run, Some(config_path.clone()), Some(ready)).await
+    })
+}
