@@ -410,7 +410,9 @@ impl Config {
         let smtp = SmtpConfig {
             max_message_size: cx.size(
                 "smtp.max_message_size",
-                s.max_message_size.as_ref().unwrap_or(&default("50M".into())),
+                s.max_message_size
+                    .as_ref()
+                    .unwrap_or(&default("50M".into())),
             )?,
             max_recipients: positive(&cx, "smtp.max_recipients", s.max_recipients, 100)?,
             max_command_line: positive(&cx, "smtp.max_command_line", s.max_command_line, 4096)?,
@@ -520,7 +522,10 @@ impl Config {
         for (i, s) in dn.servers.iter().enumerate() {
             let addr = s
                 .parse::<SocketAddr>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .or_else(|_| {
+                    s.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
                 .map_err(|_| {
                     cx.invalid(
                         &format!("dns.servers[{i}]"),
@@ -541,7 +546,11 @@ impl Config {
         let mut domains = Vec::new();
         for (i, d) in raw.domains.iter().enumerate() {
             domains.push(Domain::parse(d).map_err(|e| {
-                cx.invalid(&format!("domains[{i}]"), "a domain name", format!("{d:?}: {e}"))
+                cx.invalid(
+                    &format!("domains[{i}]"),
+                    "a domain name",
+                    format!("{d:?}: {e}"),
+                )
             })?);
         }
 
@@ -618,9 +627,11 @@ mod tests {
             .to_string();
         assert!(e.contains("max_mesage_size"), "{e}");
 
-        let e = parse("hostname = \"m.example\"\n[[listener]]\nprotocol = \"smtp\"\naddress = \"nowhere\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            "hostname = \"m.example\"\n[[listener]]\nprotocol = \"smtp\"\naddress = \"nowhere\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("listener[0].address"), "{e}");
 
         let e = parse("").unwrap_err().to_string();
@@ -639,7 +650,9 @@ mod tests {
     fn listen_args_parse() {
         let l = parse_listen_arg("smtp=127.0.0.1:2525").unwrap();
         assert_eq!(l.protocol, Protocol::Smtp);
-        assert!(parse_listen_arg("gopher=127.0.0.1:70").unwrap_err().contains("unknown protocol"));
+        assert!(parse_listen_arg("gopher=127.0.0.1:70")
+            .unwrap_err()
+            .contains("unknown protocol"));
         assert!(parse_listen_arg("smtp").is_err());
     }
 
@@ -647,7 +660,10 @@ mod tests {
     fn sizes_and_durations() {
         assert_eq!(parse_size(&raw::Size::Str("10K".into())), Some(10240));
         assert_eq!(parse_size(&raw::Size::Int(-1)), None);
-        assert_eq!(parse_duration(&raw::Size::Str("2h".into())), Some(Duration::from_secs(7200)));
+        assert_eq!(
+            parse_duration(&raw::Size::Str("2h".into())),
+            Some(Duration::from_secs(7200))
+        );
         assert_eq!(parse_duration(&raw::Size::Str("x".into())), None);
     }
 }

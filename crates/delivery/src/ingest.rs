@@ -1,7 +1,9 @@
 //! Parsing at ingest: the envelope and body structure IMAP will serve, computed once with
 //! mail-parser and stored beside the message.
 
-use mail_parser::{Address as MpAddress, Message, MessageParser, MessagePart, MimeHeaders, PartType};
+use mail_parser::{
+    Address as MpAddress, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+};
 use mailkeep_store::{BodyStructure, Envelope, EnvelopeAddress, MessageCache};
 
 /// Deepest MIME nesting we describe; deeper parts are summarized as opaque (DoS bound).
@@ -276,7 +278,10 @@ AAAA\r\n\
         assert_eq!(c.body.parts[0].lines, 2);
         assert_eq!(c.body.parts[0].language, vec!["de".to_string()]);
         assert_eq!(c.body.parts[1].encoding, "BASE64");
-        assert_eq!(c.body.parts[1].disposition.as_ref().map(|d| d.0.as_str()), Some("attachment"));
+        assert_eq!(
+            c.body.parts[1].disposition.as_ref().map(|d| d.0.as_str()),
+            Some("attachment")
+        );
         assert!(c.header_size > 0);
     }
 

@@ -170,9 +170,15 @@ mod tests {
     async fn one_blob_many_recipients() {
         let dir = tempfile::tempdir().unwrap();
         let store: SharedStore = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        store.domain_add(&Domain::parse("a.test").unwrap()).await.unwrap();
+        store
+            .domain_add(&Domain::parse("a.test").unwrap())
+            .await
+            .unwrap();
         for u in ["x@a.test", "y@a.test"] {
-            store.user_add(&Address::parse(u).unwrap(), "h", 0).await.unwrap();
+            store
+                .user_add(&Address::parse(u).unwrap(), "h", 0)
+                .await
+                .unwrap();
         }
         let d = Delivery::new(store.clone(), Some('+'));
         let mut recipients = Vec::new();
@@ -195,14 +201,27 @@ mod tests {
             .unwrap();
         assert_eq!(out.len(), 2);
         let st = out[0].result.as_ref().unwrap();
-        let content = store.message_content(st.mailbox, st.uid).await.unwrap().unwrap();
+        let content = store
+            .message_content(st.mailbox, st.uid)
+            .await
+            .unwrap()
+            .unwrap();
         let text = String::from_utf8(content).unwrap();
-        assert!(text.starts_with("Return-Path: <s@b.test>\r\nDelivered-To: x@a.test\r\nSubject: t"), "{text}");
+        assert!(
+            text.starts_with("Return-Path: <s@b.test>\r\nDelivered-To: x@a.test\r\nSubject: t"),
+            "{text}"
+        );
         let log = store
-            .log_search(&mailkeep_store::LogFilter { message_id: Some("m@a.test".into()), limit: 5, ..Default::default() })
+            .log_search(&mailkeep_store::LogFilter {
+                message_id: Some("m@a.test".into()),
+                limit: 5,
+                ..Default::default()
+            })
             .await
             .unwrap();
         assert_eq!(log.len(), 2);
-        assert!(log.iter().all(|e| e.outcome.as_deref() == Some("delivered")));
+        assert!(log
+            .iter()
+            .all(|e| e.outcome.as_deref() == Some("delivered")));
     }
 }

@@ -215,7 +215,8 @@ pub fn user(config_path: &Path, cmd: UserCmd) -> Result<()> {
                 None => config.directory.default_quota,
             };
             let password = read_password(&a)?;
-            let hash = mailkeep_store::password::hash_password(&password).map_err(|e| anyhow!(e))?;
+            let hash =
+                mailkeep_store::password::hash_password(&password).map_err(|e| anyhow!(e))?;
             rt.block_on(store.user_add(&a, &hash, quota))?;
             println!("added user {a}");
         }
@@ -223,8 +224,17 @@ pub fn user(config_path: &Path, cmd: UserCmd) -> Result<()> {
             let d = domain.map(|d| domain_arg(&d, "--domain")).transpose()?;
             println!("{:<40} {:>8} {:>8}", "ADDRESS", "USED", "QUOTA");
             for u in rt.block_on(store.users(d.as_ref()))? {
-                let quota = if u.quota == 0 { "-".into() } else { human(u.quota) };
-                println!("{:<40} {:>8} {:>8}", u.address.to_string(), human(u.used), quota);
+                let quota = if u.quota == 0 {
+                    "-".into()
+                } else {
+                    human(u.quota)
+                };
+                println!(
+                    "{:<40} {:>8} {:>8}",
+                    u.address.to_string(),
+                    human(u.used),
+                    quota
+                );
             }
         }
         UserCmd::Remove { address } => {
@@ -238,7 +248,8 @@ pub fn user(config_path: &Path, cmd: UserCmd) -> Result<()> {
                 bail!("user {a} not found");
             }
             let password = read_password(&a)?;
-            let hash = mailkeep_store::password::hash_password(&password).map_err(|e| anyhow!(e))?;
+            let hash =
+                mailkeep_store::password::hash_password(&password).map_err(|e| anyhow!(e))?;
             rt.block_on(store.user_set_password(&a, &hash))?;
             println!("password of {a} changed");
         }
@@ -246,7 +257,10 @@ pub fn user(config_path: &Path, cmd: UserCmd) -> Result<()> {
             let a = address_arg(&address, "address")?;
             let q = size_arg(&size, "size")?;
             rt.block_on(store.user_set_quota(&a, q))?;
-            println!("quota of {a}: {}", if q == 0 { "unlimited".into() } else { human(q) });
+            println!(
+                "quota of {a}: {}",
+                if q == 0 { "unlimited".into() } else { human(q) }
+            );
         }
     }
     Ok(())
@@ -467,7 +481,11 @@ pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
                 e.ip.as_deref().unwrap_or("local")
             );
         }
-        let q = e.queue_id.as_deref().map(|q| format!(" [{q}]")).unwrap_or_default();
+        let q = e
+            .queue_id
+            .as_deref()
+            .map(|q| format!(" [{q}]"))
+            .unwrap_or_default();
         println!("  {} {:<16}{q} {}", format_ts(e.ts), e.kind, describe(e));
     }
     Ok(())
@@ -487,6 +505,9 @@ mod tests {
         assert!(time_arg("2026-11-28T10:00:00Z", "--since").is_ok());
         let t = time_arg("2h", "--since").unwrap();
         assert!(now_micros() - t >= 7_200_000_000);
-        assert!(time_arg("yesterday", "--since").unwrap_err().to_string().contains("--since"));
+        assert!(time_arg("yesterday", "--since")
+            .unwrap_err()
+            .to_string()
+            .contains("--since"));
     }
 }

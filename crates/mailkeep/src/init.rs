@@ -52,17 +52,28 @@ pub fn dkim_keys(dir: &Path, domain: &Domain) -> Result<Vec<(String, String)>> {
         "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
         b64.encode(pkcs8.as_ref())
     );
-    write_private(&dir.join(format!("{domain}.{SELECTOR_ED25519}.ed25519.pem")), pem.as_bytes())?;
+    write_private(
+        &dir.join(format!("{domain}.{SELECTOR_ED25519}.ed25519.pem")),
+        pem.as_bytes(),
+    )?;
     records.push((
         format!("{SELECTOR_ED25519}._domainkey.{domain}"),
-        format!("v=DKIM1; k=ed25519; p={}", b64.encode(pair.public_key().as_ref())),
+        format!(
+            "v=DKIM1; k=ed25519; p={}",
+            b64.encode(pair.public_key().as_ref())
+        ),
     ));
 
     // RSA-2048 (RFC 6376 3.3.3; RFC 8301 requires at least 1024, 2048 is the norm).
     let mut rng = rand::rngs::OsRng;
     let key = rsa::RsaPrivateKey::new(&mut rng, 2048).context("RSA key generation")?;
-    let pem = key.to_pkcs8_pem(LineEnding::LF).context("RSA key encoding")?;
-    write_private(&dir.join(format!("{domain}.{SELECTOR_RSA}.rsa.pem")), pem.as_bytes())?;
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .context("RSA key encoding")?;
+    write_private(
+        &dir.join(format!("{domain}.{SELECTOR_RSA}.rsa.pem")),
+        pem.as_bytes(),
+    )?;
     let public = key
         .to_public_key()
         .to_public_key_der()
@@ -169,18 +180,33 @@ pub fn run(opts: InitOptions) -> Result<()> {
     self_signed(&data.join("tls"), &hostname)?;
     let mut text = config_text(&hostname, &domain, &opts.smtp_listen);
     if opts.config.is_some() {
-        text = text.replace("data_dir = \".\"", &format!("data_dir = {:?}", data.display().to_string()));
-        text = text.replace("cert = \"tls/cert.pem\"", &format!("cert = {:?}", data.join("tls/cert.pem").display().to_string()));
-        text = text.replace("key = \"tls/key.pem\"", &format!("key = {:?}", data.join("tls/key.pem").display().to_string()));
+        text = text.replace(
+            "data_dir = \".\"",
+            &format!("data_dir = {:?}", data.display().to_string()),
+        );
+        text = text.replace(
+            "cert = \"tls/cert.pem\"",
+            &format!(
+                "cert = {:?}",
+                data.join("tls/cert.pem").display().to_string()
+            ),
+        );
+        text = text.replace(
+            "key = \"tls/key.pem\"",
+            &format!("key = {:?}", data.join("tls/key.pem").display().to_string()),
+        );
     }
     if let Some(parent) = config_path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(&config_path, text).with_context(|| format!("write {}", config_path.display()))?;
+    std::fs::write(&config_path, text)
+        .with_context(|| format!("write {}", config_path.display()))?;
     // Validate what we wrote, so a broken template can never ship silently.
     mailkeep_config::Config::load(&config_path)?;
     let store = mailkeep_store_sqlite::SqliteStore::open(&data.join("store"))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         use mailkeep_store::DirectoryStore;
         match store.domain_add(&domain).await {
@@ -195,7 +221,10 @@ pub fn run(opts: InitOptions) -> Result<()> {
     println!();
     print!("{}", dns_records(&hostname, &domain, &records));
     println!();
-    println!("Next: mailkeep user add postmaster@{domain} --config {}", config_path.display());
+    println!(
+        "Next: mailkeep user add postmaster@{domain} --config {}",
+        config_path.display()
+    );
     println!("      mailkeep serve --config {}", config_path.display());
     Ok(())
 }

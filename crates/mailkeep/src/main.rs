@@ -20,7 +20,13 @@ struct Cli {
 #[derive(Args, Clone)]
 struct ConfigArg {
     /// The config file.
-    #[arg(long, short = 'c', global = true, env = "MAILKEEP_CONFIG", default_value = "/etc/mailkeep/mailkeep.toml")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "MAILKEEP_CONFIG",
+        default_value = "/etc/mailkeep/mailkeep.toml"
+    )]
     config: PathBuf,
 }
 

@@ -54,7 +54,10 @@ fn load_config(path: &Path, run: &RunArgs) -> Result<Config> {
             .iter()
             .map(|s| {
                 s.parse::<SocketAddr>()
-                    .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .or_else(|_| {
+                        s.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
                     .map_err(|_| anyhow::anyhow!("--dns {s}: expected IP or IP:PORT"))
             })
             .collect::<Result<_>>()?;
@@ -80,7 +83,11 @@ fn smtp_server(config: &Config, delivery: Delivery) -> Result<SmtpServer> {
         Some(t) => Some(load_tls(&t.cert, &t.key)?),
         None => None,
     };
-    let rdns = ReverseDns::new(&config.dns.servers, config.dns.timeout, config.smtp.reverse_dns)?;
+    let rdns = ReverseDns::new(
+        &config.dns.servers,
+        config.dns.timeout,
+        config.smtp.reverse_dns,
+    )?;
     Ok(SmtpServer {
         hostname: config.hostname.clone(),
         config: config.smtp.clone(),
@@ -100,7 +107,9 @@ pub fn open_store(config: &Config) -> Result<SharedStore> {
 pub fn serve(path: &Path, run: RunArgs) -> Result<()> {
     init_tracing();
     let config = load_config(path, &run)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(serve_config(config, run, Some(path.to_path_buf()), None))
 }
 
@@ -120,7 +129,10 @@ async fn serve_config(
     let delivery = Delivery::new(store.clone(), config.directory.plus_separator);
     let server = Arc::new(smtp_server(&config, delivery.clone())?);
     let (trigger, shutdown) = shutdown_pair();
-    let limiter = ConnLimiter::new(config.smtp.max_connections, config.smtp.max_connections_per_ip);
+    let limiter = ConnLimiter::new(
+        config.smtp.max_connections,
+        config.smtp.max_connections_per_ip,
+    );
 
     // Bind everything first: a port that cannot be bound stops the start, nothing half-runs.
     let mut bound = Vec::new();
@@ -148,7 +160,13 @@ async fn serve_config(
     for (protocol, _, listener) in bound {
         if protocol == Protocol::Smtp {
             let rx = server_tx.subscribe();
-            tasks.spawn(serve_smtp(listener, rx, limiter.clone(), shutdown.clone(), grace));
+            tasks.spawn(serve_smtp(
+                listener,
+                rx,
+                limiter.clone(),
+                shutdown.clone(),
+                grace,
+            ));
         }
     }
 
@@ -221,7 +239,9 @@ fn random_password() -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
     let mut rng = rand::thread_rng();
-    (0..16).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+    (0..16)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 pub fn demo(data: Option<PathBuf>, mut run: RunArgs) -> Result<()> {
@@ -229,7 +249,9 @@ pub fn demo(data: Option<PathBuf>, mut run: RunArgs) -> Result<()> {
     let (dir, _keep) = match data {
         Some(d) => (d, None),
         None => {
-            let t = tempfile::Builder::new().prefix("mailkeep-demo-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("mailkeep-demo-")
+                .tempdir()?;
             (t.path().to_path_buf(), Some(t))
         }
     };
@@ -247,7 +269,9 @@ pub fn demo(data: Option<PathBuf>, mut run: RunArgs) -> Result<()> {
         run.listen = vec![parse_listen_arg("smtp=127.0.0.1:2525").map_err(anyhow::Error::msg)?];
     }
     let config = load_config(&config_path, &run)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let store = open_store(&config)?;
         match store.domain_add(&domain).await {

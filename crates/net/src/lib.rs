@@ -27,15 +27,18 @@ pub enum NetError {
 
 /// Loads a PEM certificate chain and private key into a rustls server config.
 pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, NetError> {
-    let cert_pem = std::fs::read(cert)
-        .map_err(|e| NetError::Tls(format!("read {}: {e}", cert.display())))?;
+    let cert_pem =
+        std::fs::read(cert).map_err(|e| NetError::Tls(format!("read {}: {e}", cert.display())))?;
     let key_pem =
         std::fs::read(key).map_err(|e| NetError::Tls(format!("read {}: {e}", key.display())))?;
     let certs = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| NetError::Tls(format!("{}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(NetError::Tls(format!("{}: no certificate found", cert.display())));
+        return Err(NetError::Tls(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
     }
     let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|e| NetError::Tls(format!("{}: {e}", key.display())))?
@@ -201,7 +204,11 @@ pub struct ReverseDns {
 
 impl ReverseDns {
     /// A resolver asking `servers`, or the system's when empty. `enabled = false` never asks.
-    pub fn new(servers: &[SocketAddr], timeout: Duration, enabled: bool) -> Result<ReverseDns, NetError> {
+    pub fn new(
+        servers: &[SocketAddr],
+        timeout: Duration,
+        enabled: bool,
+    ) -> Result<ReverseDns, NetError> {
         if !enabled {
             return Ok(ReverseDns {
                 resolver: None,

@@ -161,7 +161,11 @@ impl DataDecoder {
 
 /// Checks a complete message received with BDAT (RFC 3030): no framing to confuse, so bare
 /// line breaks are normalized to CRLF rather than refused; size and header limits still apply.
-pub fn check_bdat(data: Vec<u8>, max_line: usize, max_header: usize) -> Result<Vec<u8>, DataProblem> {
+pub fn check_bdat(
+    data: Vec<u8>,
+    max_line: usize,
+    max_header: usize,
+) -> Result<Vec<u8>, DataProblem> {
     let mut out = Vec::with_capacity(data.len() + 64);
     let mut line_len = 0usize;
     let mut in_header = true;
@@ -241,19 +245,19 @@ mod tests {
 
     #[test]
     fn smuggling_variants_are_not_ends() {
-        for sloppy in [
-            &b"\n.\n"[..],
-            b"\n.\r\n",
-            b"\r\n.\n",
-            b"\r.\r",
-            b"\r\n.\r",
-        ] {
+        for sloppy in [&b"\n.\n"[..], b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r\n.\r"] {
             let mut input = b"Subject: a\r\n\r\nhello".to_vec();
             input.extend_from_slice(sloppy);
-            input.extend_from_slice(b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nforged\r\n.\r\n");
+            input.extend_from_slice(
+                b"MAIL FROM:<evil@x>\r\nRCPT TO:<v@y>\r\nDATA\r\nforged\r\n.\r\n",
+            );
             let (r, n, done) = decode(&input);
             assert!(done, "real end found for {sloppy:?}");
-            assert_eq!(n, input.len(), "the smuggled commands were consumed as data");
+            assert_eq!(
+                n,
+                input.len(),
+                "the smuggled commands were consumed as data"
+            );
             assert_eq!(r.unwrap_err(), DataProblem::BareLineBreak, "{sloppy:?}");
         }
     }
@@ -298,7 +302,10 @@ mod tests {
             check_bdat(b"A: b\n\nx\ry\r\n".to_vec(), 1000, 1000).unwrap(),
             b"A: b\r\n\r\nx\r\ny\r\n"
         );
-        assert_eq!(check_bdat(b"A: b\r\n\r\nx".to_vec(), 1000, 1000).unwrap(), b"A: b\r\n\r\nx\r\n");
+        assert_eq!(
+            check_bdat(b"A: b\r\n\r\nx".to_vec(), 1000, 1000).unwrap(),
+            b"A: b\r\n\r\nx\r\n"
+        );
         assert_eq!(
             check_bdat(vec![b'a'; 2000], 1000, 1000).unwrap_err(),
             DataProblem::LineTooLong

@@ -112,8 +112,12 @@ pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
 }
 
 /// Runs a session on an accepted connection until QUIT, error, timeout or shutdown.
-pub async fn run_session<S>(stream: S, peer: SocketAddr, server: Arc<SmtpServer>, shutdown: Shutdown)
-where
+pub async fn run_session<S>(
+    stream: S,
+    peer: SocketAddr,
+    server: Arc<SmtpServer>,
+    shutdown: Shutdown,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let rdns = if server.config.reverse_dns {
@@ -247,7 +251,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Reads more input, flushing pending replies first. `interruptible`: a shutdown aborts
     /// the wait (only between commands, never inside a message).
-    async fn fill(&mut self, timeout: std::time::Duration, interruptible: bool) -> Result<(), ReadError> {
+    async fn fill(
+        &mut self,
+        timeout: std::time::Duration,
+        interruptible: bool,
+    ) -> Result<(), ReadError> {
         self.flush().await?;
         let mut tmp = [0u8; 16384];
         let mut shutdown = self.shutdown.clone();
@@ -367,7 +375,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         format!("501 5.5.4 Invalid parameter {param:?}")
                     }
                     ProtoError::UnsupportedParameter { param } => {
-                        let p: String = param.chars().filter(|c| !c.is_control()).take(64).collect();
+                        let p: String =
+                            param.chars().filter(|c| !c.is_control()).take(64).collect();
                         format!("555 5.5.4 Unsupported parameter {p:?}")
                     }
                     _ => "500 5.5.2 Syntax error".to_string(),
@@ -380,6 +389,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     async fn handle(&mut self, req: Request<String>, raw: &[u8]) -> Flow {
         match req {
+            // RFC 5321 4.1.1.1: exactly one argument, a domain or an address literal.
+            Request::Ehlo { .. } | Request::Helo { .. }
+                if raw
+                    .split(|b| b.is_ascii_whitespace())
+                    .filter(|t| !t.is_empty())
+                    .count()
+                    != 2 =>
+            {
+                self.error("501 5.5.4 Syntax: EHLO domain-or-address-literal")
+            }
             Request::Ehlo { host } => self.hello(host, true),
             Request::Helo { host } => self.hello(host, false),
             Request::Lhlo { .. } => self.error("500 5.5.1 LHLO is for LMTP"),
@@ -387,7 +406,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Request::Mail { from } => self.mail(from),
             Request::Rcpt { to } => self.rcpt(to).await,
             Request::Data => return self.data().await,
-            Request::Bdat { chunk_size, is_last } => return self.bdat(chunk_size, is_last).await,
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => return self.bdat(chunk_size, is_last).await,
             Request::Rset => {
                 if let Some(tx) = self.tx.take() {
                     self.log_tx_abandoned(&tx, "RSET");
@@ -401,9 +423,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Flow::Close;
             }
             // RFC 5321 3.5.3: 252 without confirming anything (no user enumeration).
-            Request::Vrfy { .. } => {
-                self.reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
-            }
+            Request::Vrfy { .. } => self
+                .reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"),
             Request::Expn { .. } => self.reply("502 5.5.1 EXPN not available"),
             Request::Help { .. } => {
                 self.reply("214-2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS");
@@ -465,7 +486,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let last = lines.len() - 1;
         for (i, l) in lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
-            self.wbuf.extend_from_slice(format!("250{sep}{l}\r\n").as_bytes());
+            self.wbuf
+                .extend_from_slice(format!("250{sep}{l}\r\n").as_bytes());
         }
     }
 
@@ -503,7 +525,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Flow::Close;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let hs = tokio::time::timeout(self.server.config.command_timeout, acceptor.accept(stream)).await;
+        let hs =
+            tokio::time::timeout(self.server.config.command_timeout, acceptor.accept(stream)).await;
         match hs {
             Ok(Ok(stream)) => {
                 let (_, conn) = stream.get_ref();
@@ -511,8 +534,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     .protocol_version()
                     .and_then(|v| v.as_str())
                     .unwrap_or("TLS")
-                    .replace('_', ".")
-                    .replace("TLSv1.", "TLSv1.");
+                    .replace('_', ".");
                 let cipher = conn
                     .negotiated_cipher_suite()
                     .map(|c| format!("{:?}", c.suite()))
@@ -663,24 +685,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             match &self.server.primary_domain {
                 Some(d) => raw = format!("postmaster@{d}"),
                 None => {
-                    self.rcpt_reply("postmaster", "550 5.1.1 No postmaster here".into(), "rejected", true);
+                    self.rcpt_reply(
+                        "postmaster",
+                        "550 5.1.1 No postmaster here".into(),
+                        "rejected",
+                        true,
+                    );
                     return;
                 }
             }
         }
         // RFC 5321 4.5.3.1.10: too many recipients is a temporary 452.
         if count >= self.server.config.max_recipients {
-            self.rcpt_reply(&raw, "452 4.5.3 Too many recipients".into(), "tempfail", false);
+            self.rcpt_reply(
+                &raw,
+                "452 4.5.3 Too many recipients".into(),
+                "tempfail",
+                false,
+            );
             return;
         }
         if !raw.is_ascii() && !smtputf8 {
-            self.rcpt_reply(&raw, "553 5.6.7 Non-ASCII address requires SMTPUTF8".into(), "rejected", true);
+            self.rcpt_reply(
+                &raw,
+                "553 5.6.7 Non-ASCII address requires SMTPUTF8".into(),
+                "rejected",
+                true,
+            );
             return;
         }
         let address = match Address::parse(&raw) {
             Ok(a) => a,
             Err(e) => {
-                self.rcpt_reply(&raw, format!("501 5.1.3 Bad recipient address: {e}"), "rejected", true);
+                self.rcpt_reply(
+                    &raw,
+                    format!("501 5.1.3 Bad recipient address: {e}"),
+                    "rejected",
+                    true,
+                );
                 return;
             }
         };
@@ -688,14 +730,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(session = %self.id, error = %e, "directory lookup failed");
-                self.rcpt_reply(&raw, "451 4.3.0 Temporary lookup failure, try again later".into(), "tempfail", false);
+                self.rcpt_reply(
+                    &raw,
+                    "451 4.3.0 Temporary lookup failure, try again later".into(),
+                    "tempfail",
+                    false,
+                );
                 return;
             }
         };
         let (local, external) = match resolution {
             // No relaying without authentication, ever: the MX only takes mail for its domains.
             Resolution::NotLocal => {
-                self.rcpt_reply(&raw, "554 5.7.1 Relay access denied".into(), "rejected", true);
+                self.rcpt_reply(
+                    &raw,
+                    "554 5.7.1 Relay access denied".into(),
+                    "rejected",
+                    true,
+                );
                 return;
             }
             Resolution::Unknown => {
@@ -703,7 +755,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return;
             }
             Resolution::TooDeep => {
-                self.rcpt_reply(&raw, "550 5.4.6 Alias expansion loop or too many targets".into(), "rejected", true);
+                self.rcpt_reply(
+                    &raw,
+                    "550 5.4.6 Alias expansion loop or too many targets".into(),
+                    "rejected",
+                    true,
+                );
                 return;
             }
             Resolution::Targets { local, external } => (local, external),
@@ -712,7 +769,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // Forwarding needs the outbound queue; until then the sender keeps the message.
             self.rcpt_reply(
                 &raw,
-                "451 4.3.2 Forwarding to external addresses is not available yet, try again later".into(),
+                "451 4.3.2 Forwarding to external addresses is not available yet, try again later"
+                    .into(),
                 "tempfail",
                 false,
             );
@@ -721,12 +779,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // Quota (RFC 3463 4.2.2 mailbox full): refuse when every target is full.
         let mut room = Vec::new();
         for t in local {
-            match self.server.delivery.store().user_get(&t.address.to_lowercase()).await {
-                Ok(Some(u)) if u.quota > 0 && (u.used >= u.quota || u.used + declared > u.quota) => {}
+            match self
+                .server
+                .delivery
+                .store()
+                .user_get(&t.address.to_lowercase())
+                .await
+            {
+                Ok(Some(u))
+                    if u.quota > 0 && (u.used >= u.quota || u.used + declared > u.quota) => {}
                 Ok(_) => room.push(t),
                 Err(e) => {
                     tracing::error!(session = %self.id, error = %e, "quota lookup failed");
-                    self.rcpt_reply(&raw, "451 4.3.0 Temporary lookup failure, try again later".into(), "tempfail", false);
+                    self.rcpt_reply(
+                        &raw,
+                        "451 4.3.0 Temporary lookup failure, try again later".into(),
+                        "tempfail",
+                        false,
+                    );
                     return;
                 }
             }
@@ -923,9 +993,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.end_transaction(reply, "rejected", None, 0);
     }
 
-    fn end_transaction(&mut self, reply: String, outcome: &str, message_id: Option<String>, size: usize) {
+    fn end_transaction(
+        &mut self,
+        reply: String,
+        outcome: &str,
+        message_id: Option<String>,
+        size: usize,
+    ) {
         self.reply(&reply);
-        let duration = self.tx.as_ref().map(|t| t.started.elapsed().as_millis() as u64);
+        let duration = self
+            .tx
+            .as_ref()
+            .map(|t| t.started.elapsed().as_millis() as u64);
         self.log(
             "smtp.data",
             LogEvent {
@@ -944,7 +1023,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let ip = self.peer.ip();
         let rdns = self.rdns.as_deref().unwrap_or("unknown");
         // RFC 3848 / RFC 6531: the "with" protocol.
-        let mut with = if self.esmtp { "ESMTP".to_string() } else { "SMTP".to_string() };
+        let mut with = if self.esmtp {
+            "ESMTP".to_string()
+        } else {
+            "SMTP".to_string()
+        };
         if tx.smtputf8 {
             with = "UTF8SMTP".into();
         }
@@ -980,13 +1063,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .count();
         if received > MAX_RECEIVED {
             self.errors += 1;
-            self.end_transaction("554 5.4.6 Too many Received headers: mail loop".into(), "rejected", None, msg.len());
+            self.end_transaction(
+                "554 5.4.6 Too many Received headers: mail loop".into(),
+                "rejected",
+                None,
+                msg.len(),
+            );
             return;
         }
         let mut data = self.received_header(tx).into_bytes();
         data.extend_from_slice(&msg);
         // One account reached through several recipients gets one copy.
-        let mut targets: Vec<LocalTarget> = tx.rcpts.iter().flat_map(|r| r.targets.iter().cloned()).collect();
+        let mut targets: Vec<LocalTarget> = tx
+            .rcpts
+            .iter()
+            .flat_map(|r| r.targets.iter().cloned())
+            .collect();
         targets.sort_by_key(|t| t.account);
         targets.dedup_by_key(|t| t.account);
         let size = data.len();
@@ -1010,16 +1102,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         match self.server.delivery.deliver(incoming).await {
             Ok(outcomes) if outcomes.iter().any(|o| o.result.is_ok()) => {
                 self.messages += 1;
-                self.log("smtp.envelope", LogEvent { detail: envelope_detail, message_id: message_id.clone(), ..Default::default() });
-                self.end_transaction(format!("250 2.0.0 OK: queued as {queue_id}"), "accepted", message_id, size);
+                self.log(
+                    "smtp.envelope",
+                    LogEvent {
+                        detail: envelope_detail,
+                        message_id: message_id.clone(),
+                        ..Default::default()
+                    },
+                );
+                self.end_transaction(
+                    format!("250 2.0.0 OK: queued as {queue_id}"),
+                    "accepted",
+                    message_id,
+                    size,
+                );
             }
             Ok(_) => {
                 tracing::error!(session = %self.id, %queue_id, "no recipient could be stored");
-                self.end_transaction("451 4.3.0 Could not store the message, try again later".into(), "tempfail", message_id, size);
+                self.end_transaction(
+                    "451 4.3.0 Could not store the message, try again later".into(),
+                    "tempfail",
+                    message_id,
+                    size,
+                );
             }
             Err(e) => {
                 tracing::error!(session = %self.id, %queue_id, error = %e, "delivery failed");
-                self.end_transaction("451 4.3.0 Could not store the message, try again later".into(), "tempfail", message_id, size);
+                self.end_transaction(
+                    "451 4.3.0 Could not store the message, try again later".into(),
+                    "tempfail",
+                    message_id,
+                    size,
+                );
             }
         }
         self.flush_log().await;

@@ -20,7 +20,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use async_trait::async_trait;
 use mailkeep_store::{
     Alias, BlobId, BlobStore, ChangeEvent, DirectoryStore, DomainInfo, LogEvent, LogFilter,
-    LogStore, MailStore, Mailbox, MessageMeta, NewMessage, Result, Stored, StoreError, User,
+    LogStore, MailStore, Mailbox, MessageMeta, NewMessage, Result, StoreError, Stored, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -163,7 +163,8 @@ impl SqliteStore {
                 .send(job)
                 .map_err(|_| backend("store writer has stopped"))?;
         }
-        rx.await.map_err(|_| backend("store writer dropped a job"))?
+        rx.await
+            .map_err(|_| backend("store writer dropped a job"))?
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -351,7 +352,10 @@ impl DirectoryStore for SqliteStore {
         let t = target.map(|a| a.to_string());
         self.write(move |c| {
             let n = c
-                .execute("UPDATE domains SET catch_all = ?2 WHERE name = ?1", params![d, t])
+                .execute(
+                    "UPDATE domains SET catch_all = ?2 WHERE name = ?1",
+                    params![d, t],
+                )
                 .map_err(backend)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("domain {d}")));
@@ -361,8 +365,17 @@ impl DirectoryStore for SqliteStore {
         .await
     }
 
-    async fn user_add(&self, address: &Address, password_hash: &str, quota: u64) -> Result<AccountId> {
-        let (key, addr, dom) = (address.key(), address.to_string(), address.domain().to_string());
+    async fn user_add(
+        &self,
+        address: &Address,
+        password_hash: &str,
+        quota: u64,
+    ) -> Result<AccountId> {
+        let (key, addr, dom) = (
+            address.key(),
+            address.to_string(),
+            address.domain().to_string(),
+        );
         let hash = password_hash.to_string();
         self.write(move |c| {
             let hosted: bool = c
@@ -439,7 +452,11 @@ impl DirectoryStore for SqliteStore {
         let key = address.key();
         self.write(move |c| {
             let id: Option<i64> = c
-                .query_row("SELECT id FROM accounts WHERE address_key = ?1", [&key], |r| r.get(0))
+                .query_row(
+                    "SELECT id FROM accounts WHERE address_key = ?1",
+                    [&key],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(backend)?;
             let id = id.ok_or_else(|| StoreError::NotFound(format!("user {key}")))?;
@@ -463,7 +480,10 @@ impl DirectoryStore for SqliteStore {
         let (key, hash) = (address.key(), password_hash.to_string());
         self.write(move |c| {
             let n = c
-                .execute("UPDATE accounts SET password = ?2 WHERE address_key = ?1", params![key, hash])
+                .execute(
+                    "UPDATE accounts SET password = ?2 WHERE address_key = ?1",
+                    params![key, hash],
+                )
                 .map_err(backend)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("user {key}")));
@@ -491,11 +511,19 @@ impl DirectoryStore for SqliteStore {
     }
 
     async fn alias_add(&self, address: &Address, targets: &[Address]) -> Result<()> {
-        let (key, addr, dom) = (address.key(), address.to_string(), address.domain().to_string());
+        let (key, addr, dom) = (
+            address.key(),
+            address.to_string(),
+            address.domain().to_string(),
+        );
         let targets = serde_json::to_string(targets).map_err(backend)?;
         self.write(move |c| {
             let hosted: i64 = c
-                .query_row("SELECT count(*) FROM domains WHERE name = ?1", [&dom], |r| r.get(0))
+                .query_row(
+                    "SELECT count(*) FROM domains WHERE name = ?1",
+                    [&dom],
+                    |r| r.get(0),
+                )
                 .map_err(backend)?;
             if hosted == 0 {
                 return Err(StoreError::Conflict(format!(
@@ -928,12 +956,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SqliteStore::open(dir.path()).unwrap();
-            store.domain_add(&Domain::parse("a.test").unwrap()).await.unwrap();
+            store
+                .domain_add(&Domain::parse("a.test").unwrap())
+                .await
+                .unwrap();
         }
         let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.domains().await.unwrap().len(), 1);
         let v: i64 = store
-            .read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend))
+            .read(|c| {
+                c.query_row("PRAGMA user_version", [], |r| r.get(0))
+                    .map_err(backend)
+            })
             .await
             .unwrap();
         assert_eq!(v, schema::CURRENT);
@@ -952,7 +986,10 @@ mod tests {
     async fn concurrent_deliveries_get_distinct_uids() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        store.domain_add(&Domain::parse("a.test").unwrap()).await.unwrap();
+        store
+            .domain_add(&Domain::parse("a.test").unwrap())
+            .await
+            .unwrap();
         let id = store
             .user_add(&Address::parse("u@a.test").unwrap(), "h", 0)
             .await

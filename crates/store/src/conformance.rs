@@ -83,11 +83,17 @@ async fn directory(store: &SharedStore) {
         assert_eq!(mb.uid_next, Uid(1));
     }
     let validities: std::collections::BTreeSet<_> = boxes.iter().map(|m| m.uid_validity).collect();
-    assert_eq!(validities.len(), boxes.len(), "UIDVALIDITY differs per mailbox");
+    assert_eq!(
+        validities.len(),
+        boxes.len(),
+        "UIDVALIDITY differs per mailbox"
+    );
 
     assert!(
         matches!(
-            store.alias_add(&addr("alice@example.com"), &[addr("x@example.com")]).await,
+            store
+                .alias_add(&addr("alice@example.com"), &[addr("x@example.com")])
+                .await,
             Err(StoreError::Exists(_))
         ),
         "an alias must not shadow a user"
@@ -106,9 +112,15 @@ async fn directory(store: &SharedStore) {
         matches!(store.domain_remove(&d).await, Err(StoreError::Conflict(_))),
         "a domain with users cannot be removed"
     );
-    store.user_add(&addr("bob@example.com"), "h", 0).await.unwrap();
+    store
+        .user_add(&addr("bob@example.com"), "h", 0)
+        .await
+        .unwrap();
     assert_eq!(store.users(Some(&d)).await.unwrap().len(), 2);
-    store.user_remove(&addr("bob@example.com")).await.expect("user_remove");
+    store
+        .user_remove(&addr("bob@example.com"))
+        .await
+        .expect("user_remove");
     assert!(store.user_get("bob@example.com").await.unwrap().is_none());
     assert!(matches!(
         store.user_remove(&addr("bob@example.com")).await,
@@ -116,7 +128,10 @@ async fn directory(store: &SharedStore) {
     ));
     let d2 = domain("empty.test");
     store.domain_add(&d2).await.unwrap();
-    store.domain_remove(&d2).await.expect("empty domain removable");
+    store
+        .domain_remove(&d2)
+        .await
+        .expect("empty domain removable");
     assert!(store.domain_get(&d2).await.unwrap().is_none());
 }
 
@@ -134,15 +149,22 @@ async fn resolution(store: &SharedStore) {
         other => panic!("plus-addressing failed: {other:?}"),
     }
     assert_eq!(
-        resolve(store.as_ref(), &addr("alice+x@example.com"), None).await.unwrap(),
+        resolve(store.as_ref(), &addr("alice+x@example.com"), None)
+            .await
+            .unwrap(),
         Resolution::Unknown,
         "plus-addressing can be turned off"
     );
     assert_eq!(
-        resolve(store.as_ref(), &addr("x@remote.test"), Some('+')).await.unwrap(),
+        resolve(store.as_ref(), &addr("x@remote.test"), Some('+'))
+            .await
+            .unwrap(),
         Resolution::NotLocal
     );
-    match resolve(store.as_ref(), &addr("team@example.com"), Some('+')).await.unwrap() {
+    match resolve(store.as_ref(), &addr("team@example.com"), Some('+'))
+        .await
+        .unwrap()
+    {
         Resolution::Targets { local, external } => {
             assert_eq!(local.len(), 1);
             assert_eq!(external, vec![addr("ext@remote.test")]);
@@ -150,7 +172,9 @@ async fn resolution(store: &SharedStore) {
         other => panic!("alias failed: {other:?}"),
     }
     assert_eq!(
-        resolve(store.as_ref(), &addr("nobody@example.com"), Some('+')).await.unwrap(),
+        resolve(store.as_ref(), &addr("nobody@example.com"), Some('+'))
+            .await
+            .unwrap(),
         Resolution::Unknown
     );
     store
@@ -158,23 +182,42 @@ async fn resolution(store: &SharedStore) {
         .await
         .unwrap();
     assert!(matches!(
-        resolve(store.as_ref(), &addr("nobody@example.com"), Some('+')).await.unwrap(),
+        resolve(store.as_ref(), &addr("nobody@example.com"), Some('+'))
+            .await
+            .unwrap(),
         Resolution::Targets { .. }
     ));
     store.domain_set_catch_all(&d, None).await.unwrap();
     // Loops are bounded.
-    store.alias_add(&addr("l1@example.com"), &[addr("l2@example.com")]).await.unwrap();
-    store.alias_add(&addr("l2@example.com"), &[addr("l1@example.com")]).await.unwrap();
+    store
+        .alias_add(&addr("l1@example.com"), &[addr("l2@example.com")])
+        .await
+        .unwrap();
+    store
+        .alias_add(&addr("l2@example.com"), &[addr("l1@example.com")])
+        .await
+        .unwrap();
     assert_eq!(
-        resolve(store.as_ref(), &addr("l1@example.com"), Some('+')).await.unwrap(),
+        resolve(store.as_ref(), &addr("l1@example.com"), Some('+'))
+            .await
+            .unwrap(),
         Resolution::Unknown
     );
     // IDNA: the Unicode and ASCII forms are one domain.
     let idn = domain("bücher.example");
     store.domain_add(&idn).await.unwrap();
-    store.user_add(&addr("ñoño@bücher.example"), "h", 0).await.unwrap();
+    store
+        .user_add(&addr("ñoño@bücher.example"), "h", 0)
+        .await
+        .unwrap();
     assert!(matches!(
-        resolve(store.as_ref(), &addr("ÑOÑO@xn--bcher-kva.example"), Some('+')).await.unwrap(),
+        resolve(
+            store.as_ref(),
+            &addr("ÑOÑO@xn--bcher-kva.example"),
+            Some('+')
+        )
+        .await
+        .unwrap(),
         Resolution::Targets { .. }
     ));
 }
@@ -183,7 +226,10 @@ async fn blobs(store: &SharedStore) {
     let id = store.put_blob(b"hello blob").await.expect("put_blob");
     let again = store.put_blob(b"hello blob").await.expect("put_blob twice");
     assert_eq!(id, again, "blobs are content-addressed");
-    assert_eq!(store.get_blob(&id).await.unwrap().as_deref(), Some(&b"hello blob"[..]));
+    assert_eq!(
+        store.get_blob(&id).await.unwrap().as_deref(),
+        Some(&b"hello blob"[..])
+    );
     let missing = crate::BlobId("0".repeat(64));
     assert_eq!(store.get_blob(&missing).await.unwrap(), None);
 }
@@ -214,7 +260,10 @@ async fn delivery(store: &SharedStore) {
     let stored: Vec<_> = results.into_iter().map(|r| r.expect("stored")).collect();
     assert_eq!(stored[0].uid, Uid(1));
     assert_eq!(stored[1].uid, Uid(2), "UIDs are assigned in order");
-    assert!(stored[1].modseq > stored[0].modseq, "MODSEQ strictly increases");
+    assert!(
+        stored[1].modseq > stored[0].modseq,
+        "MODSEQ strictly increases"
+    );
     for s in &stored {
         let ev = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
             .await
@@ -225,17 +274,33 @@ async fn delivery(store: &SharedStore) {
     let inbox = stored[0].mailbox;
     let msgs = store.messages(inbox).await.unwrap();
     assert_eq!(msgs.len(), 2);
-    assert_eq!(msgs[0].size, (body.len() + "Delivered-To: a\r\n".len()) as u64);
+    assert_eq!(
+        msgs[0].size,
+        (body.len() + "Delivered-To: a\r\n".len()) as u64
+    );
     assert_eq!(msgs[0].cache.message_id.as_deref(), Some("m1@example.com"));
     let content = store.message_content(inbox, Uid(2)).await.unwrap().unwrap();
     assert_eq!(content, [&b"Delivered-To: b\r\n"[..], body].concat());
-    assert!(store.message_content(inbox, Uid(99)).await.unwrap().is_none());
+    assert!(store
+        .message_content(inbox, Uid(99))
+        .await
+        .unwrap()
+        .is_none());
     let boxes = store.mailboxes(alice.id).await.unwrap();
     let mb = boxes.iter().find(|m| m.id == inbox).unwrap();
     assert_eq!(mb.uid_next, Uid(3));
     assert_eq!(mb.highest_modseq, stored[1].modseq);
-    let used = store.user_get("alice@example.com").await.unwrap().unwrap().used;
-    assert_eq!(used, msgs.iter().map(|m| m.size).sum::<u64>(), "quota usage tracks sizes");
+    let used = store
+        .user_get("alice@example.com")
+        .await
+        .unwrap()
+        .unwrap()
+        .used;
+    assert_eq!(
+        used,
+        msgs.iter().map(|m| m.size).sum::<u64>(),
+        "quota usage tracks sizes"
+    );
 }
 
 async fn log(store: &SharedStore) {
@@ -261,7 +326,10 @@ async fn log(store: &SharedStore) {
         .await
         .expect("log_append");
     let all = store
-        .log_search(&LogFilter { limit: 10, ..Default::default() })
+        .log_search(&LogFilter {
+            limit: 10,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(all.len(), 3);
@@ -273,7 +341,11 @@ async fn log(store: &SharedStore) {
         })
         .await
         .unwrap();
-    assert_eq!(by_rcpt.len(), 2, "whole session s1 is returned: {by_rcpt:?}");
+    assert_eq!(
+        by_rcpt.len(),
+        2,
+        "whole session s1 is returned: {by_rcpt:?}"
+    );
     assert!(by_rcpt.iter().all(|e| e.session == "s1"));
     assert_eq!(by_rcpt[0].kind, "smtp.connect", "events in time order");
     assert_eq!(by_rcpt[1].detail, serde_json::json!({"n": 1}));
@@ -298,7 +370,10 @@ async fn log(store: &SharedStore) {
     assert_eq!(store.log_expire(2_500).await.unwrap(), 2);
     assert_eq!(
         store
-            .log_search(&LogFilter { limit: 10, ..Default::default() })
+            .log_search(&LogFilter {
+                limit: 10,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .len(),

@@ -15,7 +15,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mailkeep_types::{AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity};
+use mailkeep_types::{
+    AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
+};
 use serde::{Deserialize, Serialize};
 
 pub mod conformance;
@@ -242,7 +244,12 @@ pub trait DirectoryStore: Send + Sync {
     /// Sets or clears a domain's catch-all target.
     async fn domain_set_catch_all(&self, domain: &Domain, target: Option<&Address>) -> Result<()>;
     /// Adds a user with its default mailboxes; the domain must be hosted.
-    async fn user_add(&self, address: &Address, password_hash: &str, quota: u64) -> Result<AccountId>;
+    async fn user_add(
+        &self,
+        address: &Address,
+        password_hash: &str,
+        quota: u64,
+    ) -> Result<AccountId>;
     /// Looks a user up by [`Address::key`].
     async fn user_get(&self, key: &str) -> Result<Option<User>>;
     /// Users, optionally of one domain.

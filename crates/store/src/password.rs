@@ -1,6 +1,8 @@
 //! Password hashing: argon2id (RFC 9106) in PHC string form.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 
 /// Hashes a password with argon2id and a random salt (the crate's defaults: 19 MiB, 2 passes,

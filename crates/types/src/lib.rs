@@ -359,7 +359,10 @@ mod tests {
             Address::parse("a\r\nBcc: x@example.com").unwrap_err(),
             AddressError::ForbiddenCharacter
         );
-        assert_eq!(Address::parse("nobody").unwrap_err(), AddressError::MissingAt);
+        assert_eq!(
+            Address::parse("nobody").unwrap_err(),
+            AddressError::MissingAt
+        );
         assert_eq!(
             Address::parse(&format!("{}@example.com", "a".repeat(65))).unwrap_err(),
             AddressError::BadLocalPart
@@ -370,6 +373,9 @@ mod tests {
     fn plus_addressing_splits() {
         let a = Address::parse("user+tag+more@example.com").unwrap();
         assert_eq!(a.split_plus('+'), Some(("user", "tag+more")));
-        assert_eq!(Address::parse("+x@example.com").unwrap().split_plus('+'), None);
+        assert_eq!(
+            Address::parse("+x@example.com").unwrap().split_plus('+'),
+            None
+        );
     }
 }

@@ -1,0 +1,340 @@
+//! Test kit: boots the real `mailkeep` binary on 127.0.0.1:0 with a temporary data directory,
+//! and gives raw SMTP access for the tests that attack the protocol.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailkeep_store::{MessageMeta, SharedStore};
+use mailkeep_store_sqlite::SqliteStore;
+use mailkeep_types::MailboxRole;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+use tokio::net::TcpStream;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mailkeep");
+pub const DOMAIN: &str = "example.test";
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub smtp: SocketAddr,
+    pub stderr_log: PathBuf,
+}
+
+/// Runs `mailkeep ARGS --config CONFIG`, with `stdin` piped in; returns (status ok, stdout, stderr).
+pub fn cli(config: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mailkeep");
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(stdin.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait for mailkeep");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `mailkeep init` into a new temp dir, with settings tests want (no reverse DNS).
+pub fn init_dir(extra_config: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args([
+            "init",
+            "--hostname",
+            "mail.example.test",
+            "--domain",
+            DOMAIN,
+            "--smtp-listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run init");
+    assert!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.path().join("mailkeep.toml");
+    let mut text = std::fs::read_to_string(&config).expect("config written");
+    text = text.replace("reverse_dns = true", "reverse_dns = false");
+    text = apply_overrides(&text, extra_config);
+    std::fs::write(&config, text).expect("rewrite config");
+    (dir, config)
+}
+
+/// Replaces `key = ...` lines (first match) or appends lines that match no key.
+fn apply_overrides(text: &str, extra: &str) -> String {
+    let mut text = text.to_string();
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        let key = line.split('=').next().unwrap_or("").trim();
+        let found = text
+            .lines()
+            .find(|l| l.split('=').next().map(|k| k.trim()) == Some(key) && !l.starts_with('#'))
+            .map(String::from);
+        match found {
+            Some(old) => text = text.replacen(&old, line, 1),
+            None => {
+                text.push('\n');
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    text
+}
+
+impl Server {
+    /// A fresh server with users alice@ and bob@ and the config overrides given
+    /// (`key = value` lines replacing those in the generated config).
+    pub fn start(extra_config: &str) -> Server {
+        let (dir, config) = init_dir(extra_config);
+        for u in ["alice", "bob"] {
+            let (ok, _, err) = cli(
+                &config,
+                &["user", "add", &format!("{u}@{DOMAIN}")],
+                PASSWORD,
+            );
+            assert!(ok, "user add: {err}");
+        }
+        Server::boot(dir, config)
+    }
+
+    pub fn boot(dir: tempfile::TempDir, config: PathBuf) -> Server {
+        let stderr_log = dir.path().join(format!("server-{}.log", rand_suffix()));
+        let (child, smtp) = spawn(&config, &stderr_log);
+        Server {
+            dir,
+            config,
+            child: Some(child),
+            smtp,
+            stderr_log,
+        }
+    }
+
+    /// Starts the server again on the same data (after a crash or stop).
+    pub fn restart(&mut self) {
+        let (child, smtp) = spawn(&self.config, &self.stderr_log);
+        self.child = Some(child);
+        self.smtp = smtp;
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(ok.success());
+        }
+    }
+
+    /// Waits for the process to exit; returns whether it exited successfully.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    return status.success();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server did not exit within {timeout:?}");
+    }
+
+    pub fn cli(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        cli(&self.config, args, stdin)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Opens the store (read side) to check what was delivered.
+    pub fn store(&self) -> SharedStore {
+        Arc::new(SqliteStore::open(&self.dir.path().join("store")).expect("open store"))
+    }
+
+    /// The messages in a user's INBOX.
+    pub async fn inbox(&self, user: &str) -> Vec<MessageMeta> {
+        let store = self.store();
+        let u = store
+            .user_get(user)
+            .await
+            .expect("user_get")
+            .expect("user exists");
+        let boxes = store.mailboxes(u.id).await.expect("mailboxes");
+        let inbox = boxes
+            .iter()
+            .find(|m| m.role == Some(MailboxRole::Inbox))
+            .expect("inbox");
+        store.messages(inbox.id).await.expect("messages")
+    }
+
+    /// The full texts of a user's INBOX messages.
+    pub async fn inbox_texts(&self, user: &str) -> Vec<String> {
+        let store = self.store();
+        let mut out = Vec::new();
+        for m in self.inbox(user).await {
+            let c = store
+                .message_content(m.mailbox, m.uid)
+                .await
+                .expect("content")
+                .expect("present");
+            out.push(String::from_utf8_lossy(&c).into_owned());
+        }
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn spawn(config: &Path, stderr_log: &Path) -> (Child, SocketAddr) {
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stderr_log)
+        .expect("log file");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--grace-seconds", "20", "--config"])
+        .arg(config)
+        .env("MAILKEEP_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .expect("spawn mailkeep serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.strip_prefix("mailkeep: smtp listening on ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(rest.trim().to_string());
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            panic!(
+                "server did not report its SMTP port; log: {}",
+                std::fs::read_to_string(stderr_log).unwrap_or_default()
+            )
+        });
+    (child, addr.parse().expect("listen address"))
+}
+
+/// A raw SMTP client for protocol and attack tests.
+pub struct Raw {
+    pub r: TokioBufReader<tokio::net::tcp::OwnedReadHalf>,
+    pub w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        let (r, w) = s.into_split();
+        let mut raw = Raw {
+            r: TokioBufReader::new(r),
+            w,
+        };
+        let greeting = raw.reply().await;
+        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
+        raw
+    }
+
+    pub async fn send(&mut self, data: &[u8]) {
+        self.w.write_all(data).await.expect("send");
+    }
+
+    /// Reads one (possibly multi-line) reply; returns it with lines joined by '\n'.
+    pub async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(30), self.r.read_line(&mut line))
+                .await
+                .expect("reply in time")
+                .expect("read reply");
+            if n == 0 {
+                all.push_str("<closed>");
+                return all;
+            }
+            all.push_str(line.trim_end());
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+            all.push('\n');
+        }
+    }
+
+    /// Sends a command line and returns the reply.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// True when the server closed the connection.
+    pub async fn closed(&mut self) -> bool {
+        let mut line = String::new();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), self.r.read_line(&mut line)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    /// EHLO, MAIL, RCPTs (each must be accepted) and returns after the last RCPT.
+    pub async fn envelope(&mut self, from: &str, to: &[&str]) {
+        let r = self.cmd("EHLO client.example").await;
+        assert!(r.starts_with("250"), "EHLO: {r}");
+        let r = self.cmd(&format!("MAIL FROM:<{from}>")).await;
+        assert!(r.starts_with("250"), "MAIL: {r}");
+        for t in to {
+            let r = self.cmd(&format!("RCPT TO:<{t}>")).await;
+            assert!(r.starts_with("250"), "RCPT {t}: {r}");
+        }
+    }
+}
+
+pub fn code(reply: &str) -> &str {
+    reply.get(..3).unwrap_or(reply)
+}
