@@ -1,0 +1,248 @@
+//! The command line: init, config errors, directory administration, deliver, log search.
+
+mod common;
+
+use std::process::Command;
+
+use common::{cli, init_dir, BIN, PASSWORD};
+
+#[test]
+fn init_writes_config_keys_certificate_and_prints_dns_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "init",
+            "--hostname",
+            "mail.example.com",
+            "--domain",
+            "example.com",
+            "--data",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "example.com.\t3600\tIN\tMX\t10 mail.example.com.",
+        "mail.example.com.\t3600\tIN\tA\t",
+        "\"v=spf1 mx -all\"",
+        "mk1e._domainkey.example.com.\t3600\tIN\tTXT\t\"v=DKIM1; k=ed25519; p=",
+        "mk1r._domainkey.example.com.\t3600\tIN\tTXT\t\"v=DKIM1; k=rsa; p=",
+        "_dmarc.example.com.\t3600\tIN\tTXT\t\"v=DMARC1; p=quarantine; rua=mailto:postmaster@example.com\"",
+        "PTR",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    let p = dir.path();
+    for f in [
+        "mailkeep.toml",
+        "tls/cert.pem",
+        "tls/key.pem",
+        "dkim/example.com.mk1e.ed25519.pem",
+        "dkim/example.com.mk1r.rsa.pem",
+    ] {
+        assert!(p.join(f).exists(), "{f} missing");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(p.join("dkim/example.com.mk1r.rsa.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "private keys are not readable by others");
+    // The RSA record holds a 2048-bit key: its SubjectPublicKeyInfo is 294 bytes (392 base64).
+    let rsa_line = stdout.lines().find(|l| l.contains("k=rsa")).unwrap();
+    let b64: String = rsa_line
+        .split("p=")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '+' || *c == '/' || *c == '=')
+        .collect();
+    assert_eq!(b64.len(), 392, "{rsa_line}");
+    // TXT strings over 255 octets are split (RFC 1035 3.3.14).
+    assert!(rsa_line.matches('"').count() >= 4);
+    // Running init again does not overwrite.
+    let again = Command::new(BIN)
+        .args([
+            "init",
+            "--hostname",
+            "mail.example.com",
+            "--domain",
+            "example.com",
+            "--data",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+#[test]
+fn config_errors_name_file_and_key_and_never_start() {
+    let (dir, config) = init_dir("max_message_size = \"huge\"");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&config.display().to_string()), "{err}");
+    assert!(err.contains("smtp.max_message_size"), "{err}");
+    assert!(err.contains("25M"), "what was expected: {err}");
+    drop(dir);
+    let (_dir, config) = init_dir("max_mesage_size = 5");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_mesage_size"), "unknown key named: {err}");
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "gopher=127.0.0.1:70", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown protocol"));
+}
+
+#[test]
+fn directory_administration() {
+    let (_dir, config) = init_dir("");
+    let run = |args: &[&str], stdin: &str| cli(&config, args, stdin);
+    // Passwords come from standard input, never from an argument.
+    let (ok, _, err) = run(
+        &["user", "add", "Carol@Example.Test", "--quota", "10M"],
+        PASSWORD,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&["user", "add", "carol@example.test"], PASSWORD);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, _, err) = run(&["user", "add", "short@example.test"], "abc");
+    assert!(!ok && err.contains("8 characters"), "{err}");
+    let (ok, _, err) = run(&["user", "add", "x@not-hosted.test"], PASSWORD);
+    assert!(!ok && err.contains("not hosted"), "{err}");
+    let (ok, _, err) = run(&["user", "add", "bad address"], PASSWORD);
+    assert!(!ok && err.contains("address"), "{err}");
+    let (ok, out, _) = run(&["user", "list"], "");
+    assert!(
+        ok && out.contains("Carol@example.test") && out.contains("10.0M"),
+        "{out}"
+    );
+    let (ok, _, err) = run(&["user", "quota", "carol@example.test", "lots"], "");
+    assert!(!ok && err.contains("500M"), "{err}");
+    let (ok, out, _) = run(&["user", "quota", "carol@example.test", "1G"], "");
+    assert!(ok && out.contains("1.0G"), "{out}");
+    let (ok, _, err) = run(
+        &["user", "passwd", "carol@example.test"],
+        "another good password",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(
+        &["user", "passwd", "nobody@example.test"],
+        "another good password",
+    );
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = run(
+        &[
+            "alias",
+            "add",
+            "sales@example.test",
+            "carol@example.test",
+            "boss@partner.test",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = run(&["alias", "list"], "");
+    assert!(
+        ok && out.contains("sales@example.test -> carol@example.test, boss@partner.test"),
+        "{out}"
+    );
+    let (ok, _, err) = run(&["domain", "remove", "example.test"], "");
+    assert!(!ok && err.contains("still has"), "{err}");
+    let (ok, _, _) = run(&["alias", "remove", "sales@example.test"], "");
+    assert!(ok);
+    let (ok, _, err) = run(&["alias", "remove", "sales@example.test"], "");
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, _) = run(&["domain", "add", "Bücher.Test"], "");
+    assert!(ok);
+    let (ok, out, _) = run(&["domain", "list"], "");
+    assert!(
+        ok && out.contains("bücher.test") && out.contains("example.test"),
+        "{out}"
+    );
+    let (ok, _, _) = run(&["user", "remove", "carol@example.test"], "");
+    assert!(ok);
+    let (ok, _, _) = run(&["domain", "remove", "bücher.test"], "");
+    assert!(ok);
+}
+
+#[test]
+fn deliver_command_and_log_search() {
+    let (dir, config) = init_dir("");
+    let run = |args: &[&str], stdin: &str| cli(&config, args, stdin);
+    assert!(run(&["user", "add", "dave@example.test"], PASSWORD).0);
+    let msg = "From: someone@remote.test\nSubject: via deliver\nMessage-ID: <deliver-1@remote.test>\n\nbody line\n";
+    let (ok, out, err) = run(
+        &[
+            "deliver",
+            "--to",
+            "dave+inbox@example.test",
+            "--from",
+            "someone@remote.test",
+        ],
+        msg,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("dave@example.test: delivered, uid 1"), "{out}");
+    let (ok, _, err) = run(&["deliver", "--to", "nobody@example.test"], msg);
+    assert!(!ok && err.contains("no such user"), "{err}");
+    let (ok, out, _) = run(
+        &["log", "search", "--message-id", "<deliver-1@remote.test>"],
+        "",
+    );
+    assert!(
+        ok && out.contains("delivery.stored") && out.contains("delivered"),
+        "{out}"
+    );
+    let (ok, out, _) = run(
+        &["log", "search", "--recipient", "dave", "--since", "1h"],
+        "",
+    );
+    assert!(ok && out.contains("deliver-1@remote.test"), "{out}");
+    let (ok, out, _) = run(
+        &[
+            "log",
+            "search",
+            "--recipient",
+            "dave",
+            "--until",
+            "2000-01-01T00:00:00Z",
+        ],
+        "",
+    );
+    assert!(ok && out.contains("no matching events"), "{out}");
+    let (ok, _, err) = run(&["log", "search", "--since", "last tuesday"], "");
+    assert!(!ok && err.contains("--since"), "{err}");
+    // Stored with CRLF line endings like SMTP mail.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = mailkeep_store_sqlite::SqliteStore::open(&dir.path().join("store")).unwrap();
+        use mailkeep_store::{DirectoryStore, MailStore};
+        let u = store.user_get("dave@example.test").await.unwrap().unwrap();
+        let inbox = store.mailboxes(u.id).await.unwrap()[0].id;
+        let c = store.message_content(inbox, mailkeep_types::Uid(1)).await.unwrap().unwrap();
+        let text = String::from_utf8(c).unwrap();
+        assert!(text.starts_with("Return-Path: <someone@remote.test>\r\nDelivered-To: dave@example.test\r\nFrom: someone@remote.test\r\n"), "{text}");
+    });
+}

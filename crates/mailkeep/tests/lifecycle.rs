@@ -1,0 +1,114 @@
+//! Signals: SIGTERM finishes what is in flight, SIGHUP reloads or keeps the old config.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{code, Raw, Server};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_transaction_in_flight() {
+    let mut server = Server::start("");
+    let mut c = Raw::connect(server.smtp).await;
+    c.envelope("s@remote.test", &["alice@example.test"]).await;
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    c.send(b"Subject: in flight\r\n\r\nfirst half\r\n").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New connections are no longer accepted...
+    assert!(
+        tokio::net::TcpStream::connect(server.smtp).await.is_err(),
+        "listener closed at SIGTERM"
+    );
+    // ...but the message being sent is finished and stored.
+    c.send(b"second half\r\n.\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    // The next command gets 421: the server is going away.
+    let r = c.cmd("MAIL FROM:<s@remote.test>").await;
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    assert!(server.wait_exit(Duration::from_secs(20)), "clean exit");
+    let texts = server.inbox_texts("alice@example.test").await;
+    assert_eq!(texts.len(), 1);
+    assert!(texts[0].ends_with("first half\r\nsecond half\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_valid_config_and_keeps_old_on_error() {
+    let server = Server::start("");
+    let mut c = Raw::connect(server.smtp).await;
+    let r = c.cmd("EHLO client.example").await;
+    assert!(r.contains("SIZE 52428800"), "{r}");
+    let text = std::fs::read_to_string(&server.config).unwrap();
+    std::fs::write(
+        &server.config,
+        text.replace("max_message_size = \"50M\"", "max_message_size = \"1M\""),
+    )
+    .unwrap();
+    server.signal("HUP");
+    let mut seen = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if server.log().contains("configuration reloaded") {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "reload logged: {}", server.log());
+    let mut c2 = Raw::connect(server.smtp).await;
+    let r = c2.cmd("EHLO client.example").await;
+    assert!(
+        r.contains("SIZE 1048576"),
+        "new sessions use the new config: {r}"
+    );
+    // A broken config is refused and the old one stays.
+    let text = std::fs::read_to_string(&server.config).unwrap();
+    std::fs::write(
+        &server.config,
+        text.replace("max_recipients = 100", "max_recipients = -3"),
+    )
+    .unwrap();
+    server.signal("HUP");
+    let mut seen = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if server.log().contains("keeping the old configuration") {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "{}", server.log());
+    assert!(
+        server.log().contains("smtp.max_recipients"),
+        "the log names the key"
+    );
+    let mut c3 = Raw::connect(server.smtp).await;
+    let r = c3.cmd("EHLO client.example").await;
+    assert!(r.contains("SIZE 1048576"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_refuse_with_421() {
+    let server = Server::start("max_connections_per_ip = 2");
+    let _a = Raw::connect(server.smtp).await;
+    let _b = Raw::connect(server.smtp).await;
+    let s = tokio::net::TcpStream::connect(server.smtp).await.unwrap();
+    let mut r = tokio::io::BufReader::new(s);
+    let mut line = String::new();
+    use tokio::io::AsyncBufReadExt;
+    tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(line.starts_with("421 4.7.0"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_time_out() {
+    let server = Server::start("command_timeout = 1");
+    let mut c = Raw::connect(server.smtp).await;
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(c.closed().await);
+}
