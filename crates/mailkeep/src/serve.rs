@@ -113,11 +113,14 @@ pub fn serve(path: &Path, run: RunArgs) -> Result<()> {
     rt.block_on(serve_config(config, run, Some(path.to_path_buf()), None))
 }
 
+/// Called once every listener is bound, with the addresses.
+type OnReady = Box<dyn FnOnce(&[(Protocol, SocketAddr)]) + Send>;
+
 async fn serve_config(
     config: Config,
     run: RunArgs,
     path: Option<PathBuf>,
-    on_ready: Option<Box<dyn FnOnce(&[(Protocol, SocketAddr)]) + Send>>,
+    on_ready: Option<OnReady>,
 ) -> Result<()> {
     let store = open_store(&config)?;
     for d in &config.domains {
