@@ -354,3 +354,46 @@ async fn directory_routes_aliases_catch_all_postmaster_and_idn() {
     assert_eq!(server.inbox("jürgen@xn--bcher-kva.test").await.len(), 1);
     assert_eq!(server.inbox("bob@example.test").await.len(), 2, "catch-all");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_dns_reaches_received_and_the_log_timeline() {
+    use mailkeep_testkit::{reverse_name, Rr, TestDns};
+    let dns = TestDns::start(vec![(
+        &reverse_name("127.0.0.1".parse().unwrap()),
+        Rr::Ptr("client.rdns.test.".into()),
+    )])
+    .unwrap();
+    let server = Server::start(&format!(
+        "reverse_dns = true\nservers = [\"{}\"]",
+        dns.addr()
+    ));
+    let mut c = Raw::connect(server.smtp).await;
+    c.envelope("s@remote.test", &["alice@example.test"]).await;
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    c.send(b"Subject: rdns\r\nMessage-ID: <rdns-1@remote.test>\r\n\r\nx\r\n.\r\n")
+        .await;
+    assert_eq!(code(&c.reply().await), "250");
+    let texts = server.inbox_texts("alice@example.test").await;
+    // RFC 6761 6.3: every 127/8 address is "localhost" without asking any server (the
+    // resolver answers it itself); a non-loopback PTR through TestDns is tested in `net`.
+    assert!(
+        texts[0].contains("Received: from client.example (localhost [127.0.0.1])"),
+        "{}",
+        texts[0]
+    );
+    let (ok, log, _) = server.cli(&["log", "search", "--message-id", "rdns-1@remote.test"], "");
+    assert!(ok && log.contains("rdns=localhost"), "{log}");
+    // The timeline has every step of the session.
+    for kind in [
+        "smtp.connect",
+        "smtp.helo",
+        "smtp.mail",
+        "smtp.rcpt",
+        "smtp.envelope",
+        "delivery.stored",
+        "smtp.data",
+    ] {
+        assert!(log.contains(kind), "{kind} missing from:\n{log}");
+    }
+    assert!(log.contains("250 2.0.0 OK: queued as"), "{log}");
+}

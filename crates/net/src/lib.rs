@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
@@ -221,6 +221,9 @@ impl ReverseDns {
         let builder = if servers.is_empty() {
             TokioResolver::builder_tokio().map_err(|e| NetError::Dns(e.to_string()))?
         } else {
+            // Configured servers are the whole truth: /etc/hosts is not consulted, so tests and
+            // split-horizon setups see exactly what those servers publish.
+            opts.use_hosts_file = ResolveHosts::Never;
             let mut cfg = ResolverConfig::new();
             for s in servers {
                 cfg.add_name_server(NameServerConfig::new(*s, Protocol::Udp));
@@ -265,6 +268,29 @@ mod tests {
         assert_eq!(l.acquire(b).err(), Some(LimitExceeded::Total));
         drop(p1);
         assert!(l.acquire(a).is_ok());
+    }
+
+    #[tokio::test]
+    async fn reverse_dns_asks_the_configured_server() {
+        use mailkeep_testkit::{reverse_name, Rr, TestDns};
+        let ip: std::net::Ipv4Addr = "192.0.2.1".parse().unwrap();
+        let dns = TestDns::start(vec![(
+            &reverse_name(ip),
+            Rr::Ptr("client.rdns.test.".into()),
+        )])
+        .unwrap();
+        let r = ReverseDns::new(&[dns.addr()], Duration::from_secs(2), true).unwrap();
+        assert_eq!(
+            r.lookup(IpAddr::V4(ip)).await.as_deref(),
+            Some("client.rdns.test")
+        );
+        assert_eq!(
+            r.lookup("192.0.2.2".parse().unwrap()).await,
+            None,
+            "NXDOMAIN"
+        );
+        let off = ReverseDns::new(&[dns.addr()], Duration::from_secs(2), false).unwrap();
+        assert_eq!(off.lookup(IpAddr::V4(ip)).await, None);
     }
 
     #[test]

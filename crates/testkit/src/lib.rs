@@ -1,0 +1,147 @@
+//! Test kit shared by the crates' tests.
+//!
+//! [`TestDns`] is a small authoritative DNS server on a loopback UDP port, answering from a
+//! fixed table, so tests never ask the internet (and later SPF/DKIM/DMARC/MTA-STS tests can
+//! publish exactly the records they need).
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+/// One record to serve.
+#[derive(Debug, Clone)]
+pub enum Rr {
+    /// IPv4 address.
+    A(std::net::Ipv4Addr),
+    /// IPv6 address.
+    Aaaa(std::net::Ipv6Addr),
+    /// Mail exchanger: preference and host.
+    Mx(u16, String),
+    /// Text (one string).
+    Txt(String),
+    /// Pointer (reverse DNS).
+    Ptr(String),
+}
+
+impl Rr {
+    fn kind(&self) -> RecordType {
+        match self {
+            Rr::A(_) => RecordType::A,
+            Rr::Aaaa(_) => RecordType::AAAA,
+            Rr::Mx(..) => RecordType::MX,
+            Rr::Txt(_) => RecordType::TXT,
+            Rr::Ptr(_) => RecordType::PTR,
+        }
+    }
+
+    fn rdata(&self) -> Option<RData> {
+        Some(match self {
+            Rr::A(ip) => RData::A(A(*ip)),
+            Rr::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+            Rr::Mx(p, host) => RData::MX(MX::new(*p, Name::from_str(host).ok()?)),
+            Rr::Txt(t) => RData::TXT(TXT::new(vec![t.clone()])),
+            Rr::Ptr(host) => RData::PTR(PTR(Name::from_str(host).ok()?)),
+        })
+    }
+}
+
+/// The reverse-DNS name of an IPv4 address (`1.0.0.127.in-addr.arpa.`).
+pub fn reverse_name(ip: std::net::Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
+}
+
+/// A DNS server on 127.0.0.1 answering from a table; stops when dropped.
+pub struct TestDns {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestDns {
+    /// Serves `records` (name, record); names are absolute, case-insensitive. Unknown names get
+    /// NXDOMAIN, known names without the asked type an empty NOERROR answer.
+    pub fn start(records: Vec<(&str, Rr)>) -> std::io::Result<TestDns> {
+        let mut table: HashMap<String, Vec<Rr>> = HashMap::new();
+        for (name, rr) in records {
+            let mut n = name.to_ascii_lowercase();
+            if !n.ends_with('.') {
+                n.push('.');
+            }
+            table.entry(n).or_default().push(rr);
+        }
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let addr = socket.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some(reply) = answer(&table, &buf[..n]) {
+                    let _ = socket.send_to(&reply, peer);
+                }
+            }
+        });
+        Ok(TestDns {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for TestDns {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn answer(table: &HashMap<String, Vec<Rr>>, query: &[u8]) -> Option<Vec<u8>> {
+    let q = Message::from_vec(query).ok()?;
+    let mut m = Message::new();
+    m.set_id(q.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(q.op_code())
+        .set_authoritative(true)
+        .set_recursion_desired(q.recursion_desired())
+        .set_recursion_available(true);
+    let mut found_name = false;
+    for question in q.queries() {
+        m.add_query(question.clone());
+        let name = question.name().to_ascii().to_ascii_lowercase();
+        if let Some(rrs) = table.get(&name) {
+            found_name = true;
+            for rr in rrs.iter().filter(|r| r.kind() == question.query_type()) {
+                if let Some(rdata) = rr.rdata() {
+                    m.add_answer(Record::from_rdata(question.name().clone(), 60, rdata));
+                }
+            }
+        }
+    }
+    m.set_response_code(if found_name {
+        ResponseCode::NoError
+    } else {
+        ResponseCode::NXDomain
+    });
+    m.to_vec().ok()
+}
