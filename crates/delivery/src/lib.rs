@@ -5,7 +5,9 @@
 //! - The message content is written once as a blob, whatever the number of recipients; each
 //!   recipient gets a prefix with its own Return-Path and Delivered-To (RFC 5321 4.4, RFC 9228).
 //! - [`Delivery::deliver`] returns only after the store has committed: a caller may answer 250.
-//! - Every outcome is written to the delivery log under the caller's session and queue id.
+//! - Every outcome becomes a `delivery.stored` log event under the caller's session and queue
+//!   id; the caller writes them with its own events (the SMTP session does so after its reply
+//!   is on the wire, so the log never delays a 250).
 #![warn(missing_docs)]
 
 pub mod ingest;
@@ -50,6 +52,17 @@ pub struct Outcome {
     pub result: Result<Stored, String>,
 }
 
+/// The result of a delivery: per-recipient outcomes and the log events describing them.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// One per recipient.
+    pub outcomes: Vec<Outcome>,
+    /// `delivery.stored` events for the delivery log.
+    pub events: Vec<LogEvent>,
+    /// The Message-ID found at ingest, without angle brackets.
+    pub message_id: Option<String>,
+}
+
 /// Microseconds since the epoch.
 pub fn now_micros() -> i64 {
     SystemTime::now()
@@ -85,7 +98,7 @@ impl Delivery {
     }
 
     /// Stores the message for every recipient; returns once it is durable.
-    pub async fn deliver(&self, msg: Incoming) -> Result<Vec<Outcome>, DeliveryError> {
+    pub async fn deliver(&self, msg: Incoming) -> Result<Delivered, DeliveryError> {
         let cache = ingest::parse_cache(&msg.data);
         let blob = self.store.put_blob(&msg.data).await?;
         let internal_date = now_micros() / 1_000_000;
@@ -142,11 +155,11 @@ impl Delivery {
                 result: r.map_err(|e| e.to_string()),
             });
         }
-        if let Err(e) = self.store.log_append(events).await {
-            // The mail is safe; only its log line is lost. Say so loudly.
-            tracing::error!(error = %e, queue_id = %msg.queue_id, "delivery log write failed");
-        }
-        Ok(outcomes)
+        Ok(Delivered {
+            outcomes,
+            events,
+            message_id: cache.message_id,
+        })
     }
 }
 
@@ -188,7 +201,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let out = d
+        let delivered = d
             .deliver(Incoming {
                 data: b"Subject: t\r\nMessage-ID: <m@a.test>\r\n\r\nhi\r\n".to_vec(),
                 return_path: "s@b.test".into(),
@@ -199,7 +212,10 @@ mod tests {
             })
             .await
             .unwrap();
+        let out = &delivered.outcomes;
         assert_eq!(out.len(), 2);
+        assert_eq!(delivered.events.len(), 2);
+        store.log_append(delivered.events.clone()).await.unwrap();
         let st = out[0].result.as_ref().unwrap();
         let content = store
             .message_content(st.mailbox, st.uid)

@@ -334,7 +334,7 @@ pub fn deliver(config_path: &Path, to: Vec<String>, from: String) -> Result<()> 
         }
         targets.sort_by_key(|t| t.account);
         targets.dedup_by_key(|t| t.account);
-        let outcomes = delivery
+        let delivered = delivery
             .deliver(Incoming {
                 data,
                 return_path: from,
@@ -344,8 +344,11 @@ pub fn deliver(config_path: &Path, to: Vec<String>, from: String) -> Result<()> 
                 client_ip: None,
             })
             .await?;
+        if let Err(e) = delivery.store().log_append(delivered.events).await {
+            eprintln!("warning: the message is stored but its delivery log entry was not: {e}");
+        }
         let mut failed = 0;
-        for o in outcomes {
+        for o in delivered.outcomes {
             match o.result {
                 Ok(s) => println!("{}: delivered, uid {} (queue id {queue_id})", o.target.address, s.uid),
                 Err(e) => {

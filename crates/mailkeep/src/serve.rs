@@ -224,6 +224,10 @@ async fn serve_config(
     tracing::info!("shutting down: finishing open transactions");
     trigger.trigger();
     while tasks.join_next().await.is_some() {}
+    // Sessions queue their log events without waiting; make sure they are all on disk.
+    if let Err(e) = store.log_flush().await {
+        tracing::error!(error = %e, "delivery log flush at shutdown failed");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -135,17 +135,10 @@ async fn python_smtplib() {
     assert_eq!(bob.len(), 2);
     assert!(bob[1].starts_with("Return-Path: <>\r\n"));
     // DSN parameters were accepted and are on record.
-    let (ok, log, _) = server.cli(
-        &[
-            "log",
-            "search",
-            "--message-id",
-            "smtplib-1@remote.test",
-            "--json",
-        ],
-        "",
+    let log = server.log_search_until(
+        &["--message-id", "smtplib-1@remote.test", "--json"],
+        "py-envid-1",
     );
-    assert!(ok);
     assert!(
         log.contains("py-envid-1") && log.contains("HDRS") && log.contains("SUCCESS,FAILURE"),
         "{log}"
@@ -381,8 +374,10 @@ async fn reverse_dns_reaches_received_and_the_log_timeline() {
         "{}",
         texts[0]
     );
-    let (ok, log, _) = server.cli(&["log", "search", "--message-id", "rdns-1@remote.test"], "");
-    assert!(ok && log.contains("rdns=localhost"), "{log}");
+    assert_eq!(code(&c.cmd("QUIT").await), "221");
+    drop(c);
+    let log = server.log_search_until(&["--message-id", "rdns-1@remote.test"], "smtp.close");
+    assert!(log.contains("rdns=localhost"), "{log}");
     // The timeline has every step of the session.
     for kind in [
         "smtp.connect",

@@ -108,7 +108,7 @@ pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
         reply: Some(reply.trim_end().into()),
         ..Default::default()
     };
-    let _ = server.delivery.store().log_append(vec![ev]).await;
+    server.delivery.store().log_submit(vec![ev]);
 }
 
 /// Runs a session on an accepted connection until QUIT, error, timeout or shutdown.
@@ -163,7 +163,7 @@ pub async fn run_session<S>(
             ..Default::default()
         },
     );
-    s.flush_log().await;
+    s.flush_log();
     let _ = s.conn.shutdown().await;
 }
 
@@ -205,11 +205,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.events.push(ev);
     }
 
-    async fn flush_log(&mut self) {
+    /// Hands the collected events to the store's writer (in order, without waiting).
+    fn flush_log(&mut self) {
         let events = std::mem::take(&mut self.events);
-        if let Err(e) = self.server.delivery.store().log_append(events).await {
-            tracing::error!(session = %self.id, error = %e, "delivery log write failed");
-        }
+        self.server.delivery.store().log_submit(events);
     }
 
     fn log_tx_abandoned(&mut self, tx: &Transaction, reason: &str) {
@@ -893,7 +892,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if let Some(tx) = self.tx.take() {
                     self.log_tx_abandoned(&tx, &format!("during DATA: {}", e.reason()));
                 }
-                self.flush_log().await;
+                self.flush_log();
                 return Flow::Close;
             }
         }
@@ -1098,9 +1097,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "body": tx.body,
             "rcpts": tx.rcpts.iter().map(|r| serde_json::json!({"to": r.address, "notify": r.notify, "orcpt": r.orcpt})).collect::<Vec<_>>(),
         });
-        let message_id = mailkeep_delivery::ingest::parse_cache(&msg).message_id;
         match self.server.delivery.deliver(incoming).await {
-            Ok(outcomes) if outcomes.iter().any(|o| o.result.is_ok()) => {
+            Ok(delivered) if delivered.outcomes.iter().any(|o| o.result.is_ok()) => {
+                let message_id = delivered.message_id.clone();
+                self.events.extend(delivered.events);
                 self.messages += 1;
                 self.log(
                     "smtp.envelope",
@@ -1117,7 +1117,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     size,
                 );
             }
-            Ok(_) => {
+            Ok(delivered) => {
+                let message_id = delivered.message_id.clone();
+                self.events.extend(delivered.events);
                 tracing::error!(session = %self.id, %queue_id, "no recipient could be stored");
                 self.end_transaction(
                     "451 4.3.0 Could not store the message, try again later".into(),
@@ -1131,11 +1133,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.end_transaction(
                     "451 4.3.0 Could not store the message, try again later".into(),
                     "tempfail",
-                    message_id,
+                    None,
                     size,
                 );
             }
         }
-        self.flush_log().await;
+        self.flush_log();
     }
 }

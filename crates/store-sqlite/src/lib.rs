@@ -167,6 +167,37 @@ impl SqliteStore {
             .map_err(|_| backend("store writer dropped a job"))?
     }
 
+    /// Queues a write without waiting for it; errors are logged.
+    fn submit<F>(&self, what: &'static str, f: F)
+    where
+        F: FnOnce(&Connection) -> Result<()> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(Job {
+            f: Some(f),
+            result: None,
+            reply,
+            after: None,
+        });
+        let sent = self
+            .writer
+            .lock()
+            .map(|sender| sender.send(job).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            tracing::error!(what, "store writer has stopped; write dropped");
+            return;
+        }
+        // Only to report failures: the job runs whether or not anyone waits.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Ok(Err(e)) = rx.await {
+                    tracing::error!(what, error = %e, "queued store write failed");
+                }
+            });
+        }
+    }
+
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -612,53 +643,55 @@ fn row_mailbox(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
 
 fn insert_message(c: &Connection, m: &NewMessage) -> Result<Stored> {
     let (mailbox, uid, modseq): (i64, i64, i64) = c
-        .query_row(
+        .prepare_cached(
             "SELECT id, uid_next, highest_modseq + 1 FROM mailboxes WHERE account = ?1 AND role = ?2",
-            params![m.account.0, m.role.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
+        .map_err(backend)?
+        .query_row(params![m.account.0, m.role.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()
         .map_err(backend)?
         .ok_or_else(|| {
             StoreError::NotFound(format!("{} mailbox of account {}", m.role.as_str(), m.account))
         })?;
     // RFC 9051 2.3.1.1: UIDs strictly ascend; RFC 7162 3.1: MODSEQ strictly increases.
-    c.execute(
-        "UPDATE mailboxes SET uid_next = ?2, highest_modseq = ?3 WHERE id = ?1",
-        params![mailbox, uid + 1, modseq],
-    )
-    .map_err(backend)?;
+    c.prepare_cached("UPDATE mailboxes SET uid_next = ?2, highest_modseq = ?3 WHERE id = ?1")
+        .map_err(backend)?
+        .execute(params![mailbox, uid + 1, modseq])
+        .map_err(backend)?;
     let size = m.blob_size + m.prefix.len() as u64;
     let cache = serde_json::to_string(&m.cache).map_err(backend)?;
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, size, blob, prefix, \
          message_id, queue_id, cache) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            mailbox,
-            uid,
-            modseq,
-            m.flags.join(" "),
-            m.internal_date,
-            size as i64,
-            m.blob.0,
-            m.prefix,
-            m.cache.message_id,
-            m.queue_id,
-            cache
-        ],
     )
+    .map_err(backend)?
+    .execute(params![
+        mailbox,
+        uid,
+        modseq,
+        m.flags.join(" "),
+        m.internal_date,
+        size as i64,
+        m.blob.0,
+        m.prefix,
+        m.cache.message_id,
+        m.queue_id,
+        cache
+    ])
     .map_err(backend)?;
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO blobs (id, size, refs) VALUES (?1, ?2, 1) \
          ON CONFLICT (id) DO UPDATE SET refs = refs + 1",
-        params![m.blob.0, m.blob_size as i64],
     )
+    .map_err(backend)?
+    .execute(params![m.blob.0, m.blob_size as i64])
     .map_err(backend)?;
-    c.execute(
-        "UPDATE accounts SET used = used + ?2 WHERE id = ?1",
-        params![m.account.0, size as i64],
-    )
-    .map_err(backend)?;
+    c.prepare_cached("UPDATE accounts SET used = used + ?2 WHERE id = ?1")
+        .map_err(backend)?
+        .execute(params![m.account.0, size as i64])
+        .map_err(backend)?;
     Ok(Stored {
         account: m.account,
         mailbox: MailboxId(mailbox),
@@ -826,38 +859,18 @@ impl LogStore for SqliteStore {
         if events.is_empty() {
             return Ok(());
         }
-        self.write(move |c| {
-            let mut st = c
-                .prepare_cached(
-                    "INSERT INTO log_events (ts, session, queue_id, kind, ip, sender, recipient, \
-                     message_id, outcome, reply, detail) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .map_err(backend)?;
-            for e in &events {
-                let detail = if e.detail.is_null() {
-                    None
-                } else {
-                    Some(e.detail.to_string())
-                };
-                st.execute(params![
-                    e.ts,
-                    e.session,
-                    e.queue_id,
-                    e.kind,
-                    e.ip,
-                    e.sender,
-                    e.recipient,
-                    e.message_id,
-                    e.outcome,
-                    e.reply,
-                    detail
-                ])
-                .map_err(backend)?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |c| insert_events(c, &events)).await
+    }
+
+    fn log_submit(&self, events: Vec<LogEvent>) {
+        if !events.is_empty() {
+            self.submit("delivery log", move |c| insert_events(c, &events));
+        }
+    }
+
+    async fn log_flush(&self) -> Result<()> {
+        // The writer runs jobs in order: once this no-op commits, everything before it has.
+        self.write(|_| Ok(())).await
     }
 
     async fn log_search(&self, filter: &LogFilter) -> Result<Vec<LogEvent>> {
@@ -930,6 +943,38 @@ impl LogStore for SqliteStore {
         })
         .await
     }
+}
+
+fn insert_events(c: &Connection, events: &[LogEvent]) -> Result<()> {
+    let mut st = c
+        .prepare_cached(
+            "INSERT INTO log_events (ts, session, queue_id, kind, ip, sender, recipient, \
+             message_id, outcome, reply, detail) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )
+        .map_err(backend)?;
+    for e in events {
+        let detail = if e.detail.is_null() {
+            None
+        } else {
+            Some(e.detail.to_string())
+        };
+        st.execute(params![
+            e.ts,
+            e.session,
+            e.queue_id,
+            e.kind,
+            e.ip,
+            e.sender,
+            e.recipient,
+            e.message_id,
+            e.outcome,
+            e.reply,
+            detail
+        ])
+        .map_err(backend)?;
+    }
+    Ok(())
 }
 
 fn like(s: &str) -> String {

@@ -297,8 +297,13 @@ pub trait BlobStore: Send + Sync {
 /// The delivery log.
 #[async_trait]
 pub trait LogStore: Send + Sync {
-    /// Appends events.
+    /// Appends events and waits until they are stored.
     async fn log_append(&self, events: Vec<LogEvent>) -> Result<()>;
+    /// Queues events to be appended without waiting, in submission order; a failure is logged
+    /// by the backend. Sessions use this so that logging never delays a reply.
+    fn log_submit(&self, events: Vec<LogEvent>);
+    /// Waits until every event submitted before this call is stored (used at shutdown).
+    async fn log_flush(&self) -> Result<()>;
     /// Every event of each session that has an event matching the filter, in time order,
     /// newest sessions first (at most `filter.limit` sessions).
     async fn log_search(&self, filter: &LogFilter) -> Result<Vec<LogEvent>>;

@@ -39,7 +39,8 @@ pub fn cli(config: &Path, args: &[&str], stdin: &str) -> (bool, String, String) 
         .spawn()
         .expect("run mailkeep");
     if let Some(mut i) = child.stdin.take() {
-        i.write_all(stdin.as_bytes()).expect("write stdin");
+        // A command that fails before reading its input closes the pipe: that is its answer.
+        let _ = i.write_all(stdin.as_bytes());
     }
     let out = child.wait_with_output().expect("wait for mailkeep");
     (
@@ -337,4 +338,22 @@ impl Raw {
 
 pub fn code(reply: &str) -> &str {
     reply.get(..3).unwrap_or(reply)
+}
+
+impl Server {
+    /// `log search ARGS`, repeated for up to 10 s until the output contains `want`: sessions
+    /// queue their log events without waiting, so they land a moment after the reply.
+    pub fn log_search_until(&self, args: &[&str], want: &str) -> String {
+        let mut full = vec!["log", "search"];
+        full.extend_from_slice(args);
+        let start = std::time::Instant::now();
+        loop {
+            let (ok, out, err) = self.cli(&full, "");
+            assert!(ok, "log search failed: {err}");
+            if out.contains(want) || start.elapsed() > Duration::from_secs(10) {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
