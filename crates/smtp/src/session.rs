@@ -776,30 +776,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return;
         }
         // Quota (RFC 3463 4.2.2 mailbox full): refuse when every target is full.
-        let mut room = Vec::new();
-        for t in local {
-            match self
-                .server
-                .delivery
-                .store()
-                .user_get(&t.address.to_lowercase())
-                .await
-            {
-                Ok(Some(u))
-                    if u.quota > 0 && (u.used >= u.quota || u.used + declared > u.quota) => {}
-                Ok(_) => room.push(t),
-                Err(e) => {
-                    tracing::error!(session = %self.id, error = %e, "quota lookup failed");
-                    self.rcpt_reply(
-                        &raw,
-                        "451 4.3.0 Temporary lookup failure, try again later".into(),
-                        "tempfail",
-                        false,
-                    );
-                    return;
-                }
-            }
-        }
+        let room: Vec<LocalTarget> = local.into_iter().filter(|t| !t.over_quota(declared)).collect();
         if room.is_empty() {
             let reply = match self.server.config.quota_reply {
                 QuotaReply::Temporary => "452 4.2.2 Mailbox full",

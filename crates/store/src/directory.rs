@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use mailkeep_types::{AccountId, Address};
 
-use crate::{DirectoryStore, Result};
+use crate::{DirectoryStore, Result, User};
 
 /// Most alias hops followed before giving up (a loop or a runaway expansion).
 pub const MAX_ALIAS_DEPTH: usize = 10;
@@ -25,6 +25,17 @@ pub struct LocalTarget {
     pub address: String,
     /// The sub-address tag, if the recipient used one.
     pub tag: Option<String>,
+    /// The account's quota in bytes (0 = none) when it was looked up.
+    pub quota: u64,
+    /// Bytes the account used when it was looked up.
+    pub used: u64,
+}
+
+impl LocalTarget {
+    /// True when the account cannot take `incoming` more bytes (RFC 3463 4.2.2).
+    pub fn over_quota(&self, incoming: u64) -> bool {
+        self.quota > 0 && (self.used >= self.quota || self.used.saturating_add(incoming) > self.quota)
+    }
 }
 
 /// The result of resolving one recipient.
@@ -66,8 +77,9 @@ pub async fn resolve(
         if !seen.insert(addr.key()) {
             continue;
         }
-        if store.domain_get(addr.domain()).await?.is_none() {
-            // Only reachable through an alias: the original domain was checked above.
+        // The first address's domain was checked above.
+        if depth > 0 && store.domain_get(addr.domain()).await?.is_none() {
+            // Only reachable through an alias.
             if !external.contains(&addr) {
                 external.push(addr);
             }
@@ -75,12 +87,14 @@ pub async fn resolve(
             continue;
         }
         match lookup(store, &addr, plus_separator).await? {
-            Some((Found::User(id, own), tag)) => {
+            Some((Found::User(user), tag)) => {
                 found_any = true;
                 local.insert(LocalTarget {
-                    account: id,
-                    address: own,
+                    account: user.id,
+                    address: user.address.to_string(),
                     tag: tag.or(inherited_tag),
+                    quota: user.quota,
+                    used: user.used,
                 });
             }
             Some((Found::Alias(targets), tag)) => {
@@ -113,7 +127,7 @@ pub async fn resolve(
 }
 
 enum Found {
-    User(AccountId, String),
+    User(Box<User>),
     Alias(Vec<Address>),
 }
 
@@ -139,7 +153,7 @@ async fn lookup(
 
 async fn lookup_exact(store: &dyn DirectoryStore, key: &str) -> Result<Option<Found>> {
     if let Some(user) = store.user_get(key).await? {
-        return Ok(Some(Found::User(user.id, user.address.to_string())));
+        return Ok(Some(Found::User(Box::new(user))));
     }
     if let Some(alias) = store.alias_get(key).await? {
         return Ok(Some(Found::Alias(alias.targets)));
