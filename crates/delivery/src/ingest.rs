@@ -13,14 +13,20 @@ const MAX_DEPTH: usize = 50;
 /// of the whole size), so malformed mail is stored rather than lost.
 pub fn parse_cache(raw: &[u8]) -> MessageCache {
     let header_size = header_len(raw) as u64;
-    match MessageParser::default().parse(raw) {
-        Some(msg) => MessageCache {
+    // A bug in the parser must never cost a message: a panic (mail-parser 0.11.9 has a
+    // `debug_assert!` that peer input can reach, found by fuzz/ingest) falls back to the
+    // minimal cache below.
+    let parsed = std::panic::catch_unwind(|| {
+        MessageParser::default().parse(raw).map(|msg| MessageCache {
             envelope: envelope(&msg),
             body: structure(&msg, 0, 0),
             message_id: msg.message_id().map(|s| s.to_string()),
             header_size,
-        },
-        None => MessageCache {
+        })
+    });
+    match parsed {
+        Ok(Some(cache)) => cache,
+        Ok(None) | Err(_) => MessageCache {
             body: BodyStructure {
                 media_type: "text".into(),
                 subtype: "plain".into(),
@@ -293,6 +299,13 @@ AAAA\r\n\
         let inner = c.body.envelope.as_ref().expect("inner envelope");
         assert_eq!(inner.subject.as_deref(), Some("inner"));
         assert_eq!(c.body.parts.len(), 1);
+    }
+
+    #[test]
+    fn regression_mail_parser_invalid_part_id_does_not_panic() {
+        let raw = include_bytes!("../testdata/mail-parser-0.11.9-invalid-part-id.eml");
+        let c = parse_cache(raw);
+        assert!(c.header_size > 0);
     }
 
     #[test]

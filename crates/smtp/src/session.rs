@@ -776,7 +776,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return;
         }
         // Quota (RFC 3463 4.2.2 mailbox full): refuse when every target is full.
-        let room: Vec<LocalTarget> = local.into_iter().filter(|t| !t.over_quota(declared)).collect();
+        let room: Vec<LocalTarget> = local
+            .into_iter()
+            .filter(|t| !t.over_quota(declared))
+            .collect();
         if room.is_empty() {
             let reply = match self.server.config.quota_reply {
                 QuotaReply::Temporary => "452 4.2.2 Mailbox full",

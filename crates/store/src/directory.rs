@@ -34,7 +34,8 @@ pub struct LocalTarget {
 impl LocalTarget {
     /// True when the account cannot take `incoming` more bytes (RFC 3463 4.2.2).
     pub fn over_quota(&self, incoming: u64) -> bool {
-        self.quota > 0 && (self.used >= self.quota || self.used.saturating_add(incoming) > self.quota)
+        self.quota > 0
+            && (self.used >= self.quota || self.used.saturating_add(incoming) > self.quota)
     }
 }
 
