@@ -299,6 +299,32 @@ fn row_domain(r: &rusqlite::Row<'_>) -> rusqlite::Result<DomainInfo> {
     })
 }
 
+/// A new user or alias needs a hosted domain and an address nobody has yet.
+fn check_new_address(c: &Connection, key: &str, addr: &str, dom: &str) -> Result<()> {
+    let hosted: i64 = c
+        .query_row("SELECT count(*) FROM domains WHERE name = ?1", [dom], |r| {
+            r.get(0)
+        })
+        .map_err(backend)?;
+    if hosted == 0 {
+        return Err(StoreError::Conflict(format!(
+            "domain {dom} is not hosted here: add it first with `mailkeep domain add {dom}`"
+        )));
+    }
+    let taken: i64 = c
+        .query_row(
+            "SELECT (SELECT count(*) FROM accounts WHERE address_key = ?1) + \
+             (SELECT count(*) FROM aliases WHERE address_key = ?1)",
+            [key],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if taken > 0 {
+        return Err(StoreError::Exists(format!("address {addr}")));
+    }
+    Ok(())
+}
+
 const USER_COLS: &str = "id, address, password, quota, used";
 
 fn next_uid_validity(conn: &Connection) -> Result<u32> {
@@ -409,28 +435,7 @@ impl DirectoryStore for SqliteStore {
         );
         let hash = password_hash.to_string();
         self.write(move |c| {
-            let hosted: bool = c
-                .query_row("SELECT count(*) FROM domains WHERE name = ?1", [&dom], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .map_err(backend)?
-                > 0;
-            if !hosted {
-                return Err(StoreError::Conflict(format!(
-                    "domain {dom} is not hosted here: add it first with `mailkeep domain add {dom}`"
-                )));
-            }
-            let taken: i64 = c
-                .query_row(
-                    "SELECT (SELECT count(*) FROM accounts WHERE address_key = ?1) + \
-                     (SELECT count(*) FROM aliases WHERE address_key = ?1)",
-                    [&key],
-                    |r| r.get(0),
-                )
-                .map_err(backend)?;
-            if taken > 0 {
-                return Err(StoreError::Exists(format!("address {addr}")));
-            }
+            check_new_address(c, &key, &addr, &dom)?;
             c.execute(
                 "INSERT INTO accounts (address_key, address, domain, password, quota, created) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -549,29 +554,7 @@ impl DirectoryStore for SqliteStore {
         );
         let targets = serde_json::to_string(targets).map_err(backend)?;
         self.write(move |c| {
-            let hosted: i64 = c
-                .query_row(
-                    "SELECT count(*) FROM domains WHERE name = ?1",
-                    [&dom],
-                    |r| r.get(0),
-                )
-                .map_err(backend)?;
-            if hosted == 0 {
-                return Err(StoreError::Conflict(format!(
-                    "domain {dom} is not hosted here: add it first with `mailkeep domain add {dom}`"
-                )));
-            }
-            let taken: i64 = c
-                .query_row(
-                    "SELECT (SELECT count(*) FROM accounts WHERE address_key = ?1) + \
-                     (SELECT count(*) FROM aliases WHERE address_key = ?1)",
-                    [&key],
-                    |r| r.get(0),
-                )
-                .map_err(backend)?;
-            if taken > 0 {
-                return Err(StoreError::Exists(format!("address {addr}")));
-            }
+            check_new_address(c, &key, &addr, &dom)?;
             c.execute(
                 "INSERT INTO aliases (address_key, address, domain, targets, created) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
