@@ -432,7 +432,7 @@ impl Config {
                 "smtp.data_timeout",
                 s.data_timeout.as_ref().unwrap_or(&default("3m".into())),
             )?,
-            max_errors: positive(&cx, "smtp.max_errors", max_errors.map(|v| v as i64), 10)? as u32,
+            max_errors: positive(&cx, "smtp.max_errors", max_errors.map(|v| v as i64), 20)? as u32,
             max_connections: positive(&cx, "smtp.max_connections", s.max_connections, 1000)?,
             max_connections_per_ip: positive(
                 &cx,

@@ -133,7 +133,7 @@ max_data_line = 65536        # bytes per line of message data
 max_header_size = "1M"
 command_timeout = "5m"       # RFC 5321 4.5.3.2.7
 data_timeout = "3m"          # per block of message data
-max_errors = 10              # errors before the session is closed with 421
+max_errors = 20              # errors before the session is closed with 421 (as Postfix)
 max_connections = 1000
 max_connections_per_ip = 20
 quota_reply = "temporary"    # "temporary" = 452 4.2.2, "permanent" = 552 5.2.2

@@ -239,6 +239,11 @@ async fn bad_addresses_get_syntax_replies() {
         ("MAIL FROM:a@b.test", "501"),
         ("MAIL FROM:<ünï@b.test>", "553 5.6.7"),
         ("MAIL TO:<a@b.test>", "501"),
+        // Parameters of extensions we do not advertise (RFC 5321 4.1.1.11).
+        ("MAIL FROM:<a@b.test> REQUIRETLS", "555"),
+        ("MAIL FROM:<a@b.test> BODY=BINARYMIME", "555"),
+        ("MAIL FROM:<a@b.test> MT-PRIORITY=3", "555"),
+        ("MAIL FROM:<a@b.test> X-UNKNOWN=1", "555"),
     ] {
         let r = c.cmd(line).await;
         assert!(r.starts_with(want), "{line}: {r} (wanted {want})");

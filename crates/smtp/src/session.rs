@@ -57,7 +57,8 @@ struct TlsInfo {
 
 enum Flow {
     Continue,
-    Close,
+    /// Close the connection, for this reason (logged in `smtp.close`).
+    Close(&'static str),
 }
 
 struct Session<S> {
@@ -328,9 +329,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 Line::Ok(line) => self.command(line).await,
             };
-            if let Flow::Close = flow {
+            if let Flow::Close(reason) = flow {
                 let _ = self.flush().await;
-                return "quit".into();
+                return reason.into();
             }
             if self.errors >= self.server.config.max_errors {
                 self.reply("421 4.7.0 Too many errors, closing connection");
@@ -419,7 +420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Request::Quit => {
                 let bye = format!("221 2.0.0 {} closing connection", self.server.hostname);
                 self.reply(&bye);
-                return Flow::Close;
+                return Flow::Close("quit");
             }
             // RFC 5321 3.5.3: 252 without confirming anything (no user enumeration).
             Request::Vrfy { .. } => self
@@ -505,7 +506,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.reply("220 2.0.0 Ready to start TLS");
         if self.flush().await.is_err() {
-            return Flow::Close;
+            return Flow::Close("client closed the connection");
         }
         // RFC 3207 5 / CVE-2011-0411: anything pipelined after STARTTLS arrived in plaintext
         // and must not be executed inside the TLS session.
@@ -521,7 +522,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.rbuf.clear();
         let Conn::Plain(stream) = std::mem::replace(&mut self.conn, Conn::Upgrading) else {
-            return Flow::Close;
+            return Flow::Close("STARTTLS on a TLS connection");
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let hs =
@@ -565,9 +566,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         ..Default::default()
                     },
                 );
-                Flow::Close
+                Flow::Close("TLS handshake failed")
             }
-            Err(_) => Flow::Close,
+            Err(_) => Flow::Close("TLS handshake timed out"),
         }
     }
 
@@ -586,8 +587,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.error("555 5.5.4 Parameters need EHLO");
             return;
         }
-        if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
-            self.error("555 5.5.4 BINARYMIME is not supported");
+        // RFC 5321 4.1.1.11: parameters of extensions we did not advertise are refused.
+        let unadvertised = smtp_proto::MAIL_BODY_BINARYMIME
+            | smtp_proto::MAIL_REQUIRETLS
+            | smtp_proto::MAIL_CONPERM
+            | smtp_proto::MAIL_BY_NOTIFY
+            | smtp_proto::MAIL_BY_RETURN
+            | smtp_proto::MAIL_BY_TRACE;
+        if from.flags & unadvertised != 0
+            || from.trans_id.is_some()
+            || from.solicit.is_some()
+            || from.mtrk.is_some()
+            || from.auth.is_some()
+            || from.hold_for != 0
+            || from.hold_until != 0
+            || from.mt_priority != 0
+        {
+            self.error("555 5.5.4 MAIL parameter not supported");
             return;
         }
         let max = self.server.config.max_message_size;
@@ -675,6 +691,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.error("503 5.5.1 Need MAIL before RCPT");
             return;
         };
+        // RFC 5321 4.1.1.11: RRVS (RFC 7293) and CONNEG were not advertised.
+        let unadvertised =
+            smtp_proto::RCPT_RRVS_REJECT | smtp_proto::RCPT_RRVS_CONTINUE | smtp_proto::RCPT_CONNEG;
+        if to.flags & unadvertised != 0 || to.rrvs != 0 {
+            self.error("555 5.5.4 RCPT parameter not supported");
+            return;
+        }
         let smtputf8 = tx.smtputf8;
         let declared = tx.declared_size;
         let count = tx.rcpts.len();
@@ -873,7 +896,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.log_tx_abandoned(&tx, &format!("during DATA: {}", e.reason()));
                 }
                 self.flush_log();
-                return Flow::Close;
+                return Flow::Close("connection lost during DATA");
             }
         }
         match dec.finish() {
@@ -902,7 +925,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     if let Some(tx) = self.tx.take() {
                         self.log_tx_abandoned(&tx, &format!("during BDAT: {}", e.reason()));
                     }
-                    return Flow::Close;
+                    return Flow::Close("connection lost during BDAT");
                 }
             }
             let n = remaining.min(self.rbuf.len());
