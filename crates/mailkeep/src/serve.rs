@@ -300,6 +300,10 @@ pub fn demo(data: Option<PathBuf>, mut run: RunArgs) -> Result<()> {
         }
         drop(store);
         let cfg_display = config_path.display().to_string();
+        // The commands printed below name this very binary, wherever it was built.
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "mailkeep".into());
         let ready = Box::new(move |addrs: &[(Protocol, SocketAddr)]| {
             let smtp = addrs
                 .iter()
@@ -317,7 +321,7 @@ pub fn demo(data: Option<PathBuf>, mut run: RunArgs) -> Result<()> {
             println!("Send it a message:");
             println!("  swaks --server {host} --port {port} --to demo@example.test --from you@example.org");
             println!("Then see what happened:");
-            println!("  mailkeep log search --config {cfg_display} --recipient demo@example.test");
+            println!("  {exe} log search --config {cfg_display} --recipient demo@example.test");
             println!();
         });
         serve_config(config, run, Some(config_path.clone()), Some(ready)).await

@@ -246,3 +246,70 @@ fn deliver_command_and_log_search() {
         assert!(text.starts_with("Return-Path: <someone@remote.test>\r\nDelivered-To: dave@example.test\r\nFrom: someone@remote.test\r\n"), "{text}");
     });
 }
+
+#[test]
+fn demo_runs_a_working_server_and_prints_what_a_newcomer_needs() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "smtp=127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut port, mut password, mut config) = (None, None, None);
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        if let Some(a) = line.trim().strip_prefix("mailkeep: smtp listening on ") {
+            port = a.rsplit(':').next().map(|p| p.parse::<u16>().unwrap());
+        }
+        if let Some(p) = line.trim().strip_prefix("password: ") {
+            password = Some(p.to_string());
+        }
+        if let Some(c) = line.trim().strip_prefix("config:") {
+            config = Some(c.trim().to_string());
+        }
+        if line.contains("log search") {
+            break;
+        }
+        line.clear();
+    }
+    let (port, password, config) = (port.unwrap(), password.unwrap(), config.unwrap());
+    assert!(password.len() >= 12, "a real random password: {password}");
+    // Send it a message the way the README says (a raw client here; swaks in smtp_clients).
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    s.write_all(b"EHLO newcomer.example\r\nMAIL FROM:<you@example.org>\r\nRCPT TO:<demo@example.test>\r\nDATA\r\n").unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while !got.contains("354") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "{got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    s.write_all(b"Subject: first mail\r\nMessage-ID: <demo-1@example.org>\r\n\r\nhello\r\n.\r\nQUIT\r\n").unwrap();
+    while !got.contains("221") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "{got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.contains("250 2.0.0 OK: queued as"), "{got}");
+    let mut found = String::new();
+    for _ in 0..100 {
+        let o = Command::new(BIN)
+            .args(["log", "search", "--config", &config, "--recipient", "demo@example.test"])
+            .output()
+            .unwrap();
+        found = String::from_utf8_lossy(&o.stdout).into_owned();
+        if found.contains("delivery.stored") && found.contains("smtp.close") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(found.contains("demo-1@example.org") && found.contains("delivered"), "{found}");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "demo exits cleanly on SIGTERM");
+    // The temporary data directory goes away with it.
+    assert!(!std::path::Path::new(&config).exists(), "{config} left behind");
+}
