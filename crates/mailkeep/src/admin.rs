@@ -473,10 +473,13 @@ pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
         println!("no matching events");
         return Ok(());
     }
+    // One block per session; inside it, one timeline per message (queue id).
     let mut current = String::new();
+    let mut message: Option<String> = None;
     for e in &events {
         if e.session != current {
             current = e.session.clone();
+            message = None;
             println!();
             println!(
                 "session {} from {}",
@@ -484,12 +487,20 @@ pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
                 e.ip.as_deref().unwrap_or("local")
             );
         }
-        let q = e
-            .queue_id
-            .as_deref()
-            .map(|q| format!(" [{q}]"))
-            .unwrap_or_default();
-        println!("  {} {:<16}{q} {}", format_ts(e.ts), e.kind, describe(e));
+        let indent = match (&e.queue_id, e.kind.as_str()) {
+            (Some(q), kind) if kind != "smtp.close" => {
+                if message.as_deref() != Some(q) {
+                    message = Some(q.clone());
+                    println!("  message {q}");
+                }
+                "    "
+            }
+            _ => {
+                message = None;
+                "  "
+            }
+        };
+        println!("{indent}{} {:<16} {}", format_ts(e.ts), e.kind, describe(e));
     }
     Ok(())
 }

@@ -278,7 +278,8 @@ fn demo_runs_a_working_server_and_prints_what_a_newcomer_needs() {
     assert!(password.len() >= 12, "a real random password: {password}");
     // Send it a message the way the README says (a raw client here; swaks in smtp_clients).
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
     s.write_all(b"EHLO newcomer.example\r\nMAIL FROM:<you@example.org>\r\nRCPT TO:<demo@example.test>\r\nDATA\r\n").unwrap();
     let mut got = String::new();
     let mut buf = [0u8; 4096];
@@ -287,7 +288,10 @@ fn demo_runs_a_working_server_and_prints_what_a_newcomer_needs() {
         assert!(n > 0, "{got}");
         got.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    s.write_all(b"Subject: first mail\r\nMessage-ID: <demo-1@example.org>\r\n\r\nhello\r\n.\r\nQUIT\r\n").unwrap();
+    s.write_all(
+        b"Subject: first mail\r\nMessage-ID: <demo-1@example.org>\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+    )
+    .unwrap();
     while !got.contains("221") {
         let n = s.read(&mut buf).unwrap();
         assert!(n > 0, "{got}");
@@ -297,7 +301,14 @@ fn demo_runs_a_working_server_and_prints_what_a_newcomer_needs() {
     let mut found = String::new();
     for _ in 0..100 {
         let o = Command::new(BIN)
-            .args(["log", "search", "--config", &config, "--recipient", "demo@example.test"])
+            .args([
+                "log",
+                "search",
+                "--config",
+                &config,
+                "--recipient",
+                "demo@example.test",
+            ])
             .output()
             .unwrap();
         found = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -306,10 +317,18 @@ fn demo_runs_a_working_server_and_prints_what_a_newcomer_needs() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert!(found.contains("demo-1@example.org") && found.contains("delivered"), "{found}");
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(
+        found.contains("demo-1@example.org") && found.contains("delivered"),
+        "{found}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let status = child.wait().unwrap();
     assert!(status.success(), "demo exits cleanly on SIGTERM");
     // The temporary data directory goes away with it.
-    assert!(!std::path::Path::new(&config).exists(), "{config} left behind");
+    assert!(
+        !std::path::Path::new(&config).exists(),
+        "{config} left behind"
+    );
 }
