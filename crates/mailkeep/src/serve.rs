@@ -173,7 +173,8 @@ async fn serve_config(
         }
     }
 
-    // Delivery log retention, checked hourly.
+    // Maintenance, hourly: delivery log retention, and blob files no message refers to any
+    // more (removed users, deliveries interrupted by a crash) once they are a day old.
     let retention = config.log.retention;
     let log_store = store.clone();
     let mut log_shutdown = shutdown.clone();
@@ -184,6 +185,11 @@ async fn serve_config(
                 Ok(n) if n > 0 => tracing::info!(events = n, "delivery log expired old events"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "delivery log expiry failed"),
+            }
+            match log_store.gc_blobs(Duration::from_secs(86400)).await {
+                Ok(n) if n > 0 => tracing::info!(blobs = n, "removed unreferenced blobs"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "blob garbage collection failed"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

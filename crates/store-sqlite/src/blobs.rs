@@ -47,7 +47,15 @@ impl BlobDir {
         let id = hex::encode(Sha256::digest(data));
         let path = self.path_of(&id).ok_or("bad blob id")?;
         if path.exists() {
-            return Ok(BlobId(id));
+            // Refresh its age so the garbage collector leaves it to the delivery in progress.
+            let touched = File::options()
+                .append(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            if touched.is_ok() {
+                return Ok(BlobId(id));
+            }
+            // Unreadable or vanished (collected meanwhile): write it again below.
         }
         let shard = path.parent().ok_or("blob path has no parent")?;
         if !shard.exists() {
@@ -67,6 +75,57 @@ impl BlobDir {
         fs::rename(&tmp, &path).map_err(|e| format!("rename to {}: {e}", path.display()))?;
         fsync_dir(shard).map_err(|e| format!("fsync {}: {e}", shard.display()))?;
         Ok(BlobId(id))
+    }
+
+    /// Every blob file with its last-stored time.
+    pub(crate) fn list(&self) -> Result<Vec<(String, std::time::SystemTime)>, String> {
+        let mut out = Vec::new();
+        let shards =
+            fs::read_dir(&*self.root).map_err(|e| format!("read {}: {e}", self.root.display()))?;
+        for shard in shards.flatten() {
+            let name = shard.file_name();
+            let name = name.to_string_lossy();
+            if name.len() != 2 || !shard.path().is_dir() {
+                continue; // tmp/ and anything that is not a shard
+            }
+            let files = fs::read_dir(shard.path())
+                .map_err(|e| format!("read {}: {e}", shard.path().display()))?;
+            for f in files.flatten() {
+                let id = f.file_name().to_string_lossy().into_owned();
+                if self.path_of(&id).is_none() {
+                    continue;
+                }
+                if let Ok(m) = f.metadata().and_then(|m| m.modified()) {
+                    out.push((id, m));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes one blob file unless it was stored again within `min_age` (a new delivery of
+    /// the same content is about to refer to it). Returns whether it was removed.
+    pub(crate) fn remove_if_older(
+        &self,
+        id: &str,
+        min_age: std::time::Duration,
+    ) -> Result<bool, String> {
+        let Some(path) = self.path_of(id) else {
+            return Ok(false);
+        };
+        let young = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+            .is_some_and(|age| age < min_age);
+        if young {
+            return Ok(false);
+        }
+        match fs::remove_file(&path).map(|()| true) {
+            Ok(removed) => Ok(removed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(format!("remove {}: {e}", path.display())),
+        }
     }
 
     pub(crate) fn get(&self, id: &BlobId) -> Result<Option<Vec<u8>>, String> {

@@ -807,6 +807,66 @@ impl BlobStore for SqliteStore {
             .map_err(backend)
     }
 
+    async fn gc_blobs(&self, min_age: std::time::Duration) -> Result<u64> {
+        let dir = self.blobs.clone();
+        let files = tokio::task::spawn_blocking(move || dir.list())
+            .await
+            .map_err(backend)?
+            .map_err(backend)?;
+        let now = std::time::SystemTime::now();
+        let old: Vec<String> = files
+            .into_iter()
+            .filter(|(_, m)| {
+                now.duration_since(*m)
+                    .map(|age| age >= min_age)
+                    .unwrap_or(false)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        // Decide and forget in the writer, so no delivery can add a reference in between; the
+        // files are removed after that commit (a crash in between only leaves files behind).
+        let unreferenced = self
+            .write(move |c| {
+                let mut st = c
+                    .prepare_cached("SELECT refs FROM blobs WHERE id = ?1")
+                    .map_err(backend)?;
+                let mut gone = Vec::new();
+                for id in old {
+                    let refs: Option<i64> = st
+                        .query_row([&id], |r| r.get(0))
+                        .optional()
+                        .map_err(backend)?;
+                    if refs.unwrap_or(0) <= 0 {
+                        gone.push(id);
+                    }
+                }
+                let mut del = c
+                    .prepare_cached("DELETE FROM blobs WHERE id = ?1")
+                    .map_err(backend)?;
+                for id in &gone {
+                    del.execute([id]).map_err(backend)?;
+                }
+                Ok(gone)
+            })
+            .await?;
+        let dir = self.blobs.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut n = 0;
+            for id in unreferenced {
+                if dir.remove_if_older(&id, min_age)? {
+                    n += 1;
+                }
+            }
+            Ok::<u64, String>(n)
+        })
+        .await
+        .map_err(backend)?
+        .map_err(backend)
+    }
+
     async fn get_blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>> {
         let dir = self.blobs.clone();
         let id = id.clone();

@@ -20,6 +20,7 @@ pub async fn run_all(store: SharedStore) {
     resolution(&store).await;
     blobs(&store).await;
     delivery(&store).await;
+    blob_gc(&store).await;
     log(&store).await;
 }
 
@@ -232,6 +233,44 @@ async fn blobs(store: &SharedStore) {
     );
     let missing = crate::BlobId("0".repeat(64));
     assert_eq!(store.get_blob(&missing).await.unwrap(), None);
+    // Young blobs are never collected: they may belong to a delivery in progress.
+    assert_eq!(
+        store
+            .gc_blobs(std::time::Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(store.get_blob(&id).await.unwrap().is_some());
+}
+
+async fn blob_gc(store: &SharedStore) {
+    // Runs after `delivery`: its blob is referenced, the orphan written here is not.
+    let orphan = store
+        .put_blob(b"orphan: its delivery never committed")
+        .await
+        .unwrap();
+    let n = store
+        .gc_blobs(std::time::Duration::ZERO)
+        .await
+        .expect("gc_blobs");
+    assert!(n >= 1, "the orphan was collected");
+    assert_eq!(store.get_blob(&orphan).await.unwrap(), None);
+    let alice = store.user_get("alice@example.com").await.unwrap().unwrap();
+    let inbox = store.mailboxes(alice.id).await.unwrap()[0].id;
+    for m in store.messages(inbox).await.unwrap() {
+        assert!(
+            store.message_content(inbox, m.uid).await.unwrap().is_some(),
+            "a referenced blob survives collection"
+        );
+    }
+    // Storing collected content again works.
+    let again = store
+        .put_blob(b"orphan: its delivery never committed")
+        .await
+        .unwrap();
+    assert_eq!(again, orphan);
+    assert!(store.get_blob(&again).await.unwrap().is_some());
 }
 
 async fn delivery(store: &SharedStore) {

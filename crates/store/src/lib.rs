@@ -292,6 +292,9 @@ pub trait BlobStore: Send + Sync {
     async fn put_blob(&self, data: &[u8]) -> Result<BlobId>;
     /// Reads a blob.
     async fn get_blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>>;
+    /// Deletes blobs no message refers to and that were last stored more than `min_age`
+    /// ago (younger ones may belong to a delivery still in progress); returns how many.
+    async fn gc_blobs(&self, min_age: std::time::Duration) -> Result<u64>;
 }
 
 /// The delivery log.
