@@ -239,9 +239,10 @@ id_type!(
 pub struct QueueId(pub String);
 
 impl QueueId {
-    /// A new id: 16 hex digits from the clock and a counter-free random part, sortable by time.
+    /// A new id: 12 hex digits of the clock in microseconds (sortable by time) and 8 of a
+    /// random number, so two ids made in the same microsecond still differ (1 in 2^32).
     pub fn new(now_micros: u64, random: u32) -> QueueId {
-        QueueId(format!("{:011x}{:05x}", now_micros >> 8, random & 0xfffff))
+        QueueId(format!("{:012x}{random:08x}", now_micros & 0xffff_ffff_ffff))
     }
 }
 
@@ -367,6 +368,15 @@ mod tests {
             Address::parse(&format!("{}@example.com", "a".repeat(65))).unwrap_err(),
             AddressError::BadLocalPart
         );
+    }
+
+    #[test]
+    fn queue_ids_sort_by_time_and_differ_within_a_microsecond() {
+        let a = QueueId::new(1_700_000_000_000_000, 0xffff_ffff);
+        let b = QueueId::new(1_700_000_000_000_001, 0);
+        assert!(a < b);
+        assert_eq!(a.0.len(), 20);
+        assert_ne!(QueueId::new(5, 1), QueueId::new(5, 2));
     }
 
     #[test]
