@@ -231,6 +231,8 @@ pub struct Config {
     pub hostname: String,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// The system user to switch to after binding the listeners, when started as root.
+    pub user: Option<String>,
     /// Listeners.
     pub listeners: Vec<Listener>,
     /// TLS, if configured.
@@ -368,6 +370,16 @@ impl Config {
             .map_err(|e| cx.invalid("hostname", "a host name like mail.example.com", e))?
             .to_string();
         let data_dir = cx.path(raw.data_dir.as_deref().unwrap_or("."));
+        let user = match raw.user {
+            Some(u) if u.is_empty() || u.contains(['/', ':', '\0']) => {
+                return Err(cx.invalid(
+                    "user",
+                    "a system user name, e.g. \"mailkeep\"",
+                    format!("{u:?}"),
+                ))
+            }
+            other => other,
+        };
 
         let mut listeners = Vec::new();
         for (i, l) in raw.listener.iter().enumerate() {
@@ -558,6 +570,7 @@ impl Config {
             file: None,
             hostname,
             data_dir,
+            user,
             listeners,
             tls,
             smtp,

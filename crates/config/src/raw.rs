@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub hostname: Option<String>,
     /// `data_dir`
     pub data_dir: Option<String>,
+    /// `user`
+    pub user: Option<String>,
     /// `domains`
     #[serde(default)]
     pub domains: Vec<String>,

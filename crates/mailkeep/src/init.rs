@@ -18,6 +18,7 @@ pub struct InitOptions {
     pub data: PathBuf,
     pub config: Option<PathBuf>,
     pub smtp_listen: String,
+    pub user: Option<String>,
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<()> {
@@ -110,6 +111,10 @@ hostname = "{hostname}"
 # Where the store, keys and certificates live.
 data_dir = "."
 
+# When started as root, serve binds its ports, reads the TLS key, then runs as this system
+# user (`init --user NAME` sets it and gives the data directory to that user).
+# user = "mailkeep"
+
 # Domains hosted here. More can be added with `mailkeep domain add`.
 domains = ["{domain}"]
 
@@ -179,6 +184,9 @@ pub fn run(opts: InitOptions) -> Result<()> {
     let records = dkim_keys(&data.join("dkim"), &domain)?;
     self_signed(&data.join("tls"), &hostname)?;
     let mut text = config_text(&hostname, &domain, &opts.smtp_listen);
+    if let Some(u) = &opts.user {
+        text = text.replace("# user = \"mailkeep\"", &format!("user = {u:?}"));
+    }
     if opts.config.is_some() {
         text = text.replace(
             "data_dir = \".\"",
@@ -214,6 +222,16 @@ pub fn run(opts: InitOptions) -> Result<()> {
             Err(e) => Err(e),
         }
     })?;
+    drop(store);
+    if let Some(u) = &opts.user {
+        crate::privileges::give_tree(&data, u)?;
+        if let Some(parent) = config_path.parent().filter(|p| !p.starts_with(&data)) {
+            println!(
+                "note: {} is not in the data directory; make it readable by {u}",
+                parent.display()
+            );
+        }
+    }
     println!("Wrote {}", config_path.display());
     println!("Data directory: {}", data.display());
     println!();

@@ -2,6 +2,7 @@
 
 mod admin;
 mod init;
+mod privileges;
 mod serve;
 
 use std::path::PathBuf;
@@ -49,6 +50,10 @@ enum Command {
         /// The SMTP listener address written to the config.
         #[arg(long, default_value = "0.0.0.0:25")]
         smtp_listen: String,
+        /// The system user `serve` switches to after binding its ports; the data directory is
+        /// given to that user (needs root).
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Run every configured listener.
     Serve {
@@ -122,12 +127,14 @@ fn run() -> Result<()> {
             data,
             config,
             smtp_listen,
+            user,
         } => init::run(init::InitOptions {
             hostname,
             domain,
             data,
             config,
             smtp_listen,
+            user,
         }),
         Command::Serve { config, run } => serve::serve(&config.config, run),
         Command::Demo { data, run } => serve::demo(data, run),

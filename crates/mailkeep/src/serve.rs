@@ -78,11 +78,18 @@ fn load_config(path: &Path, run: &RunArgs) -> Result<Config> {
     Ok(config)
 }
 
-fn smtp_server(config: &Config, delivery: Delivery) -> Result<SmtpServer> {
-    let tls = match &config.tls {
+fn load_tls_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>> {
+    Ok(match &config.tls {
         Some(t) => Some(load_tls(&t.cert, &t.key)?),
         None => None,
-    };
+    })
+}
+
+fn smtp_server(
+    config: &Config,
+    delivery: Delivery,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<SmtpServer> {
     let rdns = ReverseDns::new(
         &config.dns.servers,
         config.dns.timeout,
@@ -122,21 +129,6 @@ async fn serve_config(
     path: Option<PathBuf>,
     on_ready: Option<OnReady>,
 ) -> Result<()> {
-    let store = open_store(&config)?;
-    for d in &config.domains {
-        match store.domain_add(d).await {
-            Ok(()) | Err(StoreError::Exists(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let delivery = Delivery::new(store.clone(), config.directory.plus_separator);
-    let server = Arc::new(smtp_server(&config, delivery.clone())?);
-    let (trigger, shutdown) = shutdown_pair();
-    let limiter = ConnLimiter::new(
-        config.smtp.max_connections,
-        config.smtp.max_connections_per_ip,
-    );
-
     // Bind everything first: a port that cannot be bound stops the start, nothing half-runs.
     let mut bound = Vec::new();
     for l in &config.listeners {
@@ -146,6 +138,25 @@ async fn serve_config(
         let local = listener.local_addr()?;
         bound.push((l.protocol, local, listener));
     }
+    // The private key is read while we may still be root; then root is given up for good.
+    let tls = load_tls_config(&config)?;
+    crate::privileges::drop_to(config.user.as_deref())?;
+
+    let store = open_store(&config)?;
+    for d in &config.domains {
+        match store.domain_add(d).await {
+            Ok(()) | Err(StoreError::Exists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let delivery = Delivery::new(store.clone(), config.directory.plus_separator);
+    let server = Arc::new(smtp_server(&config, delivery.clone(), tls)?);
+    let (trigger, shutdown) = shutdown_pair();
+    let limiter = ConnLimiter::new(
+        config.smtp.max_connections,
+        config.smtp.max_connections_per_ip,
+    );
+
     let addrs: Vec<(Protocol, SocketAddr)> = bound.iter().map(|(p, a, _)| (*p, *a)).collect();
     for (p, a) in &addrs {
         // Tests and scripts read this line to find ports chosen with :0.
@@ -211,8 +222,10 @@ async fn serve_config(
                     tracing::info!("SIGHUP: nothing to reload (no config file)");
                     continue;
                 };
+                // After the switch to `user`, the key must be readable by that user.
                 match load_config(path, &run).and_then(|c| {
-                    let s = smtp_server(&c, delivery.clone())?;
+                    let tls = load_tls_config(&c)?;
+                    let s = smtp_server(&c, delivery.clone(), tls)?;
                     Ok((c, s))
                 }) {
                     Ok((c, s)) => {

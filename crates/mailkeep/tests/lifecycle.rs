@@ -116,3 +116,97 @@ async fn idle_sessions_time_out() {
     assert!(r.starts_with("421 4.4.2"), "{r}");
     assert!(c.closed().await);
 }
+
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok() // effective uid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_started_as_root_drops_to_the_configured_user() {
+    if uid_of(std::process::id()) != Some(0) {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root");
+        eprintln!("SKIPPED: not running as root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "init",
+            "--hostname",
+            "mail.example.test",
+            "--domain",
+            "example.test",
+        ])
+        .args(["--smtp-listen", "127.0.0.1:0", "--user", "nobody", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.path().join("mailkeep.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\nuser = \"nobody\""), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("reverse_dns = true", "reverse_dns = false"),
+    )
+    .unwrap();
+    let (ok, _, err) = common::cli(
+        &config,
+        &["user", "add", "alice@example.test"],
+        common::PASSWORD,
+    );
+    assert!(ok, "{err}");
+    // The CLI ran as root and may have created files: give them back, as an admin would.
+    let out = std::process::Command::new("chown")
+        .args(["-R", "nobody:"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let server = Server::boot(dir, config);
+    let pid = server.child.as_ref().unwrap().id();
+    let nobody = std::process::Command::new("id")
+        .args(["-u", "nobody"])
+        .output()
+        .unwrap();
+    let nobody: u32 = String::from_utf8_lossy(&nobody.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        uid_of(pid),
+        Some(nobody),
+        "serve runs as nobody: {}",
+        server.log()
+    );
+    assert!(server.log().contains("dropped root privileges"));
+    let mut c = Raw::connect(server.smtp).await;
+    c.envelope("s@remote.test", &["alice@example.test"]).await;
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    c.send(b"Subject: as nobody\r\n\r\nx\r\n.\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("250"), "{r}\n{}", server.log());
+    assert_eq!(server.inbox("alice@example.test").await.len(), 1);
+}
+
+#[test]
+fn unknown_run_as_user_is_refused_by_name() {
+    let (_dir, config) = common::init_dir("user = \"no-such-user-here\"");
+    let out = std::process::Command::new(common::BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no-such-user-here") && err.contains("no such system user"),
+        "{err}"
+    );
+}

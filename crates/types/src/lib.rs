@@ -242,7 +242,10 @@ impl QueueId {
     /// A new id: 12 hex digits of the clock in microseconds (sortable by time) and 8 of a
     /// random number, so two ids made in the same microsecond still differ (1 in 2^32).
     pub fn new(now_micros: u64, random: u32) -> QueueId {
-        QueueId(format!("{:012x}{random:08x}", now_micros & 0xffff_ffff_ffff))
+        QueueId(format!(
+            "{:012x}{random:08x}",
+            now_micros & 0xffff_ffff_ffff
+        ))
     }
 }
 

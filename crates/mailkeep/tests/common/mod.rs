@@ -85,9 +85,15 @@ fn apply_overrides(text: &str, extra: &str) -> String {
     let mut text = text.to_string();
     for line in extra.lines().filter(|l| !l.trim().is_empty()) {
         let key = line.split('=').next().unwrap_or("").trim();
+        let key_of = |l: &str| l.split('=').next().map(|k| k.trim().to_string());
+        // A live `key = ...` line first, else the commented example `# key = ...`.
         let found = text
             .lines()
-            .find(|l| l.split('=').next().map(|k| k.trim()) == Some(key) && !l.starts_with('#'))
+            .find(|l| !l.starts_with('#') && key_of(l).as_deref() == Some(key))
+            .or_else(|| {
+                text.lines()
+                    .find(|l| l.strip_prefix("# ").and_then(key_of).as_deref() == Some(key))
+            })
             .map(String::from);
         match found {
             Some(old) => text = text.replacen(&old, line, 1),
