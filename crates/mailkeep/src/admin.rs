@@ -114,6 +114,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn open(config: &Path) -> Result<(Config, SharedStore)> {
     let config = Config::load(config)?;
+    // Run as the server's user, so that files the store creates stay usable by `serve`.
+    crate::privileges::drop_to(config.user.as_deref())?;
     let store = crate::serve::open_store(&config)?;
     Ok((config, store))
 }
