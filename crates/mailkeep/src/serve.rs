@@ -232,6 +232,16 @@ async fn serve_config(
                         if c.listeners != config.listeners {
                             tracing::warn!("SIGHUP: listener changes take effect after a restart");
                         }
+                        if c.store.path != config.store.path || c.user != config.user {
+                            tracing::warn!("SIGHUP: store and user changes take effect after a restart");
+                        }
+                        for d in &c.domains {
+                            match store.domain_add(d).await {
+                                Ok(()) => tracing::info!(domain = %d, "SIGHUP: domain added"),
+                                Err(StoreError::Exists(_)) => {}
+                                Err(e) => tracing::error!(domain = %d, error = %e, "SIGHUP: adding domain failed"),
+                            }
+                        }
                         let _ = server_tx.send(Arc::new(s));
                         tracing::info!(file = %path.display(), "SIGHUP: configuration reloaded");
                     }

@@ -47,7 +47,11 @@ async fn sighup_reloads_valid_config_and_keeps_old_on_error() {
     let text = std::fs::read_to_string(&server.config).unwrap();
     std::fs::write(
         &server.config,
-        text.replace("max_message_size = \"50M\"", "max_message_size = \"1M\""),
+        text.replace("max_message_size = \"50M\"", "max_message_size = \"1M\"")
+            .replace(
+                "domains = [\"example.test\"]",
+                "domains = [\"example.test\", \"second.test\"]",
+            ),
     )
     .unwrap();
     server.signal("HUP");
@@ -65,6 +69,11 @@ async fn sighup_reloads_valid_config_and_keeps_old_on_error() {
     assert!(
         r.contains("SIZE 1048576"),
         "new sessions use the new config: {r}"
+    );
+    let (ok, domains, _) = server.cli(&["domain", "list"], "");
+    assert!(
+        ok && domains.contains("second.test"),
+        "domains added on reload: {domains}"
     );
     // A broken config is refused and the old one stays.
     let text = std::fs::read_to_string(&server.config).unwrap();
