@@ -57,7 +57,10 @@ fuzz_target!(|input: (Vec<u8>, Vec<u8>)| {
                         f.reject()
                     }
                 }
-                Event::Command(parts) => exercise(&parts),
+                Event::Command(parts) => {
+                    exercise(&parts);
+                    let _ = mailkeep_imap_proto::command::parse(&parts);
+                }
                 _ => {}
             }
         }

@@ -253,6 +253,30 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// True when the next token is a literal sent as `~{n}` (RFC 3516).
+    pub fn literal_is_binary(&self) -> bool {
+        let idx = match self.parts.get(self.part) {
+            Some(Part::Literal { .. }) => self.part,
+            _ => self.part + 1,
+        };
+        matches!(
+            self.parts.get(idx),
+            Some(Part::Literal { binary: true, .. })
+        )
+    }
+
+    /// A tag (RFC 9051 9: ASTRING-CHARs except `+`).
+    pub fn astring_tag(&mut self) -> Result<String, SyntaxError> {
+        let t = self.take_while(|b| is_astring_char(b) && b != b'+');
+        if t.is_empty() || t.len() > 64 {
+            return err("missing or invalid tag");
+        }
+        if !matches!(self.peek(), Next::Byte(b' ')) {
+            return err("invalid tag");
+        }
+        Ok(String::from_utf8_lossy(t).into_owned())
+    }
+
     /// A string: quoted or literal.
     pub fn string(&mut self) -> Result<Cow<'a, [u8]>, SyntaxError> {
         match self.peek() {

@@ -12,6 +12,7 @@
 //!   IMAP4rev1 clients; IMAP4rev2 clients use UTF-8 (RFC 9051 5.1).
 #![warn(missing_docs)]
 
+pub mod command;
 pub mod cursor;
 pub mod frame;
 pub mod mutf7;

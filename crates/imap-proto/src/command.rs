@@ -1,0 +1,832 @@
+//! Client commands (RFC 9051 6, and the extensions the server offers), parsed from a framed
+//! command.
+//!
+//! Implementation notes:
+//! - Parsing is separate from state: any command parses in any state; the session decides
+//!   whether it is allowed now (BAD or NO per RFC 9051 6).
+//! - Mailbox names stay raw bytes here: whether they are UTF-8 (IMAP4rev2, RFC 9051 5.1) or
+//!   modified UTF-7 (IMAP4rev1) is a property of the session; see [`mailbox_name`].
+//! - Done so far: the any-state, not-authenticated and authenticated-state commands, and the
+//!   simple selected-state ones. SEARCH, FETCH, STORE, COPY, MOVE, SORT and THREAD follow.
+
+use crate::cursor::{Cursor, Next, SequenceSet, SyntaxError};
+use crate::frame::Part;
+use crate::mutf7;
+
+fn err<T>(msg: impl Into<String>) -> Result<T, SyntaxError> {
+    Err(SyntaxError(msg.into()))
+}
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The tag.
+    pub tag: String,
+    /// What it asks.
+    pub body: CommandBody,
+}
+
+/// SELECT/EXAMINE parameters (RFC 7162).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SelectParams {
+    /// `(CONDSTORE)`.
+    pub condstore: bool,
+    /// `(QRESYNC (uidvalidity modseq [known-uids [seq-match]]))`.
+    pub qresync: Option<QresyncParams>,
+}
+
+/// QRESYNC parameters of SELECT (RFC 7162 3.2.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QresyncParams {
+    /// The UIDVALIDITY the client knows.
+    pub uid_validity: u32,
+    /// The MODSEQ it last saw.
+    pub modseq: u64,
+    /// UIDs it knows.
+    pub known_uids: Option<SequenceSet>,
+    /// Sequence numbers and the matching UIDs.
+    pub seq_match: Option<(SequenceSet, SequenceSet)>,
+}
+
+/// LIST return options (RFC 5258, RFC 5819, RFC 6154).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListReturn {
+    /// `SUBSCRIBED`.
+    pub subscribed: bool,
+    /// `CHILDREN`.
+    pub children: bool,
+    /// `SPECIAL-USE`.
+    pub special_use: bool,
+    /// `STATUS (...)` items (LIST-STATUS).
+    pub status: Option<Vec<StatusItem>>,
+}
+
+/// STATUS items (RFC 9051 6.3.11, RFC 7162, RFC 8438, RFC 7889).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusItem {
+    /// MESSAGES.
+    Messages,
+    /// UIDNEXT.
+    UidNext,
+    /// UIDVALIDITY.
+    UidValidity,
+    /// UNSEEN.
+    Unseen,
+    /// DELETED.
+    Deleted,
+    /// SIZE (RFC 8438).
+    Size,
+    /// RECENT (IMAP4rev1 only).
+    Recent,
+    /// HIGHESTMODSEQ (RFC 7162).
+    HighestModSeq,
+    /// APPENDLIMIT (RFC 7889).
+    AppendLimit,
+}
+
+/// One message of an APPEND (MULTIAPPEND, RFC 3502, allows several).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendMessage {
+    /// Flags to set.
+    pub flags: Vec<String>,
+    /// The internal date as written (`"dd-Mon-yyyy hh:mm:ss +zzzz"`).
+    pub date: Option<String>,
+    /// The message.
+    pub data: Vec<u8>,
+    /// Sent as `~{n}` (BINARY, RFC 3516).
+    pub binary: bool,
+}
+
+/// What a command asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandBody {
+    /// CAPABILITY.
+    Capability,
+    /// NOOP.
+    Noop,
+    /// LOGOUT.
+    Logout,
+    /// STARTTLS.
+    StartTls,
+    /// AUTHENTICATE mechanism [initial-response] (SASL-IR, RFC 4959: `=` is empty).
+    Authenticate {
+        /// The mechanism, upper case.
+        mechanism: String,
+        /// The base64 initial response, if given.
+        initial: Option<String>,
+    },
+    /// LOGIN user password.
+    Login {
+        /// User name.
+        user: Vec<u8>,
+        /// Password.
+        password: Vec<u8>,
+    },
+    /// ENABLE capabilities (RFC 5161).
+    Enable(Vec<String>),
+    /// ID (RFC 2971): NIL or field/value pairs.
+    Id(IdParams),
+    /// UNAUTHENTICATE (RFC 8437).
+    Unauthenticate,
+    /// COMPRESS mechanism (RFC 4978).
+    Compress(String),
+    /// SELECT or EXAMINE.
+    Select {
+        /// Raw mailbox name.
+        mailbox: Vec<u8>,
+        /// EXAMINE.
+        read_only: bool,
+        /// Parameters.
+        params: SelectParams,
+    },
+    /// CREATE name [(USE (attrs))] (RFC 6154 3).
+    Create {
+        /// Raw mailbox name.
+        mailbox: Vec<u8>,
+        /// Special-use attributes asked for (`\Sent`...).
+        special_use: Vec<String>,
+    },
+    /// DELETE.
+    Delete(Vec<u8>),
+    /// RENAME.
+    Rename {
+        /// From.
+        from: Vec<u8>,
+        /// To.
+        to: Vec<u8>,
+    },
+    /// SUBSCRIBE.
+    Subscribe(Vec<u8>),
+    /// UNSUBSCRIBE.
+    Unsubscribe(Vec<u8>),
+    /// LIST, basic or extended (RFC 5258).
+    List {
+        /// Selection options, upper case (`SUBSCRIBED`, `REMOTE`, `RECURSIVEMATCH`, `SPECIAL-USE`).
+        selection: Vec<String>,
+        /// Reference name.
+        reference: Vec<u8>,
+        /// One or more patterns.
+        patterns: Vec<Vec<u8>>,
+        /// Return options.
+        returns: ListReturn,
+    },
+    /// LSUB (IMAP4rev1).
+    Lsub {
+        /// Reference name.
+        reference: Vec<u8>,
+        /// Pattern.
+        pattern: Vec<u8>,
+    },
+    /// NAMESPACE (RFC 2342).
+    Namespace,
+    /// STATUS.
+    Status {
+        /// Raw mailbox name.
+        mailbox: Vec<u8>,
+        /// Items.
+        items: Vec<StatusItem>,
+    },
+    /// APPEND.
+    Append {
+        /// Raw mailbox name.
+        mailbox: Vec<u8>,
+        /// Messages.
+        messages: Vec<AppendMessage>,
+    },
+    /// IDLE (RFC 2177).
+    Idle,
+    /// CHECK (IMAP4rev1).
+    Check,
+    /// CLOSE.
+    Close,
+    /// UNSELECT (RFC 3691).
+    Unselect,
+    /// EXPUNGE, or UID EXPUNGE set (UIDPLUS).
+    Expunge {
+        /// `UID EXPUNGE` set.
+        uids: Option<SequenceSet>,
+    },
+    /// GETQUOTA root (RFC 9208).
+    GetQuota(Vec<u8>),
+    /// GETQUOTAROOT mailbox.
+    GetQuotaRoot(Vec<u8>),
+}
+
+/// Decodes a raw mailbox name: UTF-8 when the session speaks it (IMAP4rev2 or
+/// UTF8=ACCEPT), modified UTF-7 otherwise; `INBOX` in any case is INBOX (RFC 9051 5.1).
+pub fn mailbox_name(raw: &[u8], utf8: bool) -> Result<String, SyntaxError> {
+    let name = if utf8 {
+        String::from_utf8(raw.to_vec())
+            .map_err(|_| SyntaxError("mailbox name is not UTF-8".into()))?
+    } else {
+        let s = std::str::from_utf8(raw)
+            .map_err(|_| SyntaxError("8-bit mailbox name: use modified UTF-7".into()))?;
+        mutf7::decode(s).map_err(|e| SyntaxError(format!("mailbox name: {e}")))?
+    };
+    if name.is_empty() {
+        return err("empty mailbox name");
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return err("control character in mailbox name");
+    }
+    if name.eq_ignore_ascii_case("INBOX") {
+        return Ok("INBOX".into());
+    }
+    Ok(name)
+}
+
+fn upper(s: &str) -> String {
+    s.to_ascii_uppercase()
+}
+
+fn flag(c: &mut Cursor<'_>) -> Result<String, SyntaxError> {
+    let backslash = c.eat(b'\\');
+    let a = c.atom()?;
+    Ok(if backslash {
+        format!("\\{a}")
+    } else {
+        a.to_string()
+    })
+}
+
+fn status_item(c: &mut Cursor<'_>) -> Result<StatusItem, SyntaxError> {
+    let a = c.atom()?;
+    Ok(match upper(a).as_str() {
+        "MESSAGES" => StatusItem::Messages,
+        "UIDNEXT" => StatusItem::UidNext,
+        "UIDVALIDITY" => StatusItem::UidValidity,
+        "UNSEEN" => StatusItem::Unseen,
+        "DELETED" => StatusItem::Deleted,
+        "SIZE" => StatusItem::Size,
+        "RECENT" => StatusItem::Recent,
+        "HIGHESTMODSEQ" => StatusItem::HighestModSeq,
+        "APPENDLIMIT" => StatusItem::AppendLimit,
+        _ => return err(format!("unknown STATUS item {a}")),
+    })
+}
+
+fn status_items(c: &mut Cursor<'_>) -> Result<Vec<StatusItem>, SyntaxError> {
+    let mut items = Vec::new();
+    c.list(false, |c| {
+        items.push(status_item(c)?);
+        Ok(())
+    })?;
+    Ok(items)
+}
+
+fn select_params(c: &mut Cursor<'_>) -> Result<SelectParams, SyntaxError> {
+    let mut p = SelectParams::default();
+    if !c.eat(b' ') {
+        return Ok(p);
+    }
+    c.list(false, |c| {
+        let name = upper(c.atom()?);
+        match name.as_str() {
+            "CONDSTORE" => p.condstore = true,
+            "QRESYNC" => {
+                c.sp()?;
+                c.expect(b'(')?;
+                let uid_validity = c.nz_number()?;
+                c.sp()?;
+                let modseq = c.number64()?;
+                let mut known_uids = None;
+                let mut seq_match = None;
+                if c.eat(b' ') {
+                    if c.peek() == Next::Byte(b'(') {
+                        seq_match = Some(seq_match_data(c)?);
+                    } else {
+                        known_uids = Some(c.sequence_set()?);
+                        if c.eat(b' ') {
+                            seq_match = Some(seq_match_data(c)?);
+                        }
+                    }
+                }
+                c.expect(b')')?;
+                p.qresync = Some(QresyncParams {
+                    uid_validity,
+                    modseq,
+                    known_uids,
+                    seq_match,
+                });
+            }
+            other => return err(format!("unknown SELECT parameter {other}")),
+        }
+        Ok(())
+    })?;
+    Ok(p)
+}
+
+fn seq_match_data(c: &mut Cursor<'_>) -> Result<(SequenceSet, SequenceSet), SyntaxError> {
+    c.expect(b'(')?;
+    let seqs = c.sequence_set()?;
+    c.sp()?;
+    let uids = c.sequence_set()?;
+    c.expect(b')')?;
+    Ok((seqs, uids))
+}
+
+fn list_command(c: &mut Cursor<'_>) -> Result<CommandBody, SyntaxError> {
+    c.sp()?;
+    let mut selection = Vec::new();
+    // RFC 5258 3: LIST (selection-options) reference patterns [RETURN (options)].
+    if c.peek() == Next::Byte(b'(') {
+        c.list(true, |c| {
+            selection.push(upper(c.atom()?));
+            Ok(())
+        })?;
+        c.sp()?;
+    }
+    let reference = c.astring()?.into_owned();
+    c.sp()?;
+    let mut patterns = Vec::new();
+    if c.peek() == Next::Byte(b'(') {
+        c.list(false, |c| {
+            patterns.push(c.list_mailbox()?.into_owned());
+            Ok(())
+        })?;
+    } else {
+        patterns.push(c.list_mailbox()?.into_owned());
+    }
+    let mut returns = ListReturn::default();
+    if c.eat(b' ') {
+        if !c.keyword("RETURN") {
+            return err("expected RETURN");
+        }
+        c.sp()?;
+        c.list(true, |c| {
+            let opt = upper(c.atom()?);
+            match opt.as_str() {
+                "SUBSCRIBED" => returns.subscribed = true,
+                "CHILDREN" => returns.children = true,
+                "SPECIAL-USE" => returns.special_use = true,
+                "STATUS" => {
+                    c.sp()?;
+                    returns.status = Some(status_items(c)?);
+                }
+                other => return err(format!("unknown LIST return option {other}")),
+            }
+            Ok(())
+        })?;
+    }
+    for s in &selection {
+        if !matches!(
+            s.as_str(),
+            "SUBSCRIBED" | "REMOTE" | "RECURSIVEMATCH" | "SPECIAL-USE"
+        ) {
+            return err(format!("unknown LIST selection option {s}"));
+        }
+    }
+    // RFC 5258 3.1: RECURSIVEMATCH alone is an error.
+    if selection.iter().any(|s| s == "RECURSIVEMATCH") && selection.len() == 1 {
+        return err("RECURSIVEMATCH needs another selection option");
+    }
+    Ok(CommandBody::List {
+        selection,
+        reference,
+        patterns,
+        returns,
+    })
+}
+
+fn append(c: &mut Cursor<'_>) -> Result<CommandBody, SyntaxError> {
+    c.sp()?;
+    let mailbox = c.astring()?.into_owned();
+    let mut messages = Vec::new();
+    // RFC 3502: one or more (flags? date? literal) groups.
+    while c.eat(b' ') {
+        let mut flags = Vec::new();
+        if c.peek() == Next::Byte(b'(') {
+            c.list(true, |c| {
+                flags.push(flag(c)?);
+                Ok(())
+            })?;
+            c.sp()?;
+        }
+        let mut date = None;
+        if c.peek() == Next::Byte(b'"') {
+            let d = c.string()?;
+            date = Some(
+                String::from_utf8(d.into_owned()).map_err(|_| SyntaxError("bad date".into()))?,
+            );
+            c.sp()?;
+        }
+        // RFC 3516: `~{n}` is a binary literal; RFC 4469 CATENATE is not offered.
+        if c.peek() != Next::Literal {
+            return err("expected the message as a literal");
+        }
+        let binary = c.literal_is_binary();
+        let data = c.string()?.into_owned();
+        messages.push(AppendMessage {
+            flags,
+            date,
+            data,
+            binary,
+        });
+    }
+    if messages.is_empty() {
+        return err("APPEND needs a message");
+    }
+    Ok(CommandBody::Append { mailbox, messages })
+}
+
+/// ID parameters: NIL, or field/value pairs (RFC 2971).
+pub type IdParams = Option<Vec<(String, Option<String>)>>;
+
+fn id_params(c: &mut Cursor<'_>) -> Result<IdParams, SyntaxError> {
+    if c.keyword("NIL") {
+        return Ok(None);
+    }
+    let mut fields = Vec::new();
+    let mut key: Option<String> = None;
+    c.list(true, |c| {
+        match key.take() {
+            None => {
+                let k = c.string()?;
+                key = Some(String::from_utf8_lossy(&k).into_owned());
+            }
+            Some(k) => {
+                let v = c
+                    .nstring()?
+                    .map(|v| String::from_utf8_lossy(&v).into_owned());
+                // RFC 2971 3.3: at most 30 pairs, field names up to 30 octets.
+                if fields.len() >= 30 || k.len() > 30 {
+                    return err("too many or too long ID fields");
+                }
+                fields.push((k, v));
+            }
+        }
+        Ok(())
+    })?;
+    if key.is_some() {
+        return err("ID field without a value");
+    }
+    Ok(Some(fields))
+}
+
+/// Parses a framed command.
+pub fn parse(parts: &[Part]) -> Result<Command, (Option<String>, SyntaxError)> {
+    let mut c = Cursor::new(parts);
+    let tag = match c.astring_tag() {
+        Ok(t) => t,
+        Err(e) => return Err((None, e)),
+    };
+    let body = parse_body(&mut c).and_then(|b| c.end().map(|()| b));
+    match body {
+        Ok(body) => Ok(Command { tag, body }),
+        Err(e) => Err((Some(tag), e)),
+    }
+}
+
+fn parse_body(c: &mut Cursor<'_>) -> Result<CommandBody, SyntaxError> {
+    c.sp()?;
+    let name = upper(c.atom()?);
+    Ok(match name.as_str() {
+        "CAPABILITY" => CommandBody::Capability,
+        "NOOP" => CommandBody::Noop,
+        "LOGOUT" => CommandBody::Logout,
+        "STARTTLS" => CommandBody::StartTls,
+        "UNAUTHENTICATE" => CommandBody::Unauthenticate,
+        "NAMESPACE" => CommandBody::Namespace,
+        "IDLE" => CommandBody::Idle,
+        "CHECK" => CommandBody::Check,
+        "CLOSE" => CommandBody::Close,
+        "UNSELECT" => CommandBody::Unselect,
+        "EXPUNGE" => CommandBody::Expunge { uids: None },
+        "AUTHENTICATE" => {
+            c.sp()?;
+            let mechanism = upper(c.atom()?);
+            let initial = if c.eat(b' ') {
+                if c.eat(b'=') {
+                    Some(String::new())
+                } else {
+                    Some(c.atom()?.to_string())
+                }
+            } else {
+                None
+            };
+            CommandBody::Authenticate { mechanism, initial }
+        }
+        "LOGIN" => {
+            c.sp()?;
+            let user = c.astring()?.into_owned();
+            c.sp()?;
+            let password = c.astring()?.into_owned();
+            CommandBody::Login { user, password }
+        }
+        "ENABLE" => {
+            let mut caps = Vec::new();
+            while c.eat(b' ') {
+                caps.push(upper(c.atom()?));
+            }
+            if caps.is_empty() {
+                return err("ENABLE needs a capability");
+            }
+            CommandBody::Enable(caps)
+        }
+        "ID" => {
+            c.sp()?;
+            CommandBody::Id(id_params(c)?)
+        }
+        "COMPRESS" => {
+            c.sp()?;
+            CommandBody::Compress(upper(c.atom()?))
+        }
+        "SELECT" | "EXAMINE" => {
+            c.sp()?;
+            let mailbox = c.astring()?.into_owned();
+            let params = select_params(c)?;
+            CommandBody::Select {
+                mailbox,
+                read_only: name == "EXAMINE",
+                params,
+            }
+        }
+        "CREATE" => {
+            c.sp()?;
+            let mailbox = c.astring()?.into_owned();
+            let mut special_use = Vec::new();
+            if c.eat(b' ') {
+                c.list(false, |c| {
+                    if !c.keyword("USE") {
+                        return err("unknown CREATE parameter");
+                    }
+                    c.sp()?;
+                    c.list(false, |c| {
+                        special_use.push(flag(c)?);
+                        Ok(())
+                    })
+                })?;
+            }
+            CommandBody::Create {
+                mailbox,
+                special_use,
+            }
+        }
+        "DELETE" | "SUBSCRIBE" | "UNSUBSCRIBE" | "GETQUOTA" | "GETQUOTAROOT" => {
+            c.sp()?;
+            let m = c.astring()?.into_owned();
+            match name.as_str() {
+                "DELETE" => CommandBody::Delete(m),
+                "SUBSCRIBE" => CommandBody::Subscribe(m),
+                "UNSUBSCRIBE" => CommandBody::Unsubscribe(m),
+                "GETQUOTA" => CommandBody::GetQuota(m),
+                _ => CommandBody::GetQuotaRoot(m),
+            }
+        }
+        "RENAME" => {
+            c.sp()?;
+            let from = c.astring()?.into_owned();
+            c.sp()?;
+            let to = c.astring()?.into_owned();
+            CommandBody::Rename { from, to }
+        }
+        "LIST" => list_command(c)?,
+        "LSUB" => {
+            c.sp()?;
+            let reference = c.astring()?.into_owned();
+            c.sp()?;
+            let pattern = c.list_mailbox()?.into_owned();
+            CommandBody::Lsub { reference, pattern }
+        }
+        "STATUS" => {
+            c.sp()?;
+            let mailbox = c.astring()?.into_owned();
+            c.sp()?;
+            CommandBody::Status {
+                mailbox,
+                items: status_items(c)?,
+            }
+        }
+        "APPEND" => append(c)?,
+        "UID" => {
+            c.sp()?;
+            let sub = upper(c.atom()?);
+            match sub.as_str() {
+                "EXPUNGE" => {
+                    c.sp()?;
+                    CommandBody::Expunge {
+                        uids: Some(c.sequence_set()?),
+                    }
+                }
+                other => return err(format!("UID {other} is not supported yet")),
+            }
+        }
+        other => return err(format!("unknown command {other}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{Event, Framer, Limits};
+
+    fn cmd(input: &[u8]) -> Result<Command, (Option<String>, SyntaxError)> {
+        let mut f = Framer::new(Limits::default());
+        f.push(input);
+        loop {
+            match f.next_event() {
+                Some(Event::Command(parts)) => return parse(&parts),
+                Some(Event::Literal { .. }) => f.accept(),
+                other => panic!("framing: {other:?}"),
+            }
+        }
+    }
+
+    fn body(input: &str) -> CommandBody {
+        cmd(input.as_bytes())
+            .unwrap_or_else(|e| panic!("{input:?}: {e:?}"))
+            .body
+    }
+
+    #[test]
+    fn any_state_commands() {
+        assert_eq!(body("a CAPABILITY\r\n"), CommandBody::Capability);
+        assert_eq!(body("a noop\r\n"), CommandBody::Noop);
+        assert_eq!(body("a UNAUTHENTICATE\r\n"), CommandBody::Unauthenticate);
+        assert_eq!(
+            body("a AUTHENTICATE PLAIN AGFsaWNlAHB3\r\n"),
+            CommandBody::Authenticate {
+                mechanism: "PLAIN".into(),
+                initial: Some("AGFsaWNlAHB3".into())
+            }
+        );
+        assert_eq!(
+            body("a AUTHENTICATE plain =\r\n"),
+            CommandBody::Authenticate {
+                mechanism: "PLAIN".into(),
+                initial: Some(String::new())
+            }
+        );
+        assert_eq!(
+            body("a LOGIN {5}\r\nalice \"p w\"\r\n"),
+            CommandBody::Login {
+                user: b"alice".to_vec(),
+                password: b"p w".to_vec()
+            }
+        );
+        assert_eq!(
+            body("a ENABLE IMAP4rev2 CONDSTORE\r\n"),
+            CommandBody::Enable(vec!["IMAP4REV2".into(), "CONDSTORE".into()])
+        );
+        assert_eq!(
+            body("a ID (\"name\" \"mutt\" \"version\" NIL)\r\n"),
+            CommandBody::Id(Some(vec![
+                ("name".into(), Some("mutt".into())),
+                ("version".into(), None)
+            ]))
+        );
+        assert_eq!(body("a ID NIL\r\n"), CommandBody::Id(None));
+        assert_eq!(
+            body("a COMPRESS DEFLATE\r\n"),
+            CommandBody::Compress("DEFLATE".into())
+        );
+    }
+
+    #[test]
+    fn select_with_condstore_and_qresync() {
+        assert_eq!(
+            body("a SELECT INBOX (CONDSTORE)\r\n"),
+            CommandBody::Select {
+                mailbox: b"INBOX".to_vec(),
+                read_only: false,
+                params: SelectParams {
+                    condstore: true,
+                    qresync: None
+                }
+            }
+        );
+        // RFC 7162 3.2.5.2 example.
+        match body("A02 SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))\r\n")
+        {
+            CommandBody::Select {
+                params: SelectParams {
+                    qresync: Some(q), ..
+                },
+                ..
+            } => {
+                assert_eq!((q.uid_validity, q.modseq), (67890007, 20050715194045000));
+                assert!(q.known_uids.is_some() && q.seq_match.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        match body("B EXAMINE \"Sent Items\" (QRESYNC (1 2 1:100 (1:10 5:50)))\r\n") {
+            CommandBody::Select {
+                read_only: true,
+                mailbox,
+                params: SelectParams {
+                    qresync: Some(q), ..
+                },
+            } => {
+                assert_eq!(mailbox, b"Sent Items");
+                assert!(q.seq_match.is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn list_extended_status_and_special_use() {
+        // The forms imap-codec could not parse (docs/imap-codec-evaluation.md).
+        assert_eq!(
+            body("a LIST (SUBSCRIBED) \"\" *\r\n"),
+            CommandBody::List {
+                selection: vec!["SUBSCRIBED".into()],
+                reference: vec![],
+                patterns: vec![b"*".to_vec()],
+                returns: ListReturn::default()
+            }
+        );
+        assert_eq!(
+            body("a LIST \"\" % RETURN (SPECIAL-USE STATUS (MESSAGES UNSEEN SIZE))\r\n"),
+            CommandBody::List {
+                selection: vec![],
+                reference: vec![],
+                patterns: vec![b"%".to_vec()],
+                returns: ListReturn {
+                    special_use: true,
+                    status: Some(vec![
+                        StatusItem::Messages,
+                        StatusItem::Unseen,
+                        StatusItem::Size
+                    ]),
+                    ..Default::default()
+                }
+            }
+        );
+        match body(
+            "a LIST (SUBSCRIBED RECURSIVEMATCH) \"\" (\"INBOX\" \"Lists/%\") RETURN (CHILDREN)\r\n",
+        ) {
+            CommandBody::List {
+                patterns, returns, ..
+            } => {
+                assert_eq!(patterns.len(), 2);
+                assert!(returns.children);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(cmd(b"a LIST (RECURSIVEMATCH) \"\" *\r\n").is_err());
+        assert!(cmd(b"a LIST (BOGUS) \"\" *\r\n").is_err());
+    }
+
+    #[test]
+    fn create_status_append_and_uid_expunge() {
+        assert_eq!(
+            body("a CREATE MySent (USE (\\Sent))\r\n"),
+            CommandBody::Create {
+                mailbox: b"MySent".to_vec(),
+                special_use: vec!["\\Sent".into()]
+            }
+        );
+        assert_eq!(
+            body("a STATUS blurdybloop (UIDNEXT MESSAGES HIGHESTMODSEQ APPENDLIMIT)\r\n"),
+            CommandBody::Status {
+                mailbox: b"blurdybloop".to_vec(),
+                items: vec![
+                    StatusItem::UidNext,
+                    StatusItem::Messages,
+                    StatusItem::HighestModSeq,
+                    StatusItem::AppendLimit
+                ]
+            }
+        );
+        match body("a APPEND saved-messages (\\Seen) \"7-Feb-1994 21:52:25 -0800\" {5}\r\nhello {3+}\r\nbye\r\n") {
+            CommandBody::Append { mailbox, messages } => {
+                assert_eq!(mailbox, b"saved-messages");
+                assert_eq!(messages.len(), 2, "MULTIAPPEND");
+                assert_eq!(messages[0].flags, vec!["\\Seen".to_string()]);
+                assert_eq!(messages[0].date.as_deref(), Some("7-Feb-1994 21:52:25 -0800"));
+                assert_eq!(messages[1].data, b"bye");
+            }
+            other => panic!("{other:?}"),
+        }
+        match body("a APPEND INBOX ~{3}\r\na\0b\r\n") {
+            CommandBody::Append { messages, .. } => assert!(messages[0].binary),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            body("a UID EXPUNGE 3000:3002\r\n"),
+            CommandBody::Expunge { uids: Some(_) }
+        ));
+    }
+
+    #[test]
+    fn errors_carry_the_tag() {
+        let (tag, e) = cmd(b"x7 FROB\r\n").unwrap_err();
+        assert_eq!(tag.as_deref(), Some("x7"));
+        assert!(e.0.contains("FROB"));
+        let (tag, _) = cmd(b"x8 SELECT\r\n").unwrap_err();
+        assert_eq!(tag.as_deref(), Some("x8"));
+        assert!(cmd(b"x9 NOOP extra\r\n").is_err());
+        let (tag, _) = cmd(b"+bad NOOP\r\n").unwrap_err();
+        assert_eq!(tag, None);
+    }
+
+    #[test]
+    fn mailbox_names_by_session_kind() {
+        assert_eq!(mailbox_name(b"inbox", false).unwrap(), "INBOX");
+        assert_eq!(mailbox_name(b"&ZeVnLIqe-", false).unwrap(), "日本語");
+        assert_eq!(mailbox_name("日本語".as_bytes(), true).unwrap(), "日本語");
+        assert!(mailbox_name("日本語".as_bytes(), false).is_err());
+        assert!(mailbox_name(b"a\x01b", true).is_err());
+    }
+}
