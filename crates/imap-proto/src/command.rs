@@ -6,12 +6,16 @@
 //!   whether it is allowed now (BAD or NO per RFC 9051 6).
 //! - Mailbox names stay raw bytes here: whether they are UTF-8 (IMAP4rev2, RFC 9051 5.1) or
 //!   modified UTF-7 (IMAP4rev1) is a property of the session; see [`mailbox_name`].
-//! - Done so far: the any-state, not-authenticated and authenticated-state commands, and the
-//!   simple selected-state ones. SEARCH, FETCH, STORE, COPY, MOVE, SORT and THREAD follow.
+//! - Selected-state commands with a grammar of their own (SEARCH, FETCH, STORE, COPY, MOVE,
+//!   SORT, THREAD) are parsed in [`crate::selected`]. Not parsed yet: ACL (RFC 4314), NOTIFY
+//!   (RFC 5465), SETQUOTA.
 
 use crate::cursor::{Cursor, Next, SequenceSet, SyntaxError};
 use crate::frame::Part;
 use crate::mutf7;
+use crate::selected::{
+    self, FetchItem, FetchModifiers, SearchProgram, SearchReturn, SortKey, Store, ThreadAlgorithm,
+};
 
 fn err<T>(msg: impl Into<String>) -> Result<T, SyntaxError> {
     Err(SyntaxError(msg.into()))
@@ -210,6 +214,114 @@ pub enum CommandBody {
     GetQuota(Vec<u8>),
     /// GETQUOTAROOT mailbox.
     GetQuotaRoot(Vec<u8>),
+    /// SEARCH or UID SEARCH.
+    Search {
+        /// UID SEARCH.
+        uid: bool,
+        /// ESEARCH return options, if RETURN was given.
+        returns: Option<SearchReturn>,
+        /// The criteria.
+        program: SearchProgram,
+    },
+    /// FETCH or UID FETCH.
+    Fetch {
+        /// UID FETCH.
+        uid: bool,
+        /// Messages.
+        set: SequenceSet,
+        /// Items.
+        items: Vec<FetchItem>,
+        /// CHANGEDSINCE/VANISHED.
+        modifiers: FetchModifiers,
+    },
+    /// STORE or UID STORE.
+    Store {
+        /// UID STORE.
+        uid: bool,
+        /// What to change.
+        store: Store,
+    },
+    /// COPY or MOVE, UID or not.
+    Copy {
+        /// UID COPY/MOVE.
+        uid: bool,
+        /// MOVE (RFC 6851).
+        is_move: bool,
+        /// Messages.
+        set: SequenceSet,
+        /// Raw destination name.
+        mailbox: Vec<u8>,
+    },
+    /// SORT or UID SORT.
+    Sort {
+        /// UID SORT.
+        uid: bool,
+        /// Criteria with REVERSE flags.
+        keys: Vec<(bool, SortKey)>,
+        /// Which messages.
+        program: SearchProgram,
+    },
+    /// THREAD or UID THREAD.
+    Thread {
+        /// UID THREAD.
+        uid: bool,
+        /// Algorithm.
+        algorithm: ThreadAlgorithm,
+        /// Which messages.
+        program: SearchProgram,
+    },
+}
+
+fn selected_command(c: &mut Cursor<'_>, name: &str, uid: bool) -> Result<CommandBody, SyntaxError> {
+    Ok(match name {
+        "SEARCH" => {
+            let (returns, program) = selected::search(c)?;
+            CommandBody::Search {
+                uid,
+                returns,
+                program,
+            }
+        }
+        "FETCH" => {
+            let (set, items, modifiers) = selected::fetch(c)?;
+            // RFC 7162 3.2.6: VANISHED only with UID FETCH.
+            if modifiers.vanished && !uid {
+                return err("VANISHED needs UID FETCH");
+            }
+            CommandBody::Fetch {
+                uid,
+                set,
+                items,
+                modifiers,
+            }
+        }
+        "STORE" => CommandBody::Store {
+            uid,
+            store: selected::store(c)?,
+        },
+        "COPY" | "MOVE" => {
+            let (set, mailbox) = selected::copy(c)?;
+            CommandBody::Copy {
+                uid,
+                is_move: name == "MOVE",
+                set,
+                mailbox,
+            }
+        }
+        "SORT" => {
+            let (keys, program) = selected::sort(c)?;
+            CommandBody::Sort { uid, keys, program }
+        }
+        "THREAD" => {
+            let (algorithm, program) = selected::thread(c)?;
+            CommandBody::Thread {
+                uid,
+                algorithm,
+                program,
+            }
+        }
+        other => return err(format!("unknown command {other}")),
+    })
 }
 
 /// Decodes a raw mailbox name: UTF-8 when the session speaks it (IMAP4rev2 or
@@ -608,8 +720,14 @@ fn parse_body(c: &mut Cursor<'_>) -> Result<CommandBody, SyntaxError> {
                         uids: Some(c.sequence_set()?),
                     }
                 }
-                other => return err(format!("UID {other} is not supported yet")),
+                "SEARCH" | "FETCH" | "STORE" | "COPY" | "MOVE" | "SORT" | "THREAD" => {
+                    selected_command(c, &sub, true)?
+                }
+                other => return err(format!("unknown UID command {other}")),
             }
+        }
+        "SEARCH" | "FETCH" | "STORE" | "COPY" | "MOVE" | "SORT" | "THREAD" => {
+            selected_command(c, &name, false)?
         }
         other => return err(format!("unknown command {other}")),
     })
@@ -807,6 +925,60 @@ mod tests {
             body("a UID EXPUNGE 3000:3002\r\n"),
             CommandBody::Expunge { uids: Some(_) }
         ));
+    }
+
+    #[test]
+    fn selected_state_commands_with_uid_prefix() {
+        assert!(matches!(
+            body("a UID SEARCH RETURN (ALL) UNSEEN\r\n"),
+            CommandBody::Search {
+                uid: true,
+                returns: Some(_),
+                ..
+            }
+        ));
+        assert!(
+            cmd(b"a SEARCH {3}\r\nfoo\r\n").is_err(),
+            "a literal is not a search key"
+        );
+        assert!(matches!(
+            body("a UID FETCH 1:* (FLAGS) (CHANGEDSINCE 5 VANISHED)\r\n"),
+            CommandBody::Fetch { uid: true, .. }
+        ));
+        assert!(
+            cmd(b"a FETCH 1:* (FLAGS) (CHANGEDSINCE 5 VANISHED)\r\n").is_err(),
+            "VANISHED needs UID"
+        );
+        assert!(matches!(
+            body("a UID MOVE 42:69 foo\r\n"),
+            CommandBody::Copy {
+                uid: true,
+                is_move: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            body("a STORE $ +FLAGS (\\Seen)\r\n"),
+            CommandBody::Store { uid: false, .. }
+        ));
+        assert!(matches!(
+            body("a UID SORT (ARRIVAL) US-ASCII ALL\r\n"),
+            CommandBody::Sort { uid: true, .. }
+        ));
+        assert!(matches!(
+            body("a THREAD ORDEREDSUBJECT UTF-8 ALL\r\n"),
+            CommandBody::Thread { uid: false, .. }
+        ));
+        // A literal as a search string.
+        match body("a SEARCH SUBJECT {5}\r\nhello\r\n") {
+            CommandBody::Search { program, .. } => {
+                assert_eq!(
+                    program.keys[0],
+                    selected::SearchKey::Header("Subject".into(), b"hello".to_vec())
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -195,6 +195,24 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(a).map_err(|_| SyntaxError("atom is not ASCII".into()))
     }
 
+    /// Letters, digits, `.` and `-` (fetch attribute and section names, which `[` ends).
+    pub fn word(&mut self) -> Result<&'a str, SyntaxError> {
+        let w = self.take_while(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        if w.is_empty() {
+            return err("expected a name");
+        }
+        std::str::from_utf8(w).map_err(|_| SyntaxError("name is not ASCII".into()))
+    }
+
+    /// ASCII letters only (a month name in a date).
+    pub fn letters(&mut self) -> Result<&'a str, SyntaxError> {
+        let w = self.take_while(|b| b.is_ascii_alphabetic());
+        if w.is_empty() {
+            return err("expected letters");
+        }
+        std::str::from_utf8(w).map_err(|_| SyntaxError("not ASCII".into()))
+    }
+
     /// The next atom if it equals `word` (ASCII case-insensitive); otherwise nothing is read.
     pub fn keyword(&mut self, word: &str) -> bool {
         let save = (self.part, self.pos);

@@ -16,3 +16,4 @@ pub mod command;
 pub mod cursor;
 pub mod frame;
 pub mod mutf7;
+pub mod selected;
