@@ -16,4 +16,5 @@ pub mod command;
 pub mod cursor;
 pub mod frame;
 pub mod mutf7;
+pub mod response;
 pub mod selected;

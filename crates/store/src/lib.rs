@@ -22,10 +22,9 @@ use serde::{Deserialize, Serialize};
 
 pub mod conformance;
 pub mod directory;
-pub mod model;
 pub mod password;
 
-pub use model::{BodyStructure, Envelope, EnvelopeAddress, MessageCache};
+pub use mailkeep_types::message::{BodyStructure, Envelope, EnvelopeAddress, MessageCache};
 
 /// Errors of a store operation.
 #[derive(Debug, thiserror::Error)]

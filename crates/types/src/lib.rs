@@ -11,6 +11,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod message;
+
 /// Errors from parsing addresses and domains.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AddressError {
