@@ -19,8 +19,9 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
 use mailkeep_store::{
-    Alias, BlobId, BlobStore, ChangeEvent, DirectoryStore, DomainInfo, LogEvent, LogFilter,
-    LogStore, MailStore, Mailbox, MessageMeta, NewMessage, Result, StoreError, Stored, User,
+    check_mailbox_name, Alias, BlobId, BlobStore, ChangeEvent, DirectoryStore, DomainInfo,
+    FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox, MessageMeta,
+    NewMessage, Result, StoreError, Stored, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -450,6 +451,11 @@ impl DirectoryStore for SqliteStore {
                     params![id, role.default_name(), role.as_str(), v],
                 )
                 .map_err(backend)?;
+                c.execute(
+                    "INSERT INTO subscriptions (account, name) VALUES (?1, ?2)",
+                    params![id, role.default_name()],
+                )
+                .map_err(backend)?;
             }
             Ok(AccountId(id))
         })
@@ -683,6 +689,116 @@ fn insert_message(c: &Connection, m: &NewMessage) -> Result<Stored> {
     })
 }
 
+fn is_inbox(name: &str) -> bool {
+    name.eq_ignore_ascii_case("INBOX")
+}
+
+const MAILBOX_COLS: &str = "id, account, name, role, uid_validity, uid_next, highest_modseq, \
+     EXISTS (SELECT 1 FROM subscriptions s WHERE s.account = m.account AND s.name = m.name)";
+
+fn mailbox_by_name(c: &Connection, account: AccountId, name: &str) -> Result<Option<Mailbox>> {
+    let name = if is_inbox(name) { "INBOX" } else { name };
+    c.query_row(
+        &format!("SELECT {MAILBOX_COLS} FROM mailboxes m WHERE account = ?1 AND name = ?2"),
+        params![account.0, name],
+        row_mailbox,
+    )
+    .optional()
+    .map_err(backend)
+}
+
+/// Inserts a mailbox row (no parents); returns its id.
+fn insert_mailbox(
+    c: &Connection,
+    account: AccountId,
+    name: &str,
+    role: Option<MailboxRole>,
+) -> Result<i64> {
+    let v = next_uid_validity(c)?;
+    c.execute(
+        "INSERT INTO mailboxes (account, name, role, uid_validity) VALUES (?1, ?2, ?3, ?4)",
+        params![account.0, name, role.map(|r| r.as_str()), v],
+    )
+    .map_err(backend)?;
+    Ok(c.last_insert_rowid())
+}
+
+/// Creates the missing superiors of `name` (RFC 9051 6.3.4).
+fn create_parents(c: &Connection, account: AccountId, name: &str) -> Result<()> {
+    let mut prefix = String::new();
+    let levels: Vec<&str> = name.split('/').collect();
+    for level in &levels[..levels.len().saturating_sub(1)] {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(level);
+        if mailbox_by_name(c, account, &prefix)?.is_none() {
+            insert_mailbox(c, account, &prefix, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn mailbox_account(c: &Connection, mailbox: MailboxId) -> Result<(i64, i64)> {
+    c.prepare_cached("SELECT account, highest_modseq FROM mailboxes WHERE id = ?1")
+        .map_err(backend)?
+        .query_row([mailbox.0], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))
+}
+
+/// Canonical spelling of system flags (RFC 9051 2.3.2); keywords as given. `\Recent` cannot
+/// be stored by a client.
+fn normalize_flags(flags: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in flags {
+        let canonical = match f.to_ascii_lowercase().as_str() {
+            "\\seen" => "\\Seen".to_string(),
+            "\\answered" => "\\Answered".to_string(),
+            "\\flagged" => "\\Flagged".to_string(),
+            "\\deleted" => "\\Deleted".to_string(),
+            "\\draft" => "\\Draft".to_string(),
+            "\\recent" => continue,
+            _ => f.clone(),
+        };
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(&canonical)) {
+            out.push(canonical);
+        }
+    }
+    out
+}
+
+/// Removes one message row, recording the expunge; returns its size.
+fn remove_message(
+    c: &Connection,
+    mailbox: MailboxId,
+    uid: Uid,
+    modseq: i64,
+) -> Result<Option<(i64, String)>> {
+    let row: Option<(i64, String)> = c
+        .prepare_cached("SELECT size, blob FROM messages WHERE mailbox = ?1 AND uid = ?2")
+        .map_err(backend)?
+        .query_row(params![mailbox.0, uid.0 as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(backend)?;
+    if row.is_some() {
+        c.prepare_cached("DELETE FROM messages WHERE mailbox = ?1 AND uid = ?2")
+            .map_err(backend)?
+            .execute(params![mailbox.0, uid.0 as i64])
+            .map_err(backend)?;
+        c.prepare_cached(
+            "INSERT OR REPLACE INTO expunged (mailbox, uid, modseq) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(backend)?
+        .execute(params![mailbox.0, uid.0 as i64, modseq])
+        .map_err(backend)?;
+    }
+    Ok(row)
+}
+
 #[async_trait]
 impl MailStore for SqliteStore {
     async fn mailboxes(&self, account: AccountId) -> Result<Vec<Mailbox>> {
@@ -690,7 +806,8 @@ impl MailStore for SqliteStore {
             let mut st = c
                 .prepare(
                     "SELECT id, account, name, role, uid_validity, uid_next, highest_modseq, \
-                     subscribed FROM mailboxes WHERE account = ?1 ORDER BY id",
+                     EXISTS (SELECT 1 FROM subscriptions s WHERE s.account = m.account \
+                     AND s.name = m.name) FROM mailboxes m WHERE account = ?1 ORDER BY id",
                 )
                 .map_err(backend)?;
             let rows = st.query_map([account.0], row_mailbox).map_err(backend)?;
@@ -793,6 +910,470 @@ impl MailStore for SqliteStore {
 
     fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
         self.events.subscribe()
+    }
+
+    async fn mailbox_create(
+        &self,
+        account: AccountId,
+        name: &str,
+        role: Option<MailboxRole>,
+    ) -> Result<Mailbox> {
+        check_mailbox_name(name)?;
+        if is_inbox(name) {
+            return Err(StoreError::Exists("mailbox INBOX".into()));
+        }
+        let name = name.to_string();
+        let events = self.events.clone();
+        self.write_then(
+            move |c| {
+                if mailbox_by_name(c, account, &name)?.is_some() {
+                    return Err(StoreError::Exists(format!("mailbox {name}")));
+                }
+                if let Some(r) = role {
+                    let taken: i64 = c
+                        .query_row(
+                            "SELECT count(*) FROM mailboxes WHERE account = ?1 AND role = ?2",
+                            params![account.0, r.as_str()],
+                            |row| row.get(0),
+                        )
+                        .map_err(backend)?;
+                    if taken > 0 {
+                        return Err(StoreError::Conflict(format!(
+                            "another mailbox already has the {} role",
+                            r.as_str()
+                        )));
+                    }
+                }
+                create_parents(c, account, &name)?;
+                insert_mailbox(c, account, &name, role)?;
+                mailbox_by_name(c, account, &name)?
+                    .ok_or_else(|| backend("mailbox vanished after insert"))
+            },
+            Some(Box::new(move |_| {
+                let _ = events.send(ChangeEvent::MailboxesChanged(account));
+            })),
+        )
+        .await
+    }
+
+    async fn mailbox_delete(&self, account: AccountId, name: &str) -> Result<()> {
+        if is_inbox(name) {
+            return Err(StoreError::Conflict("INBOX cannot be deleted".into()));
+        }
+        let name = name.to_string();
+        let events = self.events.clone();
+        self.write_then(
+            move |c| {
+                let mb = mailbox_by_name(c, account, &name)?
+                    .ok_or_else(|| StoreError::NotFound(format!("mailbox {name}")))?;
+                let children: i64 = c
+                    .query_row(
+                        "SELECT count(*) FROM mailboxes WHERE account = ?1 AND substr(name, 1, ?3) = ?2",
+                        params![account.0, format!("{name}/"), name.chars().count() as i64 + 1],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                if children > 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "mailbox {name} has children: delete them first"
+                    )));
+                }
+                c.execute(
+                    "UPDATE accounts SET used = used - (SELECT coalesce(sum(size), 0) FROM messages \
+                     WHERE mailbox = ?2) WHERE id = ?1",
+                    params![account.0, mb.id.0],
+                )
+                .map_err(backend)?;
+                c.execute(
+                    "UPDATE blobs SET refs = refs - (SELECT count(*) FROM messages m \
+                     WHERE m.mailbox = ?1 AND m.blob = blobs.id) \
+                     WHERE id IN (SELECT blob FROM messages WHERE mailbox = ?1)",
+                    [mb.id.0],
+                )
+                .map_err(backend)?;
+                c.execute("DELETE FROM mailboxes WHERE id = ?1", [mb.id.0])
+                    .map_err(backend)?;
+                Ok(())
+            },
+            Some(Box::new(move |_| {
+                let _ = events.send(ChangeEvent::MailboxesChanged(account));
+            })),
+        )
+        .await
+    }
+
+    async fn mailbox_rename(&self, account: AccountId, from: &str, to: &str) -> Result<()> {
+        check_mailbox_name(to)?;
+        if is_inbox(to) {
+            return Err(StoreError::Exists("mailbox INBOX".into()));
+        }
+        let (from, to) = (from.to_string(), to.to_string());
+        let events = self.events.clone();
+        self.write_then(
+            move |c| {
+                let src = mailbox_by_name(c, account, &from)?
+                    .ok_or_else(|| StoreError::NotFound(format!("mailbox {from}")))?;
+                if mailbox_by_name(c, account, &to)?.is_some() {
+                    return Err(StoreError::Exists(format!("mailbox {to}")));
+                }
+                if is_inbox(&from) {
+                    // RFC 9051 6.3.6: the messages move to a new mailbox; INBOX stays, empty.
+                    // The new mailbox continues INBOX's UID and MODSEQ counters, so the UIDs
+                    // it takes over stay below its UIDNEXT.
+                    create_parents(c, account, &to)?;
+                    let id = insert_mailbox(c, account, &to, None)?;
+                    c.execute(
+                        "UPDATE mailboxes SET uid_next = ?2, highest_modseq = ?3 WHERE id = ?1",
+                        params![id, src.uid_next.0 as i64, src.highest_modseq.0 as i64],
+                    )
+                    .map_err(backend)?;
+                    c.execute(
+                        "UPDATE messages SET mailbox = ?2 WHERE mailbox = ?1",
+                        params![src.id.0, id],
+                    )
+                    .map_err(backend)?;
+                    return Ok(());
+                }
+                if to.starts_with(&format!("{}/", src.name)) {
+                    return Err(StoreError::Conflict(format!(
+                        "cannot rename {from} into its own child {to}"
+                    )));
+                }
+                let prefix = format!("{}/", src.name);
+                let prefix_len = src.name.chars().count() as i64 + 1;
+                let clash: i64 = c
+                    .query_row(
+                        "SELECT count(*) FROM mailboxes WHERE account = ?1 AND substr(name, 1, ?3) = ?2",
+                        params![account.0, format!("{to}/"), to.chars().count() as i64 + 1],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                if clash > 0 {
+                    return Err(StoreError::Exists(format!("mailboxes under {to}")));
+                }
+                create_parents(c, account, &to)?;
+                for table in ["mailboxes", "subscriptions"] {
+                    c.execute(
+                        &format!(
+                            "UPDATE {table} SET name = ?3 || substr(name, ?5) \
+                             WHERE account = ?1 AND (name = ?2 OR substr(name, 1, ?6) = ?4)"
+                        ),
+                        params![
+                            account.0,
+                            src.name,
+                            to,
+                            prefix,
+                            src.name.chars().count() as i64 + 1,
+                            prefix_len
+                        ],
+                    )
+                    .map_err(backend)?;
+                }
+                Ok(())
+            },
+            Some(Box::new(move |_| {
+                let _ = events.send(ChangeEvent::MailboxesChanged(account));
+            })),
+        )
+        .await
+    }
+
+    async fn subscription_set(
+        &self,
+        account: AccountId,
+        name: &str,
+        subscribed: bool,
+    ) -> Result<()> {
+        check_mailbox_name(name)?;
+        let name = if is_inbox(name) {
+            "INBOX".to_string()
+        } else {
+            name.to_string()
+        };
+        self.write(move |c| {
+            let sql = if subscribed {
+                "INSERT OR IGNORE INTO subscriptions (account, name) VALUES (?1, ?2)"
+            } else {
+                "DELETE FROM subscriptions WHERE account = ?1 AND name = ?2"
+            };
+            c.execute(sql, params![account.0, name]).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn subscriptions(&self, account: AccountId) -> Result<Vec<String>> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare("SELECT name FROM subscriptions WHERE account = ?1 ORDER BY name")
+                .map_err(backend)?;
+            let rows = st.query_map([account.0], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn flags_update(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        mode: FlagMode,
+        flags: &[String],
+        unchanged_since: Option<ModSeq>,
+    ) -> Result<FlagUpdate> {
+        let uids = uids.to_vec();
+        let flags = normalize_flags(flags);
+        let events = self.events.clone();
+        self.write_then(
+            move |c| {
+                let (_, highest) = mailbox_account(c, mailbox)?;
+                let modseq = highest + 1;
+                let mut out = FlagUpdate::default();
+                for uid in uids {
+                    let row: Option<(String, i64)> = c
+                        .prepare_cached("SELECT flags, modseq FROM messages WHERE mailbox = ?1 AND uid = ?2")
+                        .map_err(backend)?
+                        .query_row(params![mailbox.0, uid.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                        .map_err(backend)?;
+                    let Some((old, old_modseq)) = row else { continue };
+                    if let Some(u) = unchanged_since {
+                        if old_modseq as u64 > u.0 {
+                            out.modified.push(uid);
+                            continue;
+                        }
+                    }
+                    let old: Vec<String> = old.split_whitespace().map(String::from).collect();
+                    let new: Vec<String> = match mode {
+                        FlagMode::Replace => flags.clone(),
+                        FlagMode::Add => {
+                            let mut v = old.clone();
+                            for f in &flags {
+                                if !v.iter().any(|o| o.eq_ignore_ascii_case(f)) {
+                                    v.push(f.clone());
+                                }
+                            }
+                            v
+                        }
+                        FlagMode::Remove => old
+                            .iter()
+                            .filter(|o| !flags.iter().any(|f| f.eq_ignore_ascii_case(o)))
+                            .cloned()
+                            .collect(),
+                    };
+                    let same = new.len() == old.len()
+                        && new.iter().all(|n| old.iter().any(|o| o.eq_ignore_ascii_case(n)));
+                    if same {
+                        continue;
+                    }
+                    c.prepare_cached("UPDATE messages SET flags = ?3, modseq = ?4 WHERE mailbox = ?1 AND uid = ?2")
+                        .map_err(backend)?
+                        .execute(params![mailbox.0, uid.0 as i64, new.join(" "), modseq])
+                        .map_err(backend)?;
+                    out.changed.push((uid, ModSeq(modseq as u64), new));
+                }
+                if !out.changed.is_empty() {
+                    c.execute(
+                        "UPDATE mailboxes SET highest_modseq = ?2 WHERE id = ?1",
+                        params![mailbox.0, modseq],
+                    )
+                    .map_err(backend)?;
+                }
+                Ok(out)
+            },
+            Some(Box::new(move |out: &FlagUpdate| {
+                for (uid, modseq, _) in &out.changed {
+                    let _ = events.send(ChangeEvent::FlagsChanged { mailbox, uid: *uid, modseq: *modseq });
+                }
+            })),
+        )
+        .await
+    }
+
+    async fn expunge(&self, mailbox: MailboxId, uids: &[Uid]) -> Result<Vec<Uid>> {
+        let mut uids = uids.to_vec();
+        uids.sort();
+        uids.dedup();
+        let events = self.events.clone();
+        let modseq_cell = Arc::new(Mutex::new(0i64));
+        let cell = modseq_cell.clone();
+        self.write_then(
+            move |c| {
+                let (account, highest) = mailbox_account(c, mailbox)?;
+                let modseq = highest + 1;
+                let mut gone = Vec::new();
+                let mut freed = 0i64;
+                for uid in uids {
+                    if let Some((size, blob)) = remove_message(c, mailbox, uid, modseq)? {
+                        freed += size;
+                        c.prepare_cached("UPDATE blobs SET refs = refs - 1 WHERE id = ?1")
+                            .map_err(backend)?
+                            .execute([blob])
+                            .map_err(backend)?;
+                        gone.push(uid);
+                    }
+                }
+                if !gone.is_empty() {
+                    c.execute(
+                        "UPDATE mailboxes SET highest_modseq = ?2 WHERE id = ?1",
+                        params![mailbox.0, modseq],
+                    )
+                    .map_err(backend)?;
+                    c.execute(
+                        "UPDATE accounts SET used = max(0, used - ?2) WHERE id = ?1",
+                        params![account, freed],
+                    )
+                    .map_err(backend)?;
+                }
+                if let Ok(mut m) = cell.lock() {
+                    *m = modseq;
+                }
+                Ok(gone)
+            },
+            Some(Box::new(move |gone: &Vec<Uid>| {
+                let modseq = modseq_cell.lock().map(|m| *m).unwrap_or(0);
+                for uid in gone {
+                    let _ = events.send(ChangeEvent::Expunged {
+                        mailbox,
+                        uid: *uid,
+                        modseq: ModSeq(modseq as u64),
+                    });
+                }
+            })),
+        )
+        .await
+    }
+
+    async fn expunged_since(&self, mailbox: MailboxId, since: ModSeq) -> Result<Vec<Uid>> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare("SELECT uid FROM expunged WHERE mailbox = ?1 AND modseq > ?2 ORDER BY uid")
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![mailbox.0, since.0 as i64], |r| {
+                    Ok(Uid(r.get::<_, i64>(0)? as u32))
+                })
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn copy(
+        &self,
+        from: MailboxId,
+        uids: &[Uid],
+        to: MailboxId,
+        remove_source: bool,
+    ) -> Result<Vec<(Uid, Uid)>> {
+        let mut uids = uids.to_vec();
+        uids.sort();
+        uids.dedup();
+        let events = self.events.clone();
+        self.write_then(
+            move |c| {
+                let (account, src_highest) = mailbox_account(c, from)?;
+                let (to_account, _) = mailbox_account(c, to)?;
+                if account != to_account {
+                    return Err(StoreError::Conflict("copy between accounts".into()));
+                }
+                let (dest_next, dest_highest): (i64, i64) = c
+                    .query_row("SELECT uid_next, highest_modseq FROM mailboxes WHERE id = ?1", [to.0], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .map_err(backend)?;
+                let mut rows = Vec::new();
+                for uid in &uids {
+                    let row = c
+                        .prepare_cached(
+                            "SELECT flags, internal_date, size, blob, prefix, message_id, queue_id, cache \
+                             FROM messages WHERE mailbox = ?1 AND uid = ?2",
+                        )
+                        .map_err(backend)?
+                        .query_row(params![from.0, uid.0 as i64], |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, i64>(2)?,
+                                r.get::<_, String>(3)?,
+                                r.get::<_, Vec<u8>>(4)?,
+                                r.get::<_, Option<String>>(5)?,
+                                r.get::<_, Option<String>>(6)?,
+                                r.get::<_, String>(7)?,
+                            ))
+                        })
+                        .optional()
+                        .map_err(backend)?;
+                    if let Some(row) = row {
+                        rows.push((*uid, row));
+                    }
+                }
+                if !remove_source {
+                    // RFC 9208: a COPY that would exceed the quota is refused as a whole.
+                    let total: i64 = rows.iter().map(|(_, r)| r.2).sum();
+                    let (quota, used): (i64, i64) = c
+                        .query_row("SELECT quota, used FROM accounts WHERE id = ?1", [account], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .map_err(backend)?;
+                    if quota > 0 && used + total > quota {
+                        return Err(StoreError::Conflict("over quota".into()));
+                    }
+                    c.execute("UPDATE accounts SET used = used + ?2 WHERE id = ?1", params![account, total])
+                        .map_err(backend)?;
+                }
+                let dest_modseq = dest_highest + 1;
+                let src_modseq = src_highest + 1;
+                let mut pairs = Vec::new();
+                for (i, (uid, r)) in rows.into_iter().enumerate() {
+                    let new_uid = dest_next + i as i64;
+                    c.prepare_cached(
+                        "INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, size, blob, prefix, \
+                         message_id, queue_id, cache) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    )
+                    .map_err(backend)?
+                    .execute(params![to.0, new_uid, dest_modseq, r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7])
+                    .map_err(backend)?;
+                    if remove_source {
+                        remove_message(c, from, uid, src_modseq)?;
+                    } else {
+                        c.prepare_cached("UPDATE blobs SET refs = refs + 1 WHERE id = ?1")
+                            .map_err(backend)?
+                            .execute([&r.3])
+                            .map_err(backend)?;
+                    }
+                    pairs.push((uid, Uid(new_uid as u32)));
+                }
+                if !pairs.is_empty() {
+                    c.execute(
+                        "UPDATE mailboxes SET uid_next = ?2, highest_modseq = ?3 WHERE id = ?1",
+                        params![to.0, dest_next + pairs.len() as i64, dest_modseq],
+                    )
+                    .map_err(backend)?;
+                    if remove_source {
+                        c.execute("UPDATE mailboxes SET highest_modseq = ?2 WHERE id = ?1", params![from.0, src_modseq])
+                            .map_err(backend)?;
+                    }
+                }
+                Ok((pairs, AccountId(account), ModSeq(dest_modseq as u64), ModSeq(src_modseq as u64)))
+            },
+            Some(Box::new(move |(pairs, account, dest_modseq, src_modseq): &(Vec<(Uid, Uid)>, AccountId, ModSeq, ModSeq)| {
+                for (old, new) in pairs {
+                    let _ = events.send(ChangeEvent::MessageAdded(Stored {
+                        account: *account,
+                        mailbox: to,
+                        uid: *new,
+                        modseq: *dest_modseq,
+                    }));
+                    if remove_source {
+                        let _ = events.send(ChangeEvent::Expunged { mailbox: from, uid: *old, modseq: *src_modseq });
+                    }
+                }
+            })),
+        )
+        .await
+        .map(|(pairs, _, _, _)| pairs)
     }
 }
 

@@ -83,6 +83,24 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX log_message_id ON log_events(message_id);
     CREATE INDEX log_ip ON log_events(ip);
     "#,
+    // 2: subscriptions apart from mailboxes (a name may be subscribed without existing,
+    // RFC 9051 6.3.7), and expunged UIDs with their MODSEQ for QRESYNC VANISHED (RFC 7162).
+    r#"
+    CREATE TABLE subscriptions (
+        account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        PRIMARY KEY (account, name)
+    ) WITHOUT ROWID;
+    INSERT INTO subscriptions (account, name) SELECT account, name FROM mailboxes WHERE subscribed = 1;
+    ALTER TABLE mailboxes DROP COLUMN subscribed;
+    CREATE TABLE expunged (
+        mailbox INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        uid INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        PRIMARY KEY (mailbox, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX expunged_modseq ON expunged(mailbox, modseq);
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -109,4 +127,40 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
         tracing::info!(version = i + 1, "store schema migrated");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_store_migrates_its_subscriptions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Connection::open(dir.path().join("v1.db")).unwrap();
+        c.execute_batch(MIGRATIONS[0]).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        c.execute_batch(
+            "INSERT INTO domains VALUES ('a.test', NULL, 0);
+             INSERT INTO accounts (id, address_key, address, domain, password, created)
+                 VALUES (1, 'u@a.test', 'u@a.test', 'a.test', 'h', 0);
+             INSERT INTO mailboxes (account, name, role, uid_validity, subscribed)
+                 VALUES (1, 'INBOX', 'inbox', 1, 1), (1, 'Old', NULL, 2, 0);",
+        )
+        .unwrap();
+        migrate(&mut c).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, CURRENT);
+        let subs: Vec<String> = c
+            .prepare("SELECT name FROM subscriptions ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(subs, vec!["INBOX".to_string()]);
+        // Running the migrations again is a no-op.
+        migrate(&mut c).unwrap();
+    }
 }

@@ -4,7 +4,9 @@
 use mailkeep_types::{Address, Domain, MailboxRole, Uid};
 
 use crate::directory::{resolve, Resolution};
-use crate::{ChangeEvent, LogEvent, LogFilter, MessageCache, NewMessage, SharedStore, StoreError};
+use crate::{
+    ChangeEvent, FlagMode, LogEvent, LogFilter, MessageCache, NewMessage, SharedStore, StoreError,
+};
 
 fn addr(s: &str) -> Address {
     Address::parse(s).unwrap_or_else(|e| panic!("test address {s}: {e}"))
@@ -21,6 +23,8 @@ pub async fn run_all(store: SharedStore) {
     blobs(&store).await;
     delivery(&store).await;
     blob_gc(&store).await;
+    mailboxes(&store).await;
+    messages(&store).await;
     log(&store).await;
 }
 
@@ -417,5 +421,349 @@ async fn log(store: &SharedStore) {
             .unwrap()
             .len(),
         1
+    );
+}
+
+async fn mailboxes(store: &SharedStore) {
+    let alice = store
+        .user_get("alice@example.com")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let names = |v: Vec<crate::Mailbox>| v.into_iter().map(|m| m.name).collect::<Vec<_>>();
+    let mb = store
+        .mailbox_create(alice, "Lists/rust/announce", None)
+        .await
+        .expect("mailbox_create");
+    assert_eq!(mb.name, "Lists/rust/announce");
+    let all = names(store.mailboxes(alice).await.unwrap());
+    for n in ["Lists", "Lists/rust", "Lists/rust/announce"] {
+        assert!(all.contains(&n.to_string()), "parents are created: {all:?}");
+    }
+    assert!(matches!(
+        store.mailbox_create(alice, "Lists/rust", None).await,
+        Err(StoreError::Exists(_))
+    ));
+    assert!(matches!(
+        store.mailbox_create(alice, "inbox", None).await,
+        Err(StoreError::Exists(_))
+    ));
+    assert!(matches!(
+        store.mailbox_create(alice, "a//b", None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.mailbox_create(alice, "/a", None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        matches!(
+            store
+                .mailbox_create(alice, "Bin", Some(MailboxRole::Trash))
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "one Trash per account"
+    );
+    // Delete: not INBOX, not with children.
+    assert!(matches!(
+        store.mailbox_delete(alice, "INBOX").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.mailbox_delete(alice, "Lists").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.mailbox_delete(alice, "Nope").await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .mailbox_delete(alice, "Lists/rust/announce")
+        .await
+        .expect("delete leaf");
+    // Rename moves children and keeps UIDVALIDITY.
+    let before = store.mailboxes(alice).await.unwrap();
+    let v = before
+        .iter()
+        .find(|m| m.name == "Lists/rust")
+        .unwrap()
+        .uid_validity;
+    store
+        .mailbox_rename(alice, "Lists", "Archive/Lists")
+        .await
+        .expect("rename");
+    let after = store.mailboxes(alice).await.unwrap();
+    let moved = after
+        .iter()
+        .find(|m| m.name == "Archive/Lists/rust")
+        .expect("child renamed");
+    assert_eq!(moved.uid_validity, v);
+    assert!(!after.iter().any(|m| m.name.starts_with("Lists")));
+    assert!(matches!(
+        store
+            .mailbox_rename(alice, "Archive", "Archive/Inner")
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.mailbox_rename(alice, "Sent", "Drafts").await,
+        Err(StoreError::Exists(_))
+    ));
+    // Subscriptions are names, existing or not.
+    let subs = store.subscriptions(alice).await.unwrap();
+    assert!(
+        subs.contains(&"INBOX".to_string()) && subs.len() >= 6,
+        "{subs:?}"
+    );
+    store
+        .subscription_set(alice, "Not/There", true)
+        .await
+        .unwrap();
+    assert!(store
+        .subscriptions(alice)
+        .await
+        .unwrap()
+        .contains(&"Not/There".to_string()));
+    store
+        .subscription_set(alice, "Not/There", false)
+        .await
+        .unwrap();
+    assert!(!store
+        .subscriptions(alice)
+        .await
+        .unwrap()
+        .contains(&"Not/There".to_string()));
+    assert!(after.iter().find(|m| m.name == "INBOX").unwrap().subscribed);
+}
+
+async fn messages(store: &SharedStore) {
+    let alice = store.user_get("alice@example.com").await.unwrap().unwrap();
+    let boxes = store.mailboxes(alice.id).await.unwrap();
+    let inbox = boxes
+        .iter()
+        .find(|m| m.role == Some(MailboxRole::Inbox))
+        .unwrap()
+        .clone();
+    let archive = boxes
+        .iter()
+        .find(|m| m.role == Some(MailboxRole::Archive))
+        .unwrap()
+        .clone();
+    let mut events = store.subscribe();
+    // Flags: one new MODSEQ for the change, canonical system flags, unknown UIDs ignored.
+    let up = store
+        .flags_update(
+            inbox.id,
+            &[Uid(1), Uid(2), Uid(99)],
+            FlagMode::Add,
+            &["\\seen".into(), "$Label".into()],
+            None,
+        )
+        .await
+        .expect("flags_update");
+    assert_eq!(up.changed.len(), 2);
+    let m1 = up.changed[0].1;
+    assert!(m1 > inbox.highest_modseq, "MODSEQ increases");
+    assert_eq!(
+        up.changed[0].2,
+        vec!["\\Seen".to_string(), "$Label".to_string()]
+    );
+    match tokio::time::timeout(std::time::Duration::from_secs(5), events.recv()).await {
+        Ok(Ok(ChangeEvent::FlagsChanged { uid, modseq, .. })) => {
+            assert_eq!((uid, modseq), (Uid(1), m1))
+        }
+        other => panic!("flags event: {other:?}"),
+    }
+    let none = store
+        .flags_update(inbox.id, &[Uid(1)], FlagMode::Add, &["\\Seen".into()], None)
+        .await
+        .unwrap();
+    assert!(none.changed.is_empty(), "a no-op changes nothing");
+    let up = store
+        .flags_update(
+            inbox.id,
+            &[Uid(1)],
+            FlagMode::Remove,
+            &["$label".into()],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(up.changed[0].2, vec!["\\Seen".to_string()]);
+    let m2 = up.changed[0].1;
+    // RFC 7162 3.1.3: UNCHANGEDSINCE older than the message's MODSEQ leaves it alone.
+    let up = store
+        .flags_update(
+            inbox.id,
+            &[Uid(1), Uid(2)],
+            FlagMode::Replace,
+            &["\\Flagged".into()],
+            Some(m1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(up.modified, vec![Uid(1)]);
+    assert_eq!(up.changed.len(), 1);
+    assert!(up.changed[0].1 > m2);
+    let now = store.mailboxes(alice.id).await.unwrap();
+    assert_eq!(
+        now.iter()
+            .find(|m| m.id == inbox.id)
+            .unwrap()
+            .highest_modseq,
+        up.changed[0].1
+    );
+
+    // Copy keeps flags and content, takes new UIDs, adds usage.
+    let used = store
+        .user_get("alice@example.com")
+        .await
+        .unwrap()
+        .unwrap()
+        .used;
+    let pairs = store
+        .copy(inbox.id, &[Uid(1), Uid(5)], archive.id, false)
+        .await
+        .expect("copy");
+    assert_eq!(pairs, vec![(Uid(1), Uid(1))]);
+    let copied = store.messages(archive.id).await.unwrap();
+    assert_eq!(copied[0].flags, vec!["\\Seen".to_string()]);
+    assert_eq!(
+        store.message_content(archive.id, Uid(1)).await.unwrap(),
+        store.message_content(inbox.id, Uid(1)).await.unwrap()
+    );
+    let used2 = store
+        .user_get("alice@example.com")
+        .await
+        .unwrap()
+        .unwrap()
+        .used;
+    assert_eq!(used2, used + copied[0].size);
+    // Over quota: refused whole.
+    store.user_set_quota(&alice.address, used2).await.unwrap();
+    assert!(matches!(
+        store.copy(inbox.id, &[Uid(1)], archive.id, false).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store.user_set_quota(&alice.address, 0).await.unwrap();
+    // Move: the source is expunged, usage unchanged.
+    let before_move = store
+        .mailboxes(alice.id)
+        .await
+        .unwrap()
+        .iter()
+        .find(|m| m.id == inbox.id)
+        .unwrap()
+        .highest_modseq;
+    let pairs = store
+        .copy(inbox.id, &[Uid(2)], archive.id, true)
+        .await
+        .expect("move");
+    assert_eq!(pairs, vec![(Uid(2), Uid(2))]);
+    assert!(store
+        .message_content(inbox.id, Uid(2))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        store
+            .user_get("alice@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .used,
+        used2
+    );
+    assert_eq!(
+        store.expunged_since(inbox.id, before_move).await.unwrap(),
+        vec![Uid(2)]
+    );
+    // Expunge.
+    let gone = store
+        .expunge(inbox.id, &[Uid(1), Uid(1), Uid(7)])
+        .await
+        .expect("expunge");
+    assert_eq!(gone, vec![Uid(1)]);
+    assert_eq!(
+        store.expunged_since(inbox.id, before_move).await.unwrap(),
+        vec![Uid(1), Uid(2)]
+    );
+    assert!(store.messages(inbox.id).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .user_get("alice@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .used,
+        store
+            .messages(archive.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.size)
+            .sum::<u64>()
+    );
+    // UIDs are never reused after an expunge.
+    let body = b"Subject: again\r\n\r\nx\r\n";
+    let blob = store.put_blob(body).await.unwrap();
+    let stored = store
+        .deliver(vec![NewMessage {
+            account: alice.id,
+            role: MailboxRole::Inbox,
+            blob,
+            blob_size: body.len() as u64,
+            prefix: vec![],
+            flags: vec![],
+            internal_date: 0,
+            cache: MessageCache::default(),
+            queue_id: None,
+        }])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    assert_eq!(stored.uid, Uid(3));
+    // Renaming INBOX moves its messages and leaves it empty (RFC 9051 6.3.6).
+    store
+        .mailbox_rename(alice.id, "INBOX", "Old Inbox")
+        .await
+        .expect("rename INBOX");
+    let boxes = store.mailboxes(alice.id).await.unwrap();
+    let old = boxes.iter().find(|m| m.name == "Old Inbox").unwrap();
+    let inbox_now = boxes.iter().find(|m| m.name == "INBOX").unwrap();
+    assert_eq!(store.messages(old.id).await.unwrap().len(), 1);
+    assert!(store.messages(inbox_now.id).await.unwrap().is_empty());
+    assert_eq!(
+        old.uid_next, inbox_now.uid_next,
+        "moved UIDs stay below UIDNEXT"
+    );
+    // Deleting a mailbox gives its space back.
+    store.mailbox_delete(alice.id, "Old Inbox").await.unwrap();
+    store
+        .mailbox_delete(alice.id, "Archive/Lists/rust")
+        .await
+        .unwrap();
+    store
+        .mailbox_delete(alice.id, "Archive/Lists")
+        .await
+        .unwrap();
+    let archive_sizes: u64 = store
+        .messages(archive.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.size)
+        .sum();
+    assert_eq!(
+        store
+            .user_get("alice@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .used,
+        archive_sizes
     );
 }

@@ -177,6 +177,46 @@ pub struct Stored {
 pub enum ChangeEvent {
     /// A message was added to a mailbox.
     MessageAdded(Stored),
+    /// A message's flags changed.
+    FlagsChanged {
+        /// The mailbox.
+        mailbox: MailboxId,
+        /// The message.
+        uid: Uid,
+        /// Its new MODSEQ.
+        modseq: ModSeq,
+    },
+    /// A message was expunged.
+    Expunged {
+        /// The mailbox.
+        mailbox: MailboxId,
+        /// The message.
+        uid: Uid,
+        /// The MODSEQ of the expunge (RFC 7162 VANISHED).
+        modseq: ModSeq,
+    },
+    /// An account's mailboxes were created, deleted or renamed.
+    MailboxesChanged(AccountId),
+}
+
+/// How a flag update applies (IMAP STORE FLAGS / +FLAGS / -FLAGS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagMode {
+    /// Replace the flags.
+    Replace,
+    /// Add these.
+    Add,
+    /// Remove these.
+    Remove,
+}
+
+/// The result of a flag update.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlagUpdate {
+    /// Messages whose flags changed: UID, new MODSEQ, new flags.
+    pub changed: Vec<(Uid, ModSeq, Vec<String>)>,
+    /// Messages left alone because they changed after UNCHANGEDSINCE (RFC 7162 3.1.3).
+    pub modified: Vec<Uid>,
 }
 
 /// One delivery-log event.
@@ -282,6 +322,76 @@ pub trait MailStore: Send + Sync {
     async fn message_content(&self, mailbox: MailboxId, uid: Uid) -> Result<Option<Vec<u8>>>;
     /// Subscribes to change events.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeEvent>;
+    /// Creates a mailbox and any missing parents (`/` separates levels); a role may be given
+    /// once per account (RFC 6154 CREATE-SPECIAL-USE).
+    async fn mailbox_create(
+        &self,
+        account: AccountId,
+        name: &str,
+        role: Option<MailboxRole>,
+    ) -> Result<Mailbox>;
+    /// Deletes a mailbox and its messages; INBOX and mailboxes with children are refused.
+    async fn mailbox_delete(&self, account: AccountId, name: &str) -> Result<()>;
+    /// Renames a mailbox and its children, keeping UIDs and UIDVALIDITY. Renaming INBOX moves
+    /// its messages to a new mailbox and leaves INBOX empty (RFC 9051 6.3.6).
+    async fn mailbox_rename(&self, account: AccountId, from: &str, to: &str) -> Result<()>;
+    /// Subscribes or unsubscribes a name (which need not exist, RFC 9051 6.3.7).
+    async fn subscription_set(
+        &self,
+        account: AccountId,
+        name: &str,
+        subscribed: bool,
+    ) -> Result<()>;
+    /// Subscribed names.
+    async fn subscriptions(&self, account: AccountId) -> Result<Vec<String>>;
+    /// Changes flags of the given messages with one new MODSEQ; `unchanged_since` skips
+    /// messages changed after it (RFC 7162 3.1.3). Unknown UIDs are ignored.
+    async fn flags_update(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        mode: FlagMode,
+        flags: &[String],
+        unchanged_since: Option<ModSeq>,
+    ) -> Result<FlagUpdate>;
+    /// Expunges messages; returns the UIDs removed, in order.
+    async fn expunge(&self, mailbox: MailboxId, uids: &[Uid]) -> Result<Vec<Uid>>;
+    /// UIDs expunged with a MODSEQ above `since` (RFC 7162 VANISHED).
+    async fn expunged_since(&self, mailbox: MailboxId, since: ModSeq) -> Result<Vec<Uid>>;
+    /// Copies (or moves) messages to another mailbox of the same account; returns
+    /// (source UID, new UID) pairs (RFC 4315 COPYUID). Refused over quota.
+    async fn copy(
+        &self,
+        from: MailboxId,
+        uids: &[Uid],
+        to: MailboxId,
+        remove_source: bool,
+    ) -> Result<Vec<(Uid, Uid)>>;
+}
+
+/// Checks a mailbox name for the store: `/`-separated, no empty level, no control characters,
+/// at most 255 characters per level and 1,024 in all.
+pub fn check_mailbox_name(name: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(StoreError::Conflict(format!(
+            "mailbox name {name:?}: {why}"
+        )))
+    };
+    if name.is_empty() || name.chars().count() > 1024 {
+        return bad("empty or too long");
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return bad("control characters are not allowed");
+    }
+    for level in name.split('/') {
+        if level.is_empty() {
+            return bad("empty level (leading, trailing or double /)");
+        }
+        if level.chars().count() > 255 {
+            return bad("a level is longer than 255 characters");
+        }
+    }
+    Ok(())
 }
 
 /// Content-addressed blobs.
