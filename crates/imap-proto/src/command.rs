@@ -351,16 +351,6 @@ fn upper(s: &str) -> String {
     s.to_ascii_uppercase()
 }
 
-fn flag(c: &mut Cursor<'_>) -> Result<String, SyntaxError> {
-    let backslash = c.eat(b'\\');
-    let a = c.atom()?;
-    Ok(if backslash {
-        format!("\\{a}")
-    } else {
-        a.to_string()
-    })
-}
-
 fn status_item(c: &mut Cursor<'_>) -> Result<StatusItem, SyntaxError> {
     let a = c.atom()?;
     Ok(match upper(a).as_str() {
@@ -509,7 +499,7 @@ fn append(c: &mut Cursor<'_>) -> Result<CommandBody, SyntaxError> {
         let mut flags = Vec::new();
         if c.peek() == Next::Byte(b'(') {
             c.list(true, |c| {
-                flags.push(flag(c)?);
+                flags.push(c.flag()?);
                 Ok(())
             })?;
             c.sp()?;
@@ -664,7 +654,7 @@ fn parse_body(c: &mut Cursor<'_>) -> Result<CommandBody, SyntaxError> {
                     }
                     c.sp()?;
                     c.list(false, |c| {
-                        special_use.push(flag(c)?);
+                        special_use.push(c.flag()?);
                         Ok(())
                     })
                 })?;

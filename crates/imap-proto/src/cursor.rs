@@ -204,6 +204,17 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(w).map_err(|_| SyntaxError("name is not ASCII".into()))
     }
 
+    /// A flag: `\` atom (system flag or extension) or a keyword atom (RFC 9051 9).
+    pub fn flag(&mut self) -> Result<String, SyntaxError> {
+        let backslash = self.eat(b'\\');
+        let a = self.atom()?;
+        Ok(if backslash {
+            format!("\\{a}")
+        } else {
+            a.to_string()
+        })
+    }
+
     /// ASCII letters only (a month name in a date).
     pub fn letters(&mut self) -> Result<&'a str, SyntaxError> {
         let w = self.take_while(|b| b.is_ascii_alphabetic());

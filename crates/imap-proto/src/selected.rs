@@ -617,16 +617,6 @@ pub struct Store {
     pub flags: Vec<String>,
 }
 
-fn flag(c: &mut Cursor<'_>) -> Result<String, SyntaxError> {
-    let backslash = c.eat(b'\\');
-    let a = c.atom()?;
-    Ok(if backslash {
-        format!("\\{a}")
-    } else {
-        a.to_string()
-    })
-}
-
 /// STORE set [(UNCHANGEDSINCE n)] [+-]FLAGS[.SILENT] flags.
 pub fn store(c: &mut Cursor<'_>) -> Result<Store, SyntaxError> {
     c.sp()?;
@@ -661,13 +651,13 @@ pub fn store(c: &mut Cursor<'_>) -> Result<Store, SyntaxError> {
     let mut flags = Vec::new();
     if c.peek() == Next::Byte(b'(') {
         c.list(true, |c| {
-            flags.push(flag(c)?);
+            flags.push(c.flag()?);
             Ok(())
         })?;
     } else {
-        flags.push(flag(c)?);
+        flags.push(c.flag()?);
         while c.eat(b' ') {
-            flags.push(flag(c)?);
+            flags.push(c.flag()?);
         }
     }
     Ok(Store {
