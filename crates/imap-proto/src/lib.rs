@@ -17,4 +17,5 @@ pub mod cursor;
 pub mod frame;
 pub mod mutf7;
 pub mod response;
+pub mod section;
 pub mod selected;
