@@ -1,0 +1,8 @@
+//! IMAP sessions for mailkeep, over [`mailkeep_imap_proto`] (in progress: the session itself
+//! comes next; this crate holds what it evaluates).
+//!
+//! - [`search`]: SEARCH criteria evaluated against one message (RFC 9051 6.4.4), the same
+//!   code for every message so that results equal a naive scan.
+#![warn(missing_docs)]
+
+pub mod search;
