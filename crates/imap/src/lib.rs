@@ -3,7 +3,7 @@
 //!
 //! - [`search`]: SEARCH criteria evaluated against one message (RFC 9051 6.4.4), the same
 //!   code for every message so that results equal a naive scan.
-//! - [`sort`]: SORT, base subjects and THREAD=ORDEREDSUBJECT (RFC 5256).
+//! - [`sort`]: SORT, base subjects, THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256).
 #![warn(missing_docs)]
 
 pub mod search;
