@@ -14,6 +14,8 @@ use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
 use tokio::sync::watch;
 
+pub mod stream;
+
 /// Errors setting up transport.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

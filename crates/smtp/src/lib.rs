@@ -14,7 +14,6 @@
 
 pub mod data;
 mod session;
-pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

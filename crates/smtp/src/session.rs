@@ -23,8 +23,8 @@ use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::data::{check_bdat, DataDecoder, DataProblem};
-use crate::stream::Conn;
 use crate::SmtpServer;
+use mailkeep_net::stream::Conn;
 
 /// Most received headers before a message is taken for a loop (RFC 5321 6.3).
 const MAX_RECEIVED: usize = 100;

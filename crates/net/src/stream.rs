@@ -1,4 +1,6 @@
-//! A connection that may be upgraded to TLS in place (STARTTLS, RFC 3207).
+//! A connection that may be upgraded to TLS in place: SMTP STARTTLS (RFC 3207), IMAP
+//! STARTTLS (RFC 9051 6.2.1), POP3 STLS (RFC 2595). Shared here so that no session crate
+//! depends on another.
 
 use std::io;
 use std::pin::Pin;
