@@ -366,3 +366,311 @@ mod tests {
         assert_eq!(depth, 0);
     }
 }
+
+/// The kind of a status response (RFC 9051 7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// OK.
+    Ok,
+    /// NO: the command failed (user or server error).
+    No,
+    /// BAD: a protocol or syntax error.
+    Bad,
+    /// PREAUTH greeting.
+    PreAuth,
+    /// BYE: the server closes the connection.
+    Bye,
+}
+
+impl Status {
+    fn word(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::No => "NO",
+            Status::Bad => "BAD",
+            Status::PreAuth => "PREAUTH",
+            Status::Bye => "BYE",
+        }
+    }
+}
+
+/// A status line: `TAG OK [CODE] text` (or `*` untagged). The text is made safe: no CR or
+/// LF can end the line early, so nothing a client sent can inject a response.
+pub fn status_line(
+    out: &mut Vec<u8>,
+    tag: Option<&str>,
+    status: Status,
+    code: Option<&str>,
+    text: &str,
+) {
+    out.extend_from_slice(tag.unwrap_or("*").as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.word().as_bytes());
+    if let Some(c) = code {
+        out.extend_from_slice(b" [");
+        out.extend_from_slice(c.as_bytes());
+        out.push(b']');
+    }
+    out.push(b' ');
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    out.extend_from_slice(if clean.is_empty() { "done" } else { &clean }.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One mailbox of a LIST response (RFC 9051 7.3.1, RFC 5258 extended data).
+pub struct ListEntry<'a> {
+    /// Attributes (`\HasNoChildren`, `\Subscribed`, `\Sent`...).
+    pub attributes: &'a [&'a str],
+    /// The name.
+    pub name: &'a str,
+    /// CHILDINFO ("SUBSCRIBED") for RECURSIVEMATCH (RFC 5258 3.5).
+    pub child_info: bool,
+    /// OLDNAME (RFC 9051 6.3.6 for rev2 clients after RENAME).
+    pub old_name: Option<&'a str>,
+}
+
+/// `* LIST (attrs) "/" name [extended data]`.
+pub fn list_line(out: &mut Vec<u8>, verb: &str, e: &ListEntry<'_>, utf8: bool) {
+    out.extend_from_slice(format!("* {verb} (").as_bytes());
+    out.extend_from_slice(e.attributes.join(" ").as_bytes());
+    out.extend_from_slice(b") \"/\" ");
+    mailbox(out, e.name, utf8);
+    let mut ext = Vec::new();
+    if e.child_info {
+        ext.push("\"CHILDINFO\" (\"SUBSCRIBED\")".to_string());
+    }
+    if let Some(old) = e.old_name {
+        let mut b = b"\"OLDNAME\" (".to_vec();
+        mailbox(&mut b, old, utf8);
+        b.push(b')');
+        ext.push(String::from_utf8_lossy(&b).into_owned());
+    }
+    if !ext.is_empty() {
+        out.extend_from_slice(format!(" ({})", ext.join(" ")).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* STATUS name (ITEM n ...)`.
+pub fn status_data(out: &mut Vec<u8>, name: &str, items: &[(&str, u64)], utf8: bool) {
+    out.extend_from_slice(b"* STATUS ");
+    mailbox(out, name, utf8);
+    out.extend_from_slice(b" (");
+    let parts: Vec<String> = items.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    out.extend_from_slice(parts.join(" ").as_bytes());
+    out.extend_from_slice(b")\r\n");
+}
+
+/// A set of numbers in the shortest sequence-set form (`1:3,7,9:10`); `None` when empty.
+pub fn sequence_set(numbers: &[u32]) -> Option<String> {
+    let mut v = numbers.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let start = v[i];
+        let mut end = start;
+        while i + 1 < v.len() && v[i + 1] == end + 1 {
+            i += 1;
+            end = v[i];
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        });
+        i += 1;
+    }
+    (!out.is_empty()).then(|| out.join(","))
+}
+
+/// What an ESEARCH response reports (RFC 4731).
+#[derive(Debug, Default)]
+pub struct ESearch<'a> {
+    /// The command's tag.
+    pub tag: &'a str,
+    /// UID SEARCH.
+    pub uid: bool,
+    /// MIN.
+    pub min: Option<u32>,
+    /// MAX.
+    pub max: Option<u32>,
+    /// COUNT.
+    pub count: Option<usize>,
+    /// ALL.
+    pub all: Option<&'a [u32]>,
+    /// The highest MODSEQ of the matches (RFC 7162 3.1.5).
+    pub modseq: Option<u64>,
+}
+
+/// `* ESEARCH (TAG "a1") UID MIN 1 COUNT 3 ALL 1:3`.
+pub fn esearch(out: &mut Vec<u8>, e: &ESearch<'_>) {
+    out.extend_from_slice(b"* ESEARCH (TAG ");
+    string(out, e.tag.as_bytes(), false);
+    out.push(b')');
+    if e.uid {
+        out.extend_from_slice(b" UID");
+    }
+    if let Some(v) = e.min {
+        out.extend_from_slice(format!(" MIN {v}").as_bytes());
+    }
+    if let Some(v) = e.max {
+        out.extend_from_slice(format!(" MAX {v}").as_bytes());
+    }
+    if let Some(v) = e.count {
+        out.extend_from_slice(format!(" COUNT {v}").as_bytes());
+    }
+    // RFC 4731 3.1: ALL is omitted when nothing matched.
+    if let Some(set) = e.all.and_then(sequence_set) {
+        out.extend_from_slice(format!(" ALL {set}").as_bytes());
+    }
+    if let Some(m) = e.modseq {
+        out.extend_from_slice(format!(" MODSEQ {m}").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* SEARCH 2 3 5 [(MODSEQ n)]` (IMAP4rev1 form).
+pub fn search_line(out: &mut Vec<u8>, numbers: &[u32], modseq: Option<u64>) {
+    out.extend_from_slice(b"* SEARCH");
+    for n in numbers {
+        out.extend_from_slice(format!(" {n}").as_bytes());
+    }
+    if let (Some(m), false) = (modseq, numbers.is_empty()) {
+        out.extend_from_slice(format!(" (MODSEQ {m})").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `* VANISHED [(EARLIER)] uids` (RFC 7162 3.2.10); nothing when there are none.
+pub fn vanished(out: &mut Vec<u8>, uids: &[u32], earlier: bool) {
+    if let Some(set) = sequence_set(uids) {
+        out.extend_from_slice(if earlier {
+            b"* VANISHED (EARLIER) ".as_slice()
+        } else {
+            b"* VANISHED ".as_slice()
+        });
+        out.extend_from_slice(set.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// `* QUOTA "root" (STORAGE used limit MESSAGE n limit)` (RFC 9208); sizes in KiB for STORAGE.
+pub fn quota(out: &mut Vec<u8>, root: &str, resources: &[(&str, u64, u64)]) {
+    out.extend_from_slice(b"* QUOTA ");
+    astring(out, root.as_bytes(), true);
+    out.extend_from_slice(b" (");
+    let parts: Vec<String> = resources
+        .iter()
+        .map(|(r, used, limit)| format!("{r} {used} {limit}"))
+        .collect();
+    out.extend_from_slice(parts.join(" ").as_bytes());
+    out.extend_from_slice(b")\r\n");
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    fn s(f: impl Fn(&mut Vec<u8>)) -> String {
+        let mut out = Vec::new();
+        f(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn status_lines_cannot_be_injected() {
+        assert_eq!(
+            s(|o| status_line(
+                o,
+                Some("a1"),
+                Status::Ok,
+                Some("READ-WRITE"),
+                "SELECT completed"
+            )),
+            "a1 OK [READ-WRITE] SELECT completed\r\n"
+        );
+        assert_eq!(
+            s(|o| status_line(o, None, Status::Bye, None, "bye\r\n* OK forged")),
+            "* BYE bye  * OK forged\r\n"
+        );
+    }
+
+    #[test]
+    fn list_status_and_search_responses() {
+        let e = ListEntry {
+            attributes: &["\\HasNoChildren", "\\Sent"],
+            name: "Sent Items",
+            child_info: false,
+            old_name: None,
+        };
+        assert_eq!(
+            s(|o| list_line(o, "LIST", &e, true)),
+            "* LIST (\\HasNoChildren \\Sent) \"/\" \"Sent Items\"\r\n"
+        );
+        let e = ListEntry {
+            attributes: &[],
+            name: "日本語",
+            child_info: true,
+            old_name: Some("Old"),
+        };
+        assert_eq!(
+            s(|o| list_line(o, "LIST", &e, false)),
+            "* LIST () \"/\" &ZeVnLIqe- (\"CHILDINFO\" (\"SUBSCRIBED\") \"OLDNAME\" (Old))\r\n"
+        );
+        assert_eq!(
+            s(|o| status_data(o, "INBOX", &[("MESSAGES", 3), ("UIDNEXT", 9)], true)),
+            "* STATUS INBOX (MESSAGES 3 UIDNEXT 9)\r\n"
+        );
+        assert_eq!(
+            sequence_set(&[7, 1, 2, 3, 9, 10, 3]).as_deref(),
+            Some("1:3,7,9:10")
+        );
+        assert_eq!(sequence_set(&[]), None);
+        let all = [4, 5, 6, 10];
+        assert_eq!(
+            s(|o| esearch(
+                o,
+                &ESearch {
+                    tag: "a5",
+                    uid: true,
+                    min: Some(4),
+                    count: Some(4),
+                    all: Some(&all),
+                    ..Default::default()
+                }
+            )),
+            "* ESEARCH (TAG \"a5\") UID MIN 4 COUNT 4 ALL 4:6,10\r\n"
+        );
+        assert_eq!(
+            s(|o| esearch(
+                o,
+                &ESearch {
+                    tag: "a6",
+                    count: Some(0),
+                    all: Some(&[]),
+                    ..Default::default()
+                }
+            )),
+            "* ESEARCH (TAG \"a6\") COUNT 0\r\n"
+        );
+        assert_eq!(
+            s(|o| search_line(o, &[2, 5], Some(917162500))),
+            "* SEARCH 2 5 (MODSEQ 917162500)\r\n"
+        );
+        assert_eq!(s(|o| search_line(o, &[], Some(1))), "* SEARCH\r\n");
+        assert_eq!(
+            s(|o| vanished(o, &[41, 43, 44, 45], true)),
+            "* VANISHED (EARLIER) 41,43:45\r\n"
+        );
+        assert_eq!(s(|o| vanished(o, &[], false)), "");
+        assert_eq!(
+            s(|o| quota(o, "", &[("STORAGE", 10, 512)])),
+            "* QUOTA \"\" (STORAGE 10 512)\r\n"
+        );
+    }
+}
