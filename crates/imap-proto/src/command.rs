@@ -498,10 +498,7 @@ fn append(c: &mut Cursor<'_>) -> Result<CommandBody, SyntaxError> {
     while c.eat(b' ') {
         let mut flags = Vec::new();
         if c.peek() == Next::Byte(b'(') {
-            c.list(true, |c| {
-                flags.push(c.flag()?);
-                Ok(())
-            })?;
+            flags = c.flag_list()?;
             c.sp()?;
         }
         let mut date = None;

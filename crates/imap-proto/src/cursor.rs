@@ -215,6 +215,16 @@ impl<'a> Cursor<'a> {
         })
     }
 
+    /// A parenthesized flag list, possibly empty (`(\\Seen $Junk)`).
+    pub fn flag_list(&mut self) -> Result<Vec<String>, SyntaxError> {
+        let mut flags = Vec::new();
+        self.list(true, |c| {
+            flags.push(c.flag()?);
+            Ok(())
+        })?;
+        Ok(flags)
+    }
+
     /// ASCII letters only (a month name in a date).
     pub fn letters(&mut self) -> Result<&'a str, SyntaxError> {
         let w = self.take_while(|b| b.is_ascii_alphabetic());

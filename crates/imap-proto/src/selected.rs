@@ -650,10 +650,7 @@ pub fn store(c: &mut Cursor<'_>) -> Result<Store, SyntaxError> {
     c.sp()?;
     let mut flags = Vec::new();
     if c.peek() == Next::Byte(b'(') {
-        c.list(true, |c| {
-            flags.push(c.flag()?);
-            Ok(())
-        })?;
+        flags = c.flag_list()?;
     } else {
         flags.push(c.flag()?);
         while c.eat(b' ') {

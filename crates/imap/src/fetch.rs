@@ -67,13 +67,16 @@ pub fn date_time(secs: i64) -> String {
     )
 }
 
-fn section_name(s: &Section) -> String {
-    let mut out = s
-        .part
-        .iter()
+/// `1.2.3` for a part path.
+fn part_name(part: &[u32]) -> String {
+    part.iter()
         .map(|p| p.to_string())
         .collect::<Vec<_>>()
-        .join(".");
+        .join(".")
+}
+
+fn section_name(s: &Section) -> String {
+    let mut out = part_name(&s.part);
     if let Some(t) = &s.text {
         if !out.is_empty() {
             out.push('.');
@@ -219,11 +222,7 @@ pub fn fetch_line(
             FetchItem::Binary { part, partial, .. } => {
                 let raw = content()?;
                 let data = binary(raw, part).map_err(FetchError::Binary)?;
-                let name = part
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(".");
+                let name = part_name(part);
                 out.extend_from_slice(format!("BINARY[{name}]").as_bytes());
                 if let Some((o, _)) = partial {
                     out.extend_from_slice(format!("<{o}>").as_bytes());
@@ -241,11 +240,7 @@ pub fn fetch_line(
             FetchItem::BinarySize(part) => {
                 let raw = content()?;
                 let data = binary(raw, part).map_err(FetchError::Binary)?;
-                let name = part
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(".");
+                let name = part_name(part);
                 out.extend_from_slice(format!("BINARY.SIZE[{name}] {}", data.len()).as_bytes());
             }
         }

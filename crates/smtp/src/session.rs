@@ -1100,6 +1100,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "body": tx.body,
             "rcpts": tx.rcpts.iter().map(|r| serde_json::json!({"to": r.address, "notify": r.notify, "orcpt": r.orcpt})).collect::<Vec<_>>(),
         });
+        // A storage failure fails the whole batch (Err: 451, the sender retries). A single
+        // recipient can only fail alone when its account vanished after RCPT (removed by an
+        // admin); the others keep their copy, that recipient's `delivery.stored` event says
+        // `failed`, and a 451 would only duplicate the mail of the rest on retry.
         match self.server.delivery.deliver(incoming).await {
             Ok(delivered) if delivered.outcomes.iter().any(|o| o.result.is_ok()) => {
                 let message_id = delivered.message_id.clone();
