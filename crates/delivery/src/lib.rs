@@ -15,7 +15,7 @@ pub mod ingest;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mailkeep_store::directory::{resolve, LocalTarget, Resolution};
-use mailkeep_store::{LogEvent, NewMessage, SharedStore, StoreError, Stored};
+use mailkeep_store::{LogEvent, NewMessage, SharedStore, StoreError, Stored, Target};
 use mailkeep_types::{Address, MailboxRole};
 
 /// Errors of a delivery as a whole.
@@ -111,7 +111,7 @@ impl Delivery {
             );
             batch.push(NewMessage {
                 account: t.account,
-                role: MailboxRole::Inbox,
+                target: Target::Role(MailboxRole::Inbox),
                 blob: blob.clone(),
                 blob_size: msg.data.len() as u64,
                 prefix: prefix.into_bytes(),

@@ -20,8 +20,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use async_trait::async_trait;
 use mailkeep_store::{
     check_mailbox_name, Alias, BlobId, BlobStore, ChangeEvent, DirectoryStore, DomainInfo,
-    FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox, MessageMeta,
-    NewMessage, Result, StoreError, Stored, User,
+    FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox, MessageFlags,
+    MessageMeta, NewMessage, Result, StoreError, Stored, Target, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -631,19 +631,33 @@ fn row_mailbox(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
 }
 
 fn insert_message(c: &Connection, m: &NewMessage) -> Result<Stored> {
-    let (mailbox, uid, modseq): (i64, i64, i64) = c
-        .prepare_cached(
-            "SELECT id, uid_next, highest_modseq + 1 FROM mailboxes WHERE account = ?1 AND role = ?2",
-        )
-        .map_err(backend)?
-        .query_row(params![m.account.0, m.role.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
+    let found: Option<(i64, i64, i64)> = match m.target {
+        Target::Role(role) => c
+            .prepare_cached(
+                "SELECT id, uid_next, highest_modseq + 1 FROM mailboxes \
+                 WHERE account = ?1 AND role = ?2",
+            )
+            .map_err(backend)?
+            .query_row(params![m.account.0, role.as_str()], row)
+            .optional()
+            .map_err(backend)?,
+        Target::Mailbox(id) => c
+            .prepare_cached(
+                "SELECT id, uid_next, highest_modseq + 1 FROM mailboxes \
+                 WHERE account = ?1 AND id = ?2",
+            )
+            .map_err(backend)?
+            .query_row(params![m.account.0, id.0], row)
+            .optional()
+            .map_err(backend)?,
+    };
+    let (mailbox, uid, modseq) = found.ok_or_else(|| {
+        StoreError::NotFound(match m.target {
+            Target::Role(role) => format!("{} mailbox of account {}", role.as_str(), m.account),
+            Target::Mailbox(id) => format!("mailbox {id} of account {}", m.account),
         })
-        .optional()
-        .map_err(backend)?
-        .ok_or_else(|| {
-            StoreError::NotFound(format!("{} mailbox of account {}", m.role.as_str(), m.account))
-        })?;
+    })?;
     // RFC 9051 2.3.1.1: UIDs strictly ascend; RFC 7162 3.1: MODSEQ strictly increases.
     c.prepare_cached("UPDATE mailboxes SET uid_next = ?2, highest_modseq = ?3 WHERE id = ?1")
         .map_err(backend)?
@@ -686,6 +700,27 @@ fn insert_message(c: &Connection, m: &NewMessage) -> Result<Stored> {
         mailbox: MailboxId(mailbox),
         uid: Uid(uid as u32),
         modseq: ModSeq(modseq as u64),
+    })
+}
+
+const META_COLS: &str = "uid, modseq, flags, internal_date, size, blob, prefix, cache, queue_id";
+
+fn row_meta(mailbox: MailboxId, r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageMeta> {
+    let flags: String = r.get(2)?;
+    let cache: String = r.get(7)?;
+    Ok(MessageMeta {
+        mailbox,
+        uid: Uid(r.get::<_, i64>(0)? as u32),
+        modseq: ModSeq(r.get::<_, i64>(1)? as u64),
+        flags: flags.split_whitespace().map(String::from).collect(),
+        internal_date: r.get(3)?,
+        size: r.get::<_, i64>(4)? as u64,
+        blob: BlobId(r.get(5)?),
+        prefix: r.get(6)?,
+        cache: serde_json::from_str(&cache).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        queue_id: r.get(8)?,
     })
 }
 
@@ -851,32 +886,75 @@ impl MailStore for SqliteStore {
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<MessageMeta>> {
         self.read(move |c| {
             let mut st = c
-                .prepare(
-                    "SELECT uid, modseq, flags, internal_date, size, blob, prefix, cache, queue_id \
-                     FROM messages WHERE mailbox = ?1 ORDER BY uid",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {META_COLS} FROM messages WHERE mailbox = ?1 ORDER BY uid"
+                ))
                 .map_err(backend)?;
             let rows = st
-                .query_map([mailbox.0], |r| {
+                .query_map([mailbox.0], |r| row_meta(mailbox, r))
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn messages_by_uid(&self, mailbox: MailboxId, uids: &[Uid]) -> Result<Vec<MessageMeta>> {
+        let (Some(first), Some(last)) = (uids.first().copied(), uids.last().copied()) else {
+            return Ok(Vec::new());
+        };
+        let wanted = uids.to_vec();
+        self.read(move |c| {
+            // One range scan over the primary key, filtered here: a few statements for any set.
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {META_COLS} FROM messages WHERE mailbox = ?1 AND uid BETWEEN ?2 AND ?3 \
+                     ORDER BY uid"
+                ))
+                .map_err(backend)?;
+            let mut out = Vec::with_capacity(wanted.len());
+            let mut rows = st
+                .query(params![mailbox.0, first.0 as i64, last.0 as i64])
+                .map_err(backend)?;
+            while let Some(r) = rows.next().map_err(backend)? {
+                let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
+                if wanted.binary_search(&uid).is_ok() {
+                    out.push(row_meta(mailbox, r).map_err(backend)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn mailbox_get(&self, mailbox: MailboxId) -> Result<Option<Mailbox>> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {MAILBOX_COLS} FROM mailboxes m WHERE id = ?1"
+            ))
+            .map_err(backend)?
+            .query_row([mailbox.0], row_mailbox)
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn changed_since(&self, mailbox: MailboxId, since: ModSeq) -> Result<Vec<MessageFlags>> {
+        self.read(move |c| {
+            let sql = if since.0 == 0 {
+                "SELECT uid, modseq, flags FROM messages WHERE mailbox = ?1 AND ?2 = 0 ORDER BY uid"
+            } else {
+                "SELECT uid, modseq, flags FROM messages WHERE mailbox = ?1 AND modseq > ?2 \
+                 ORDER BY uid"
+            };
+            let mut st = c.prepare_cached(sql).map_err(backend)?;
+            let rows = st
+                .query_map(params![mailbox.0, since.0 as i64], |r| {
                     let flags: String = r.get(2)?;
-                    let cache: String = r.get(7)?;
-                    Ok(MessageMeta {
-                        mailbox,
+                    Ok(MessageFlags {
                         uid: Uid(r.get::<_, i64>(0)? as u32),
                         modseq: ModSeq(r.get::<_, i64>(1)? as u64),
                         flags: flags.split_whitespace().map(String::from).collect(),
-                        internal_date: r.get(3)?,
-                        size: r.get::<_, i64>(4)? as u64,
-                        blob: BlobId(r.get(5)?),
-                        prefix: r.get(6)?,
-                        cache: serde_json::from_str(&cache).map_err(|e| {
-                            rusqlite::Error::FromSqlConversionFailure(
-                                7,
-                                rusqlite::types::Type::Text,
-                                Box::new(e),
-                            )
-                        })?,
-                        queue_id: r.get(8)?,
                     })
                 })
                 .map_err(backend)?;
@@ -1671,7 +1749,7 @@ mod tests {
                 store
                     .deliver(vec![NewMessage {
                         account: id,
-                        role: MailboxRole::Inbox,
+                        target: Target::Role(MailboxRole::Inbox),
                         blob,
                         blob_size: 1,
                         prefix: vec![],

@@ -1,11 +1,12 @@
 //! The conformance suite every backend must pass. A backend's tests call [`run_all`] with a
 //! fresh, empty store; each check panics with a message naming the rule it broke.
 
-use mailkeep_types::{Address, Domain, MailboxRole, Uid};
+use mailkeep_types::{Address, Domain, MailboxRole, ModSeq, Uid};
 
 use crate::directory::{resolve, Resolution};
 use crate::{
     ChangeEvent, FlagMode, LogEvent, LogFilter, MessageCache, NewMessage, SharedStore, StoreError,
+    Target,
 };
 
 fn addr(s: &str) -> Address {
@@ -284,7 +285,7 @@ async fn delivery(store: &SharedStore) {
     let blob = store.put_blob(body).await.unwrap();
     let msg = |prefix: &str| NewMessage {
         account: alice.id,
-        role: MailboxRole::Inbox,
+        target: Target::Role(MailboxRole::Inbox),
         blob: blob.clone(),
         blob_size: body.len() as u64,
         prefix: prefix.as_bytes().to_vec(),
@@ -712,7 +713,7 @@ async fn messages(store: &SharedStore) {
     let stored = store
         .deliver(vec![NewMessage {
             account: alice.id,
-            role: MailboxRole::Inbox,
+            target: Target::Role(MailboxRole::Inbox),
             blob,
             blob_size: body.len() as u64,
             prefix: vec![],
@@ -726,6 +727,81 @@ async fn messages(store: &SharedStore) {
         .remove(0)
         .unwrap();
     assert_eq!(stored.uid, Uid(3));
+    // APPEND: straight into a named mailbox; another account's mailbox is not found.
+    let body = b"Subject: appended\r\n\r\ny\r\n";
+    let blob = store.put_blob(body).await.unwrap();
+    let append = |account, mailbox| NewMessage {
+        account,
+        target: Target::Mailbox(mailbox),
+        blob: blob.clone(),
+        blob_size: body.len() as u64,
+        prefix: vec![],
+        flags: vec!["\\Seen".into()],
+        internal_date: 86_400,
+        cache: MessageCache::default(),
+        queue_id: None,
+    };
+    let appended = store
+        .deliver(vec![append(alice.id, archive.id)])
+        .await
+        .unwrap()
+        .remove(0)
+        .expect("append into a mailbox");
+    assert_eq!(appended.mailbox, archive.id);
+    let carol = store
+        .user_add(&addr("carol@example.com"), "h", 0)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .deliver(vec![append(carol, archive.id)])
+            .await
+            .unwrap()
+            .remove(0),
+        Err(StoreError::NotFound(_))
+    ));
+    // What a session's view is built from.
+    let got = store
+        .mailbox_get(archive.id)
+        .await
+        .unwrap()
+        .expect("mailbox_get");
+    assert_eq!(got.uid_next, Uid(appended.uid.0 + 1));
+    assert_eq!(got.highest_modseq, appended.modseq);
+    let all = store.changed_since(archive.id, ModSeq(0)).await.unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        store
+            .messages(archive.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.uid)
+            .collect::<Vec<_>>()
+    );
+    let recent = store
+        .changed_since(archive.id, ModSeq(appended.modseq.0 - 1))
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(
+        (recent[0].uid, recent[0].flags.clone()),
+        (appended.uid, vec!["\\Seen".to_string()])
+    );
+    let some = store
+        .messages_by_uid(archive.id, &[Uid(1), appended.uid, Uid(999)])
+        .await
+        .unwrap();
+    assert_eq!(
+        some.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        vec![Uid(1), appended.uid]
+    );
+    assert!(store
+        .messages_by_uid(archive.id, &[])
+        .await
+        .unwrap()
+        .is_empty());
+    store.expunge(archive.id, &[appended.uid]).await.unwrap();
     // Renaming INBOX moves its messages and leaves it empty (RFC 9051 6.3.6).
     store
         .mailbox_rename(alice.id, "INBOX", "Old Inbox")

@@ -141,8 +141,8 @@ pub struct BlobId(pub String);
 pub struct NewMessage {
     /// The owner.
     pub account: AccountId,
-    /// The mailbox role to file into (INBOX for plain delivery).
-    pub role: MailboxRole,
+    /// The mailbox to file into.
+    pub target: Target,
     /// The content blob, already stored with [`BlobStore::put_blob`].
     pub blob: BlobId,
     /// Size of the blob.
@@ -157,6 +157,26 @@ pub struct NewMessage {
     pub cache: MessageCache,
     /// The queue id, for the log.
     pub queue_id: Option<String>,
+}
+
+/// Which mailbox a new message goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The account's mailbox with this role (INBOX for plain delivery).
+    Role(MailboxRole),
+    /// This mailbox of the account (IMAP APPEND).
+    Mailbox(MailboxId),
+}
+
+/// What a session's view of a mailbox needs per message (no parsed structure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageFlags {
+    /// The UID.
+    pub uid: Uid,
+    /// The MODSEQ of its last change.
+    pub modseq: ModSeq,
+    /// System flags and keywords.
+    pub flags: Vec<String>,
 }
 
 /// Where a message was stored.
@@ -318,6 +338,15 @@ pub trait MailStore: Send + Sync {
     async fn deliver(&self, messages: Vec<NewMessage>) -> Result<Vec<Result<Stored>>>;
     /// A mailbox's messages in UID order.
     async fn messages(&self, mailbox: MailboxId) -> Result<Vec<MessageMeta>>;
+    /// The messages of a mailbox with these UIDs (sorted ascending), in UID order; unknown
+    /// UIDs are left out.
+    async fn messages_by_uid(&self, mailbox: MailboxId, uids: &[Uid]) -> Result<Vec<MessageMeta>>;
+    /// A mailbox by id, or None when it no longer exists.
+    async fn mailbox_get(&self, mailbox: MailboxId) -> Result<Option<Mailbox>>;
+    /// UID, MODSEQ and flags of the messages changed (or added) after `since`, in UID order;
+    /// `since` 0 gives every message. This is what a session's view is built and refreshed
+    /// from (RFC 7162 CHANGEDSINCE).
+    async fn changed_since(&self, mailbox: MailboxId, since: ModSeq) -> Result<Vec<MessageFlags>>;
     /// The whole message as IMAP serves it (prefix then blob).
     async fn message_content(&self, mailbox: MailboxId, uid: Uid) -> Result<Option<Vec<u8>>>;
     /// Subscribes to change events.
