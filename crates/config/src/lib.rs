@@ -110,7 +110,10 @@ impl Protocol {
     /// Whether this protocol is served by the current build. Others are accepted in the config
     /// (so configs written for later versions keep working) but `serve` refuses to start them.
     pub fn implemented(self) -> bool {
-        matches!(self, Protocol::Smtp)
+        matches!(
+            self,
+            Protocol::Smtp | Protocol::Imap | Protocol::Imaps | Protocol::Pop3 | Protocol::Pop3s
+        )
     }
 }
 
@@ -179,6 +182,48 @@ pub struct SmtpConfig {
     pub reverse_dns: bool,
 }
 
+/// IMAP server limits.
+#[derive(Debug, Clone)]
+pub struct ImapConfig {
+    /// Largest literal (and so message in APPEND), in bytes; advertised as APPENDLIMIT.
+    pub max_literal: u64,
+    /// Longest command line without its literals, in bytes.
+    pub max_line: usize,
+    /// How long a session may stay silent, IDLE included (RFC 9051 5.4: at least 30 minutes).
+    pub idle_timeout: Duration,
+    /// Connections open at once, in total.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address.
+    pub max_connections_per_ip: usize,
+}
+
+/// POP3 server behaviour.
+#[derive(Debug, Clone)]
+pub struct Pop3Config {
+    /// How long a session may stay silent (RFC 1939 3: at least 10 minutes).
+    pub idle_timeout: Duration,
+}
+
+/// When a password may be sent without TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plaintext {
+    /// Never: LOGIN, AUTHENTICATE, USER/PASS need TLS first.
+    Never,
+    /// From loopback addresses only (as Dovecot treats localhost as secure).
+    Loopback,
+}
+
+/// Login policy of IMAP, POP3 (and later submission).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// When passwords may travel without TLS.
+    pub plaintext: Plaintext,
+    /// Wait before answering a failed login; doubled with each failure in a session.
+    pub failure_delay: Duration,
+    /// Failed logins in one session before it is closed.
+    pub max_failures: u32,
+}
+
 /// The delivery log.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -239,6 +284,12 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// SMTP limits.
     pub smtp: SmtpConfig,
+    /// IMAP limits.
+    pub imap: ImapConfig,
+    /// POP3 behaviour.
+    pub pop3: Pop3Config,
+    /// Login policy.
+    pub auth: AuthConfig,
     /// Store.
     pub store: StoreConfig,
     /// Directory.
@@ -487,6 +538,61 @@ impl Config {
             ));
         }
 
+        let im = raw.imap.unwrap_or_default();
+        let imap = ImapConfig {
+            max_literal: cx.size(
+                "imap.max_literal",
+                im.max_literal.as_ref().unwrap_or(&raw::Size::Int(50 << 20)),
+            )?,
+            max_line: cx.size(
+                "imap.max_line",
+                im.max_line.as_ref().unwrap_or(&raw::Size::Int(64 << 10)),
+            )? as usize,
+            idle_timeout: cx.duration(
+                "imap.idle_timeout",
+                im.idle_timeout.as_ref().unwrap_or(&default("30m".into())),
+            )?,
+            max_connections: positive(&cx, "imap.max_connections", im.max_connections, 20_000)?,
+            max_connections_per_ip: positive(
+                &cx,
+                "imap.max_connections_per_ip",
+                im.max_connections_per_ip,
+                1000,
+            )?,
+        };
+        if imap.max_line < 1024 {
+            return Err(cx.invalid("imap.max_line", "at least 1024 bytes", imap.max_line));
+        }
+        if imap.max_literal < 1024 {
+            return Err(cx.invalid("imap.max_literal", "at least 1024 bytes", imap.max_literal));
+        }
+        let po = raw.pop3.unwrap_or_default();
+        let pop3 = Pop3Config {
+            idle_timeout: cx.duration(
+                "pop3.idle_timeout",
+                po.idle_timeout.as_ref().unwrap_or(&default("10m".into())),
+            )?,
+        };
+        let au = raw.auth.unwrap_or_default();
+        let auth = AuthConfig {
+            plaintext: match au.plaintext.as_deref() {
+                None | Some("loopback") => Plaintext::Loopback,
+                Some("never") => Plaintext::Never,
+                Some(other) => {
+                    return Err(cx.invalid(
+                        "auth.plaintext",
+                        "\"loopback\" or \"never\"",
+                        format!("{other:?}"),
+                    ))
+                }
+            },
+            failure_delay: cx.duration(
+                "auth.failure_delay",
+                au.failure_delay.as_ref().unwrap_or(&default("2s".into())),
+            )?,
+            max_failures: positive(&cx, "auth.max_failures", au.max_failures, 3)? as u32,
+        };
+
         let st = raw.store.unwrap_or_default();
         let backend = st.backend.unwrap_or_else(|| "sqlite".into());
         if backend != "sqlite" {
@@ -574,6 +680,9 @@ impl Config {
             listeners,
             tls,
             smtp,
+            imap,
+            pop3,
+            auth,
             store,
             directory,
             log,

@@ -43,6 +43,12 @@ pub struct RawConfig {
     pub tls: Option<RawTls>,
     /// `[smtp]`
     pub smtp: Option<RawSmtp>,
+    /// `[imap]`
+    pub imap: Option<RawImap>,
+    /// `[pop3]`
+    pub pop3: Option<RawPop3>,
+    /// `[auth]`
+    pub auth: Option<RawAuth>,
     /// `[store]`
     pub store: Option<RawStore>,
     /// `[directory]`
@@ -103,6 +109,42 @@ pub struct RawSmtp {
     pub quota_reply: Option<String>,
     /// `reverse_dns`
     pub reverse_dns: Option<bool>,
+}
+
+/// `[imap]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawImap {
+    /// `max_literal`
+    pub max_literal: Option<Size>,
+    /// `max_line`
+    pub max_line: Option<Size>,
+    /// `idle_timeout`
+    pub idle_timeout: Option<Size>,
+    /// `max_connections`
+    pub max_connections: Option<i64>,
+    /// `max_connections_per_ip`
+    pub max_connections_per_ip: Option<i64>,
+}
+
+/// `[pop3]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPop3 {
+    /// `idle_timeout`
+    pub idle_timeout: Option<Size>,
+}
+
+/// `[auth]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// `plaintext`
+    pub plaintext: Option<String>,
+    /// `failure_delay`
+    pub failure_delay: Option<Size>,
+    /// `max_failures`
+    pub max_failures: Option<i64>,
 }
 
 /// `[store]`

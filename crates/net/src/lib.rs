@@ -14,7 +14,11 @@ use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
 use tokio::sync::watch;
 
+pub mod accept;
+pub mod sasl;
 pub mod stream;
+
+pub use accept::accept_loop;
 
 /// Errors setting up transport.
 #[derive(Debug, thiserror::Error)]

@@ -15,16 +15,14 @@
 pub mod data;
 mod session;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mailkeep_config::SmtpConfig;
 use mailkeep_delivery::Delivery;
-use mailkeep_net::{ConnLimiter, ReverseDns, Shutdown};
+use mailkeep_net::{accept_loop, ConnLimiter, ReverseDns, Shutdown};
 use mailkeep_types::Domain;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 
 pub use session::run_session;
 
@@ -57,72 +55,34 @@ pub async fn serve(
     serve_reloadable(listener, rx, limiter, shutdown, grace).await;
 }
 
-fn spawn_session(
-    sessions: &mut JoinSet<()>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    server: &Arc<SmtpServer>,
-    limiter: &ConnLimiter,
-    shutdown: &Shutdown,
-) {
-    let permit = limiter.acquire(peer.ip());
-    let server = server.clone();
-    let shutdown = shutdown.clone();
-    sessions.spawn(async move {
-        match permit {
-            Ok(permit) => {
-                run_session(stream, peer, server, shutdown).await;
-                drop(permit);
-            }
-            Err(why) => session::refuse(stream, peer, &server, why).await,
-        }
-    });
-}
-
 /// Like [`serve`], but each new session takes the newest settings from `server` (SIGHUP
 /// reload); sessions already open keep the settings they started with.
 pub async fn serve_reloadable(
     listener: TcpListener,
     server: tokio::sync::watch::Receiver<Arc<SmtpServer>>,
     limiter: ConnLimiter,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     grace: Duration,
 ) {
-    let mut sessions = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => break,
-            accepted = listener.accept() => {
-                match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        let current = server.borrow().clone();
-                        spawn_session(&mut sessions, stream, peer, &current, &limiter, &shutdown);
+    let sessions_shutdown = shutdown.clone();
+    accept_loop(
+        listener,
+        limiter,
+        shutdown,
+        grace,
+        move |stream, peer, permit| {
+            let server = server.borrow().clone();
+            let shutdown = sessions_shutdown.clone();
+            async move {
+                match permit {
+                    Ok(permit) => {
+                        run_session(stream, peer, server, shutdown).await;
+                        drop(permit);
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    Err(why) => session::refuse(stream, peer, &server, why).await,
                 }
             }
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-        }
-    }
-    drain(listener, sessions, grace).await;
-}
-
-async fn drain(listener: TcpListener, mut sessions: JoinSet<()>, grace: Duration) {
-    drop(listener);
-    let deadline = tokio::time::sleep(grace);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            next = sessions.join_next() => if next.is_none() { break },
-            _ = &mut deadline => {
-                tracing::warn!(open = sessions.len(), "grace period over, closing sessions");
-                sessions.abort_all();
-                break;
-            }
-        }
-    }
+        },
+    )
+    .await;
 }

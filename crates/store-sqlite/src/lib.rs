@@ -20,8 +20,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use async_trait::async_trait;
 use mailkeep_store::{
     check_mailbox_name, Alias, BlobId, BlobStore, ChangeEvent, DirectoryStore, DomainInfo,
-    FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox, MessageFlags,
-    MessageMeta, NewMessage, Result, StoreError, Stored, Target, User,
+    FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox, MailboxCounts,
+    MessageFlags, MessageMeta, NewMessage, Result, StoreError, Stored, Target, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -674,7 +674,7 @@ fn insert_message(c: &Connection, m: &NewMessage) -> Result<Stored> {
         mailbox,
         uid,
         modseq,
-        m.flags.join(" "),
+        normalize_flags(&m.flags).join(" "),
         m.internal_date,
         size as i64,
         m.blob.0,
@@ -926,6 +926,29 @@ impl MailStore for SqliteStore {
         .await
     }
 
+    async fn mailbox_counts(&self, mailbox: MailboxId) -> Result<MailboxCounts> {
+        self.read(move |c| {
+            // Flags are stored space-separated with canonical system flags (normalize_flags).
+            c.prepare_cached(
+                "SELECT count(*), \
+                 coalesce(sum(instr(' ' || flags || ' ', ' \\Seen ') = 0), 0), \
+                 coalesce(sum(instr(' ' || flags || ' ', ' \\Deleted ') > 0), 0), \
+                 coalesce(sum(size), 0) FROM messages WHERE mailbox = ?1",
+            )
+            .map_err(backend)?
+            .query_row([mailbox.0], |r| {
+                Ok(MailboxCounts {
+                    messages: r.get::<_, i64>(0)? as u64,
+                    unseen: r.get::<_, i64>(1)? as u64,
+                    deleted: r.get::<_, i64>(2)? as u64,
+                    size: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn mailbox_get(&self, mailbox: MailboxId) -> Result<Option<Mailbox>> {
         self.read(move |c| {
             c.prepare_cached(&format!(
@@ -942,10 +965,11 @@ impl MailStore for SqliteStore {
     async fn changed_since(&self, mailbox: MailboxId, since: ModSeq) -> Result<Vec<MessageFlags>> {
         self.read(move |c| {
             let sql = if since.0 == 0 {
-                "SELECT uid, modseq, flags FROM messages WHERE mailbox = ?1 AND ?2 = 0 ORDER BY uid"
+                "SELECT uid, modseq, flags, internal_date, size FROM messages \
+                 WHERE mailbox = ?1 AND ?2 = 0 ORDER BY uid"
             } else {
-                "SELECT uid, modseq, flags FROM messages WHERE mailbox = ?1 AND modseq > ?2 \
-                 ORDER BY uid"
+                "SELECT uid, modseq, flags, internal_date, size FROM messages \
+                 WHERE mailbox = ?1 AND modseq > ?2 ORDER BY uid"
             };
             let mut st = c.prepare_cached(sql).map_err(backend)?;
             let rows = st
@@ -955,6 +979,8 @@ impl MailStore for SqliteStore {
                         uid: Uid(r.get::<_, i64>(0)? as u32),
                         modseq: ModSeq(r.get::<_, i64>(1)? as u64),
                         flags: flags.split_whitespace().map(String::from).collect(),
+                        internal_date: r.get(3)?,
+                        size: r.get::<_, i64>(4)? as u64,
                     })
                 })
                 .map_err(backend)?;

@@ -27,6 +27,36 @@ pub async fn run_all(store: SharedStore) {
     mailboxes(&store).await;
     messages(&store).await;
     log(&store).await;
+    login(&store).await;
+}
+
+async fn login(store: &SharedStore) {
+    let hash = crate::password::hash_password("right pw").unwrap();
+    store
+        .user_add(&addr("dave@example.com"), &hash, 0)
+        .await
+        .unwrap();
+    let ok = crate::directory::authenticate(store.as_ref(), "Dave@EXAMPLE.com", "right pw")
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.map(|u| u.address),
+        Some(addr("dave@example.com")),
+        "login is case-insensitive"
+    );
+    for (login, pw) in [
+        ("dave@example.com", "wrong"),
+        ("nobody@example.com", "right pw"),
+        ("not an address", "x"),
+    ] {
+        assert!(
+            crate::directory::authenticate(store.as_ref(), login, pw)
+                .await
+                .unwrap()
+                .is_none(),
+            "{login}/{pw} must fail"
+        );
+    }
 }
 
 async fn directory(store: &SharedStore) {

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use mailkeep_types::{AccountId, Address};
 
+use crate::password::{hash_password, verify_password};
 use crate::{DirectoryStore, Result, User};
 
 /// Most alias hops followed before giving up (a loop or a runaway expansion).
@@ -160,4 +161,30 @@ async fn lookup_exact(store: &dyn DirectoryStore, key: &str) -> Result<Option<Fo
         return Ok(Some(Found::Alias(alias.targets)));
     }
     Ok(None)
+}
+
+/// Checks a login: the account's address (any case) and its password. Argon2 runs on the
+/// blocking pool; an unknown login costs as much as a wrong password, so timing does not tell
+/// which addresses exist. Ok(None) for any failure of the credentials.
+pub async fn authenticate<D: DirectoryStore + ?Sized>(
+    store: &D,
+    login: &str,
+    password: &str,
+) -> Result<Option<User>> {
+    let user = match Address::parse(login) {
+        Ok(a) => store.user_get(&a.key()).await?,
+        Err(_) => None,
+    };
+    let password = password.to_string();
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let ok = tokio::task::spawn_blocking(move || match hash {
+        Some(h) => verify_password(&password, &h),
+        None => {
+            let _ = hash_password(&password);
+            false
+        }
+    })
+    .await
+    .unwrap_or(false);
+    Ok(if ok { user } else { None })
 }

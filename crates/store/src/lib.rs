@@ -177,6 +177,23 @@ pub struct MessageFlags {
     pub modseq: ModSeq,
     /// System flags and keywords.
     pub flags: Vec<String>,
+    /// Internal date, seconds since the epoch.
+    pub internal_date: i64,
+    /// RFC822.SIZE.
+    pub size: u64,
+}
+
+/// Counts of a mailbox for IMAP STATUS (RFC 9051 6.3.11, RFC 8438 SIZE).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MailboxCounts {
+    /// Messages.
+    pub messages: u64,
+    /// Messages without `\Seen`.
+    pub unseen: u64,
+    /// Messages with `\Deleted`.
+    pub deleted: u64,
+    /// Total RFC822.SIZE.
+    pub size: u64,
 }
 
 /// Where a message was stored.
@@ -341,6 +358,8 @@ pub trait MailStore: Send + Sync {
     /// The messages of a mailbox with these UIDs (sorted ascending), in UID order; unknown
     /// UIDs are left out.
     async fn messages_by_uid(&self, mailbox: MailboxId, uids: &[Uid]) -> Result<Vec<MessageMeta>>;
+    /// Message counts of a mailbox.
+    async fn mailbox_counts(&self, mailbox: MailboxId) -> Result<MailboxCounts>;
     /// A mailbox by id, or None when it no longer exists.
     async fn mailbox_get(&self, mailbox: MailboxId) -> Result<Option<Mailbox>>;
     /// UID, MODSEQ and flags of the messages changed (or added) after `since`, in UID order;
