@@ -342,7 +342,7 @@ impl Ctx<'_> {
         parse_duration(v).ok_or_else(|| {
             self.invalid(
                 key,
-                "a duration in seconds, or a number with s, m, h or d (e.g. 5m)",
+                "a duration in seconds, or a number with ms, s, m, h or d (e.g. 5m)",
                 v,
             )
         })
@@ -366,23 +366,27 @@ pub fn parse_size(v: &raw::Size) -> Option<u64> {
     }
 }
 
-/// Parses `300`, `"30s"`, `"5m"`, `"2h"`, `"30d"`.
+/// Parses `300`, `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"30d"`.
 pub fn parse_duration(v: &raw::Size) -> Option<Duration> {
-    let secs = match v {
-        raw::Size::Int(n) => u64::try_from(*n).ok()?,
+    let millis = match v {
+        raw::Size::Int(n) => u64::try_from(*n).ok()?.checked_mul(1000)?,
         raw::Size::Str(s) => {
             let s = s.trim();
-            let (num, mult) = match s.char_indices().last()? {
-                (i, 's') => (&s[..i], 1u64),
-                (i, 'm') => (&s[..i], 60),
-                (i, 'h') => (&s[..i], 3600),
-                (i, 'd') => (&s[..i], 86400),
-                _ => (s, 1),
+            let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+                (n, 1u64)
+            } else {
+                match s.char_indices().last()? {
+                    (i, 's') => (&s[..i], 1000u64),
+                    (i, 'm') => (&s[..i], 60_000),
+                    (i, 'h') => (&s[..i], 3_600_000),
+                    (i, 'd') => (&s[..i], 86_400_000),
+                    _ => (s, 1000),
+                }
             };
             num.trim().parse::<u64>().ok()?.checked_mul(mult)?
         }
     };
-    Some(Duration::from_secs(secs))
+    Some(Duration::from_millis(millis))
 }
 
 impl Config {
@@ -787,5 +791,9 @@ mod tests {
             Some(Duration::from_secs(7200))
         );
         assert_eq!(parse_duration(&raw::Size::Str("x".into())), None);
+        assert_eq!(
+            parse_duration(&raw::Size::Str("250ms".into())),
+            Some(Duration::from_millis(250))
+        );
     }
 }

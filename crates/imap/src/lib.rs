@@ -1,6 +1,10 @@
-//! IMAP sessions for mailkeep, over [`mailkeep_imap_proto`] (in progress: the session itself
-//! comes next; this crate holds what it evaluates).
+//! IMAP4rev2 and IMAP4rev1 sessions for mailkeep, over [`mailkeep_imap_proto`].
 //!
+//! - [`serve`]: the listener loop (port 143 with STARTTLS, 993 with implicit TLS).
+//! - `session`: one connection (states, login, STARTTLS, IDLE, mailbox commands) and
+//!   `selected_cmds` (FETCH, STORE, SEARCH, SORT, THREAD, COPY, MOVE, EXPUNGE, APPEND).
+//! - `view`: the selected mailbox as the session has announced it, synchronized from the
+//!   store after each command and on change events during IDLE.
 //! - [`fetch`]: FETCH response lines from stored metadata, the cached structure and, for body
 //!   sections only, the content.
 //! - [`search`]: SEARCH criteria evaluated against one message (RFC 9051 6.4.4), the same
@@ -10,4 +14,91 @@
 
 pub mod fetch;
 pub mod search;
+mod selected_cmds;
+mod session;
 pub mod sort;
+mod util;
+mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailkeep_config::{AuthConfig, ImapConfig};
+use mailkeep_net::{accept_loop, ConnLimiter, LimitExceeded, Shutdown};
+use mailkeep_store::SharedStore;
+use tokio::net::TcpListener;
+
+pub use session::run_session;
+
+/// What every IMAP session shares.
+pub struct ImapServer {
+    /// Our host name.
+    pub hostname: String,
+    /// The store.
+    pub store: SharedStore,
+    /// TLS for STARTTLS and port 993.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Limits.
+    pub imap: ImapConfig,
+    /// Login policy.
+    pub auth: AuthConfig,
+}
+
+/// Accepts IMAP connections until shutdown. `implicit_tls`: port 993, TLS before the greeting
+/// (RFC 8314). Each new session takes the newest settings from `server` (SIGHUP reload).
+pub async fn serve(
+    listener: TcpListener,
+    server: tokio::sync::watch::Receiver<Arc<ImapServer>>,
+    implicit_tls: bool,
+    limiter: ConnLimiter,
+    shutdown: Shutdown,
+    grace: Duration,
+) {
+    let sessions_shutdown = shutdown.clone();
+    accept_loop(
+        listener,
+        limiter,
+        shutdown,
+        grace,
+        move |stream, peer, permit| {
+            let server = server.borrow().clone();
+            let shutdown = sessions_shutdown.clone();
+            async move {
+                let permit = match permit {
+                    Ok(p) => p,
+                    Err(why) => {
+                        let text = match why {
+                            LimitExceeded::Total => "too many connections, try again later",
+                            LimitExceeded::PerIp => "too many connections from your address",
+                        };
+                        if implicit_tls {
+                            // Without a handshake the client could not read a BYE anyway.
+                            drop(stream);
+                        } else {
+                            session::refuse(stream, text).await;
+                        }
+                        return;
+                    }
+                };
+                if implicit_tls {
+                    let Some(cfg) = server.tls.clone() else {
+                        tracing::error!("imaps listener without [tls]");
+                        return;
+                    };
+                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                    match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => run_session(tls, peer, server, shutdown, true).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "imaps handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "imaps handshake timed out"),
+                    }
+                } else {
+                    run_session(stream, peer, server, shutdown, false).await;
+                }
+                drop(permit);
+            }
+        },
+    )
+    .await;
+}

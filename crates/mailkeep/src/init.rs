@@ -17,7 +17,8 @@ pub struct InitOptions {
     pub domain: String,
     pub data: PathBuf,
     pub config: Option<PathBuf>,
-    pub smtp_listen: String,
+    /// (protocol, address) of each listener to write.
+    pub listeners: Vec<(String, String)>,
     pub user: Option<String>,
 }
 
@@ -100,7 +101,11 @@ pub fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// The config file `init` writes.
-pub fn config_text(hostname: &str, domain: &Domain, smtp_listen: &str) -> String {
+pub fn config_text(hostname: &str, domain: &Domain, listeners: &[(String, String)]) -> String {
+    let listeners: String = listeners
+        .iter()
+        .map(|(p, a)| format!("[[listener]]\nprotocol = \"{p}\"\naddress = \"{a}\"\n\n"))
+        .collect();
     format!(
         r#"# mailkeep configuration, written by `mailkeep init`.
 # Relative paths are relative to this file's directory.
@@ -119,13 +124,9 @@ data_dir = "."
 domains = ["{domain}"]
 
 # One [[listener]] per socket. Protocols: smtp, submission, submissions, imap, imaps,
-# pop3, pop3s, managesieve, http (this version serves smtp). `serve --listen PROTO=ADDR`
-# replaces them all for one run.
-[[listener]]
-protocol = "smtp"
-address = "{smtp_listen}"
-
-[tls]
+# pop3, pop3s, managesieve, http (this version serves smtp, imap, imaps, pop3 and pop3s).
+# `serve --listen PROTO=ADDR` replaces them all for one run.
+{listeners}[tls]
 # Self-signed until you install a real certificate (ACME support is planned).
 cert = "tls/cert.pem"
 key = "tls/key.pem"
@@ -143,6 +144,21 @@ max_connections = 1000
 max_connections_per_ip = 20
 quota_reply = "temporary"    # "temporary" = 452 4.2.2, "permanent" = 552 5.2.2
 reverse_dns = true
+
+[imap]
+max_literal = "50M"          # largest APPEND, advertised as APPENDLIMIT (RFC 7889)
+max_line = "64K"             # longest command line without its literals
+idle_timeout = "30m"         # RFC 9051 5.4: at least 30 minutes
+max_connections = 20000
+max_connections_per_ip = 1000
+
+[pop3]
+idle_timeout = "10m"         # RFC 1939 3: at least 10 minutes
+
+[auth]
+plaintext = "loopback"       # passwords without TLS: "loopback" only (as Dovecot) or "never"
+failure_delay = "2s"         # wait after a failed login, doubled with each further failure
+max_failures = 3             # failed logins before the connection is closed
 
 [store]
 backend = "sqlite"           # the embedded store
@@ -183,7 +199,7 @@ pub fn run(opts: InitOptions) -> Result<()> {
     let data = opts.data.canonicalize()?;
     let records = dkim_keys(&data.join("dkim"), &domain)?;
     self_signed(&data.join("tls"), &hostname)?;
-    let mut text = config_text(&hostname, &domain, &opts.smtp_listen);
+    let mut text = config_text(&hostname, &domain, &opts.listeners);
     if let Some(u) = &opts.user {
         text = text.replace("# user = \"mailkeep\"", &format!("user = {u:?}"));
     }

@@ -47,9 +47,15 @@ enum Command {
         /// Where to write the config (default: DATA/mailkeep.toml).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The SMTP listener address written to the config.
+        /// The SMTP listener address written to the config ("none" for no listener).
         #[arg(long, default_value = "0.0.0.0:25")]
         smtp_listen: String,
+        /// The IMAP (STARTTLS) listener address ("none" for no listener).
+        #[arg(long, default_value = "0.0.0.0:143")]
+        imap_listen: String,
+        /// The IMAP implicit-TLS listener address ("none" for no listener).
+        #[arg(long, default_value = "0.0.0.0:993")]
+        imaps_listen: String,
         /// The system user `serve` switches to after binding its ports; the data directory is
         /// given to that user (needs root).
         #[arg(long)]
@@ -127,13 +133,23 @@ fn run() -> Result<()> {
             data,
             config,
             smtp_listen,
+            imap_listen,
+            imaps_listen,
             user,
         } => init::run(init::InitOptions {
             hostname,
             domain,
             data,
             config,
-            smtp_listen,
+            listeners: [
+                ("smtp", smtp_listen),
+                ("imap", imap_listen),
+                ("imaps", imaps_listen),
+            ]
+            .into_iter()
+            .filter(|(_, a)| a != "none")
+            .map(|(p, a)| (p.to_string(), a))
+            .collect(),
             user,
         }),
         Command::Serve { config, run } => serve::serve(&config.config, run),

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use mailkeep_config::{parse_listen_arg, Config, Listener, Protocol};
 use mailkeep_delivery::{now_micros, Delivery};
+use mailkeep_imap::ImapServer;
 use mailkeep_net::{load_tls, shutdown_pair, ConnLimiter, ReverseDns};
 use mailkeep_smtp::SmtpServer;
 use mailkeep_store::{SharedStore, StoreError};
@@ -105,6 +106,20 @@ fn smtp_server(
     })
 }
 
+fn imap_server(
+    config: &Config,
+    store: SharedStore,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> ImapServer {
+    ImapServer {
+        hostname: config.hostname.clone(),
+        store,
+        tls,
+        imap: config.imap.clone(),
+        auth: config.auth.clone(),
+    }
+}
+
 pub fn open_store(config: &Config) -> Result<SharedStore> {
     let store = SqliteStore::open(&config.store.path)
         .with_context(|| format!("open store {}", config.store.path.display()))?;
@@ -150,6 +165,16 @@ async fn serve_config(
         }
     }
     let delivery = Delivery::new(store.clone(), config.directory.plus_separator);
+    for l in &config.listeners {
+        if matches!(l.protocol, Protocol::Imaps | Protocol::Pop3s) && tls.is_none() {
+            bail!(
+                "listener {}={}: implicit TLS needs [tls] cert and key",
+                l.protocol.name(),
+                l.address
+            );
+        }
+    }
+    let imap = Arc::new(imap_server(&config, store.clone(), tls.clone()));
     let server = Arc::new(smtp_server(&config, delivery.clone(), tls)?);
     let (trigger, shutdown) = shutdown_pair();
     let limiter = ConnLimiter::new(
@@ -162,6 +187,7 @@ async fn serve_config(
         // Tests and scripts read this line to find ports chosen with :0.
         println!("mailkeep: {} listening on {a}", p.name());
     }
+    println!("mailkeep: ready");
     if let Some(f) = on_ready {
         f(&addrs);
     }
@@ -169,18 +195,36 @@ async fn serve_config(
     let _ = std::io::stdout().flush();
 
     let (server_tx, _) = tokio::sync::watch::channel(server.clone());
+    let (imap_tx, _) = tokio::sync::watch::channel(imap);
+    let imap_limiter = ConnLimiter::new(
+        config.imap.max_connections,
+        config.imap.max_connections_per_ip,
+    );
     let grace = Duration::from_secs(run.grace_seconds);
     let mut tasks = tokio::task::JoinSet::new();
     for (protocol, _, listener) in bound {
-        if protocol == Protocol::Smtp {
-            let rx = server_tx.subscribe();
-            tasks.spawn(serve_smtp(
-                listener,
-                rx,
-                limiter.clone(),
-                shutdown.clone(),
-                grace,
-            ));
+        match protocol {
+            Protocol::Smtp => {
+                let rx = server_tx.subscribe();
+                tasks.spawn(serve_smtp(
+                    listener,
+                    rx,
+                    limiter.clone(),
+                    shutdown.clone(),
+                    grace,
+                ));
+            }
+            Protocol::Imap | Protocol::Imaps => {
+                tasks.spawn(mailkeep_imap::serve(
+                    listener,
+                    imap_tx.subscribe(),
+                    protocol == Protocol::Imaps,
+                    imap_limiter.clone(),
+                    shutdown.clone(),
+                    grace,
+                ));
+            }
+            other => bail!("{} is not served by this version", other.name()),
         }
     }
 
@@ -225,10 +269,12 @@ async fn serve_config(
                 // After the switch to `user`, the key must be readable by that user.
                 match load_config(path, &run).and_then(|c| {
                     let tls = load_tls_config(&c)?;
+                    let i = imap_server(&c, store.clone(), tls.clone());
                     let s = smtp_server(&c, delivery.clone(), tls)?;
-                    Ok((c, s))
+                    Ok((c, s, i))
                 }) {
-                    Ok((c, s)) => {
+                    Ok((c, s, i)) => {
+                        let _ = imap_tx.send(Arc::new(i));
                         if c.listeners != config.listeners {
                             tracing::warn!("SIGHUP: listener changes take effect after a restart");
                         }
@@ -280,7 +326,7 @@ fn random_password() -> String {
         .collect()
 }
 
-pub fn demo(data: Option<PathBuf>, mut run: RunArgs) -> Result<()> {
+pub fn demo(data: Option<PathBuf>, run: RunArgs) -> Result<()> {
     init_tracing();
     let (dir, _keep) = match data {
         Some(d) => (d, None),
@@ -297,12 +343,11 @@ pub fn demo(data: Option<PathBuf>, mut run: RunArgs) -> Result<()> {
     if !config_path.exists() {
         std::fs::create_dir_all(&dir)?;
         crate::init::self_signed(&dir.join("tls"), hostname)?;
-        let text = crate::init::config_text(hostname, &domain, "127.0.0.1:2525")
+        let listeners = [("smtp", "127.0.0.1:2525"), ("imap", "127.0.0.1:1143")]
+            .map(|(p, a)| (p.to_string(), a.to_string()));
+        let text = crate::init::config_text(hostname, &domain, &listeners)
             .replace("reverse_dns = true", "reverse_dns = false");
         std::fs::write(&config_path, text)?;
-    }
-    if run.listen.is_empty() {
-        run.listen = vec![parse_listen_arg("smtp=127.0.0.1:2525").map_err(anyhow::Error::msg)?];
     }
     let config = load_config(&config_path, &run)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -340,6 +385,10 @@ pub fn demo(data: Option<PathBuf>, mut run: RunArgs) -> Result<()> {
                 .map(|(_, a)| a.to_string())
                 .unwrap_or_default();
             let (host, port) = smtp.rsplit_once(':').unwrap_or((&smtp, "25"));
+            let imap = addrs
+                .iter()
+                .find(|(p, _)| *p == Protocol::Imap)
+                .map(|(_, a)| a.to_string());
             println!();
             println!("mailkeep demo is running (Ctrl-C stops it).");
             println!("  domain:   example.test");
@@ -349,6 +398,11 @@ pub fn demo(data: Option<PathBuf>, mut run: RunArgs) -> Result<()> {
             println!();
             println!("Send it a message:");
             println!("  swaks --server {host} --port {port} --to demo@example.test --from you@example.org");
+            if let Some(imap) = &imap {
+                let (ihost, iport) = imap.rsplit_once(':').unwrap_or((imap, "143"));
+                println!("Read it over IMAP ({imap}, plain login allowed on loopback):");
+                println!("  python3 -c \"import imaplib; m=imaplib.IMAP4('{ihost}', {iport}); m.login('demo@example.test', '{password}'); m.select(); print(m.fetch('1:*', '(ENVELOPE)'))\"");
+            }
             println!("Then see what happened:");
             println!("  {exe} log search --config {cfg_display} --recipient demo@example.test");
             println!();

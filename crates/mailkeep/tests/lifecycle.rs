@@ -148,7 +148,19 @@ async fn serve_started_as_root_drops_to_the_configured_user() {
             "--domain",
             "example.test",
         ])
-        .args(["--smtp-listen", "127.0.0.1:0", "--user", "nobody", "--data"])
+        .args([
+            "--smtp-listen",
+            "127.0.0.1:0",
+            "--imap-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--imaps-listen",
+            "127.0.0.1:0",
+            "--user",
+            "nobody",
+            "--data",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

@@ -24,6 +24,8 @@ pub struct Server {
     pub config: PathBuf,
     pub child: Option<Child>,
     pub smtp: SocketAddr,
+    /// Every listener by protocol name (`imap`, `imaps`...).
+    pub listeners: std::collections::HashMap<String, SocketAddr>,
     pub stderr_log: PathBuf,
 }
 
@@ -61,6 +63,10 @@ pub fn init_dir(extra_config: &str) -> (tempfile::TempDir, PathBuf) {
             "--domain",
             DOMAIN,
             "--smtp-listen",
+            "127.0.0.1:0",
+            "--imap-listen",
+            "127.0.0.1:0",
+            "--imaps-listen",
             "127.0.0.1:0",
             "--data",
         ])
@@ -125,19 +131,22 @@ impl Server {
 
     pub fn boot(dir: tempfile::TempDir, config: PathBuf) -> Server {
         let stderr_log = dir.path().join(format!("server-{}.log", rand_suffix()));
-        let (child, smtp) = spawn(&config, &stderr_log);
+        let (child, listeners) = spawn(&config, &stderr_log);
         Server {
             dir,
             config,
             child: Some(child),
-            smtp,
+            smtp: listeners["smtp"],
+            listeners,
             stderr_log,
         }
     }
 
     /// Starts the server again on the same data (after a crash or stop).
     pub fn restart(&mut self) {
-        let (child, smtp) = spawn(&self.config, &self.stderr_log);
+        let (child, listeners) = spawn(&self.config, &self.stderr_log);
+        let smtp = listeners["smtp"];
+        self.listeners = listeners;
         self.child = Some(child);
         self.smtp = smtp;
     }
@@ -232,7 +241,10 @@ fn rand_suffix() -> u64 {
         .unwrap_or(0)
 }
 
-fn spawn(config: &Path, stderr_log: &Path) -> (Child, SocketAddr) {
+fn spawn(
+    config: &Path,
+    stderr_log: &Path,
+) -> (Child, std::collections::HashMap<String, SocketAddr>) {
     let err = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -250,24 +262,34 @@ fn spawn(config: &Path, stderr_log: &Path) -> (Child, SocketAddr) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
+        let mut found = std::collections::HashMap::new();
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(rest) = line.strip_prefix("mailkeep: smtp listening on ") {
+            if let Some((proto, addr)) = line
+                .strip_prefix("mailkeep: ")
+                .and_then(|r| r.split_once(" listening on "))
+            {
+                if let Ok(a) = addr.trim().parse::<SocketAddr>() {
+                    found.insert(proto.to_string(), a);
+                }
+            }
+            if line == "mailkeep: ready" {
                 if let Some(tx) = tx.take() {
-                    let _ = tx.send(rest.trim().to_string());
+                    let _ = tx.send(std::mem::take(&mut found));
                 }
             }
         }
     });
-    let addr = rx
+    let found = rx
         .recv_timeout(Duration::from_secs(30))
         .unwrap_or_else(|_| {
             panic!(
-                "server did not report its SMTP port; log: {}",
+                "server did not report its ports; log: {}",
                 std::fs::read_to_string(stderr_log).unwrap_or_default()
             )
         });
-    (child, addr.parse().expect("listen address"))
+    assert!(found.contains_key("smtp"), "no smtp listener: {found:?}");
+    (child, found)
 }
 
 /// A raw SMTP client for protocol and attack tests.

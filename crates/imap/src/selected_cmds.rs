@@ -1,0 +1,793 @@
+//! Selected-state commands (RFC 9051 6.4) and APPEND: FETCH, STORE, SEARCH, SORT, THREAD,
+//! COPY, MOVE, EXPUNGE.
+//!
+//! Implementation notes:
+//! - Sequence sets are resolved against the session's [`crate::view::View`], never against
+//!   the store directly, so numbers mean what the client was told.
+//! - FETCH reads only what the items need: flags and sizes come from the view, ENVELOPE and
+//!   BODYSTRUCTURE from the cached structure (in chunks), content only for body sections.
+//! - SEARCH evaluates every message with the same code ([`crate::search`]), so the result is
+//!   a naive scan's; messages are parsed only when a criterion looks inside them.
+
+use mail_parser::MessageParser;
+use mailkeep_delivery::ingest::parse_cache;
+use mailkeep_imap_proto::command::AppendMessage;
+use mailkeep_imap_proto::cursor::SequenceSet;
+use mailkeep_imap_proto::response::{self, sequence_set, Status};
+use mailkeep_imap_proto::selected::{
+    FetchItem, FetchModifiers, SearchKey, SearchProgram, SearchReturn, SortKey, Store, StoreMode,
+    ThreadAlgorithm,
+};
+use mailkeep_store::{FlagMode, MessageCache, NewMessage, StoreError, Target};
+use mailkeep_types::{ModSeq, Uid};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::fetch::{fetch_line, needs_content, sets_seen, FetchError, Meta};
+use crate::search::{matches_all, needs_message, Candidate, Context};
+use crate::session::{io_err, now_micros, Flow, Res, Session};
+use crate::sort;
+use crate::util::parse_date_time;
+
+/// Messages whose structure is read from the store at once during FETCH.
+const FETCH_CHUNK: usize = 500;
+
+fn has_modseq_key(keys: &[SearchKey]) -> bool {
+    keys.iter().any(|k| match k {
+        SearchKey::ModSeq(_) => true,
+        SearchKey::Not(k) => has_modseq_key(std::slice::from_ref(k)),
+        SearchKey::Or(a, b) => {
+            has_modseq_key(std::slice::from_ref(a)) || has_modseq_key(std::slice::from_ref(b))
+        }
+        SearchKey::And(ks) => has_modseq_key(ks),
+        _ => false,
+    })
+}
+
+fn valid_flag(f: &str) -> bool {
+    // RFC 9051 2.3.2: the system flags, or a keyword atom.
+    if let Some(sys) = f.strip_prefix('\\') {
+        return ["Answered", "Flagged", "Deleted", "Seen", "Draft"]
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(sys));
+    }
+    !f.is_empty()
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    fn check_set(&mut self, tag: &str, set: &SequenceSet, uid: bool) -> Option<Flow> {
+        let view = self.view.as_ref()?;
+        if !uid && view.seq_out_of_range(set) {
+            // RFC 9051 6.4.5: a message number that does not exist is an error.
+            return Some(self.bad(Some(tag), "invalid message sequence number"));
+        }
+        None
+    }
+
+    pub(crate) async fn fetch(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        set: SequenceSet,
+        mut items: Vec<FetchItem>,
+        modifiers: FetchModifiers,
+    ) -> Res {
+        if let Some(f) = self.check_set(tag, &set, uid) {
+            return Ok(f);
+        }
+        // RFC 9051 6.4.9: UID FETCH always reports UIDs.
+        if uid && !items.contains(&FetchItem::Uid) {
+            items.insert(0, FetchItem::Uid);
+        }
+        if modifiers.changed_since.is_some() || items.contains(&FetchItem::ModSeq) {
+            // RFC 7162 3.1: CONDSTORE-enabling; CHANGEDSINCE implies MODSEQ.
+            self.condstore = true;
+            if !items.contains(&FetchItem::ModSeq) {
+                items.push(FetchItem::ModSeq);
+            }
+        }
+        let store = self.server.store.clone();
+        let utf8 = self.utf8();
+        let Some(view) = self.view.as_mut() else {
+            return Ok(Flow::Continue);
+        };
+        let mailbox = view.mailbox;
+        let mut idx = view.resolve(&set, uid);
+        if let Some(since) = modifiers.changed_since {
+            idx.retain(|i| view.msgs[*i].modseq > since);
+            if modifiers.vanished {
+                // RFC 7162 3.2.6: expunged UIDs of the set, as VANISHED (EARLIER).
+                let max = view.uid_next.saturating_sub(1);
+                let gone: Vec<u32> = store
+                    .expunged_since(mailbox, ModSeq(since))
+                    .await?
+                    .into_iter()
+                    .map(|u| u.0)
+                    .filter(|u| set.contains(*u, max))
+                    .collect();
+                response::vanished(&mut self.out, &gone, true);
+            }
+        }
+        // Setting \Seen (a non-PEEK body fetch) happens first, so FLAGS shows it.
+        let mut seen_now: Vec<u32> = Vec::new();
+        if sets_seen(&items) && !view.read_only {
+            let unseen: Vec<Uid> = idx
+                .iter()
+                .map(|i| &view.msgs[*i])
+                .filter(|m| !m.flags.iter().any(|f| f == "\\Seen"))
+                .map(|m| Uid(m.uid))
+                .collect();
+            if !unseen.is_empty() {
+                let up = store
+                    .flags_update(mailbox, &unseen, FlagMode::Add, &["\\Seen".into()], None)
+                    .await?;
+                for (u, modseq, flags) in up.changed {
+                    if let Ok(i) = view.msgs.binary_search_by_key(&u.0, |m| m.uid) {
+                        view.msgs[i].modseq = modseq.0;
+                        view.msgs[i].flags = flags;
+                        seen_now.push(u.0);
+                    }
+                }
+            }
+        }
+        let needs_cache = items.iter().any(|i| {
+            matches!(
+                i,
+                FetchItem::Envelope | FetchItem::Body | FetchItem::BodyStructure
+            )
+        });
+        let content = needs_content(&items);
+        let mut with_flags = items.clone();
+        if !items.contains(&FetchItem::Flags) {
+            with_flags.push(FetchItem::Flags);
+        }
+        let empty = MessageCache::default();
+        let mut failed: Option<FetchError> = None;
+        for chunk in idx.chunks(FETCH_CHUNK) {
+            let (msgs, seqs): (Vec<_>, Vec<u32>) = {
+                let Some(view) = self.view.as_ref() else {
+                    break;
+                };
+                chunk
+                    .iter()
+                    .map(|i| (view.msgs[*i].clone(), *i as u32 + 1))
+                    .unzip()
+            };
+            let metas = if needs_cache {
+                let uids: Vec<Uid> = msgs.iter().map(|m| Uid(m.uid)).collect();
+                store.messages_by_uid(mailbox, &uids).await?
+            } else {
+                Vec::new()
+            };
+            let mut mi = 0;
+            for (m, seq) in msgs.iter().zip(seqs) {
+                let cache = if needs_cache {
+                    while mi < metas.len() && metas[mi].uid.0 < m.uid {
+                        mi += 1;
+                    }
+                    match metas.get(mi) {
+                        Some(meta) if meta.uid.0 == m.uid => &meta.cache,
+                        // Expunged by another session meanwhile: nothing to report.
+                        _ => continue,
+                    }
+                } else {
+                    &empty
+                };
+                let raw = if content {
+                    match store.message_content(mailbox, Uid(m.uid)).await? {
+                        Some(r) => Some(r),
+                        None => continue,
+                    }
+                } else {
+                    None
+                };
+                let meta = Meta {
+                    uid: m.uid,
+                    flags: &m.flags,
+                    recent: false,
+                    internal_date: m.internal_date,
+                    size: m.size,
+                    modseq: m.modseq,
+                    envelope: &cache.envelope,
+                    body: &cache.body,
+                };
+                let its_items = if seen_now.contains(&m.uid) {
+                    &with_flags
+                } else {
+                    &items
+                };
+                match fetch_line(seq, its_items, &meta, raw.as_deref(), utf8) {
+                    Ok(line) => self.out.extend_from_slice(&line),
+                    Err(e) => failed = Some(e),
+                }
+                self.maybe_flush().await.map_err(io_err)?;
+            }
+        }
+        match failed {
+            // RFC 3516 4.2: a content transfer encoding we cannot undo.
+            Some(FetchError::Binary(e)) => {
+                self.tagged(tag, Status::No, Some("UNKNOWN-CTE"), &e.to_string())
+            }
+            Some(e) => self.tagged(tag, Status::No, None, &e.to_string()),
+            None => self.tagged(tag, Status::Ok, None, "FETCH completed"),
+        }
+        Ok(Flow::Continue)
+    }
+
+    pub(crate) async fn store(&mut self, tag: &str, uid: bool, st: Store) -> Res {
+        if let Some(f) = self.check_set(tag, &st.set, uid) {
+            return Ok(f);
+        }
+        if let Some(bad) = st.flags.iter().find(|f| !valid_flag(f)) {
+            if !bad.eq_ignore_ascii_case("\\Recent") {
+                return Ok(self.bad(
+                    Some(tag),
+                    &format!("{bad} is not a flag that can be stored"),
+                ));
+            }
+        }
+        if st.unchanged_since.is_some() {
+            self.condstore = true;
+        }
+        let condstore = self.condstore;
+        let store = self.server.store.clone();
+        let Some(view) = self.view.as_mut() else {
+            return Ok(Flow::Continue);
+        };
+        if view.read_only {
+            self.tagged(
+                tag,
+                Status::No,
+                Some("READ-ONLY"),
+                "the mailbox is read-only",
+            );
+            return Ok(Flow::Continue);
+        }
+        let idx = view.resolve(&st.set, uid);
+        let uids: Vec<Uid> = idx.iter().map(|i| Uid(view.msgs[*i].uid)).collect();
+        let mode = match st.mode {
+            StoreMode::Replace => FlagMode::Replace,
+            StoreMode::Add => FlagMode::Add,
+            StoreMode::Remove => FlagMode::Remove,
+        };
+        let up = store
+            .flags_update(
+                view.mailbox,
+                &uids,
+                mode,
+                &st.flags,
+                st.unchanged_since.map(ModSeq),
+            )
+            .await?;
+        let mut changed = Vec::new();
+        for (u, modseq, flags) in up.changed {
+            if let Ok(i) = view.msgs.binary_search_by_key(&u.0, |m| m.uid) {
+                view.msgs[i].modseq = modseq.0;
+                view.msgs[i].flags = flags;
+                changed.push(i);
+            }
+        }
+        let modified: Vec<u32> = up.modified.iter().map(|u| u.0).collect();
+        let mut o = String::new();
+        for i in &idx {
+            let m = &view.msgs[*i];
+            if modified.contains(&m.uid) {
+                continue;
+            }
+            // .SILENT suppresses FLAGS; with CONDSTORE the new MODSEQ is still reported
+            // (RFC 7162 3.1.3).
+            if st.silent && !(condstore && changed.contains(i)) {
+                continue;
+            }
+            let mut parts = Vec::new();
+            if uid {
+                parts.push(format!("UID {}", m.uid));
+            }
+            if !st.silent {
+                parts.push(format!("FLAGS ({})", m.flags.join(" ")));
+            }
+            if condstore {
+                parts.push(format!("MODSEQ ({})", m.modseq));
+            }
+            o.push_str(&format!("* {} FETCH ({})\r\n", i + 1, parts.join(" ")));
+        }
+        self.out.extend_from_slice(o.as_bytes());
+        if !modified.is_empty() {
+            // RFC 7162 3.1.3: MODIFIED lists what UNCHANGEDSINCE left alone.
+            let view = self.view.as_ref();
+            let numbers: Vec<u32> = if uid {
+                modified
+            } else {
+                modified
+                    .iter()
+                    .filter_map(|u| view.and_then(|v| v.seq_of(*u)))
+                    .collect()
+            };
+            let set = sequence_set(&numbers).unwrap_or_default();
+            self.tagged(
+                tag,
+                Status::Ok,
+                Some(&format!("MODIFIED {set}")),
+                "conditional STORE failed for some",
+            );
+        } else {
+            self.tagged(tag, Status::Ok, None, "STORE completed");
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Evaluates a search program; the matching indexes into the view.
+    async fn run_search(
+        &mut self,
+        program: &SearchProgram,
+    ) -> Result<Result<Vec<usize>, String>, StoreError> {
+        if let Some(cs) = &program.charset {
+            if !matches!(cs.as_str(), "US-ASCII" | "UTF-8") {
+                return Ok(Err(cs.clone()));
+            }
+        }
+        let store = self.server.store.clone();
+        let Some(view) = self.view.as_ref() else {
+            return Ok(Ok(Vec::new()));
+        };
+        let deep = needs_message(&program.keys);
+        let cx = Context {
+            max_seq: view.msgs.len() as u32,
+            max_uid: view.max_uid(),
+            saved: &view.saved,
+            now: now_micros() / 1_000_000,
+        };
+        let mut out = Vec::new();
+        let parser = MessageParser::default();
+        for (i, m) in view.msgs.iter().enumerate() {
+            let raw = if deep {
+                match store.message_content(view.mailbox, Uid(m.uid)).await? {
+                    Some(r) => Some(r),
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            let parsed = raw.as_deref().and_then(|r| parser.parse(r));
+            let c = Candidate {
+                seq: i as u32 + 1,
+                uid: m.uid,
+                flags: &m.flags,
+                recent: false,
+                internal_date: m.internal_date,
+                size: m.size,
+                modseq: m.modseq,
+                message: parsed.as_ref(),
+            };
+            if matches_all(&program.keys, &c, &cx) {
+                out.push(i);
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    pub(crate) async fn search(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        returns: Option<SearchReturn>,
+        program: SearchProgram,
+    ) -> Res {
+        let hits = match self.run_search(&program).await? {
+            Ok(h) => h,
+            Err(cs) => {
+                self.tagged(
+                    tag,
+                    Status::No,
+                    Some("BADCHARSET (US-ASCII UTF-8)"),
+                    &format!("charset {cs} is not supported"),
+                );
+                return Ok(Flow::Continue);
+            }
+        };
+        let modseq_key = has_modseq_key(&program.keys);
+        if modseq_key {
+            self.condstore = true;
+        }
+        let rev2 = self.rev2;
+        let Some(view) = self.view.as_mut() else {
+            return Ok(Flow::Continue);
+        };
+        let numbers: Vec<u32> = hits
+            .iter()
+            .map(|i| {
+                if uid {
+                    view.msgs[*i].uid
+                } else {
+                    *i as u32 + 1
+                }
+            })
+            .collect();
+        let highest = modseq_key
+            .then(|| hits.iter().map(|i| view.msgs[*i].modseq).max())
+            .flatten();
+        match returns {
+            None if !rev2 => response::search_line(&mut self.out, &numbers, highest),
+            returns => {
+                let mut r = returns.unwrap_or_default();
+                // RFC 4731 3.1: RETURN () means ALL.
+                if !(r.min || r.max || r.all || r.count || r.save) {
+                    r.all = true;
+                }
+                if r.save {
+                    // RFC 5182 2.1: with only MIN and/or MAX, only those are saved.
+                    let uids: Vec<u32> = hits.iter().map(|i| view.msgs[*i].uid).collect();
+                    view.saved = if (r.min || r.max) && !r.all && !r.count {
+                        let mut s = Vec::new();
+                        if r.min {
+                            s.extend(uids.first());
+                        }
+                        if r.max {
+                            s.extend(uids.last());
+                        }
+                        s.dedup();
+                        s
+                    } else {
+                        uids
+                    };
+                }
+                let only_save = r.save && !(r.min || r.max || r.all || r.count);
+                if !only_save {
+                    response::esearch(
+                        &mut self.out,
+                        &response::ESearch {
+                            tag,
+                            uid,
+                            min: r.min.then(|| numbers.first().copied()).flatten(),
+                            max: r.max.then(|| numbers.last().copied()).flatten(),
+                            count: r.count.then_some(numbers.len()),
+                            all: r.all.then_some(numbers.as_slice()),
+                            modseq: highest,
+                        },
+                    );
+                }
+            }
+        }
+        self.tagged(tag, Status::Ok, None, "SEARCH completed");
+        Ok(Flow::Continue)
+    }
+
+    /// Loads and parses the raw messages of these view indexes (SORT, THREAD).
+    async fn load_raw(&self, hits: &[usize]) -> Result<Vec<(usize, Vec<u8>)>, StoreError> {
+        let Some(view) = self.view.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(hits.len());
+        for i in hits {
+            if let Some(r) = self
+                .server
+                .store
+                .message_content(view.mailbox, Uid(view.msgs[*i].uid))
+                .await?
+            {
+                out.push((*i, r));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn sort(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        keys: Vec<(bool, SortKey)>,
+        program: SearchProgram,
+    ) -> Res {
+        let hits = match self.run_search(&program).await? {
+            Ok(h) => h,
+            Err(cs) => {
+                self.tagged(
+                    tag,
+                    Status::No,
+                    Some("BADCHARSET (US-ASCII UTF-8)"),
+                    &format!("charset {cs} is not supported"),
+                );
+                return Ok(Flow::Continue);
+            }
+        };
+        let raws = self.load_raw(&hits).await?;
+        let Some(view) = self.view.as_ref() else {
+            return Ok(Flow::Continue);
+        };
+        let parser = MessageParser::default();
+        let parsed: Vec<_> = raws.iter().map(|(_, r)| parser.parse(r)).collect();
+        let items: Vec<sort::Item<'_>> = raws
+            .iter()
+            .zip(&parsed)
+            .map(|((i, _), p)| {
+                let m = &view.msgs[*i];
+                sort::Item {
+                    id: if uid { m.uid } else { *i as u32 + 1 },
+                    internal_date: m.internal_date,
+                    size: m.size,
+                    message: p.as_ref(),
+                }
+            })
+            .collect();
+        let order = sort::sort(&keys, &items);
+        let mut line = String::from("* SORT");
+        for n in order {
+            line.push_str(&format!(" {n}"));
+        }
+        line.push_str("\r\n");
+        self.out.extend_from_slice(line.as_bytes());
+        self.tagged(tag, Status::Ok, None, "SORT completed");
+        Ok(Flow::Continue)
+    }
+
+    pub(crate) async fn thread(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        algorithm: ThreadAlgorithm,
+        program: SearchProgram,
+    ) -> Res {
+        let hits = match self.run_search(&program).await? {
+            Ok(h) => h,
+            Err(cs) => {
+                self.tagged(
+                    tag,
+                    Status::No,
+                    Some("BADCHARSET (US-ASCII UTF-8)"),
+                    &format!("charset {cs} is not supported"),
+                );
+                return Ok(Flow::Continue);
+            }
+        };
+        let raws = self.load_raw(&hits).await?;
+        let Some(view) = self.view.as_ref() else {
+            return Ok(Flow::Continue);
+        };
+        let parser = MessageParser::default();
+        let parsed: Vec<_> = raws.iter().map(|(_, r)| parser.parse(r)).collect();
+        let items: Vec<sort::Item<'_>> = raws
+            .iter()
+            .zip(&parsed)
+            .map(|((i, _), p)| {
+                let m = &view.msgs[*i];
+                sort::Item {
+                    id: if uid { m.uid } else { *i as u32 + 1 },
+                    internal_date: m.internal_date,
+                    size: m.size,
+                    message: p.as_ref(),
+                }
+            })
+            .collect();
+        let threads = match algorithm {
+            ThreadAlgorithm::OrderedSubject => sort::ordered_subject(&items),
+            ThreadAlgorithm::References => sort::references(&items),
+        };
+        let line = format!("* THREAD {}\r\n", sort::thread_response(&threads));
+        self.out.extend_from_slice(line.as_bytes());
+        self.tagged(tag, Status::Ok, None, "THREAD completed");
+        Ok(Flow::Continue)
+    }
+
+    pub(crate) async fn copy(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        is_move: bool,
+        set: SequenceSet,
+        raw: &[u8],
+    ) -> Res {
+        if let Some(f) = self.check_set(tag, &set, uid) {
+            return Ok(f);
+        }
+        let name = match self.decode_name(raw) {
+            Ok(n) => n,
+            Err(e) => return Ok(self.bad(Some(tag), &e)),
+        };
+        let Some(dest) = self.find_mailbox(&name).await? else {
+            // RFC 9051 6.4.7: TRYCREATE tells the client it may create it.
+            self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
+            return Ok(Flow::Continue);
+        };
+        let report = self.report();
+        let store = self.server.store.clone();
+        let Some(view) = self.view.as_mut() else {
+            return Ok(Flow::Continue);
+        };
+        if is_move && view.read_only {
+            self.tagged(
+                tag,
+                Status::No,
+                Some("READ-ONLY"),
+                "the mailbox is read-only",
+            );
+            return Ok(Flow::Continue);
+        }
+        let uids: Vec<Uid> = view
+            .resolve(&set, uid)
+            .iter()
+            .map(|i| Uid(view.msgs[*i].uid))
+            .collect();
+        if uids.is_empty() {
+            self.tagged(
+                tag,
+                Status::Ok,
+                None,
+                if is_move {
+                    "MOVE completed"
+                } else {
+                    "COPY completed"
+                },
+            );
+            return Ok(Flow::Continue);
+        }
+        let pairs = store.copy(view.mailbox, &uids, dest.id, is_move).await?;
+        let src: Vec<u32> = pairs.iter().map(|(s, _)| s.0).collect();
+        let dst: Vec<u32> = pairs.iter().map(|(_, d)| d.0).collect();
+        // RFC 4315 3: COPYUID uidvalidity source-set dest-set, in the same order.
+        let code = match (sequence_set(&src), sequence_set(&dst)) {
+            (Some(s), Some(d)) => Some(format!("COPYUID {} {s} {d}", dest.uid_validity.0)),
+            _ => None,
+        };
+        if is_move {
+            // RFC 6851 3.3: COPYUID untagged, then the expunges, then the tagged OK.
+            if let Some(c) = &code {
+                response::status_line(&mut self.out, None, Status::Ok, Some(c), "moved");
+            }
+            view.remove(&src, report, &mut self.out);
+            self.tagged(tag, Status::Ok, None, "MOVE completed");
+        } else {
+            self.tagged(tag, Status::Ok, code.as_deref(), "COPY completed");
+        }
+        Ok(Flow::Continue)
+    }
+
+    pub(crate) async fn expunge(&mut self, tag: &str, uids: Option<SequenceSet>) -> Res {
+        let report = self.report();
+        let store = self.server.store.clone();
+        let Some(view) = self.view.as_mut() else {
+            return Ok(Flow::Continue);
+        };
+        if view.read_only {
+            self.tagged(
+                tag,
+                Status::No,
+                Some("READ-ONLY"),
+                "the mailbox is read-only",
+            );
+            return Ok(Flow::Continue);
+        }
+        let max = view.max_uid();
+        let doomed: Vec<Uid> = view
+            .msgs
+            .iter()
+            .filter(|m| m.flags.iter().any(|f| f == "\\Deleted"))
+            .filter(|m| match &uids {
+                // RFC 4315 2.1: UID EXPUNGE removes only these.
+                Some(SequenceSet::Saved) => view.saved.contains(&m.uid),
+                Some(set) => set.contains(m.uid, max),
+                None => true,
+            })
+            .map(|m| Uid(m.uid))
+            .collect();
+        let gone = if doomed.is_empty() {
+            Vec::new()
+        } else {
+            store.expunge(view.mailbox, &doomed).await?
+        };
+        let gone: Vec<u32> = gone.into_iter().map(|u| u.0).collect();
+        view.remove(&gone, report, &mut self.out);
+        self.tagged(tag, Status::Ok, None, "EXPUNGE completed");
+        Ok(Flow::Continue)
+    }
+
+    pub(crate) async fn append(
+        &mut self,
+        tag: &str,
+        raw: &[u8],
+        messages: Vec<AppendMessage>,
+    ) -> Res {
+        let name = match self.decode_name(raw) {
+            Ok(n) => n,
+            Err(e) => return Ok(self.bad(Some(tag), &e)),
+        };
+        let Some(mb) = self.find_mailbox(&name).await? else {
+            self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
+            return Ok(Flow::Continue);
+        };
+        let Some(user) = self.user.clone() else {
+            return Ok(Flow::Continue);
+        };
+        let mut total = 0u64;
+        let mut dates = Vec::with_capacity(messages.len());
+        for m in &messages {
+            if m.data.is_empty() {
+                return Ok(self.bad(Some(tag), "empty message"));
+            }
+            if !m.binary && m.data.contains(&0) {
+                // RFC 9051 4.3: NUL only in a literal8 (RFC 3516).
+                self.tagged(
+                    tag,
+                    Status::No,
+                    None,
+                    "the message contains NUL; send it as ~{n} (BINARY)",
+                );
+                return Ok(Flow::Continue);
+            }
+            if let Some(bad) = m
+                .flags
+                .iter()
+                .find(|f| !valid_flag(f) && !f.eq_ignore_ascii_case("\\Recent"))
+            {
+                return Ok(self.bad(
+                    Some(tag),
+                    &format!("{bad} is not a flag that can be stored"),
+                ));
+            }
+            let date = match &m.date {
+                Some(d) => match parse_date_time(d) {
+                    Some(t) => t,
+                    None => return Ok(self.bad(Some(tag), &format!("invalid date-time {d:?}"))),
+                },
+                None => now_micros() / 1_000_000,
+            };
+            dates.push(date);
+            total += m.data.len() as u64;
+        }
+        let store = self.server.store.clone();
+        if let Some(now) = store.user_get(&user.address.key()).await? {
+            if now.quota > 0 && now.used.saturating_add(total) > now.quota {
+                // RFC 9208 4.3.
+                self.tagged(tag, Status::No, Some("OVERQUOTA"), "the mailbox is full");
+                return Ok(Flow::Continue);
+            }
+        }
+        let mut new = Vec::with_capacity(messages.len());
+        for (m, date) in messages.into_iter().zip(dates) {
+            let blob = store.put_blob(&m.data).await?;
+            let blob_size = m.data.len() as u64;
+            let data = m.data;
+            let cache = tokio::task::spawn_blocking(move || parse_cache(&data))
+                .await
+                .map_err(|e| StoreError::Backend(format!("parse task: {e}")))?;
+            new.push(NewMessage {
+                account: user.id,
+                target: Target::Mailbox(mb.id),
+                blob_size,
+                blob,
+                prefix: Vec::new(),
+                flags: m
+                    .flags
+                    .into_iter()
+                    .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+                    .collect(),
+                internal_date: date,
+                cache,
+                queue_id: None,
+            });
+        }
+        let results = store.deliver(new).await?;
+        let mut uids = Vec::new();
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok(s) => uids.push(s.uid),
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = failure {
+            // MULTIAPPEND is all or nothing (RFC 3502 6.3.11): undo what was stored.
+            if !uids.is_empty() {
+                store.expunge(mb.id, &uids).await?;
+            }
+            return Err(e);
+        }
+        let set = sequence_set(&uids.iter().map(|u| u.0).collect::<Vec<_>>()).unwrap_or_default();
+        // RFC 4315 3: APPENDUID uidvalidity uid-set.
+        self.tagged(
+            tag,
+            Status::Ok,
+            Some(&format!("APPENDUID {} {set}", mb.uid_validity.0)),
+            "APPEND completed",
+        );
+        Ok(Flow::Continue)
+    }
+}

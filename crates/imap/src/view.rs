@@ -1,0 +1,221 @@
+//! A session's view of its selected mailbox: the message sequence numbers it has announced,
+//! and the changes it has not reported yet (RFC 9051 7.5.1, RFC 7162 3.2.10).
+//!
+//! Implementation notes:
+//! - The view is built from the store at SELECT and refreshed from
+//!   [`MailStore::changed_since`] and [`MailStore::expunged_since`] with the MODSEQ it last
+//!   synchronized to, so every change (SMTP delivery, another session, this one) is found the
+//!   same way, and nothing depends on change events arriving (they only wake IDLE).
+//! - A change the session made itself is already in the view with its MODSEQ and is not
+//!   reported twice.
+//! - Expunges are not applied while a FETCH, STORE or SEARCH is answered (RFC 9051 7.5.1): the
+//!   caller skips [`View::sync`] after those commands.
+
+use mailkeep_imap_proto::cursor::SequenceSet;
+use mailkeep_imap_proto::response::vanished;
+use mailkeep_store::{MailStore, MessageFlags, Result};
+use mailkeep_types::{MailboxId, ModSeq, Uid};
+
+/// One message as the session sees it.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    /// UID.
+    pub uid: u32,
+    /// MODSEQ the session last reported (or learned).
+    pub modseq: u64,
+    /// Flags and keywords.
+    pub flags: Vec<String>,
+    /// Internal date.
+    pub internal_date: i64,
+    /// RFC822.SIZE.
+    pub size: u64,
+}
+
+impl From<MessageFlags> for Msg {
+    fn from(m: MessageFlags) -> Msg {
+        Msg {
+            uid: m.uid.0,
+            modseq: m.modseq.0,
+            flags: m.flags,
+            internal_date: m.internal_date,
+            size: m.size,
+        }
+    }
+}
+
+/// What [`View::sync`] found.
+pub enum Synced {
+    /// The view is current (responses may have been written).
+    Ok,
+    /// The mailbox no longer exists.
+    Gone,
+}
+
+/// The selected mailbox.
+pub struct View {
+    /// Its id.
+    pub mailbox: MailboxId,
+    /// Its name, as the store spells it.
+    pub name: String,
+    /// EXAMINE.
+    pub read_only: bool,
+    /// UIDVALIDITY.
+    pub uid_validity: u32,
+    /// Messages in sequence order (ascending UID).
+    pub msgs: Vec<Msg>,
+    /// The highest MODSEQ the view has synchronized to.
+    pub known_modseq: u64,
+    /// UIDNEXT as last seen.
+    pub uid_next: u32,
+    /// The saved search result (RFC 5182 SEARCHRES), as UIDs.
+    pub saved: Vec<u32>,
+}
+
+/// How changes are written.
+#[derive(Clone, Copy)]
+pub struct Report {
+    /// CONDSTORE is on: FETCH responses carry MODSEQ.
+    pub condstore: bool,
+    /// QRESYNC is on: expunges are VANISHED, not EXPUNGE.
+    pub qresync: bool,
+}
+
+impl View {
+    /// The sequence number of a UID.
+    pub fn seq_of(&self, uid: u32) -> Option<u32> {
+        self.msgs
+            .binary_search_by_key(&uid, |m| m.uid)
+            .ok()
+            .map(|i| i as u32 + 1)
+    }
+
+    /// The largest UID (what `*` stands for in a UID set), 0 when empty.
+    pub fn max_uid(&self) -> u32 {
+        self.msgs.last().map(|m| m.uid).unwrap_or(0)
+    }
+
+    /// Indexes into `msgs` of a sequence set (`uid`: of UIDs); `$` is the saved result.
+    pub fn resolve(&self, set: &SequenceSet, uid: bool) -> Vec<usize> {
+        if let SequenceSet::Saved = set {
+            return self
+                .saved
+                .iter()
+                .filter_map(|u| self.seq_of(*u).map(|s| s as usize - 1))
+                .collect();
+        }
+        if uid {
+            let max = self.max_uid();
+            self.msgs
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| set.contains(m.uid, max))
+                .map(|(i, _)| i)
+                .collect()
+        } else {
+            let n = self.msgs.len() as u32;
+            (1..=n)
+                .filter(|s| set.contains(*s, n))
+                .map(|s| s as usize - 1)
+                .collect()
+        }
+    }
+
+    /// Whether a sequence set names a message number that does not exist (RFC 9051 6.4.5:
+    /// BAD for non-UID commands).
+    pub fn seq_out_of_range(&self, set: &SequenceSet) -> bool {
+        let n = self.msgs.len() as u32;
+        match set {
+            SequenceSet::Saved => false,
+            SequenceSet::Ranges(r) => r.iter().any(|(a, b)| {
+                use mailkeep_imap_proto::cursor::SeqNo;
+                let v = |s: &SeqNo| match s {
+                    SeqNo::Num(x) => *x,
+                    SeqNo::Star => n,
+                };
+                // `*` in an empty mailbox names nothing rather than something missing.
+                let explicit = |s: &SeqNo| matches!(s, SeqNo::Num(_));
+                (explicit(a) && v(a) > n) || (explicit(b) && v(b) > n)
+            }),
+        }
+    }
+
+    /// Removes expunged UIDs from the view, writing EXPUNGE (or VANISHED) responses.
+    pub fn remove(&mut self, uids: &[u32], report: Report, out: &mut Vec<u8>) {
+        let mut gone = Vec::new();
+        for uid in uids {
+            if let Some(seq) = self.seq_of(*uid) {
+                self.msgs.remove(seq as usize - 1);
+                if report.qresync {
+                    gone.push(*uid);
+                } else {
+                    // RFC 9051 7.5.1: each EXPUNGE renumbers the messages after it.
+                    out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
+                }
+            }
+        }
+        self.saved.retain(|u| !uids.contains(u));
+        vanished(out, &gone, false);
+    }
+
+    /// Brings the view up to date with the store, writing EXPUNGE/VANISHED, EXISTS and FETCH
+    /// FLAGS responses for what changed since the last sync.
+    pub async fn sync<M: MailStore + ?Sized>(
+        &mut self,
+        store: &M,
+        report: Report,
+        out: &mut Vec<u8>,
+    ) -> Result<Synced> {
+        let Some(mb) = store.mailbox_get(self.mailbox).await? else {
+            return Ok(Synced::Gone);
+        };
+        if mb.highest_modseq.0 == self.known_modseq && mb.uid_next.0 == self.uid_next {
+            return Ok(Synced::Ok);
+        }
+        let since = ModSeq(self.known_modseq);
+        let changed = store.changed_since(self.mailbox, since).await?;
+        let expunged: Vec<u32> = store
+            .expunged_since(self.mailbox, since)
+            .await?
+            .into_iter()
+            .map(|u: Uid| u.0)
+            .collect();
+        self.remove(&expunged, report, out);
+        let before = self.msgs.len();
+        for m in changed {
+            if expunged.contains(&m.uid.0) {
+                continue;
+            }
+            match self.msgs.binary_search_by_key(&m.uid.0, |x| x.uid) {
+                Ok(i) => {
+                    let v = &mut self.msgs[i];
+                    if m.modseq.0 > v.modseq {
+                        v.modseq = m.modseq.0;
+                        if v.flags != m.flags {
+                            v.flags = m.flags;
+                            let mut line = format!(
+                                "* {} FETCH (UID {} FLAGS ({})",
+                                i + 1,
+                                v.uid,
+                                v.flags.join(" ")
+                            );
+                            if report.condstore {
+                                line.push_str(&format!(" MODSEQ ({})", v.modseq));
+                            }
+                            line.push_str(")\r\n");
+                            out.extend_from_slice(line.as_bytes());
+                        }
+                    }
+                }
+                // New messages have higher UIDs than any in the view (UIDs only ascend).
+                Err(i) if i == self.msgs.len() => self.msgs.push(m.into()),
+                Err(i) => self.msgs.insert(i, m.into()),
+            }
+        }
+        if self.msgs.len() > before {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", self.msgs.len()).as_bytes());
+        }
+        self.known_modseq = mb.highest_modseq.0;
+        self.uid_next = mb.uid_next.0;
+        Ok(Synced::Ok)
+    }
+}
