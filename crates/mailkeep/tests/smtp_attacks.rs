@@ -47,7 +47,6 @@ async fn smtp_smuggling_sloppy_end_of_data_cannot_inject_a_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starttls_command_injection_is_discarded() {
-    use std::sync::Arc;
     let server = Server::start("");
     let mut c = Raw::connect(server.smtp).await;
     assert_eq!(code(&c.cmd("EHLO client.example").await), "250");
@@ -58,20 +57,7 @@ async fn starttls_command_injection_is_discarded() {
     assert!(r.starts_with("220"), "{r}");
     let Raw { r, w } = c;
     let stream = r.into_inner().reunite(w).expect("reunite");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(NoVerify))
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = rustls::pki_types::ServerName::try_from("mail.example.test").unwrap();
-    let mut tls = connector
-        .connect(name, stream)
-        .await
-        .expect("TLS handshake");
+    let mut tls = common::tls_connect(stream).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // If the injected MAIL had been kept, this MAIL would be "nested" (503).
     tls.write_all(b"EHLO client.example\r\n").await.unwrap();
@@ -102,43 +88,6 @@ async fn starttls_command_injection_is_discarded() {
         reply.starts_with("554"),
         "injected RCPT survived the handshake: {reply}"
     );
-}
-
-#[derive(Debug)]
-struct NoVerify;
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,372 @@
+//! IMAP against the real server: Python's imaplib and IMAPClient, IDLE fed by SMTP delivery,
+//! several sessions on one mailbox, and the attacks the issue names.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Raw, Server, DOMAIN, PASSWORD};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+fn have_python_module(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Interop peers are installed by .ci/run; locally a missing one is skipped, loudly.
+fn require_python(module: &str) -> bool {
+    if have_python_module(module) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "python3 with {module} must be installed in CI (see .ci/run)"
+    );
+    eprintln!("SKIPPED: python3 module {module} is not installed");
+    false
+}
+
+fn script(name: &str) -> String {
+    format!("{}/../../tests/python/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run_python(args: &[String]) {
+    let out = Command::new("python3")
+        .args(args)
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{} failed:\n{stdout}\n{}",
+        args[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{stdout}");
+}
+
+fn fast_failures() -> &'static str {
+    "failure_delay = \"50ms\"\nmax_failures = 3"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_imaplib() {
+    if !require_python("imaplib") {
+        return;
+    }
+    let server = Server::start(fast_failures());
+    let port = |p: &str| server.listeners[p].port().to_string();
+    run_python(&[
+        script("imap_imaplib.py"),
+        "127.0.0.1".into(),
+        port("imap"),
+        port("imaps"),
+        port("smtp"),
+        format!("alice@{DOMAIN}"),
+        PASSWORD.into(),
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_imapclient() {
+    if !require_python("imapclient") {
+        return;
+    }
+    let server = Server::start(fast_failures());
+    let port = |p: &str| server.listeners[p].port().to_string();
+    run_python(&[
+        script("imap_imapclient.py"),
+        "127.0.0.1".into(),
+        port("imap"),
+        port("smtp"),
+        format!("alice@{DOMAIN}"),
+        PASSWORD.into(),
+    ]);
+}
+
+/// A minimal line-level IMAP client for protocol and attack tests.
+struct Imap<S> {
+    s: BufReader<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Imap<S> {
+    async fn line(&mut self) -> String {
+        let mut l = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), self.s.read_line(&mut l))
+            .await
+            .expect("reply in time")
+            .expect("read");
+        assert!(n > 0, "connection closed");
+        l
+    }
+
+    async fn send(&mut self, data: &[u8]) {
+        self.s.get_mut().write_all(data).await.expect("write");
+        self.s.get_mut().flush().await.expect("flush");
+    }
+
+    /// Sends `tag line` and returns every line up to and including the tagged reply.
+    async fn cmd(&mut self, tag: &str, line: &str) -> Vec<String> {
+        self.send(format!("{tag} {line}\r\n").as_bytes()).await;
+        self.until_tagged(tag).await
+    }
+
+    async fn until_tagged(&mut self, tag: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let l = self.line().await;
+            let done = l.starts_with(&format!("{tag} "));
+            out.push(l);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    async fn closed(&mut self) -> bool {
+        let mut l = String::new();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), self.s.read_line(&mut l)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Imap<tokio::net::TcpStream> {
+    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut c = Imap {
+        s: BufReader::new(s),
+    };
+    let greeting = c.line().await;
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    c
+}
+
+async fn login(addr: SocketAddr, user: &str) -> Imap<tokio::net::TcpStream> {
+    let mut c = connect(addr).await;
+    let r = c
+        .cmd("L", &format!("LOGIN {user}@{DOMAIN} \"{PASSWORD}\""))
+        .await;
+    assert!(r.last().unwrap().starts_with("L OK"), "{r:?}");
+    c
+}
+
+fn last(r: &[String]) -> &str {
+    r.last().map(String::as_str).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_reports_smtp_delivery() {
+    let server = Server::start("");
+    let imap = server.listeners["imap"];
+    let mut c = login(imap, "alice").await;
+    assert!(last(&c.cmd("S", "SELECT INBOX").await).starts_with("S OK"));
+    c.send(b"I IDLE\r\n").await;
+    assert!(c.line().await.starts_with("+ "));
+    let mut smtp = Raw::connect(server.smtp).await;
+    smtp.cmd("EHLO client.example").await;
+    smtp.envelope("x@example.org", &["alice@example.test"])
+        .await;
+    smtp.send(b"DATA\r\n").await;
+    smtp.reply().await;
+    smtp.send(b"Subject: idle\r\n\r\nwake up\r\n.\r\n").await;
+    let reply = smtp.reply().await;
+    // Measured from the 250: the message is durable, then IMAP learns of it.
+    let t0 = Instant::now();
+    assert!(reply.starts_with("250"), "{reply}");
+    let l = c.line().await;
+    let waited = t0.elapsed();
+    assert_eq!(l, "* 1 EXISTS\r\n");
+    eprintln!("IDLE: EXISTS {} us after the SMTP 250", waited.as_micros());
+    c.send(b"DONE\r\n").await;
+    assert!(c
+        .until_tagged("I")
+        .await
+        .last()
+        .unwrap()
+        .starts_with("I OK"));
+    // Another session's flag change and expunge arrive in IDLE too.
+    let mut other = login(imap, "alice").await;
+    other.cmd("S", "SELECT INBOX").await;
+    c.send(b"J IDLE\r\n").await;
+    assert!(c.line().await.starts_with("+ "));
+    other.cmd("T", "STORE 1 +FLAGS (\\Deleted)").await;
+    let l = c.line().await;
+    assert!(l.starts_with("* 1 FETCH (UID 1 FLAGS (\\Deleted))"), "{l}");
+    other.cmd("U", "EXPUNGE").await;
+    assert_eq!(c.line().await, "* 1 EXPUNGE\r\n");
+    c.send(b"DONE\r\n").await;
+    assert!(c
+        .until_tagged("J")
+        .await
+        .last()
+        .unwrap()
+        .starts_with("J OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_literal_size_dos_is_refused_before_continuation() {
+    let server = Server::start("max_literal = \"1M\"");
+    let imap = server.listeners["imap"];
+    // Before login, a literal bigger than any credential is refused.
+    let mut c = connect(imap).await;
+    c.send(b"a LOGIN {100000}\r\n").await;
+    let l = c.line().await;
+    assert!(
+        l.starts_with("a NO [TOOBIG]"),
+        "no continuation for a huge login: {l}"
+    );
+    // The session goes on.
+    assert!(last(&c.cmd("b", "NOOP").await).starts_with("b OK"));
+    // After login, APPEND beyond APPENDLIMIT is refused before a byte is sent.
+    let mut c = login(imap, "alice").await;
+    c.send(b"a APPEND INBOX {4294967295}\r\n").await;
+    let l = c.line().await;
+    assert!(l.starts_with("a NO [TOOBIG]"), "{l}");
+    // A non-synchronizing literal over the limit is read and dropped, not stored.
+    let big = vec![b'x'; 2 << 20];
+    c.send(format!("b APPEND INBOX {{{}+}}\r\n", big.len()).as_bytes())
+        .await;
+    c.send(&big).await;
+    c.send(b"\r\n").await;
+    let r = c.until_tagged("b").await;
+    assert!(last(&r).starts_with("b NO [TOOBIG]"), "{r:?}");
+    let r = c.cmd("c", "STATUS INBOX (MESSAGES)").await;
+    assert!(r[0].contains("MESSAGES 0"), "{r:?}");
+    // A line longer than the limit is BAD, and the session goes on.
+    let long = format!("d NOOP {}\r\n", "x".repeat(100_000));
+    c.send(long.as_bytes()).await;
+    assert!(c.line().await.starts_with("d BAD"));
+    assert!(last(&c.cmd("e", "NOOP").await).starts_with("e OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_starttls_command_injection_is_discarded() {
+    let server = Server::start("");
+    let mut c = connect(server.listeners["imap"]).await;
+    // A LOGIN pipelined behind STARTTLS in plaintext must not run inside TLS.
+    c.send(format!("a STARTTLS\r\nb LOGIN alice@{DOMAIN} \"{PASSWORD}\"\r\n").as_bytes())
+        .await;
+    let l = c.line().await;
+    assert!(l.starts_with("a OK"), "{l}");
+    let stream = c.s.into_inner();
+    let tls = common::tls_connect(stream).await;
+    let mut t = Imap {
+        s: BufReader::new(tls),
+    };
+    let r = t.cmd("c", "CAPABILITY").await;
+    assert!(!r[0].contains("STARTTLS"), "STARTTLS offered twice: {r:?}");
+    assert!(
+        r.iter().all(|l| !l.starts_with("b ")),
+        "the injected LOGIN was answered: {r:?}"
+    );
+    let r = t.cmd("d", "SELECT INBOX").await;
+    assert!(last(&r).starts_with("d BAD"), "still not logged in: {r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_need_tls_when_configured_and_failures_slow_down() {
+    let server =
+        Server::start("plaintext = \"never\"\nfailure_delay = \"300ms\"\nmax_failures = 2");
+    let mut c = connect(server.listeners["imap"]).await;
+    let r = c.cmd("a", "CAPABILITY").await;
+    assert!(
+        r[0].contains("LOGINDISABLED") && !r[0].contains("AUTH=PLAIN"),
+        "{r:?}"
+    );
+    let r = c
+        .cmd("b", &format!("LOGIN alice@{DOMAIN} \"{PASSWORD}\""))
+        .await;
+    assert!(last(&r).starts_with("b NO [PRIVACYREQUIRED]"), "{r:?}");
+    // Over TLS: a wrong password waits, and the second failure closes the session.
+    c.cmd("c", "STARTTLS").await;
+    let mut t = Imap {
+        s: BufReader::new(common::tls_connect(c.s.into_inner()).await),
+    };
+    let t0 = Instant::now();
+    let r = t.cmd("d", &format!("LOGIN alice@{DOMAIN} wrong")).await;
+    assert!(last(&r).starts_with("d NO [AUTHENTICATIONFAILED]"), "{r:?}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "a failed login answers at once"
+    );
+    let r = t.cmd("e", &format!("LOGIN nobody@{DOMAIN} wrong")).await;
+    assert!(last(&r).starts_with("e NO"), "{r:?}");
+    assert!(t.closed().await, "closed after max_failures");
+    // Failed logins are in the delivery log.
+    let out = server.log_search_until(&["--ip", "127.0.0.1", "--json"], "imap.login");
+    assert!(out.contains("rejected"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commands_get_bad_and_the_session_goes_on() {
+    let server = Server::start("");
+    let mut c = login(server.listeners["imap"], "alice").await;
+    for (tag, line, want) in [
+        ("a", "FROBNICATE", "a BAD"),
+        ("b", "FETCH 1 (FLAGS)", "b BAD"),
+        ("c", "SELECT", "c BAD"),
+        ("d", "SELECT \"unterminated", "d BAD"),
+        ("e", "SEARCH CHARSET KOI8-R ALL", "e BAD"),
+        ("f", "SELECT Nope", "f NO [NONEXISTENT]"),
+        ("g", "LIST \"\" \"\"", "g OK"),
+        ("h", "CREATE \"a//b\"", "h NO"),
+        ("i", "SELECT INBOX", "i OK"),
+        ("j", "FETCH 5 (FLAGS)", "j BAD"),
+        ("k", "SEARCH CHARSET KOI8-R ALL", "k NO [BADCHARSET"),
+        ("l", "STORE 1:* +FLAGS (\\Bogus)", "l BAD"),
+        ("m", "NOOP", "m OK"),
+    ] {
+        let r = c.cmd(tag, line).await;
+        assert!(last(&r).starts_with(want), "{line}: {r:?}");
+    }
+    // Control characters in a client's tag or text cannot inject a response line.
+    c.send(b"n\x01x NOOP\r\n").await;
+    let l = c.line().await;
+    assert!(l.starts_with("* BAD") || l.starts_with("n"), "{l:?}");
+    assert!(last(&c.cmd("o", "NOOP").await).starts_with("o OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uids_and_uidvalidity_survive_a_restart() {
+    let mut server = Server::start("");
+    let mut c = login(server.listeners["imap"], "alice").await;
+    for i in 0..3 {
+        let msg = format!("Subject: {i}\r\n\r\nbody\r\n");
+        c.send(format!("a{i} APPEND INBOX {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes())
+            .await;
+        let r = c.until_tagged(&format!("a{i}")).await;
+        assert!(last(&r).contains("APPENDUID"), "{r:?}");
+    }
+    let before = c.cmd("s", "SELECT INBOX").await;
+    c.cmd("e", "STORE 2 +FLAGS (\\Deleted)").await;
+    c.cmd("x", "EXPUNGE").await;
+    drop(c);
+    server.restart();
+    let mut c = login(server.listeners["imap"], "alice").await;
+    let after = c.cmd("s", "SELECT INBOX").await;
+    let uidvalidity = |r: &[String]| {
+        r.iter()
+            .find(|l| l.contains("UIDVALIDITY"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(uidvalidity(&before), uidvalidity(&after));
+    assert!(after.iter().any(|l| l.contains("[UIDNEXT 4]")), "{after:?}");
+    let r = c.cmd("f", "UID FETCH 1:* (UID)").await;
+    assert!(r[0].contains("UID 1") && r[1].contains("UID 3"), "{r:?}");
+    // A new message never reuses the expunged UID 2.
+    let msg = "Subject: new\r\n\r\nbody\r\n";
+    c.send(format!("n APPEND INBOX {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes())
+        .await;
+    let r = c.until_tagged("n").await;
+    assert!(
+        last(&r).contains("APPENDUID") && last(&r).contains(" 4]"),
+        "{r:?}"
+    );
+}
