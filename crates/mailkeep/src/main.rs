@@ -56,6 +56,12 @@ enum Command {
         /// The IMAP implicit-TLS listener address ("none" for no listener).
         #[arg(long, default_value = "0.0.0.0:993")]
         imaps_listen: String,
+        /// The POP3 (STLS) listener address ("none" for no listener).
+        #[arg(long, default_value = "0.0.0.0:110")]
+        pop3_listen: String,
+        /// The POP3 implicit-TLS listener address ("none" for no listener).
+        #[arg(long, default_value = "0.0.0.0:995")]
+        pop3s_listen: String,
         /// The system user `serve` switches to after binding its ports; the data directory is
         /// given to that user (needs root).
         #[arg(long)]
@@ -135,6 +141,8 @@ fn run() -> Result<()> {
             smtp_listen,
             imap_listen,
             imaps_listen,
+            pop3_listen,
+            pop3s_listen,
             user,
         } => init::run(init::InitOptions {
             hostname,
@@ -145,6 +153,8 @@ fn run() -> Result<()> {
                 ("smtp", smtp_listen),
                 ("imap", imap_listen),
                 ("imaps", imaps_listen),
+                ("pop3", pop3_listen),
+                ("pop3s", pop3s_listen),
             ]
             .into_iter()
             .filter(|(_, a)| a != "none")

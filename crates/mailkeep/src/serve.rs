@@ -11,6 +11,7 @@ use mailkeep_config::{parse_listen_arg, Config, Listener, Protocol};
 use mailkeep_delivery::{now_micros, Delivery};
 use mailkeep_imap::ImapServer;
 use mailkeep_net::{load_tls, shutdown_pair, ConnLimiter, ReverseDns};
+use mailkeep_pop3::Pop3Server;
 use mailkeep_smtp::SmtpServer;
 use mailkeep_store::{SharedStore, StoreError};
 use mailkeep_store_sqlite::SqliteStore;
@@ -120,6 +121,20 @@ fn imap_server(
     }
 }
 
+fn pop3_server(
+    config: &Config,
+    store: SharedStore,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Pop3Server {
+    Pop3Server {
+        hostname: config.hostname.clone(),
+        store,
+        tls,
+        pop3: config.pop3.clone(),
+        auth: config.auth.clone(),
+    }
+}
+
 pub fn open_store(config: &Config) -> Result<SharedStore> {
     let store = SqliteStore::open(&config.store.path)
         .with_context(|| format!("open store {}", config.store.path.display()))?;
@@ -175,6 +190,7 @@ async fn serve_config(
         }
     }
     let imap = Arc::new(imap_server(&config, store.clone(), tls.clone()));
+    let pop3 = Arc::new(pop3_server(&config, store.clone(), tls.clone()));
     let server = Arc::new(smtp_server(&config, delivery.clone(), tls)?);
     let (trigger, shutdown) = shutdown_pair();
     let limiter = ConnLimiter::new(
@@ -196,6 +212,7 @@ async fn serve_config(
 
     let (server_tx, _) = tokio::sync::watch::channel(server.clone());
     let (imap_tx, _) = tokio::sync::watch::channel(imap);
+    let (pop3_tx, _) = tokio::sync::watch::channel(pop3);
     let imap_limiter = ConnLimiter::new(
         config.imap.max_connections,
         config.imap.max_connections_per_ip,
@@ -219,6 +236,17 @@ async fn serve_config(
                     listener,
                     imap_tx.subscribe(),
                     protocol == Protocol::Imaps,
+                    imap_limiter.clone(),
+                    shutdown.clone(),
+                    grace,
+                ));
+            }
+            Protocol::Pop3 | Protocol::Pop3s => {
+                // POP3 shares IMAP's connection limits: both are mail-reading clients.
+                tasks.spawn(mailkeep_pop3::serve(
+                    listener,
+                    pop3_tx.subscribe(),
+                    protocol == Protocol::Pop3s,
                     imap_limiter.clone(),
                     shutdown.clone(),
                     grace,
@@ -270,11 +298,13 @@ async fn serve_config(
                 match load_config(path, &run).and_then(|c| {
                     let tls = load_tls_config(&c)?;
                     let i = imap_server(&c, store.clone(), tls.clone());
+                    let p = pop3_server(&c, store.clone(), tls.clone());
                     let s = smtp_server(&c, delivery.clone(), tls)?;
-                    Ok((c, s, i))
+                    Ok((c, s, i, p))
                 }) {
-                    Ok((c, s, i)) => {
+                    Ok((c, s, i, p)) => {
                         let _ = imap_tx.send(Arc::new(i));
+                        let _ = pop3_tx.send(Arc::new(p));
                         if c.listeners != config.listeners {
                             tracing::warn!("SIGHUP: listener changes take effect after a restart");
                         }
@@ -343,8 +373,12 @@ pub fn demo(data: Option<PathBuf>, run: RunArgs) -> Result<()> {
     if !config_path.exists() {
         std::fs::create_dir_all(&dir)?;
         crate::init::self_signed(&dir.join("tls"), hostname)?;
-        let listeners = [("smtp", "127.0.0.1:2525"), ("imap", "127.0.0.1:1143")]
-            .map(|(p, a)| (p.to_string(), a.to_string()));
+        let listeners = [
+            ("smtp", "127.0.0.1:2525"),
+            ("imap", "127.0.0.1:1143"),
+            ("pop3", "127.0.0.1:1110"),
+        ]
+        .map(|(p, a)| (p.to_string(), a.to_string()));
         let text = crate::init::config_text(hostname, &domain, &listeners)
             .replace("reverse_dns = true", "reverse_dns = false");
         std::fs::write(&config_path, text)?;

@@ -68,6 +68,10 @@ pub fn init_dir(extra_config: &str) -> (tempfile::TempDir, PathBuf) {
             "127.0.0.1:0",
             "--imaps-listen",
             "127.0.0.1:0",
+            "--pop3-listen",
+            "127.0.0.1:0",
+            "--pop3s-listen",
+            "127.0.0.1:0",
             "--data",
         ])
         .arg(dir.path())
