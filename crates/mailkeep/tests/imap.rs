@@ -89,6 +89,25 @@ async fn python_imapclient() {
     ]);
 }
 
+/// Several clients change one mailbox while SMTP delivers to it: all end with the same view
+/// and no UID ever names two messages (tests/python/imap_concurrency.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_agree() {
+    if !require_python("imaplib") {
+        return;
+    }
+    let server = Server::start("");
+    let port = |p: &str| server.listeners[p].port().to_string();
+    run_python(&[
+        script("imap_concurrency.py"),
+        "127.0.0.1".into(),
+        port("imap"),
+        port("smtp"),
+        format!("alice@{DOMAIN}"),
+        PASSWORD.into(),
+    ]);
+}
+
 /// A minimal line-level IMAP client for protocol and attack tests.
 struct Imap<S> {
     s: BufReader<S>,
