@@ -19,7 +19,7 @@ pub fn parse_cache(raw: &[u8]) -> MessageCache {
     let parsed = std::panic::catch_unwind(|| {
         MessageParser::default().parse(raw).map(|msg| MessageCache {
             envelope: envelope(&msg),
-            body: structure(&msg, 0, 0),
+            body: structure(&msg, 0, 0, raw),
             message_id: msg.message_id().map(|s| s.to_string()),
             header_size,
         })
@@ -132,11 +132,13 @@ fn envelope(msg: &Message<'_>) -> Envelope {
     }
 }
 
-fn structure(msg: &Message<'_>, id: u32, depth: usize) -> BodyStructure {
+/// `raw` is the whole message: mail-parser gives every part's offsets into it, those of parts
+/// inside an attached message/rfc822 too.
+fn structure(msg: &Message<'_>, id: u32, depth: usize, raw: &[u8]) -> BodyStructure {
     let Some(part) = msg.part(id) else {
         return BodyStructure::default();
     };
-    let mut b = describe(msg, part);
+    let mut b = describe(raw, part);
     if depth >= MAX_DEPTH {
         return b;
     }
@@ -144,51 +146,91 @@ fn structure(msg: &Message<'_>, id: u32, depth: usize) -> BodyStructure {
         PartType::Multipart(children) => {
             b.parts = children
                 .iter()
-                .map(|c| structure(msg, *c, depth + 1))
+                .map(|c| structure(msg, *c, depth + 1, raw))
                 .collect();
+            if b.parts.is_empty() {
+                // RFC 9051 9: a multipart has at least one part; as Dovecot does, an empty
+                // one is shown with an empty text/plain part.
+                b.parts.push(BodyStructure {
+                    media_type: "text".into(),
+                    subtype: "plain".into(),
+                    params: vec![("charset".into(), "us-ascii".into())],
+                    encoding: "7BIT".into(),
+                    body_offset: b.body_offset,
+                    header_offset: b.body_offset,
+                    ..Default::default()
+                });
+            }
         }
         PartType::Message(inner) => {
             b.envelope = Some(Box::new(envelope(inner)));
-            b.parts = vec![structure(inner, 0, depth + 1)];
+            b.parts = vec![structure(inner, 0, depth + 1, raw)];
         }
         _ => {}
     }
     b
 }
 
-fn describe(msg: &Message<'_>, part: &MessagePart<'_>) -> BodyStructure {
-    let (media_type, subtype, params) = match part.content_type() {
+/// Parameters as IMAP shows them: mail-parser decodes RFC 2231 and RFC 2047 values, but
+/// BODYSTRUCTURE carries them as written (RFC 9051 7.5.2, as Dovecot and Cyrus do), so a
+/// value that is not plain ASCII goes back to the RFC 2231 form `name*=utf-8''%XX`.
+fn imap_params<'a>(attrs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(String, String)> {
+    attrs
+        .map(|(name, value)| {
+            if value.is_ascii() && !value.chars().any(|c| c.is_ascii_control()) {
+                (name.to_string(), value.to_string())
+            } else {
+                let mut enc = String::from("utf-8''");
+                for b in value.bytes() {
+                    if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+                        enc.push(b as char);
+                    } else {
+                        enc.push_str(&format!("%{b:02X}"));
+                    }
+                }
+                (format!("{name}*"), enc)
+            }
+        })
+        .collect()
+}
+
+fn describe(raw: &[u8], part: &MessagePart<'_>) -> BodyStructure {
+    let (media_type, subtype, mut params) = match part.content_type() {
         Some(ct) => (
             ct.ctype().to_ascii_lowercase(),
             ct.subtype()
                 .map(|s| s.to_ascii_lowercase())
                 .unwrap_or_else(|| "plain".into()),
-            ct.attributes()
-                .unwrap_or_default()
-                .iter()
-                .map(|a| (a.name.to_string(), a.value.to_string()))
-                .collect(),
+            imap_params(
+                ct.attributes()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|a| (a.name.as_ref(), a.value.as_ref())),
+            ),
         ),
         // RFC 2045 5.2: the default is text/plain; charset=us-ascii.
         None => match &part.body {
             PartType::Multipart(_) => ("multipart".into(), "mixed".into(), vec![]),
             PartType::Message(_) => ("message".into(), "rfc822".into(), vec![]),
-            _ => (
-                "text".into(),
-                "plain".into(),
-                vec![("charset".into(), "us-ascii".into())],
-            ),
+            _ => ("text".into(), "plain".into(), vec![]),
         },
     };
-    let raw = msg.raw_message();
+    // RFC 2045 5.2 / RFC 2046 4.1.2: text without a charset is US-ASCII; shown, as Dovecot
+    // does, so clients need not know the default.
+    if media_type == "text"
+        && !params
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("charset"))
+    {
+        params.insert(0, ("charset".into(), "us-ascii".into()));
+    }
     let start = part.raw_body_offset() as usize;
     let end = (part.raw_end_offset() as usize).min(raw.len());
     let body = raw.get(start..end).unwrap_or_default();
     let lines = if media_type == "text" || (media_type == "message" && subtype == "rfc822") {
-        // A last line without its line break (the CRLF before a boundary belongs to the
-        // boundary, RFC 2046 5.1.1) still counts as a line.
-        let lf = body.iter().filter(|b| **b == b'\n').count() as u64;
-        lf + u64::from(!body.is_empty() && !body.ends_with(b"\n"))
+        // Line ends in the body, as Dovecot counts them; the CRLF before a boundary belongs
+        // to the boundary (RFC 2046 5.1.1), not to the part.
+        body.iter().filter(|b| **b == b'\n').count() as u64
     } else {
         0
     };
@@ -196,25 +238,25 @@ fn describe(msg: &Message<'_>, part: &MessagePart<'_>) -> BodyStructure {
         media_type,
         subtype,
         params,
-        id: part.content_id().map(String::from),
-        description: part.content_description().map(String::from),
+        // RFC 9051 7.5.2: Content-ID and Content-Description as written (not decoded).
+        id: raw_value(raw, part, "Content-ID"),
+        description: raw_value(raw, part, "Content-Description"),
         encoding: part
             .content_transfer_encoding()
             .map(|e| e.to_ascii_uppercase())
             .unwrap_or_else(|| "7BIT".into()),
         size: body.len() as u64,
         lines,
-        md5: part
-            .header_raw_value("Content-MD5")
-            .map(|s| s.trim().to_string()),
+        md5: raw_value(raw, part, "Content-MD5"),
         disposition: part.content_disposition().map(|d| {
             (
                 d.ctype().to_ascii_lowercase(),
-                d.attributes()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|a| (a.name.to_string(), a.value.to_string()))
-                    .collect(),
+                imap_params(
+                    d.attributes()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|a| (a.name.as_ref(), a.value.as_ref())),
+                ),
             )
         }),
         language: match part.content_language() {
@@ -230,17 +272,17 @@ fn describe(msg: &Message<'_>, part: &MessagePart<'_>) -> BodyStructure {
     }
 }
 
-trait RawValue {
-    fn header_raw_value(&self, name: &str) -> Option<&str>;
-}
-
-impl RawValue for MessagePart<'_> {
-    fn header_raw_value(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|h| h.name.as_str().eq_ignore_ascii_case(name))
-            .and_then(|h| h.value.as_text())
-    }
+/// A header's value exactly as written (unfolded and trimmed), not as mail-parser decoded it.
+fn raw_value(raw: &[u8], part: &MessagePart<'_>, name: &str) -> Option<String> {
+    let h = part
+        .headers
+        .iter()
+        .find(|h| h.name.as_str().eq_ignore_ascii_case(name))?;
+    let v = raw.get(h.offset_start as usize..h.offset_end as usize)?;
+    let text = String::from_utf8_lossy(v);
+    let unfolded: String = text.replace("\r\n", "").replace('\n', "");
+    let t = unfolded.trim();
+    (!t.is_empty()).then(|| t.to_string())
 }
 
 #[cfg(test)]
@@ -281,7 +323,8 @@ AAAA\r\n\
         assert_eq!(c.envelope.to[1].mailbox.as_deref(), Some("Team"));
         assert_eq!(c.body.media_type, "multipart");
         assert_eq!(c.body.parts.len(), 2);
-        assert_eq!(c.body.parts[0].lines, 2);
+        // "line one\r\nline two": the CRLF before the boundary belongs to the boundary.
+        assert_eq!(c.body.parts[0].lines, 1);
         assert_eq!(c.body.parts[0].language, vec!["de".to_string()]);
         assert_eq!(c.body.parts[1].encoding, "BASE64");
         assert_eq!(
