@@ -67,6 +67,10 @@ fn world() -> &'static World {
                 tls: None,
                 imap: config.imap.clone(),
                 auth: config.auth.clone(),
+                logins: Arc::new(mailkeep_store::directory::Authenticator::new(
+                    1,
+                    Duration::from_secs(60),
+                )),
             })
         });
         World { rt, server, _dir: dir }

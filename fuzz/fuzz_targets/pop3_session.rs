@@ -42,6 +42,10 @@ fn world() -> &'static World {
                 tls: None,
                 pop3: config.pop3.clone(),
                 auth: config.auth.clone(),
+                logins: Arc::new(mailkeep_store::directory::Authenticator::new(
+                    1,
+                    Duration::from_secs(60),
+                )),
             })
         });
         World { rt, server, _dir: dir }

@@ -115,6 +115,7 @@ impl Delivery {
                 blob: blob.clone(),
                 blob_size: msg.data.len() as u64,
                 prefix: prefix.into_bytes(),
+                headers: msg.data[..(cache.header_size as usize).min(msg.data.len())].to_vec(),
                 flags: vec![],
                 internal_date,
                 cache: cache.clone(),

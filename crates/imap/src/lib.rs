@@ -42,6 +42,8 @@ pub struct ImapServer {
     pub imap: ImapConfig,
     /// Login policy.
     pub auth: AuthConfig,
+    /// Password checks, shared by every listener (bounded, with a login cache).
+    pub logins: Arc<mailkeep_store::directory::Authenticator>,
 }
 
 /// Accepts IMAP connections until shutdown. `implicit_tls`: port 993, TLS before the greeting

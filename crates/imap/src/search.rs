@@ -62,6 +62,20 @@ pub fn needs_message(keys: &[SearchKey]) -> bool {
     })
 }
 
+/// Whether any criterion looks at the body (BODY, TEXT); otherwise the header section is
+/// enough for [`needs_message`] criteria.
+pub fn needs_body(keys: &[SearchKey]) -> bool {
+    keys.iter().any(|k| match k {
+        SearchKey::Body(_) | SearchKey::Text(_) => true,
+        SearchKey::Not(k) => needs_body(std::slice::from_ref(k)),
+        SearchKey::Or(a, b) => {
+            needs_body(std::slice::from_ref(a)) || needs_body(std::slice::from_ref(b))
+        }
+        SearchKey::And(ks) => needs_body(ks),
+        _ => false,
+    })
+}
+
 /// True when the message matches every key.
 pub fn matches_all(keys: &[SearchKey], c: &Candidate<'_>, cx: &Context<'_>) -> bool {
     keys.iter().all(|k| matches(k, c, cx))

@@ -23,13 +23,20 @@ use mailkeep_types::{ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::fetch::{fetch_line, needs_content, sets_seen, FetchError, Meta};
-use crate::search::{matches_all, needs_message, Candidate, Context};
+use crate::search::{matches_all, needs_body, needs_message, Candidate, Context};
 use crate::session::{io_err, now_micros, Flow, Res, Session};
 use crate::sort;
 use crate::util::parse_date_time;
+use crate::view::Msg;
 
 /// Messages whose structure is read from the store at once during FETCH.
 const FETCH_CHUNK: usize = 500;
+/// Messages read at once for FETCH of content (bounded in bytes too, see FETCH_CHUNK_BYTES).
+const CONTENT_CHUNK: usize = 100;
+/// Bytes of content read at once for FETCH.
+const FETCH_CHUNK_BYTES: u64 = 8 << 20;
+/// Messages loaded and evaluated per search task.
+const SEARCH_CHUNK: usize = 500;
 
 fn has_modseq_key(keys: &[SearchKey]) -> bool {
     keys.iter().any(|k| match k {
@@ -142,7 +149,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let empty = MessageCache::default();
         let mut failed: Option<FetchError> = None;
-        for chunk in idx.chunks(FETCH_CHUNK) {
+        // Groups of messages read together: bounded in count, and in bytes when content is
+        // read, so memory stays bounded whatever the set.
+        let mut groups: Vec<&[usize]> = Vec::new();
+        if let Some(view) = self.view.as_ref() {
+            let mut start = 0;
+            let mut bytes = 0u64;
+            for (k, i) in idx.iter().enumerate() {
+                let limit = if content { CONTENT_CHUNK } else { FETCH_CHUNK };
+                if k > start && (k - start >= limit || (content && bytes >= FETCH_CHUNK_BYTES)) {
+                    groups.push(&idx[start..k]);
+                    start = k;
+                    bytes = 0;
+                }
+                bytes += view.msgs[*i].size;
+            }
+            if start < idx.len() {
+                groups.push(&idx[start..]);
+            }
+        }
+        for chunk in groups {
             let (msgs, seqs): (Vec<_>, Vec<u32>) = {
                 let Some(view) = self.view.as_ref() else {
                     break;
@@ -158,6 +184,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             } else {
                 Vec::new()
             };
+            let mut contents = if content {
+                let uids: Vec<Uid> = msgs.iter().map(|m| Uid(m.uid)).collect();
+                store.message_contents(mailbox, &uids).await?
+            } else {
+                Vec::new()
+            }
+            .into_iter()
+            .peekable();
             let mut mi = 0;
             for (m, seq) in msgs.iter().zip(seqs) {
                 let cache = if needs_cache {
@@ -173,8 +207,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     &empty
                 };
                 let raw = if content {
-                    match store.message_content(mailbox, Uid(m.uid)).await? {
-                        Some(r) => Some(r),
+                    while contents.peek().is_some_and(|(u, _)| u.0 < m.uid) {
+                        contents.next();
+                    }
+                    match contents.next_if(|(u, _)| u.0 == m.uid) {
+                        Some((_, r)) => Some(r),
+                        // Expunged by another session meanwhile.
                         None => continue,
                     }
                 } else {
@@ -315,7 +353,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(Flow::Continue)
     }
 
-    /// Evaluates a search program; the matching indexes into the view.
+    /// Evaluates a search program; the matching indexes into the view. Criteria on flags,
+    /// dates and sizes use the view; header criteria read only the stored header sections;
+    /// BODY and TEXT read the content. Messages are loaded in chunks and evaluated on the
+    /// blocking pool, a few chunks at a time, so a search uses every core.
     async fn run_search(
         &mut self,
         program: &SearchProgram,
@@ -330,39 +371,105 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(Ok(Vec::new()));
         };
         let deep = needs_message(&program.keys);
-        let cx = Context {
-            max_seq: view.msgs.len() as u32,
-            max_uid: view.max_uid(),
-            saved: &view.saved,
-            now: now_micros() / 1_000_000,
-        };
-        let mut out = Vec::new();
-        let parser = MessageParser::default();
-        for (i, m) in view.msgs.iter().enumerate() {
-            let raw = if deep {
-                match store.message_content(view.mailbox, Uid(m.uid)).await? {
-                    Some(r) => Some(r),
-                    None => continue,
+        let body = needs_body(&program.keys);
+        let now = now_micros() / 1_000_000;
+        let (max_seq, max_uid) = (view.msgs.len() as u32, view.max_uid());
+        if !deep {
+            let cx = Context {
+                max_seq,
+                max_uid,
+                saved: &view.saved,
+                now,
+            };
+            let hits = view
+                .msgs
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| {
+                    let c = Candidate {
+                        seq: *i as u32 + 1,
+                        uid: m.uid,
+                        flags: &m.flags,
+                        recent: false,
+                        internal_date: m.internal_date,
+                        size: m.size,
+                        modseq: m.modseq,
+                        message: None,
+                    };
+                    matches_all(&program.keys, &c, &cx)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            return Ok(Ok(hits));
+        }
+        let keys = std::sync::Arc::new(program.keys.clone());
+        let saved = std::sync::Arc::new(view.saved.clone());
+        let mailbox = view.mailbox;
+        let parallel = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut hits = Vec::new();
+        for (c, chunk) in view.msgs.chunks(SEARCH_CHUNK).enumerate() {
+            let first = c * SEARCH_CHUNK;
+            let msgs: Vec<Msg> = chunk.to_vec();
+            let (store, keys, saved) = (store.clone(), keys.clone(), saved.clone());
+            tasks.spawn(async move {
+                let uids: Vec<Uid> = msgs.iter().map(|m| Uid(m.uid)).collect();
+                let data = if body {
+                    store.message_contents(mailbox, &uids).await?
+                } else {
+                    store.message_headers(mailbox, &uids).await?
+                };
+                let found = tokio::task::spawn_blocking(move || {
+                    let cx = Context {
+                        max_seq,
+                        max_uid,
+                        saved: &saved,
+                        now,
+                    };
+                    let parser = MessageParser::default();
+                    let mut found = Vec::new();
+                    let mut di = 0;
+                    for (k, m) in msgs.iter().enumerate() {
+                        while di < data.len() && data[di].0 .0 < m.uid {
+                            di += 1;
+                        }
+                        let Some((_, raw)) = data.get(di).filter(|d| d.0 .0 == m.uid) else {
+                            continue;
+                        };
+                        let parsed = parser.parse(raw.as_slice());
+                        let c = Candidate {
+                            seq: (first + k) as u32 + 1,
+                            uid: m.uid,
+                            flags: &m.flags,
+                            recent: false,
+                            internal_date: m.internal_date,
+                            size: m.size,
+                            modseq: m.modseq,
+                            message: parsed.as_ref(),
+                        };
+                        if matches_all(&keys, &c, &cx) {
+                            found.push(first + k);
+                        }
+                    }
+                    found
+                })
+                .await
+                .map_err(|e| StoreError::Backend(format!("search task: {e}")))?;
+                Ok::<_, StoreError>(found)
+            });
+            while tasks.len() >= parallel {
+                if let Some(r) = tasks.join_next().await {
+                    hits.extend(r.map_err(|e| StoreError::Backend(format!("search task: {e}")))??);
                 }
-            } else {
-                None
-            };
-            let parsed = raw.as_deref().and_then(|r| parser.parse(r));
-            let c = Candidate {
-                seq: i as u32 + 1,
-                uid: m.uid,
-                flags: &m.flags,
-                recent: false,
-                internal_date: m.internal_date,
-                size: m.size,
-                modseq: m.modseq,
-                message: parsed.as_ref(),
-            };
-            if matches_all(&program.keys, &c, &cx) {
-                out.push(i);
             }
         }
-        Ok(Ok(out))
+        while let Some(r) = tasks.join_next().await {
+            hits.extend(r.map_err(|e| StoreError::Backend(format!("search task: {e}")))??);
+        }
+        hits.sort_unstable();
+        Ok(Ok(hits))
     }
 
     pub(crate) async fn search(
@@ -451,20 +558,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(Flow::Continue)
     }
 
-    /// Loads and parses the raw messages of these view indexes (SORT, THREAD).
+    /// The header sections of these view indexes (SORT and THREAD look only at headers).
     async fn load_raw(&self, hits: &[usize]) -> Result<Vec<(usize, Vec<u8>)>, StoreError> {
         let Some(view) = self.view.as_ref() else {
             return Ok(Vec::new());
         };
         let mut out = Vec::with_capacity(hits.len());
-        for i in hits {
-            if let Some(r) = self
+        for chunk in hits.chunks(FETCH_CHUNK) {
+            let uids: Vec<Uid> = chunk.iter().map(|i| Uid(view.msgs[*i].uid)).collect();
+            let headers = self
                 .server
                 .store
-                .message_content(view.mailbox, Uid(view.msgs[*i].uid))
-                .await?
-            {
-                out.push((*i, r));
+                .message_headers(view.mailbox, &uids)
+                .await?;
+            let mut it = headers.into_iter().peekable();
+            for i in chunk {
+                let uid = view.msgs[*i].uid;
+                while it.peek().is_some_and(|(u, _)| u.0 < uid) {
+                    it.next();
+                }
+                if let Some((_, h)) = it.next_if(|(u, _)| u.0 == uid) {
+                    out.push((*i, h));
+                }
             }
         }
         Ok(out)
@@ -745,15 +860,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let blob = store.put_blob(&m.data).await?;
             let blob_size = m.data.len() as u64;
             let data = m.data;
-            let cache = tokio::task::spawn_blocking(move || parse_cache(&data))
+            let (cache, data) = tokio::task::spawn_blocking(move || (parse_cache(&data), data))
                 .await
                 .map_err(|e| StoreError::Backend(format!("parse task: {e}")))?;
+            let headers = data[..(cache.header_size as usize).min(data.len())].to_vec();
             new.push(NewMessage {
                 account: user.id,
                 target: Target::Mailbox(mb.id),
                 blob_size,
                 blob,
                 prefix: Vec::new(),
+                headers,
                 flags: m
                     .flags
                     .into_iter()

@@ -25,7 +25,7 @@ use mailkeep_imap_proto::response::{self, status_line, ListEntry, Status};
 use mailkeep_net::sasl::decode_plain;
 use mailkeep_net::stream::Conn;
 use mailkeep_net::Shutdown;
-use mailkeep_store::{directory::authenticate, ChangeEvent, LogEvent, Mailbox, StoreError, User};
+use mailkeep_store::{ChangeEvent, LogEvent, Mailbox, StoreError, User};
 use mailkeep_types::{MailboxRole, ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -819,7 +819,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn login(&mut self, tag: &str, login: &str, password: &str, mechanism: &str) -> Res {
-        let user = authenticate(self.server.store.as_ref(), login, password).await?;
+        let user = self
+            .server
+            .logins
+            .authenticate(self.server.store.as_ref(), login, password)
+            .await?;
         let ok = user.is_some();
         self.server.store.log_submit(vec![LogEvent {
             ts: now_micros(),

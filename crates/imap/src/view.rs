@@ -103,21 +103,45 @@ impl View {
                 .filter_map(|u| self.seq_of(*u).map(|s| s as usize - 1))
                 .collect();
         }
-        if uid {
-            let max = self.max_uid();
-            self.msgs
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| set.contains(m.uid, max))
-                .map(|(i, _)| i)
-                .collect()
-        } else {
-            let n = self.msgs.len() as u32;
-            (1..=n)
-                .filter(|s| set.contains(*s, n))
-                .map(|s| s as usize - 1)
-                .collect()
+        let SequenceSet::Ranges(ranges) = set else {
+            return Vec::new();
+        };
+        use mailkeep_imap_proto::cursor::SeqNo;
+        let n = self.msgs.len();
+        let star = if uid { self.max_uid() } else { n as u32 };
+        let v = |s: &SeqNo| match s {
+            SeqNo::Num(x) => *x,
+            SeqNo::Star => star,
+        };
+        // Index intervals, merged before they are expanded: overlapping ranges (`1:*,1:*,...`)
+        // cost nothing extra.
+        let mut spans: Vec<(usize, usize)> = ranges
+            .iter()
+            .map(|(a, b)| {
+                // RFC 9051 9: a range may be written in either order.
+                let (lo, hi) = (v(a).min(v(b)), v(a).max(v(b)));
+                if uid {
+                    (
+                        self.msgs.partition_point(|m| m.uid < lo),
+                        self.msgs.partition_point(|m| m.uid <= hi),
+                    )
+                } else {
+                    ((lo as usize).saturating_sub(1).min(n), (hi as usize).min(n))
+                }
+            })
+            .filter(|(from, to)| from < to)
+            .collect();
+        spans.sort_unstable();
+        let mut out: Vec<usize> = Vec::new();
+        let mut next = 0;
+        for (from, to) in spans {
+            let from = from.max(next);
+            if from < to {
+                out.extend(from..to);
+                next = to;
+            }
         }
+        out
     }
 
     /// Whether a sequence set names a message number that does not exist (RFC 9051 6.4.5:
@@ -132,9 +156,10 @@ impl View {
                     SeqNo::Num(x) => *x,
                     SeqNo::Star => n,
                 };
-                // `*` in an empty mailbox names nothing rather than something missing.
+                // A range with `*` names what exists (nothing in an empty mailbox); only
+                // explicit numbers can be missing.
                 let explicit = |s: &SeqNo| matches!(s, SeqNo::Num(_));
-                (explicit(a) && v(a) > n) || (explicit(b) && v(b) > n)
+                explicit(a) && explicit(b) && v(a).max(v(b)) > n
             }),
         }
     }
@@ -217,5 +242,74 @@ impl View {
         self.known_modseq = mb.highest_modseq.0;
         self.uid_next = mb.uid_next.0;
         Ok(Synced::Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailkeep_imap_proto::cursor::SeqNo;
+
+    fn view(uids: &[u32]) -> View {
+        View {
+            mailbox: MailboxId(1),
+            name: "INBOX".into(),
+            read_only: false,
+            uid_validity: 1,
+            msgs: uids
+                .iter()
+                .map(|u| Msg {
+                    uid: *u,
+                    modseq: 1,
+                    flags: vec![],
+                    internal_date: 0,
+                    size: 1,
+                })
+                .collect(),
+            known_modseq: 1,
+            uid_next: uids.last().map(|u| u + 1).unwrap_or(1),
+            saved: vec![],
+        }
+    }
+
+    fn set(r: &[(SeqNo, SeqNo)]) -> SequenceSet {
+        SequenceSet::Ranges(r.to_vec())
+    }
+
+    #[test]
+    fn sets_resolve_by_number_and_by_uid() {
+        use SeqNo::{Num, Star};
+        let v = view(&[3, 5, 9, 10, 20]);
+        assert_eq!(v.resolve(&set(&[(Num(2), Num(3))]), false), vec![1, 2]);
+        assert_eq!(v.resolve(&set(&[(Star, Num(4))]), false), vec![3, 4]);
+        assert_eq!(v.resolve(&set(&[(Num(4), Num(10))]), true), vec![1, 2, 3]);
+        assert_eq!(
+            v.resolve(&set(&[(Num(21), Star)]), true),
+            vec![4],
+            "* is the largest UID"
+        );
+        assert_eq!(
+            v.resolve(&set(&[(Num(6), Num(8))]), true),
+            Vec::<usize>::new()
+        );
+        // Overlapping and repeated ranges cost nothing extra and give each message once.
+        let many: Vec<_> = (0..10_000).map(|_| (Num(1), Star)).collect();
+        assert_eq!(v.resolve(&set(&many), false), vec![0, 1, 2, 3, 4]);
+        assert_eq!(
+            v.resolve(
+                &set(&[(Num(5), Num(5)), (Num(1), Num(2)), (Num(2), Num(3))]),
+                false
+            ),
+            vec![0, 1, 2, 4]
+        );
+        let mut v = v;
+        v.saved = vec![9, 20, 99];
+        assert_eq!(v.resolve(&SequenceSet::Saved, true), vec![2, 4]);
+        assert!(v.seq_out_of_range(&set(&[(Num(6), Num(6))])));
+        assert!(!v.seq_out_of_range(&set(&[(Num(1), Star)])));
+        assert!(
+            !view(&[]).seq_out_of_range(&set(&[(Num(1), Star)])),
+            "* in an empty mailbox"
+        );
     }
 }

@@ -13,6 +13,7 @@ use mailkeep_imap::ImapServer;
 use mailkeep_net::{load_tls, shutdown_pair, ConnLimiter, ReverseDns};
 use mailkeep_pop3::Pop3Server;
 use mailkeep_smtp::SmtpServer;
+use mailkeep_store::directory::Authenticator;
 use mailkeep_store::{SharedStore, StoreError};
 use mailkeep_store_sqlite::SqliteStore;
 use mailkeep_types::{Address, Domain};
@@ -111,6 +112,7 @@ fn imap_server(
     config: &Config,
     store: SharedStore,
     tls: Option<Arc<rustls::ServerConfig>>,
+    logins: Arc<Authenticator>,
 ) -> ImapServer {
     ImapServer {
         hostname: config.hostname.clone(),
@@ -118,6 +120,7 @@ fn imap_server(
         tls,
         imap: config.imap.clone(),
         auth: config.auth.clone(),
+        logins,
     }
 }
 
@@ -125,6 +128,7 @@ fn pop3_server(
     config: &Config,
     store: SharedStore,
     tls: Option<Arc<rustls::ServerConfig>>,
+    logins: Arc<Authenticator>,
 ) -> Pop3Server {
     Pop3Server {
         hostname: config.hostname.clone(),
@@ -132,6 +136,7 @@ fn pop3_server(
         tls,
         pop3: config.pop3.clone(),
         auth: config.auth.clone(),
+        logins,
     }
 }
 
@@ -189,8 +194,24 @@ async fn serve_config(
             );
         }
     }
-    let imap = Arc::new(imap_server(&config, store.clone(), tls.clone()));
-    let pop3 = Arc::new(pop3_server(&config, store.clone(), tls.clone()));
+    // One password checker for every listener: argon2 runs bounded by the cores, and
+    // successful logins are remembered for 10 minutes.
+    let parallel = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let logins = Arc::new(Authenticator::new(parallel, Duration::from_secs(600)));
+    let imap = Arc::new(imap_server(
+        &config,
+        store.clone(),
+        tls.clone(),
+        logins.clone(),
+    ));
+    let pop3 = Arc::new(pop3_server(
+        &config,
+        store.clone(),
+        tls.clone(),
+        logins.clone(),
+    ));
     let server = Arc::new(smtp_server(&config, delivery.clone(), tls)?);
     let (trigger, shutdown) = shutdown_pair();
     let limiter = ConnLimiter::new(
@@ -297,8 +318,8 @@ async fn serve_config(
                 // After the switch to `user`, the key must be readable by that user.
                 match load_config(path, &run).and_then(|c| {
                     let tls = load_tls_config(&c)?;
-                    let i = imap_server(&c, store.clone(), tls.clone());
-                    let p = pop3_server(&c, store.clone(), tls.clone());
+                    let i = imap_server(&c, store.clone(), tls.clone(), logins.clone());
+                    let p = pop3_server(&c, store.clone(), tls.clone(), logins.clone());
                     let s = smtp_server(&c, delivery.clone(), tls)?;
                     Ok((c, s, i, p))
                 }) {

@@ -19,7 +19,6 @@ use mailkeep_config::{AuthConfig, Plaintext, Pop3Config};
 use mailkeep_net::sasl::decode_plain;
 use mailkeep_net::stream::Conn;
 use mailkeep_net::{accept_loop, ConnLimiter, LimitExceeded, Shutdown};
-use mailkeep_store::directory::authenticate;
 use mailkeep_store::{FlagMode, LogEvent, SharedStore, StoreError, User};
 use mailkeep_types::{MailboxId, MailboxRole, ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -43,6 +42,8 @@ pub struct Pop3Server {
     pub pop3: Pop3Config,
     /// Login policy.
     pub auth: AuthConfig,
+    /// Password checks, shared by every listener (bounded, with a login cache).
+    pub logins: Arc<mailkeep_store::directory::Authenticator>,
 }
 
 /// Accepts POP3 connections until shutdown; `implicit_tls` for port 995 (RFC 8314).
@@ -630,7 +631,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         password: &str,
         mechanism: &str,
     ) -> Result<Flow, StoreError> {
-        let user = authenticate(self.server.store.as_ref(), login, password).await?;
+        let user = self
+            .server
+            .logins
+            .authenticate(self.server.store.as_ref(), login, password)
+            .await?;
         self.server.store.log_submit(vec![LogEvent {
             ts: now_micros(),
             session: self.id.clone(),

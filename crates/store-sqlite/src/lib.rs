@@ -665,9 +665,12 @@ fn insert_message(c: &Connection, m: &NewMessage) -> Result<Stored> {
         .map_err(backend)?;
     let size = m.blob_size + m.prefix.len() as u64;
     let cache = serde_json::to_string(&m.cache).map_err(backend)?;
+    let mut headers = m.prefix.clone();
+    headers.extend_from_slice(&m.headers);
     c.prepare_cached(
         "INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, size, blob, prefix, \
-         message_id, queue_id, cache) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         message_id, queue_id, cache, headers) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )
     .map_err(backend)?
     .execute(params![
@@ -681,7 +684,8 @@ fn insert_message(c: &Connection, m: &NewMessage) -> Result<Stored> {
         m.prefix,
         m.cache.message_id,
         m.queue_id,
-        cache
+        cache,
+        headers
     ])
     .map_err(backend)?;
     c.prepare_cached(
@@ -722,6 +726,17 @@ fn row_meta(mailbox: MailboxId, r: &rusqlite::Row<'_>) -> rusqlite::Result<Messa
         })?,
         queue_id: r.get(8)?,
     })
+}
+
+/// Length of a message's header section including the blank line.
+fn header_end(raw: &[u8]) -> usize {
+    if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+        return p + 4;
+    }
+    if let Some(p) = raw.windows(2).position(|w| w == b"\n\n") {
+        return p + 2;
+    }
+    raw.len()
 }
 
 fn is_inbox(name: &str) -> bool {
@@ -1010,6 +1025,93 @@ impl MailStore for SqliteStore {
             .ok_or_else(|| backend(format!("blob {blob} referenced by a message is missing")))?;
         prefix.extend_from_slice(&body);
         Ok(Some(prefix))
+    }
+
+    async fn message_contents(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> Result<Vec<(Uid, Vec<u8>)>> {
+        let (Some(first), Some(last)) = (uids.first().copied(), uids.last().copied()) else {
+            return Ok(Vec::new());
+        };
+        let wanted = uids.to_vec();
+        let blobs = self.blobs.clone();
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT uid, blob, prefix FROM messages \
+                     WHERE mailbox = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid",
+                )
+                .map_err(backend)?;
+            let mut rows = st
+                .query(params![mailbox.0, first.0 as i64, last.0 as i64])
+                .map_err(backend)?;
+            let mut out = Vec::with_capacity(wanted.len());
+            while let Some(r) = rows.next().map_err(backend)? {
+                let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
+                if wanted.binary_search(&uid).is_err() {
+                    continue;
+                }
+                let blob: String = r.get(1).map_err(backend)?;
+                let mut data: Vec<u8> = r.get(2).map_err(backend)?;
+                let body = blobs
+                    .get(&BlobId(blob.clone()))
+                    .map_err(backend)?
+                    .ok_or_else(|| {
+                        backend(format!("blob {blob} referenced by a message is missing"))
+                    })?;
+                data.extend_from_slice(&body);
+                out.push((uid, data));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn message_headers(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> Result<Vec<(Uid, Vec<u8>)>> {
+        let (Some(first), Some(last)) = (uids.first().copied(), uids.last().copied()) else {
+            return Ok(Vec::new());
+        };
+        let wanted = uids.to_vec();
+        let blobs = self.blobs.clone();
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT uid, headers, blob, prefix FROM messages \
+                     WHERE mailbox = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid",
+                )
+                .map_err(backend)?;
+            let mut rows = st
+                .query(params![mailbox.0, first.0 as i64, last.0 as i64])
+                .map_err(backend)?;
+            let mut out = Vec::with_capacity(wanted.len());
+            while let Some(r) = rows.next().map_err(backend)? {
+                let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
+                if wanted.binary_search(&uid).is_err() {
+                    continue;
+                }
+                match r.get::<_, Option<Vec<u8>>>(1).map_err(backend)? {
+                    Some(h) => out.push((uid, h)),
+                    None => {
+                        // Stored before schema 3: cut the header off the content.
+                        let blob: String = r.get(2).map_err(backend)?;
+                        let mut data: Vec<u8> = r.get(3).map_err(backend)?;
+                        if let Some(body) = blobs.get(&BlobId(blob)).map_err(backend)? {
+                            let end = header_end(&body);
+                            data.extend_from_slice(&body[..end]);
+                        }
+                        out.push((uid, data));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<ChangeEvent> {
@@ -1391,8 +1493,8 @@ impl MailStore for SqliteStore {
                 for uid in &uids {
                     let row = c
                         .prepare_cached(
-                            "SELECT flags, internal_date, size, blob, prefix, message_id, queue_id, cache \
-                             FROM messages WHERE mailbox = ?1 AND uid = ?2",
+                            "SELECT flags, internal_date, size, blob, prefix, message_id, queue_id, cache, \
+                             headers FROM messages WHERE mailbox = ?1 AND uid = ?2",
                         )
                         .map_err(backend)?
                         .query_row(params![from.0, uid.0 as i64], |r| {
@@ -1405,6 +1507,7 @@ impl MailStore for SqliteStore {
                                 r.get::<_, Option<String>>(5)?,
                                 r.get::<_, Option<String>>(6)?,
                                 r.get::<_, String>(7)?,
+                                r.get::<_, Option<Vec<u8>>>(8)?,
                             ))
                         })
                         .optional()
@@ -1434,10 +1537,11 @@ impl MailStore for SqliteStore {
                     let new_uid = dest_next + i as i64;
                     c.prepare_cached(
                         "INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, size, blob, prefix, \
-                         message_id, queue_id, cache) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                         message_id, queue_id, cache, headers) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                     )
                     .map_err(backend)?
-                    .execute(params![to.0, new_uid, dest_modseq, r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7])
+                    .execute(params![to.0, new_uid, dest_modseq, r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8])
                     .map_err(backend)?;
                     if remove_source {
                         remove_message(c, from, uid, src_modseq)?;
@@ -1779,6 +1883,7 @@ mod tests {
                         blob,
                         blob_size: 1,
                         prefix: vec![],
+                        headers: vec![],
                         flags: vec![],
                         internal_date: 0,
                         cache: Default::default(),

@@ -101,6 +101,11 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX expunged_modseq ON expunged(mailbox, modseq);
     "#,
+    // 3: each message's header section beside it, so header searches need not read blobs.
+    // NULL for messages stored before; those are read from their blob.
+    r#"
+    ALTER TABLE messages ADD COLUMN headers BLOB;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -57,6 +57,27 @@ async fn login(store: &SharedStore) {
             "{login}/{pw} must fail"
         );
     }
+    // A remembered login ends when the password changes, and never admits a wrong one.
+    let auth = crate::directory::Authenticator::new(2, std::time::Duration::from_secs(60));
+    let check = |pw: &'static str| {
+        let (auth, store) = (&auth, store.clone());
+        async move {
+            auth.authenticate(store.as_ref(), "dave@example.com", pw)
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    assert!(check("right pw").await);
+    assert!(check("right pw").await, "remembered");
+    assert!(!check("wrong").await);
+    let new_hash = crate::password::hash_password("new pw").unwrap();
+    store
+        .user_set_password(&addr("dave@example.com"), &new_hash)
+        .await
+        .unwrap();
+    assert!(!check("right pw").await, "the old password after a change");
+    assert!(check("new pw").await);
 }
 
 async fn directory(store: &SharedStore) {
@@ -319,6 +340,7 @@ async fn delivery(store: &SharedStore) {
         blob: blob.clone(),
         blob_size: body.len() as u64,
         prefix: prefix.as_bytes().to_vec(),
+        headers: b"Subject: hi\r\n\r\n".to_vec(),
         flags: vec![],
         internal_date: 1_700_000_000,
         cache: MessageCache {
@@ -747,6 +769,7 @@ async fn messages(store: &SharedStore) {
             blob,
             blob_size: body.len() as u64,
             prefix: vec![],
+            headers: vec![],
             flags: vec![],
             internal_date: 0,
             cache: MessageCache::default(),
@@ -766,6 +789,7 @@ async fn messages(store: &SharedStore) {
         blob: blob.clone(),
         blob_size: body.len() as u64,
         prefix: vec![],
+        headers: b"Subject: appended\r\n\r\n".to_vec(),
         flags: vec!["\\Seen".into()],
         internal_date: 86_400,
         cache: MessageCache::default(),

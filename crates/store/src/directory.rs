@@ -163,28 +163,121 @@ async fn lookup_exact(store: &dyn DirectoryStore, key: &str) -> Result<Option<Fo
     Ok(None)
 }
 
-/// Checks a login: the account's address (any case) and its password. Argon2 runs on the
-/// blocking pool; an unknown login costs as much as a wrong password, so timing does not tell
-/// which addresses exist. Ok(None) for any failure of the credentials.
+/// Checks logins: the account's address (any case) and its password.
+///
+/// - Argon2 runs on the blocking pool, at most `parallel` at once: each run takes 19 MiB, so a
+///   burst of logins cannot take the machine's memory.
+/// - An unknown login costs as much as a wrong password, so timing does not tell which
+///   addresses exist.
+/// - A successful login is remembered for a while (as Dovecot's auth cache does) as a keyed
+///   SHA-256 of the password, with a key that exists only in this process, and only for the
+///   password hash it was checked against: changing the password ends it. Failures are never
+///   remembered, so every wrong guess pays the full price.
+pub struct Authenticator {
+    permits: tokio::sync::Semaphore,
+    key: [u8; 32],
+    ttl: std::time::Duration,
+    cache: std::sync::Mutex<std::collections::HashMap<String, CachedLogin>>,
+}
+
+struct CachedLogin {
+    phc: String,
+    digest: [u8; 32],
+    expires: std::time::Instant,
+}
+
+/// Most remembered logins.
+const MAX_CACHED: usize = 10_000;
+
+impl Authenticator {
+    /// At most `parallel` password checks at once; successes remembered for `ttl`
+    /// (zero: never).
+    pub fn new(parallel: usize, ttl: std::time::Duration) -> Authenticator {
+        Authenticator {
+            permits: tokio::sync::Semaphore::new(parallel.max(1)),
+            key: rand::random(),
+            ttl,
+            cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn digest(&self, password: &str) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.key);
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    /// Ok(Some(user)) when the credentials are right, Ok(None) for any failure of them.
+    pub async fn authenticate<D: DirectoryStore + ?Sized>(
+        &self,
+        store: &D,
+        login: &str,
+        password: &str,
+    ) -> Result<Option<User>> {
+        let user = match Address::parse(login) {
+            Ok(a) => store.user_get(&a.key()).await?,
+            Err(_) => None,
+        };
+        let digest = self.digest(password);
+        if let Some(u) = &user {
+            let now = std::time::Instant::now();
+            if let Ok(cache) = self.cache.lock() {
+                if let Some(c) = cache.get(&u.address.key()) {
+                    if c.expires > now && c.phc == u.password_hash && c.digest == digest {
+                        return Ok(user);
+                    }
+                }
+            }
+        }
+        let Ok(_permit) = self.permits.acquire().await else {
+            return Ok(None);
+        };
+        let password = password.to_string();
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        let ok = tokio::task::spawn_blocking(move || match hash {
+            Some(h) => verify_password(&password, &h),
+            None => {
+                let _ = hash_password(&password);
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if !ok {
+            return Ok(None);
+        }
+        if let (Some(u), false) = (&user, self.ttl.is_zero()) {
+            if let Ok(mut cache) = self.cache.lock() {
+                let now = std::time::Instant::now();
+                if cache.len() >= MAX_CACHED {
+                    cache.retain(|_, c| c.expires > now);
+                    if cache.len() >= MAX_CACHED {
+                        cache.clear();
+                    }
+                }
+                cache.insert(
+                    u.address.key(),
+                    CachedLogin {
+                        phc: u.password_hash.clone(),
+                        digest,
+                        expires: now + self.ttl,
+                    },
+                );
+            }
+        }
+        Ok(user)
+    }
+}
+
+/// One login check without a cache (the CLI, tests); sessions use an [`Authenticator`].
 pub async fn authenticate<D: DirectoryStore + ?Sized>(
     store: &D,
     login: &str,
     password: &str,
 ) -> Result<Option<User>> {
-    let user = match Address::parse(login) {
-        Ok(a) => store.user_get(&a.key()).await?,
-        Err(_) => None,
-    };
-    let password = password.to_string();
-    let hash = user.as_ref().map(|u| u.password_hash.clone());
-    let ok = tokio::task::spawn_blocking(move || match hash {
-        Some(h) => verify_password(&password, &h),
-        None => {
-            let _ = hash_password(&password);
-            false
-        }
-    })
-    .await
-    .unwrap_or(false);
-    Ok(if ok { user } else { None })
+    Authenticator::new(1, std::time::Duration::ZERO)
+        .authenticate(store, login, password)
+        .await
 }

@@ -149,6 +149,9 @@ pub struct NewMessage {
     pub blob_size: u64,
     /// Per-recipient header lines prepended to the blob.
     pub prefix: Vec<u8>,
+    /// The blob's header section (its first `cache.header_size` octets), kept beside the
+    /// message so header searches need not read the content.
+    pub headers: Vec<u8>,
     /// Flags to set.
     pub flags: Vec<String>,
     /// Internal date, seconds since the epoch.
@@ -368,6 +371,20 @@ pub trait MailStore: Send + Sync {
     async fn changed_since(&self, mailbox: MailboxId, since: ModSeq) -> Result<Vec<MessageFlags>>;
     /// The whole message as IMAP serves it (prefix then blob).
     async fn message_content(&self, mailbox: MailboxId, uid: Uid) -> Result<Option<Vec<u8>>>;
+    /// The whole messages with these UIDs (sorted ascending), in UID order; missing ones
+    /// are left out. One round trip for many messages (FETCH, SEARCH, SORT).
+    async fn message_contents(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> Result<Vec<(Uid, Vec<u8>)>>;
+    /// The header sections (prefix then the blob's header) of these messages (sorted
+    /// ascending), in UID order, without reading their content.
+    async fn message_headers(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> Result<Vec<(Uid, Vec<u8>)>>;
     /// Subscribes to change events.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeEvent>;
     /// Creates a mailbox and any missing parents (`/` separates levels); a role may be given
