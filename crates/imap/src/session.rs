@@ -539,9 +539,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Synchronizes the selected mailbox; Some(Close) when it was deleted under us.
     pub(crate) async fn sync(&mut self) -> Result<Option<Flow>, StoreError> {
         let report = self.report();
+        let account = self.user.as_ref().map(|u| u.id);
         let Some(view) = self.view.as_mut() else {
             return Ok(None);
         };
+        if let Some(a) = account {
+            if !view.has_news(a) {
+                return Ok(None);
+            }
+        }
         let store = self.server.store.clone();
         match view.sync(store.as_ref(), report, &mut self.out).await? {
             Synced::Ok => Ok(None),
@@ -947,6 +953,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     if relevant {
                         // Take whatever else is already queued, then sync once.
                         while events.try_recv().is_ok() {}
+                        if let Some(v) = self.view.as_mut() {
+                            v.dirty = true;
+                        }
                         match self.sync().await {
                             Ok(Some(Flow::Close(r))) => {
                                 let _ = self.flush().await;
@@ -1036,6 +1045,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(Flow::Continue);
         };
         let store = self.server.store.clone();
+        // Subscribed before the view is read, so no change falls between the two.
+        let events = store.subscribe();
         let msgs = store.changed_since(mb.id, ModSeq(0)).await?;
         let view = View {
             mailbox: mb.id,
@@ -1046,6 +1057,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             known_modseq: mb.highest_modseq.0,
             uid_next: mb.uid_next.0,
             saved: Vec::new(),
+            events: Some(events),
+            dirty: false,
         };
         let mut keywords: Vec<&str> = Vec::new();
         for m in &view.msgs {

@@ -13,8 +13,8 @@
 
 use mailkeep_imap_proto::cursor::SequenceSet;
 use mailkeep_imap_proto::response::vanished;
-use mailkeep_store::{MailStore, MessageFlags, Result};
-use mailkeep_types::{MailboxId, ModSeq, Uid};
+use mailkeep_store::{ChangeEvent, MailStore, MessageFlags, Result};
+use mailkeep_types::{AccountId, MailboxId, ModSeq, Uid};
 
 /// One message as the session sees it.
 #[derive(Debug, Clone)]
@@ -69,6 +69,11 @@ pub struct View {
     pub uid_next: u32,
     /// The saved search result (RFC 5182 SEARCHRES), as UIDs.
     pub saved: Vec<u32>,
+    /// The store's change events since SELECT: a sync asks the store only when one of them
+    /// concerns this mailbox (None: always ask).
+    pub events: Option<tokio::sync::broadcast::Receiver<ChangeEvent>>,
+    /// A change is known to be pending (seen by IDLE's own receiver).
+    pub dirty: bool,
 }
 
 /// How changes are written.
@@ -81,6 +86,34 @@ pub struct Report {
 }
 
 impl View {
+    /// Whether the store may have changes for this view: a relevant change event arrived
+    /// (or events were lost) since the last sync. Drains the events.
+    pub fn has_news(&mut self, account: AccountId) -> bool {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut news = std::mem::take(&mut self.dirty);
+        let Some(rx) = self.events.as_mut() else {
+            return true;
+        };
+        loop {
+            match rx.try_recv() {
+                Ok(e) => {
+                    news |= match e {
+                        ChangeEvent::MessageAdded(s) => s.mailbox == self.mailbox,
+                        ChangeEvent::FlagsChanged { mailbox, .. }
+                        | ChangeEvent::Expunged { mailbox, .. } => mailbox == self.mailbox,
+                        ChangeEvent::MailboxesChanged(a) => a == account,
+                    }
+                }
+                Err(TryRecvError::Empty) => return news,
+                Err(TryRecvError::Lagged(_)) => news = true,
+                Err(TryRecvError::Closed) => {
+                    self.events = None;
+                    return true;
+                }
+            }
+        }
+    }
+
     /// The sequence number of a UID.
     pub fn seq_of(&self, uid: u32) -> Option<u32> {
         self.msgs
@@ -269,6 +302,8 @@ mod tests {
             known_modseq: 1,
             uid_next: uids.last().map(|u| u + 1).unwrap_or(1),
             saved: vec![],
+            events: None,
+            dirty: false,
         }
     }
 

@@ -92,6 +92,10 @@ pub struct SqliteStore {
     blobs: blobs::BlobDir,
     writer: Mutex<mpsc::Sender<Box<dyn WriteJob>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// At most MAX_READERS reads at once: each holds a connection (with its page cache) and
+    /// a blocking thread, so thousands of sessions reading at once queue here instead of
+    /// opening thousands of connections.
+    read_permits: Arc<tokio::sync::Semaphore>,
     events: broadcast::Sender<ChangeEvent>,
 }
 
@@ -131,6 +135,7 @@ impl SqliteStore {
             blobs,
             writer: Mutex::new(tx),
             readers: Arc::new(Mutex::new(Vec::new())),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             events,
         })
     }
@@ -206,7 +211,14 @@ impl SqliteStore {
     {
         let readers = self.readers.clone();
         let path = self.db_path.clone();
+        let permit = self
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(backend)?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = readers.lock().ok().and_then(|mut v| v.pop());
             let conn = match conn {
                 Some(c) => c,
