@@ -197,6 +197,16 @@ impl Framer {
         self.state = State::Line;
     }
 
+    /// Gives back buffer memory when nothing is buffered (an idle connection keeps none).
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = Vec::new();
+        }
+        if self.parts.is_empty() && self.parts.capacity() > 0 {
+            self.parts = Vec::new();
+        }
+    }
+
     /// Takes the bytes not yet framed (e.g. the rest of an IDLE `DONE` line or a
     /// COMPRESS switch), leaving the framer empty.
     pub fn take_buffered(&mut self) -> Vec<u8> {

@@ -76,6 +76,39 @@ pub fn needs_body(keys: &[SearchKey]) -> bool {
     })
 }
 
+/// Whether a message whose header section is `raw_header` cannot match, judged from bytes
+/// alone, so that it need not be parsed: some top-level key (they all must match) is a header
+/// search for a plain ASCII word that the header section does not contain in any case.
+/// Sound only when decoding cannot create the word: the section must be ASCII (Unicode case
+/// folding maps a few non-ASCII letters to ASCII ones) with no encoded words (`=?`) and no
+/// quoted pairs (`\`).
+pub fn header_quick_reject(keys: &[SearchKey], raw_header: &[u8]) -> bool {
+    let plain = |n: &[u8]| {
+        !n.is_empty()
+            && n.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(b))
+    };
+    let words: Vec<&[u8]> = keys
+        .iter()
+        .filter_map(|k| match k {
+            SearchKey::Header(_, needle) if plain(needle) => Some(needle.as_slice()),
+            _ => None,
+        })
+        .collect();
+    if words.is_empty()
+        || !raw_header.is_ascii()
+        || raw_header.contains(&b'\\')
+        || raw_header.windows(2).any(|w| w == b"=?")
+    {
+        return false;
+    }
+    words.iter().any(|w| {
+        !raw_header
+            .windows(w.len())
+            .any(|win| win.eq_ignore_ascii_case(w))
+    })
+}
+
 /// True when the message matches every key.
 pub fn matches_all(keys: &[SearchKey], c: &Candidate<'_>, cx: &Context<'_>) -> bool {
     keys.iter().all(|k| matches(k, c, cx))
@@ -258,6 +291,41 @@ pub fn matches(key: &SearchKey, c: &Candidate<'_>, cx: &Context<'_>) -> bool {
             let needle = lower(needle);
             all_headers_text(m).contains(&needle) || body_text(m).contains(&needle)
         }
+    }
+}
+
+#[cfg(test)]
+mod quick_reject_tests {
+    use super::*;
+
+    #[test]
+    fn header_quick_reject_is_sound() {
+        let k = |n: &str| vec![SearchKey::Header("Subject".into(), n.as_bytes().to_vec())];
+        let h = b"Subject: Quarterly report\r\nFrom: a@example.org\r\n\r\n";
+        assert!(
+            !header_quick_reject(&k("quarterly"), h),
+            "present in another case"
+        );
+        assert!(header_quick_reject(&k("xylophone"), h));
+        assert!(!header_quick_reject(&k("two words"), h), "only plain words");
+        let encoded = b"Subject: =?utf-8?q?xylophone?=\r\n\r\n";
+        assert!(
+            !header_quick_reject(&k("xylophone"), encoded),
+            "encoded words may hide it"
+        );
+        let quoted = b"From: \"xylo\\phone\" <a@b>\r\n\r\n";
+        assert!(
+            !header_quick_reject(&k("xylophone"), quoted),
+            "quoted pairs may hide it"
+        );
+        let utf8 = "Subject: \u{212A}elvin\r\n\r\n".as_bytes();
+        assert!(
+            !header_quick_reject(&k("kelvin"), utf8),
+            "non-ASCII case folding"
+        );
+        // Under NOT or OR a missing word proves nothing.
+        let not = vec![SearchKey::Not(Box::new(k("xylophone").remove(0)))];
+        assert!(!header_quick_reject(&not, h));
     }
 }
 

@@ -10,7 +10,7 @@
 //!   a naive scan's; messages are parsed only when a criterion looks inside them.
 
 use mail_parser::MessageParser;
-use mailkeep_delivery::ingest::parse_cache;
+use mailkeep_delivery::ingest::{header_len, parse_cache};
 use mailkeep_imap_proto::command::AppendMessage;
 use mailkeep_imap_proto::cursor::SequenceSet;
 use mailkeep_imap_proto::response::{self, sequence_set, Status};
@@ -23,7 +23,9 @@ use mailkeep_types::{ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::fetch::{fetch_line, needs_content, sets_seen, FetchError, Meta};
-use crate::search::{matches_all, needs_body, needs_message, Candidate, Context};
+use crate::search::{
+    header_quick_reject, matches_all, needs_body, needs_message, Candidate, Context,
+};
 use crate::session::{io_err, now_micros, Flow, Res, Session};
 use crate::sort;
 use crate::util::parse_date_time;
@@ -438,6 +440,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         let Some((_, raw)) = data.get(di).filter(|d| d.0 .0 == m.uid) else {
                             continue;
                         };
+                        let header = &raw[..header_len(raw)];
+                        if header_quick_reject(&keys, header) {
+                            continue;
+                        }
                         let parsed = parser.parse(raw.as_slice());
                         let c = Candidate {
                             seq: (first + k) as u32 + 1,

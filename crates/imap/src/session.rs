@@ -190,10 +190,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.conn.write_all(&out).await?;
             self.conn.flush().await?;
             // Keep a modest buffer, not the largest response ever written.
-            self.out = out;
-            self.out.clear();
-            if self.out.capacity() > 64 * 1024 {
-                self.out.shrink_to(4096);
+            if out.capacity() <= 16 * 1024 {
+                self.out = out;
+                self.out.clear();
             }
         }
         Ok(())
@@ -296,6 +295,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if let Err(e) = self.flush().await {
                 return format!("i/o error: {e}");
             }
+            self.framer.shrink();
             match self.read().await {
                 Read::Data => {}
                 Read::Closed(r) => return r,
@@ -911,6 +911,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Err(r);
         }
         self.flush().await.map_err(io)?;
+        // An idling connection holds no buffers while it waits.
+        self.out = Vec::new();
+        self.done = Vec::new();
+        self.rbuf = Vec::new();
+        self.framer.shrink();
         let timeout = self.server.imap.idle_timeout;
         let mut deadline = Box::pin(tokio::time::sleep(timeout));
         loop {

@@ -677,12 +677,9 @@ fn insert_message(c: &Connection, m: &NewMessage) -> Result<Stored> {
         .map_err(backend)?;
     let size = m.blob_size + m.prefix.len() as u64;
     let cache = serde_json::to_string(&m.cache).map_err(backend)?;
-    let mut headers = m.prefix.clone();
-    headers.extend_from_slice(&m.headers);
     c.prepare_cached(
         "INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, size, blob, prefix, \
-         message_id, queue_id, cache, headers) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         message_id, queue_id, cache) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )
     .map_err(backend)?
     .execute(params![
@@ -696,10 +693,15 @@ fn insert_message(c: &Connection, m: &NewMessage) -> Result<Stored> {
         m.prefix,
         m.cache.message_id,
         m.queue_id,
-        cache,
-        headers
+        cache
     ])
     .map_err(backend)?;
+    let mut headers = m.prefix.clone();
+    headers.extend_from_slice(&m.headers);
+    c.prepare_cached("INSERT INTO message_headers (mailbox, uid, data) VALUES (?1, ?2, ?3)")
+        .map_err(backend)?
+        .execute(params![mailbox, uid, headers])
+        .map_err(backend)?;
     c.prepare_cached(
         "INSERT INTO blobs (id, size, refs) VALUES (?1, ?2, 1) \
          ON CONFLICT (id) DO UPDATE SET refs = refs + 1",
@@ -738,6 +740,54 @@ fn row_meta(mailbox: MailboxId, r: &rusqlite::Row<'_>) -> rusqlite::Result<Messa
         })?,
         queue_id: r.get(8)?,
     })
+}
+
+/// Calls `f` with the row of each message of `wanted` (sorted UIDs) that exists, in UID order:
+/// one range scan when the UIDs are dense, point lookups when they are spread out (1,000
+/// random UIDs of a 20,000-message mailbox must not scan all 20,000 rows).
+fn for_each_uid(
+    c: &Connection,
+    table: &str,
+    cols: &str,
+    mailbox: MailboxId,
+    wanted: &[Uid],
+    mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<()>,
+) -> Result<()> {
+    let (Some(first), Some(last)) = (wanted.first(), wanted.last()) else {
+        return Ok(());
+    };
+    let span = (last.0 as u64).saturating_sub(first.0 as u64) + 1;
+    if span > wanted.len() as u64 * 4 + 64 {
+        let mut st = c
+            .prepare_cached(&format!(
+                "SELECT {cols} FROM {table} WHERE mailbox = ?1 AND uid = ?2"
+            ))
+            .map_err(backend)?;
+        for uid in wanted {
+            let mut rows = st
+                .query(params![mailbox.0, uid.0 as i64])
+                .map_err(backend)?;
+            if let Some(r) = rows.next().map_err(backend)? {
+                f(r)?;
+            }
+        }
+        return Ok(());
+    }
+    let mut st = c
+        .prepare_cached(&format!(
+            "SELECT {cols} FROM {table} WHERE mailbox = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid"
+        ))
+        .map_err(backend)?;
+    let mut rows = st
+        .query(params![mailbox.0, first.0 as i64, last.0 as i64])
+        .map_err(backend)?;
+    while let Some(r) = rows.next().map_err(backend)? {
+        let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
+        if wanted.binary_search(&uid).is_ok() {
+            f(r)?;
+        }
+    }
+    Ok(())
 }
 
 /// Length of a message's header section including the blank line.
@@ -851,6 +901,10 @@ fn remove_message(
             .map_err(backend)?
             .execute(params![mailbox.0, uid.0 as i64])
             .map_err(backend)?;
+        c.prepare_cached("DELETE FROM message_headers WHERE mailbox = ?1 AND uid = ?2")
+            .map_err(backend)?
+            .execute(params![mailbox.0, uid.0 as i64])
+            .map_err(backend)?;
         c.prepare_cached(
             "INSERT OR REPLACE INTO expunged (mailbox, uid, modseq) VALUES (?1, ?2, ?3)",
         )
@@ -926,28 +980,13 @@ impl MailStore for SqliteStore {
     }
 
     async fn messages_by_uid(&self, mailbox: MailboxId, uids: &[Uid]) -> Result<Vec<MessageMeta>> {
-        let (Some(first), Some(last)) = (uids.first().copied(), uids.last().copied()) else {
-            return Ok(Vec::new());
-        };
         let wanted = uids.to_vec();
         self.read(move |c| {
-            // One range scan over the primary key, filtered here: a few statements for any set.
-            let mut st = c
-                .prepare_cached(&format!(
-                    "SELECT {META_COLS} FROM messages WHERE mailbox = ?1 AND uid BETWEEN ?2 AND ?3 \
-                     ORDER BY uid"
-                ))
-                .map_err(backend)?;
             let mut out = Vec::with_capacity(wanted.len());
-            let mut rows = st
-                .query(params![mailbox.0, first.0 as i64, last.0 as i64])
-                .map_err(backend)?;
-            while let Some(r) = rows.next().map_err(backend)? {
-                let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
-                if wanted.binary_search(&uid).is_ok() {
-                    out.push(row_meta(mailbox, r).map_err(backend)?);
-                }
-            }
+            for_each_uid(c, "messages", META_COLS, mailbox, &wanted, |r| {
+                out.push(row_meta(mailbox, r).map_err(backend)?);
+                Ok(())
+            })?;
             Ok(out)
         })
         .await
@@ -1044,27 +1083,12 @@ impl MailStore for SqliteStore {
         mailbox: MailboxId,
         uids: &[Uid],
     ) -> Result<Vec<(Uid, Vec<u8>)>> {
-        let (Some(first), Some(last)) = (uids.first().copied(), uids.last().copied()) else {
-            return Ok(Vec::new());
-        };
         let wanted = uids.to_vec();
         let blobs = self.blobs.clone();
         self.read(move |c| {
-            let mut st = c
-                .prepare_cached(
-                    "SELECT uid, blob, prefix FROM messages \
-                     WHERE mailbox = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid",
-                )
-                .map_err(backend)?;
-            let mut rows = st
-                .query(params![mailbox.0, first.0 as i64, last.0 as i64])
-                .map_err(backend)?;
             let mut out = Vec::with_capacity(wanted.len());
-            while let Some(r) = rows.next().map_err(backend)? {
+            for_each_uid(c, "messages", "uid, blob, prefix", mailbox, &wanted, |r| {
                 let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
-                if wanted.binary_search(&uid).is_err() {
-                    continue;
-                }
                 let blob: String = r.get(1).map_err(backend)?;
                 let mut data: Vec<u8> = r.get(2).map_err(backend)?;
                 let body = blobs
@@ -1075,7 +1099,8 @@ impl MailStore for SqliteStore {
                     })?;
                 data.extend_from_slice(&body);
                 out.push((uid, data));
-            }
+                Ok(())
+            })?;
             Ok(out)
         })
         .await
@@ -1086,40 +1111,36 @@ impl MailStore for SqliteStore {
         mailbox: MailboxId,
         uids: &[Uid],
     ) -> Result<Vec<(Uid, Vec<u8>)>> {
-        let (Some(first), Some(last)) = (uids.first().copied(), uids.last().copied()) else {
-            return Ok(Vec::new());
-        };
         let wanted = uids.to_vec();
         let blobs = self.blobs.clone();
         self.read(move |c| {
-            let mut st = c
-                .prepare_cached(
-                    "SELECT uid, headers, blob, prefix FROM messages \
-                     WHERE mailbox = ?1 AND uid BETWEEN ?2 AND ?3 ORDER BY uid",
-                )
-                .map_err(backend)?;
-            let mut rows = st
-                .query(params![mailbox.0, first.0 as i64, last.0 as i64])
-                .map_err(backend)?;
-            let mut out = Vec::with_capacity(wanted.len());
-            while let Some(r) = rows.next().map_err(backend)? {
+            let mut out: Vec<(Uid, Vec<u8>)> = Vec::with_capacity(wanted.len());
+            for_each_uid(c, "message_headers", "uid, data", mailbox, &wanted, |r| {
                 let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
-                if wanted.binary_search(&uid).is_err() {
-                    continue;
-                }
-                match r.get::<_, Option<Vec<u8>>>(1).map_err(backend)? {
-                    Some(h) => out.push((uid, h)),
-                    None => {
-                        // Stored before schema 3: cut the header off the content.
-                        let blob: String = r.get(2).map_err(backend)?;
-                        let mut data: Vec<u8> = r.get(3).map_err(backend)?;
-                        if let Some(body) = blobs.get(&BlobId(blob)).map_err(backend)? {
-                            let end = header_end(&body);
-                            data.extend_from_slice(&body[..end]);
-                        }
-                        out.push((uid, data));
+                out.push((uid, r.get(1).map_err(backend)?));
+                Ok(())
+            })?;
+            if out.len() < wanted.len() {
+                // Messages stored before schema 3 have no header row: cut the header off
+                // their content.
+                let have: Vec<Uid> = out.iter().map(|(u, _)| *u).collect();
+                let missing: Vec<Uid> = wanted
+                    .iter()
+                    .filter(|u| have.binary_search(u).is_err())
+                    .copied()
+                    .collect();
+                for_each_uid(c, "messages", "uid, blob, prefix", mailbox, &missing, |r| {
+                    let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
+                    let blob: String = r.get(1).map_err(backend)?;
+                    let mut data: Vec<u8> = r.get(2).map_err(backend)?;
+                    if let Some(body) = blobs.get(&BlobId(blob)).map_err(backend)? {
+                        let end = header_end(&body);
+                        data.extend_from_slice(&body[..end]);
                     }
-                }
+                    out.push((uid, data));
+                    Ok(())
+                })?;
+                out.sort_by_key(|(u, _)| *u);
             }
             Ok(out)
         })
@@ -1247,6 +1268,11 @@ impl MailStore for SqliteStore {
                     .map_err(backend)?;
                     c.execute(
                         "UPDATE messages SET mailbox = ?2 WHERE mailbox = ?1",
+                        params![src.id.0, id],
+                    )
+                    .map_err(backend)?;
+                    c.execute(
+                        "UPDATE message_headers SET mailbox = ?2 WHERE mailbox = ?1",
                         params![src.id.0, id],
                     )
                     .map_err(backend)?;
@@ -1505,8 +1531,8 @@ impl MailStore for SqliteStore {
                 for uid in &uids {
                     let row = c
                         .prepare_cached(
-                            "SELECT flags, internal_date, size, blob, prefix, message_id, queue_id, cache, \
-                             headers FROM messages WHERE mailbox = ?1 AND uid = ?2",
+                            "SELECT flags, internal_date, size, blob, prefix, message_id, queue_id, cache \
+                             FROM messages WHERE mailbox = ?1 AND uid = ?2",
                         )
                         .map_err(backend)?
                         .query_row(params![from.0, uid.0 as i64], |r| {
@@ -1519,7 +1545,6 @@ impl MailStore for SqliteStore {
                                 r.get::<_, Option<String>>(5)?,
                                 r.get::<_, Option<String>>(6)?,
                                 r.get::<_, String>(7)?,
-                                r.get::<_, Option<Vec<u8>>>(8)?,
                             ))
                         })
                         .optional()
@@ -1549,11 +1574,17 @@ impl MailStore for SqliteStore {
                     let new_uid = dest_next + i as i64;
                     c.prepare_cached(
                         "INSERT INTO messages (mailbox, uid, modseq, flags, internal_date, size, blob, prefix, \
-                         message_id, queue_id, cache, headers) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                         message_id, queue_id, cache) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                     )
                     .map_err(backend)?
-                    .execute(params![to.0, new_uid, dest_modseq, r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8])
+                    .execute(params![to.0, new_uid, dest_modseq, r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7])
+                    .map_err(backend)?;
+                    c.prepare_cached(
+                        "INSERT INTO message_headers (mailbox, uid, data) \
+                         SELECT ?1, ?2, data FROM message_headers WHERE mailbox = ?3 AND uid = ?4",
+                    )
+                    .map_err(backend)?
+                    .execute(params![to.0, new_uid, from.0, uid.0 as i64])
                     .map_err(backend)?;
                     if remove_source {
                         remove_message(c, from, uid, src_modseq)?;

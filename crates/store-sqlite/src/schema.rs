@@ -106,6 +106,21 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE messages ADD COLUMN headers BLOB;
     "#,
+    // 4: header sections in a table of their own, so a header search reads them densely
+    // instead of every message row with its cached structure; and a covering index for the
+    // columns a session's view is built from, so SELECT reads only the index.
+    r#"
+    CREATE TABLE message_headers (
+        mailbox INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        uid INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (mailbox, uid)
+    ) WITHOUT ROWID;
+    INSERT INTO message_headers (mailbox, uid, data)
+        SELECT mailbox, uid, headers FROM messages WHERE headers IS NOT NULL;
+    ALTER TABLE messages DROP COLUMN headers;
+    CREATE INDEX messages_view ON messages(mailbox, uid, modseq, flags, internal_date, size);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -174,7 +174,7 @@ async fn lookup_exact(store: &dyn DirectoryStore, key: &str) -> Result<Option<Fo
 ///   password hash it was checked against: changing the password ends it. Failures are never
 ///   remembered, so every wrong guess pays the full price.
 pub struct Authenticator {
-    permits: tokio::sync::Semaphore,
+    jobs: std::sync::mpsc::SyncSender<CheckJob>,
     key: [u8; 32],
     ttl: std::time::Duration,
     cache: std::sync::Mutex<std::collections::HashMap<String, CachedLogin>>,
@@ -189,12 +189,46 @@ struct CachedLogin {
 /// Most remembered logins.
 const MAX_CACHED: usize = 10_000;
 
+/// One password check for the worker threads: the password, the stored hash (None: an
+/// unknown login, which costs a hash anyway), and where the answer goes.
+type CheckJob = (String, Option<String>, tokio::sync::oneshot::Sender<bool>);
+
 impl Authenticator {
     /// At most `parallel` password checks at once; successes remembered for `ttl`
     /// (zero: never).
     pub fn new(parallel: usize, ttl: std::time::Duration) -> Authenticator {
+        // Checks run on a few long-lived threads rather than the blocking pool: argon2's
+        // 19 MiB is then reused by the same threads' allocator instead of being left behind
+        // in every thread that ever ran one.
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<CheckJob>(1024);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..parallel.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("auth-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((password, hash, reply)) = job else {
+                        return;
+                    };
+                    let ok = match hash {
+                        Some(h) => verify_password(&password, &h),
+                        None => {
+                            let _ = hash_password(&password);
+                            false
+                        }
+                    };
+                    let _ = reply.send(ok);
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password-check thread");
+            }
+        }
         Authenticator {
-            permits: tokio::sync::Semaphore::new(parallel.max(1)),
+            jobs,
             key: rand::random(),
             ttl,
             cache: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -231,20 +265,17 @@ impl Authenticator {
                 }
             }
         }
-        let Ok(_permit) = self.permits.acquire().await else {
-            return Ok(None);
-        };
-        let password = password.to_string();
         let hash = user.as_ref().map(|u| u.password_hash.clone());
-        let ok = tokio::task::spawn_blocking(move || match hash {
-            Some(h) => verify_password(&password, &h),
-            None => {
-                let _ = hash_password(&password);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = (password.to_string(), hash, tx);
+        // A full queue (1,024 checks waiting) is answered as a failure, not by waiting.
+        let ok = match self.jobs.try_send(job) {
+            Ok(()) => rx.await.unwrap_or(false),
+            Err(_) => {
+                tracing::warn!("password checks are queued too deep; refusing a login");
                 false
             }
-        })
-        .await
-        .unwrap_or(false);
+        };
         if !ok {
             return Ok(None);
         }
