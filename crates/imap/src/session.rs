@@ -53,6 +53,8 @@ pub(crate) enum Flow {
     StartTls,
     /// Enter IDLE for this tag.
     Idle(String),
+    /// Start COMPRESS=DEFLATE (the OK is written, uncompressed).
+    Compress,
 }
 
 /// A tagged or untagged reply and the session goes on.
@@ -103,6 +105,7 @@ pub(crate) struct Session<S> {
     bad: u32,
     sasl: Option<String>,
     rate: Rate,
+    deflate: Option<Box<crate::compress::Deflate>>,
 }
 
 fn new_session_id() -> String {
@@ -144,6 +147,7 @@ pub async fn run_session<S>(
         bad: 0,
         sasl: None,
         rate: Rate::new(),
+        deflate: None,
     };
     let reason = s.run().await;
     tracing::debug!(session = %s.id, peer = %s.peer, reason = %reason, "imap session closed");
@@ -187,7 +191,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     pub(crate) async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             let out = std::mem::take(&mut self.out);
-            self.conn.write_all(&out).await?;
+            match self.deflate.as_mut() {
+                Some(d) => {
+                    let packed = d.compress(&out).map_err(std::io::Error::other)?;
+                    self.conn.write_all(&packed).await?;
+                }
+                None => self.conn.write_all(&out).await?,
+            }
             self.conn.flush().await?;
             // Keep a modest buffer, not the largest response ever written.
             if out.capacity() <= 16 * 1024 {
@@ -252,6 +262,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "BINARY",
             "MULTIAPPEND",
             "UNAUTHENTICATE",
+            "COMPRESS=DEFLATE",
         ]);
         let mut s = caps.join(" ");
         s.push_str(&format!(" APPENDLIMIT={}", self.server.imap.max_literal));
@@ -285,6 +296,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Flow::Idle(tag) => {
                         if let Err(r) = self.idle(tag).await {
                             return r;
+                        }
+                    }
+                    Flow::Compress => {
+                        // RFC 4978 3: the OK goes out uncompressed; everything after it, in
+                        // both directions, is compressed, including bytes the client already
+                        // sent behind the command.
+                        if let Err(e) = self.flush().await {
+                            return format!("i/o error: {e}");
+                        }
+                        let pending = self.framer.take_buffered();
+                        self.deflate = Some(Box::default());
+                        tracing::info!(session = %self.id, "imap: COMPRESS=DEFLATE active");
+                        if let Err(e) = self.ingest(&pending) {
+                            return e;
                         }
                     }
                 }
@@ -327,7 +352,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Ok(Ok(0)) => Read::Closed("client closed the connection".into()),
             Ok(Ok(_)) => {
-                self.framer.push(&self.rbuf);
+                let data = std::mem::take(&mut self.rbuf);
+                if let Err(e) = self.ingest(&data) {
+                    self.untagged(Status::Bye, None, &e);
+                    let _ = self.flush().await;
+                    return Read::Closed(e);
+                }
+                self.rbuf = data;
                 // An idle connection keeps no read buffer.
                 if self.rbuf.capacity() > 4096 {
                     self.rbuf = Vec::new();
@@ -336,6 +367,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Ok(Err(e)) => Read::Closed(format!("i/o error: {e}")),
         }
+    }
+
+    /// Hands received bytes to the framer, inflating them first under COMPRESS.
+    fn ingest(&mut self, data: &[u8]) -> Result<(), String> {
+        match self.deflate.as_mut() {
+            Some(d) => {
+                let plain = d.decompress(data)?;
+                self.framer.push(&plain);
+            }
+            None => self.framer.push(data),
+        }
+        Ok(())
     }
 
     fn tag_str(tag: &Option<Vec<u8>>) -> Option<String> {
@@ -678,13 +721,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.qresync = false;
                 self.tagged(tag, Status::Ok, None, "UNAUTHENTICATE completed");
             }
-            CommandBody::Compress(_) => {
-                self.tagged(
-                    tag,
-                    Status::No,
-                    Some("CANNOT"),
-                    "compression is not offered",
-                );
+            CommandBody::Compress(mechanism) => {
+                if self.deflate.is_some() {
+                    self.tagged(
+                        tag,
+                        Status::No,
+                        Some("COMPRESSIONACTIVE"),
+                        "already compressing",
+                    );
+                } else if mechanism != "DEFLATE" {
+                    return Ok(self.bad(Some(tag), "the only mechanism is DEFLATE"));
+                } else {
+                    self.tagged(tag, Status::Ok, None, "DEFLATE active");
+                    return Ok(Flow::Compress);
+                }
             }
             CommandBody::Namespace => {
                 self.out
@@ -942,8 +992,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 r = self.conn.read_buf(&mut self.rbuf) => match r {
                     Ok(0) => return Err("client closed the connection".into()),
                     Ok(_) => {
-                        self.framer.push(&self.rbuf);
-                        self.rbuf = Vec::new();
+                        let data = std::mem::take(&mut self.rbuf);
+                        self.ingest(&data)?;
                         deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
                     }
                     Err(e) => return Err(io(e)),

@@ -440,3 +440,60 @@ async fn session_fuzz_seeds_replay() {
     let mut c = login(server.listeners["imap"], "alice").await;
     assert!(last(&c.cmd("z", "NOOP").await).starts_with("z OK"));
 }
+
+/// COMPRESS=DEFLATE (RFC 4978): after the uncompressed OK both directions are raw DEFLATE,
+/// including a command the client pipelined right behind COMPRESS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compress_deflate() {
+    use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+    use tokio::io::AsyncReadExt;
+    let server = Server::start("");
+    let mut c = login(server.listeners["imap"], "alice").await;
+    let caps = c.cmd("a", "CAPABILITY").await;
+    assert!(caps[0].contains("COMPRESS=DEFLATE"), "{caps:?}");
+    let mut tx = Compress::new(Compression::default(), false);
+    let mut rx = Decompress::new(false);
+    let deflate = |tx: &mut Compress, data: &[u8]| {
+        let mut out = Vec::with_capacity(data.len() + 1024);
+        tx.compress_vec(data, &mut out, FlushCompress::Sync)
+            .unwrap();
+        out
+    };
+    // The NOOP goes out compressed in the same write as the COMPRESS command.
+    let mut first = b"z COMPRESS DEFLATE\r\n".to_vec();
+    first.extend(deflate(&mut tx, b"y NOOP\r\nx SELECT INBOX\r\n"));
+    c.send(&first).await;
+    assert!(c.line().await.starts_with("z OK"));
+    let mut stream = c.s;
+    let mut plain = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    while !String::from_utf8_lossy(&plain).contains("x OK") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("compressed reply in time")
+            .expect("read");
+        assert!(n > 0, "closed");
+        let mut out = Vec::with_capacity(64 * 1024);
+        rx.decompress_vec(&buf[..n], &mut out, FlushDecompress::None)
+            .expect("valid DEFLATE from the server");
+        plain.extend(out);
+    }
+    let text = String::from_utf8_lossy(&plain);
+    assert!(text.contains("y OK") && text.contains("EXISTS"), "{text}");
+    // A second COMPRESS is refused (compressed, of course).
+    stream
+        .get_mut()
+        .write_all(&deflate(&mut tx, b"w COMPRESS DEFLATE\r\n"))
+        .await
+        .unwrap();
+    plain.clear();
+    while !String::from_utf8_lossy(&plain).contains("w NO") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed");
+        let mut out = Vec::with_capacity(64 * 1024);
+        rx.decompress_vec(&buf[..n], &mut out, FlushDecompress::None)
+            .unwrap();
+        plain.extend(out);
+    }
+    assert!(String::from_utf8_lossy(&plain).contains("COMPRESSIONACTIVE"));
+}

@@ -172,12 +172,13 @@ async fn mutt_reads_flags_and_files_messages() {
              set ssl_starttls=yes\nset ssl_force_tls=yes\nset certificate_file=\"{cert}\"\n\
              set ssl_verify_host=no\nset header_cache=\"\"\nset message_cachedir=\"\"\n\
              set confirmappend=no\nset confirmcreate=no\nset delete=yes\nset quit=yes\n\
-             set move=no\nset mail_check=0\n",
+             set move=no\nset mail_check=0\nset imap_deflate=yes\n",
             port = server.listeners["imap"].port(),
             cert = dir.join("tls/cert.pem").display(),
         ),
     )
     .unwrap();
+    // (imap_deflate: mutt speaks COMPRESS=DEFLATE when it is offered.)
     // Tag the messages whose body says "body 2" or "body 3", copy them to Archive, flag
     // them, delete message 1 and sync; then quit.
     let keys = "<tag-pattern>~b body.[23]<enter><tag-prefix><copy-message>=Archive<enter>\
@@ -195,6 +196,10 @@ async fn mutt_reads_flags_and_files_messages() {
         out.status.success(),
         "mutt failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        server.log().contains("COMPRESS=DEFLATE active"),
+        "mutt did not use COMPRESS=DEFLATE"
     );
     assert_eq!(imap_status(&server, "Archive").await.0, 2);
     assert_eq!(
