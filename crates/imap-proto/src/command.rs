@@ -101,6 +101,60 @@ pub struct AppendMessage {
     pub binary: bool,
 }
 
+/// Which mailboxes a NOTIFY event group watches (RFC 5465 6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyFilter {
+    /// The selected mailbox.
+    Selected,
+    /// The selected mailbox, expunges reported only when allowed (SELECTED-DELAYED).
+    SelectedDelayed,
+    /// Mailboxes that receive new mail (INBOXES).
+    Inboxes,
+    /// Every mailbox of the user (PERSONAL).
+    Personal,
+    /// Subscribed mailboxes.
+    Subscribed,
+    /// These mailboxes and everything below them (raw names).
+    Subtree(Vec<Vec<u8>>),
+    /// Exactly these mailboxes (raw names).
+    Mailboxes(Vec<Vec<u8>>),
+}
+
+/// A NOTIFY event (RFC 5465 5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyEvent {
+    /// MessageNew, with the FETCH items to send for new messages of the selected mailbox.
+    MessageNew(Vec<FetchItem>),
+    /// MessageExpunge.
+    MessageExpunge,
+    /// FlagChange.
+    FlagChange,
+    /// MailboxName (created, deleted, renamed).
+    MailboxName,
+    /// SubscriptionChange.
+    SubscriptionChange,
+    /// An event this server does not offer (AnnotationChange, metadata events).
+    Unsupported(String),
+}
+
+/// One `(filter events)` group of NOTIFY SET; no events means NONE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyGroup {
+    /// Which mailboxes.
+    pub filter: NotifyFilter,
+    /// Which events.
+    pub events: Vec<NotifyEvent>,
+}
+
+/// NOTIFY SET: the groups, and whether STATUS is wanted at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifySet {
+    /// `(STATUS)`.
+    pub status: bool,
+    /// The event groups.
+    pub groups: Vec<NotifyGroup>,
+}
+
 /// What a command asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandBody {
@@ -199,6 +253,8 @@ pub enum CommandBody {
     },
     /// IDLE (RFC 2177).
     Idle,
+    /// NOTIFY NONE (None) or NOTIFY SET (RFC 5465).
+    Notify(Option<NotifySet>),
     /// CHECK (IMAP4rev1).
     Check,
     /// CLOSE.
@@ -528,6 +584,90 @@ fn append(c: &mut Cursor<'_>) -> Result<CommandBody, SyntaxError> {
     Ok(CommandBody::Append { mailbox, messages })
 }
 
+fn notify_mailboxes(c: &mut Cursor<'_>) -> Result<Vec<Vec<u8>>, SyntaxError> {
+    c.sp()?;
+    let mut out = Vec::new();
+    if c.peek() == Next::Byte(b'(') {
+        c.list(false, |c| {
+            out.push(c.astring()?.into_owned());
+            Ok(())
+        })?;
+    } else {
+        out.push(c.astring()?.into_owned());
+    }
+    Ok(out)
+}
+
+fn notify(c: &mut Cursor<'_>) -> Result<CommandBody, SyntaxError> {
+    c.sp()?;
+    if c.keyword("NONE") {
+        return Ok(CommandBody::Notify(None));
+    }
+    if !c.keyword("SET") {
+        return err("expected NOTIFY NONE or NOTIFY SET");
+    }
+    let mut set = NotifySet {
+        status: false,
+        groups: Vec::new(),
+    };
+    // RFC 5465 8 (with erratum 1804): "NOTIFY SET" [SP "STATUS"] SP event-group
+    // *(SP event-group), event-group = "(" filter SP ("(" event *(SP event) ")" / "NONE") ")".
+    c.sp()?;
+    if c.keyword("STATUS") {
+        set.status = true;
+        c.sp()?;
+    }
+    loop {
+        c.expect(b'(')?;
+        let word = upper(c.atom()?);
+        let filter = match word.as_str() {
+            "SELECTED" => NotifyFilter::Selected,
+            "SELECTED-DELAYED" => NotifyFilter::SelectedDelayed,
+            "INBOXES" => NotifyFilter::Inboxes,
+            "PERSONAL" => NotifyFilter::Personal,
+            "SUBSCRIBED" => NotifyFilter::Subscribed,
+            "SUBTREE" => NotifyFilter::Subtree(notify_mailboxes(c)?),
+            "MAILBOXES" => NotifyFilter::Mailboxes(notify_mailboxes(c)?),
+            other => return err(format!("unknown NOTIFY filter {other}")),
+        };
+        c.sp()?;
+        let mut events = Vec::new();
+        if !c.keyword("NONE") {
+            c.list(false, |c| {
+                let name = c.atom()?.to_string();
+                events.push(match upper(&name).as_str() {
+                    "MESSAGENEW" => {
+                        let mut items = Vec::new();
+                        // Optional fetch-att list: look past the space, go back if no "(".
+                        let before = c.clone();
+                        if c.eat(b' ') && c.peek() == Next::Byte(b'(') {
+                            c.list(false, |c| {
+                                items.extend(selected::fetch_item(c)?);
+                                Ok(())
+                            })?;
+                        } else {
+                            *c = before;
+                        }
+                        NotifyEvent::MessageNew(items)
+                    }
+                    "MESSAGEEXPUNGE" => NotifyEvent::MessageExpunge,
+                    "FLAGCHANGE" => NotifyEvent::FlagChange,
+                    "MAILBOXNAME" => NotifyEvent::MailboxName,
+                    "SUBSCRIPTIONCHANGE" => NotifyEvent::SubscriptionChange,
+                    _ => NotifyEvent::Unsupported(name),
+                });
+                Ok(())
+            })?;
+        }
+        c.expect(b')')?;
+        set.groups.push(NotifyGroup { filter, events });
+        if !c.eat(b' ') {
+            break;
+        }
+    }
+    Ok(CommandBody::Notify(Some(set)))
+}
+
 /// ID parameters: NIL, or field/value pairs (RFC 2971).
 pub type IdParams = Option<Vec<(String, Option<String>)>>;
 
@@ -697,6 +837,7 @@ fn parse_body(c: &mut Cursor<'_>) -> Result<CommandBody, SyntaxError> {
             }
         }
         "APPEND" => append(c)?,
+        "NOTIFY" => notify(c)?,
         "UID" => {
             c.sp()?;
             let sub = upper(c.atom()?);
@@ -966,6 +1107,31 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn notify_set_and_none() {
+        assert_eq!(body("a NOTIFY NONE\r\n"), CommandBody::Notify(None));
+        // RFC 5465 7 example.
+        // RFC 5465 3.1 example, as corrected by erratum 1804.
+        match body("a NOTIFY SET STATUS (selected (MessageNew (uid body.peek[header.fields (from to subject)]) MessageExpunge)) (subtree Lists (MessageNew)) (mailboxes (\"a b\" c) (MailboxName FlagChange)) (personal NONE)\r\n") {
+            CommandBody::Notify(Some(set)) => {
+                assert!(set.status);
+                assert_eq!(set.groups.len(), 4);
+                assert_eq!(set.groups[0].filter, NotifyFilter::Selected);
+                assert!(matches!(&set.groups[0].events[0], NotifyEvent::MessageNew(items) if items.len() == 2));
+                assert_eq!(set.groups[1].filter, NotifyFilter::Subtree(vec![b"Lists".to_vec()]));
+                assert_eq!(set.groups[2].filter, NotifyFilter::Mailboxes(vec![b"a b".to_vec(), b"c".to_vec()]));
+                assert!(set.groups[3].events.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            body("a NOTIFY SET (inboxes (MessageNew AnnotationChange))\r\n"),
+            CommandBody::Notify(Some(s)) if s.groups[0].events[1] == NotifyEvent::Unsupported("AnnotationChange".into())
+        ));
+        assert!(cmd(b"a NOTIFY SET\r\n").is_err());
+        assert!(cmd(b"a NOTIFY SET (bogus MessageNew)\r\n").is_err());
     }
 
     #[test]

@@ -491,7 +491,7 @@ fn binary_part(c: &mut Cursor<'_>) -> Result<Vec<u32>, SyntaxError> {
     Ok(path)
 }
 
-fn fetch_item(c: &mut Cursor<'_>) -> Result<Vec<FetchItem>, SyntaxError> {
+pub(crate) fn fetch_item(c: &mut Cursor<'_>) -> Result<Vec<FetchItem>, SyntaxError> {
     let w = c.word()?.to_ascii_uppercase();
     let one = |i| Ok(vec![i]);
     match w.as_str() {

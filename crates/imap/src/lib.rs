@@ -14,6 +14,7 @@
 
 mod compress;
 pub mod fetch;
+mod notify;
 pub mod search;
 mod selected_cmds;
 mod session;

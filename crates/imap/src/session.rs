@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use mailkeep_config::Plaintext;
 use mailkeep_imap_proto::command::{
-    self, Command, CommandBody, ListReturn, SelectParams, StatusItem,
+    self, Command, CommandBody, ListReturn, NotifySet, SelectParams, StatusItem,
 };
 use mailkeep_imap_proto::frame::{Event, Framer, Limits, LiteralMode, Part};
 use mailkeep_imap_proto::response::{self, status_line, ListEntry, Status};
@@ -26,7 +26,7 @@ use mailkeep_net::sasl::decode_plain;
 use mailkeep_net::stream::Conn;
 use mailkeep_net::Shutdown;
 use mailkeep_store::{ChangeEvent, LogEvent, Mailbox, StoreError, User};
-use mailkeep_types::{MailboxRole, ModSeq, Uid};
+use mailkeep_types::{MailboxId, MailboxRole, ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::util::list_matches;
@@ -106,6 +106,7 @@ pub(crate) struct Session<S> {
     sasl: Option<String>,
     rate: Rate,
     deflate: Option<Box<crate::compress::Deflate>>,
+    notify: Option<Box<crate::notify::Notify>>,
 }
 
 fn new_session_id() -> String {
@@ -148,6 +149,7 @@ pub async fn run_session<S>(
         sasl: None,
         rate: Rate::new(),
         deflate: None,
+        notify: None,
     };
     let reason = s.run().await;
     tracing::debug!(session = %s.id, peer = %s.peer, reason = %reason, "imap session closed");
@@ -165,6 +167,8 @@ pub async fn refuse<S: AsyncWrite + Unpin>(mut stream: S, why: &str) {
 enum Read {
     Data,
     Closed(String),
+    /// A store change while NOTIFY is on.
+    Event(Result<ChangeEvent, tokio::sync::broadcast::error::RecvError>),
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -263,6 +267,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "MULTIAPPEND",
             "UNAUTHENTICATE",
             "COMPRESS=DEFLATE",
+            "NOTIFY",
         ]);
         let mut s = caps.join(" ");
         s.push_str(&format!(" APPENDLIMIT={}", self.server.imap.max_literal));
@@ -324,6 +329,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             match self.read().await {
                 Read::Data => {}
                 Read::Closed(r) => return r,
+                Read::Event(first) => {
+                    let mut batch = vec![first];
+                    if let Some(rx) = self.notify.as_mut().and_then(|n| n.events.as_mut()) {
+                        while let Ok(e) = rx.try_recv() {
+                            batch.push(Ok(e));
+                            if batch.len() >= 10_000 {
+                                break;
+                            }
+                        }
+                    }
+                    match self.notify_events(batch).await {
+                        Ok(Some(Flow::Close(r))) => {
+                            let _ = self.flush().await;
+                            return r;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(session = %self.id, error = %e, "notify failed"),
+                    }
+                }
             }
         }
     }
@@ -336,8 +360,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.rbuf.clear();
         let timeout = self.server.imap.idle_timeout;
         let mut shutdown = self.shutdown.clone();
+        let (conn, rbuf) = (&mut self.conn, &mut self.rbuf);
+        let events = self.notify.as_mut().and_then(|n| n.events.as_mut());
         let n = tokio::select! {
-            r = tokio::time::timeout(timeout, self.conn.read_buf(&mut self.rbuf)) => r,
+            r = tokio::time::timeout(timeout, conn.read_buf(rbuf)) => r,
+            // NOTIFY: changes are reported between commands too (RFC 5465 3).
+            ev = async {
+                match events {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => return Read::Event(ev),
             _ = shutdown.wait() => {
                 self.untagged(Status::Bye, None, "server shutting down");
                 let _ = self.flush().await;
@@ -736,6 +769,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Ok(Flow::Compress);
                 }
             }
+            CommandBody::Notify(set) => return self.notify_set(tag, set).await,
             CommandBody::Namespace => {
                 self.out
                     .extend_from_slice(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
@@ -953,7 +987,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// IDLE (RFC 2177): report changes as they happen until DONE.
     async fn idle(&mut self, tag: String) -> Result<(), String> {
-        let mut events = self.server.store.subscribe();
+        // Under NOTIFY, IDLE uses NOTIFY's receiver and reports what NOTIFY asks for.
+        let notifying = self.notify.is_some();
+        let mut events = match self.notify.as_mut().and_then(|n| n.events.take()) {
+            Some(rx) => rx,
+            None => self.server.store.subscribe(),
+        };
         let io = |e: std::io::Error| format!("i/o error: {e}");
         // Anything that happened before we subscribed.
         if let Ok(Some(Flow::Close(r))) = self.sync().await {
@@ -981,6 +1020,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 let _ = self.sync().await;
                 self.take_done();
+                if let Some(n) = self.notify.as_mut() {
+                    n.events = Some(events);
+                }
                 return Ok(());
             }
             let mut shutdown = self.shutdown.clone();
@@ -998,7 +1040,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                     Err(e) => return Err(io(e)),
                 },
-                ev = events.recv() => {
+                ev = events.recv() => if notifying {
+                    let mut batch = vec![ev];
+                    while let Ok(e) = events.try_recv() {
+                        batch.push(Ok(e));
+                        if batch.len() >= 10_000 {
+                            break;
+                        }
+                    }
+                    match self.notify_events(batch).await {
+                        Ok(Some(Flow::Close(r))) => {
+                            let _ = self.flush().await;
+                            return Err(r);
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(session = %self.id, error = %e, "notify failed"),
+                    }
+                    self.flush().await.map_err(io)?;
+                } else {
                     let relevant = match &ev {
                         Ok(e) => self.relevant(e),
                         // Lagged: we missed some; a sync finds them all.
@@ -1037,6 +1096,189 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
+    }
+
+    /// NOTIFY NONE / NOTIFY SET (RFC 5465 3).
+    async fn notify_set(&mut self, tag: &str, set: Option<NotifySet>) -> Res {
+        let Some(set) = set else {
+            self.notify = None;
+            self.tagged(tag, Status::Ok, None, "NOTIFY NONE completed");
+            return Ok(Flow::Continue);
+        };
+        let utf8 = self.utf8();
+        let planned = crate::notify::plan(&set, |raw| {
+            command::mailbox_name(raw, utf8)
+                .map(|n| n.trim_end_matches('/').to_string())
+                .map_err(|e| e.0)
+        });
+        let (selected, delayed, others) = match planned {
+            Ok(p) => p,
+            Err(crate::notify::Refusal::Bad(why)) => return Ok(self.bad(Some(tag), &why)),
+            Err(crate::notify::Refusal::BadEvent) => {
+                self.tagged(
+                    tag,
+                    Status::No,
+                    Some(&format!("BADEVENT ({})", crate::notify::OFFERED)),
+                    "event not supported",
+                );
+                return Ok(Flow::Continue);
+            }
+        };
+        let account = self.account()?.id;
+        let store = self.server.store.clone();
+        let events = store.subscribe();
+        let n = crate::notify::Notify {
+            selected,
+            delayed,
+            others,
+            events: Some(events),
+            mailboxes: store.mailboxes(account).await?,
+            subscribed: store.subscriptions(account).await?,
+        };
+        if set.status {
+            // RFC 5465 3: STATUS for every watched mailbox but the selected one, at once.
+            let selected_id = self.view.as_ref().map(|v| v.mailbox);
+            for mb in n.watched() {
+                if Some(mb.id) != selected_id {
+                    self.notify_status(&mb).await?;
+                }
+            }
+        }
+        self.notify = Some(Box::new(n));
+        self.tagged(tag, Status::Ok, None, "NOTIFY completed");
+        Ok(Flow::Continue)
+    }
+
+    async fn notify_status(&mut self, mb: &Mailbox) -> Result<(), StoreError> {
+        let now = self
+            .server
+            .store
+            .mailbox_get(mb.id)
+            .await?
+            .unwrap_or_else(|| mb.clone());
+        let items = [
+            StatusItem::Messages,
+            StatusItem::UidNext,
+            StatusItem::UidValidity,
+            StatusItem::Unseen,
+        ];
+        let data = self.status_items(&now, &items).await?;
+        let refs: Vec<(&str, u64)> = data.iter().map(|(k, v)| (*k, *v)).collect();
+        let utf8 = self.utf8();
+        response::status_data(&mut self.out, &now.name, &refs, utf8);
+        Ok(())
+    }
+
+    /// Reports a batch of store changes as NOTIFY asked (RFC 5465 5).
+    async fn notify_events(
+        &mut self,
+        batch: Vec<Result<ChangeEvent, tokio::sync::broadcast::error::RecvError>>,
+    ) -> Result<Option<Flow>, StoreError> {
+        use tokio::sync::broadcast::error::RecvError;
+        let Some(me) = self.user.as_ref().map(|u| u.id) else {
+            return Ok(None);
+        };
+        let selected_id = self.view.as_ref().map(|v| v.mailbox);
+        let mut sync_selected = false;
+        let mut others: Vec<MailboxId> = Vec::new();
+        let mut names_changed = false;
+        for ev in batch {
+            let Some(n) = self.notify.as_ref() else {
+                return Ok(None);
+            };
+            let (mailbox, new, expunge, flags) = match ev {
+                Ok(ChangeEvent::MessageAdded(s)) => (s.mailbox, true, false, false),
+                Ok(ChangeEvent::FlagsChanged { mailbox, .. }) => (mailbox, false, false, true),
+                Ok(ChangeEvent::Expunged { mailbox, .. }) => (mailbox, false, true, false),
+                Ok(ChangeEvent::MailboxesChanged(a)) => {
+                    names_changed |= a == me;
+                    continue;
+                }
+                Err(RecvError::Lagged(_)) => {
+                    sync_selected = true;
+                    continue;
+                }
+                Err(RecvError::Closed) => {
+                    if let Some(n) = self.notify.as_mut() {
+                        n.events = Some(self.server.store.subscribe());
+                    }
+                    continue;
+                }
+            };
+            if Some(mailbox) == selected_id {
+                let k = n.selected;
+                // SELECTED-DELAYED: expunges wait for a command that allows them.
+                if (new && k.new) || (flags && k.flags) || (expunge && k.expunge && !n.delayed) {
+                    sync_selected = true;
+                }
+            } else if let Some((_, k)) = n.kinds_for(mailbox) {
+                if ((new && k.new) || (expunge && k.expunge) || (flags && k.flags))
+                    && !others.contains(&mailbox)
+                {
+                    others.push(mailbox);
+                }
+            }
+        }
+        if names_changed {
+            let store = self.server.store.clone();
+            let now = store.mailboxes(me).await?;
+            let subs = store.subscriptions(me).await?;
+            let utf8 = self.utf8();
+            if let Some(n) = self.notify.as_mut() {
+                if n.wants_names() {
+                    // RFC 5465 5.4: LIST for created mailboxes, \NonExistent for deleted ones.
+                    for mb in &now {
+                        if !n.mailboxes.iter().any(|o| o.name == mb.name) {
+                            response::list_line(
+                                &mut self.out,
+                                "LIST",
+                                &ListEntry {
+                                    attributes: &[],
+                                    name: &mb.name,
+                                    child_info: false,
+                                    old_name: None,
+                                },
+                                utf8,
+                            );
+                        }
+                    }
+                    for old in &n.mailboxes {
+                        if !now.iter().any(|m| m.name == old.name) {
+                            response::list_line(
+                                &mut self.out,
+                                "LIST",
+                                &ListEntry {
+                                    attributes: &["\\NonExistent"],
+                                    name: &old.name,
+                                    child_info: false,
+                                    old_name: None,
+                                },
+                                utf8,
+                            );
+                        }
+                    }
+                }
+                n.mailboxes = now;
+                n.subscribed = subs;
+            }
+            sync_selected = true;
+        }
+        for id in others {
+            let mb = self
+                .notify
+                .as_ref()
+                .and_then(|n| n.mailboxes.iter().find(|m| m.id == id).cloned());
+            if let Some(mb) = mb {
+                self.notify_status(&mb).await?;
+            }
+        }
+        if sync_selected {
+            if let Some(v) = self.view.as_mut() {
+                v.dirty = true;
+            }
+            return self.sync().await;
+        }
+        Ok(None)
     }
 
     fn relevant(&self, e: &ChangeEvent) -> bool {

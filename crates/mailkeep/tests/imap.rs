@@ -497,3 +497,70 @@ async fn compress_deflate() {
     }
     assert!(String::from_utf8_lossy(&plain).contains("COMPRESSIONACTIVE"));
 }
+
+/// NOTIFY (RFC 5465): changes reach the client between commands, as EXISTS for the selected
+/// mailbox, STATUS for other watched ones and LIST for new mailboxes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_reports_between_commands() {
+    let server = Server::start("");
+    let imap = server.listeners["imap"];
+    let mut c = login(imap, "alice").await;
+    assert!(c.cmd("a", "CAPABILITY").await[0].contains(" NOTIFY"));
+    c.cmd("s", "SELECT INBOX").await;
+    let r = c
+        .cmd("n", "NOTIFY SET STATUS (selected (MessageNew MessageExpunge FlagChange)) (personal (MessageNew MessageExpunge MailboxName))")
+        .await;
+    assert!(last(&r).starts_with("n OK"), "{r:?}");
+    assert!(
+        r.iter()
+            .any(|l| l.starts_with("* STATUS Archive (MESSAGES 0 UIDNEXT 1 UIDVALIDITY")),
+        "STATUS at once: {r:?}"
+    );
+    assert!(
+        !r.iter().any(|l| l.starts_with("* STATUS INBOX")),
+        "not for the selected one"
+    );
+    // SMTP delivery: EXISTS arrives without any command.
+    let mut smtp = Raw::connect(server.smtp).await;
+    smtp.cmd("EHLO client.example").await;
+    smtp.envelope("x@example.org", &["alice@example.test"])
+        .await;
+    smtp.send(b"DATA\r\nSubject: notify\r\n\r\nhi\r\n.\r\n")
+        .await;
+    smtp.reply().await;
+    assert!(smtp.reply().await.starts_with("250"));
+    assert_eq!(c.line().await, "* 1 EXISTS\r\n");
+    // Another session appends to Archive and creates a mailbox.
+    let mut other = login(imap, "alice").await;
+    let msg = "Subject: archived\r\n\r\nx\r\n";
+    other
+        .send(format!("p APPEND Archive {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes())
+        .await;
+    other.until_tagged("p").await;
+    let l = c.line().await;
+    assert!(
+        l.starts_with("* STATUS Archive (MESSAGES 1 UIDNEXT 2"),
+        "{l}"
+    );
+    other.cmd("q", "CREATE Projects").await;
+    assert_eq!(c.line().await, "* LIST () \"/\" Projects\r\n");
+    // Unsupported events and invalid combinations are refused.
+    let r = c
+        .cmd(
+            "b",
+            "NOTIFY SET (inboxes (MessageNew MessageExpunge AnnotationChange))",
+        )
+        .await;
+    assert!(last(&r).starts_with("b NO [BADEVENT"), "{r:?}");
+    let r = c.cmd("d", "NOTIFY SET (selected (MessageNew))").await;
+    assert!(last(&r).starts_with("d BAD"), "{r:?}");
+    // NOTIFY NONE: nothing unsolicited any more; NOOP reports what happened.
+    assert!(last(&c.cmd("e", "NOTIFY NONE").await).starts_with("e OK"));
+    other.cmd("s", "SELECT INBOX").await;
+    other.cmd("t", "STORE 1 +FLAGS (\\Flagged)").await;
+    let r = c.cmd("f", "NOOP").await;
+    assert!(
+        r[0].starts_with("* 1 FETCH (UID 1 FLAGS (\\Flagged)"),
+        "{r:?}"
+    );
+}
