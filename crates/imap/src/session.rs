@@ -1844,3 +1844,25 @@ pub(crate) fn now_micros() -> i64 {
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_rate_is_bounded() {
+        let mut r = Rate::new();
+        // A burst of RATE_BURST commands passes without waiting...
+        for _ in 0..RATE_BURST as usize {
+            assert_eq!(r.take(), None);
+        }
+        // ...then each command waits for its share of RATE_PER_SEC.
+        let wait = r.take().expect("over the burst, a command waits");
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs_f64(2.0 / RATE_PER_SEC));
+        let later = r.take().expect("still over");
+        assert!(
+            later > wait,
+            "the wait grows while the client keeps sending"
+        );
+    }
+}
