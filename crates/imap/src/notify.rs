@@ -7,11 +7,13 @@
 //!   mailboxes matched by a filter, a STATUS response; for MailboxName, LIST responses for
 //!   mailboxes created or deleted (a rename is both), found by comparing the account's
 //!   mailbox list with the one seen before.
-//! - Not offered: AnnotationChange and the METADATA events (BADEVENT); MessageNew's
-//!   fetch-att list is accepted but only EXISTS is sent; SubscriptionChange is accepted, but
-//!   the store does not report subscription changes yet.
+//! - MessageNew with a fetch-att list sends, after EXISTS, a FETCH of those items for each new
+//!   message of the selected mailbox (RFC 5465 5.2).
+//! - Not offered: AnnotationChange and the METADATA events (BADEVENT); SubscriptionChange is
+//!   accepted, but the store does not report subscription changes yet.
 
 use mailkeep_imap_proto::command::{NotifyEvent, NotifyFilter, NotifySet};
+use mailkeep_imap_proto::selected::FetchItem;
 use mailkeep_store::{ChangeEvent, Mailbox};
 use mailkeep_types::{MailboxId, MailboxRole};
 
@@ -49,6 +51,8 @@ pub struct Notify {
     pub selected: Kinds,
     /// SELECTED-DELAYED: expunges wait for a command that allows them.
     pub delayed: bool,
+    /// FETCH items sent for each new message of the selected mailbox.
+    pub new_items: Vec<FetchItem>,
     /// Groups for other mailboxes.
     pub others: Vec<(Filter, Kinds)>,
     /// The change events (taken by IDLE while it runs).
@@ -70,9 +74,17 @@ pub enum Refusal {
 /// The events offered, for NO [BADEVENT (...)].
 pub const OFFERED: &str = "MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange";
 
-/// What NOTIFY SET asks for: events of the selected mailbox, SELECTED-DELAYED, and the groups
-/// for other mailboxes.
-pub type Plan = (Kinds, bool, Vec<(Filter, Kinds)>);
+/// What NOTIFY SET asks for.
+pub struct Plan {
+    /// Events of the selected mailbox.
+    pub selected: Kinds,
+    /// SELECTED-DELAYED.
+    pub delayed: bool,
+    /// FETCH items to send for new messages of the selected mailbox (MessageNew's list).
+    pub new_items: Vec<FetchItem>,
+    /// Groups for other mailboxes.
+    pub others: Vec<(Filter, Kinds)>,
+}
 
 /// Turns NOTIFY SET into the session's state; `decode` turns raw mailbox names into ours.
 pub fn plan(
@@ -81,12 +93,17 @@ pub fn plan(
 ) -> Result<Plan, Refusal> {
     let mut selected = Kinds::default();
     let mut delayed = false;
+    let mut new_items = Vec::new();
     let mut others = Vec::new();
     for g in &set.groups {
         let mut k = Kinds::default();
+        let mut items: &[FetchItem] = &[];
         for e in &g.events {
             match e {
-                NotifyEvent::MessageNew(_) => k.new = true,
+                NotifyEvent::MessageNew(i) => {
+                    k.new = true;
+                    items = i;
+                }
                 NotifyEvent::MessageExpunge => k.expunge = true,
                 NotifyEvent::FlagChange => k.flags = true,
                 NotifyEvent::MailboxName => k.names = true,
@@ -114,6 +131,13 @@ pub fn plan(
                 }
                 delayed = g.filter == NotifyFilter::SelectedDelayed;
                 selected = k;
+                new_items = items.to_vec();
+            }
+            // RFC 5465 5.1: fetch-att only with the selected mailbox.
+            _ if !items.is_empty() => {
+                return Err(Refusal::Bad(
+                    "MessageNew FETCH items apply only to the selected mailbox".into(),
+                ))
             }
             NotifyFilter::Inboxes => others.push((Filter::Inboxes, k)),
             NotifyFilter::Personal => others.push((Filter::Personal, k)),
@@ -122,7 +146,12 @@ pub fn plan(
             NotifyFilter::Mailboxes(n) => others.push((Filter::Mailboxes(names(n)?), k)),
         }
     }
-    Ok((selected, delayed, others))
+    Ok(Plan {
+        selected,
+        delayed,
+        new_items,
+        others,
+    })
 }
 
 impl Notify {

@@ -1111,7 +1111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .map(|n| n.trim_end_matches('/').to_string())
                 .map_err(|e| e.0)
         });
-        let (selected, delayed, others) = match planned {
+        let plan = match planned {
             Ok(p) => p,
             Err(crate::notify::Refusal::Bad(why)) => return Ok(self.bad(Some(tag), &why)),
             Err(crate::notify::Refusal::BadEvent) => {
@@ -1128,9 +1128,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let store = self.server.store.clone();
         let events = store.subscribe();
         let n = crate::notify::Notify {
-            selected,
-            delayed,
-            others,
+            selected: plan.selected,
+            delayed: plan.delayed,
+            new_items: plan.new_items,
+            others: plan.others,
             events: Some(events),
             mailboxes: store.mailboxes(account).await?,
             subscribed: store.subscriptions(account).await?,
@@ -1273,10 +1274,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         if sync_selected {
+            let before = self.view.as_ref().map(|v| v.max_uid()).unwrap_or(0);
             if let Some(v) = self.view.as_mut() {
                 v.dirty = true;
             }
-            return self.sync().await;
+            if let Some(close) = self.sync().await? {
+                return Ok(Some(close));
+            }
+            let items = self
+                .notify
+                .as_ref()
+                .map(|n| n.new_items.clone())
+                .unwrap_or_default();
+            let after = self.view.as_ref().map(|v| v.max_uid()).unwrap_or(0);
+            if !items.is_empty() && after > before {
+                // RFC 5465 5.2: the requested items of each new message, after EXISTS. The
+                // FETCH machinery writes a tagged reply too; it is not for the client.
+                use mailkeep_imap_proto::cursor::{SeqNo, SequenceSet};
+                let set = SequenceSet::Ranges(vec![(SeqNo::Num(before + 1), SeqNo::Num(after))]);
+                let done = std::mem::take(&mut self.done);
+                let r = self
+                    .fetch("notify", true, set, items, Default::default())
+                    .await;
+                self.done = done;
+                r?;
+            }
         }
         Ok(None)
     }

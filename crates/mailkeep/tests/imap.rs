@@ -508,7 +508,7 @@ async fn notify_reports_between_commands() {
     assert!(c.cmd("a", "CAPABILITY").await[0].contains(" NOTIFY"));
     c.cmd("s", "SELECT INBOX").await;
     let r = c
-        .cmd("n", "NOTIFY SET STATUS (selected (MessageNew MessageExpunge FlagChange)) (personal (MessageNew MessageExpunge MailboxName))")
+        .cmd("n", "NOTIFY SET STATUS (selected (MessageNew (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)]) MessageExpunge FlagChange)) (personal (MessageNew MessageExpunge MailboxName))")
         .await;
     assert!(last(&r).starts_with("n OK"), "{r:?}");
     assert!(
@@ -530,6 +530,35 @@ async fn notify_reports_between_commands() {
     smtp.reply().await;
     assert!(smtp.reply().await.starts_with("250"));
     assert_eq!(c.line().await, "* 1 EXISTS\r\n");
+    // MessageNew's FETCH items follow, for the new message.
+    let l = c.line().await;
+    assert!(
+        l.starts_with("* 1 FETCH (UID 1 BODY[HEADER.FIELDS (SUBJECT)]"),
+        "{l}"
+    );
+    let mut literal = String::new();
+    loop {
+        let l = c.line().await;
+        if l == ")\r\n" {
+            break;
+        }
+        literal.push_str(&l);
+    }
+    assert_eq!(literal, "Subject: notify\r\n\r\n");
+    let r = c
+        .cmd(
+            "g",
+            "NOTIFY SET (personal (MessageNew (UID) MessageExpunge))",
+        )
+        .await;
+    assert!(
+        last(&r).starts_with("g BAD"),
+        "FETCH items only for the selected: {r:?}"
+    );
+    let r = c
+        .cmd("h", "NOTIFY SET (selected (MessageNew (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)]) MessageExpunge FlagChange)) (personal (MessageNew MessageExpunge MailboxName))")
+        .await;
+    assert!(last(&r).starts_with("h OK"), "{r:?}");
     // Another session appends to Archive and creates a mailbox.
     let mut other = login(imap, "alice").await;
     let msg = "Subject: archived\r\n\r\nx\r\n";

@@ -1291,6 +1291,21 @@ impl MailStore for SqliteStore {
                         params![src.id.0, id],
                     )
                     .map_err(backend)?;
+                    // For INBOX the messages are gone: record them as expunged with a new
+                    // MODSEQ, so sessions that have INBOX selected see them leave (EXPUNGE or
+                    // VANISHED) like any other removal.
+                    let modseq = src.highest_modseq.0 as i64 + 1;
+                    c.execute(
+                        "INSERT OR REPLACE INTO expunged (mailbox, uid, modseq) \
+                         SELECT ?1, uid, ?3 FROM messages WHERE mailbox = ?2",
+                        params![src.id.0, id, modseq],
+                    )
+                    .map_err(backend)?;
+                    c.execute(
+                        "UPDATE mailboxes SET highest_modseq = ?2 WHERE id = ?1",
+                        params![src.id.0, modseq],
+                    )
+                    .map_err(backend)?;
                     return Ok(());
                 }
                 if to.starts_with(&format!("{}/", src.name)) {

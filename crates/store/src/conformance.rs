@@ -866,6 +866,23 @@ async fn messages(store: &SharedStore) {
     let inbox_now = boxes.iter().find(|m| m.name == "INBOX").unwrap();
     assert_eq!(store.messages(old.id).await.unwrap().len(), 1);
     assert!(store.messages(inbox_now.id).await.unwrap().is_empty());
+    // Sessions with INBOX selected learn that its messages left.
+    let moved: Vec<Uid> = store
+        .messages(old.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    let before_rename = inbox_now.highest_modseq.0 - 1;
+    let gone = store
+        .expunged_since(inbox_now.id, ModSeq(before_rename))
+        .await
+        .unwrap();
+    assert!(
+        moved.iter().all(|u| gone.contains(u)),
+        "moved {moved:?}, expunged {gone:?}"
+    );
     assert_eq!(
         old.uid_next, inbox_now.uid_next,
         "moved UIDs stay below UIDNEXT"
