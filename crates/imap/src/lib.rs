@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailkeep_config::{AuthConfig, ImapConfig};
+use mailkeep_net::stream::{accept_tls, HANDSHAKE_TIMEOUT};
 use mailkeep_net::{accept_loop, ConnLimiter, LimitExceeded, Shutdown};
 use mailkeep_store::SharedStore;
 use tokio::net::TcpListener;
@@ -89,13 +90,9 @@ pub async fn serve(
                         tracing::error!("imaps listener without [tls]");
                         return;
                     };
-                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                    match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => run_session(tls, peer, server, shutdown, true).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "imaps handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "imaps handshake timed out"),
+                    match accept_tls(cfg, stream, HANDSHAKE_TIMEOUT).await {
+                        Ok(tls) => run_session(tls, peer, server, shutdown, true).await,
+                        Err(e) => tracing::debug!(%peer, error = %e, "imaps: no session"),
                     }
                 } else {
                     run_session(stream, peer, server, shutdown, false).await;

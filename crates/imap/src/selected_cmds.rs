@@ -591,14 +591,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(out)
     }
 
-    pub(crate) async fn sort(
+    /// Answers a SORT or THREAD: searches, reads the header sections of the hits, and writes
+    /// the untagged line `answer` makes of them (in mailbox order).
+    async fn sort_or_thread(
         &mut self,
         tag: &str,
         uid: bool,
-        keys: Vec<(bool, SortKey)>,
-        program: SearchProgram,
+        program: &SearchProgram,
+        verb: &str,
+        answer: impl FnOnce(&[sort::Item<'_>]) -> String,
     ) -> Res {
-        let hits = match self.run_search(&program).await? {
+        let hits = match self.run_search(program).await? {
             Ok(h) => h,
             Err(cs) => {
                 self.tagged(
@@ -629,15 +632,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             })
             .collect();
-        let order = sort::sort(&keys, &items);
-        let mut line = String::from("* SORT");
-        for n in order {
-            line.push_str(&format!(" {n}"));
-        }
-        line.push_str("\r\n");
+        let line = format!("* {verb}{}\r\n", answer(&items));
         self.out.extend_from_slice(line.as_bytes());
-        self.tagged(tag, Status::Ok, None, "SORT completed");
+        self.tagged(tag, Status::Ok, None, &format!("{verb} completed"));
         Ok(Flow::Continue)
+    }
+
+    pub(crate) async fn sort(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        keys: Vec<(bool, SortKey)>,
+        program: SearchProgram,
+    ) -> Res {
+        self.sort_or_thread(tag, uid, &program, "SORT", |items| {
+            sort::sort(&keys, items)
+                .iter()
+                .map(|n| format!(" {n}"))
+                .collect()
+        })
+        .await
     }
 
     pub(crate) async fn thread(
@@ -647,45 +661,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         algorithm: ThreadAlgorithm,
         program: SearchProgram,
     ) -> Res {
-        let hits = match self.run_search(&program).await? {
-            Ok(h) => h,
-            Err(cs) => {
-                self.tagged(
-                    tag,
-                    Status::No,
-                    Some("BADCHARSET (US-ASCII UTF-8)"),
-                    &format!("charset {cs} is not supported"),
-                );
-                return Ok(Flow::Continue);
-            }
-        };
-        let raws = self.load_raw(&hits).await?;
-        let Some(view) = self.view.as_ref() else {
-            return Ok(Flow::Continue);
-        };
-        let parser = MessageParser::default();
-        let parsed: Vec<_> = raws.iter().map(|(_, r)| parser.parse(r)).collect();
-        let items: Vec<sort::Item<'_>> = raws
-            .iter()
-            .zip(&parsed)
-            .map(|((i, _), p)| {
-                let m = &view.msgs[*i];
-                sort::Item {
-                    id: if uid { m.uid } else { *i as u32 + 1 },
-                    internal_date: m.internal_date,
-                    size: m.size,
-                    message: p.as_ref(),
-                }
-            })
-            .collect();
-        let threads = match algorithm {
-            ThreadAlgorithm::OrderedSubject => sort::ordered_subject(&items),
-            ThreadAlgorithm::References => sort::references(&items),
-        };
-        let line = format!("* THREAD {}\r\n", sort::thread_response(&threads));
-        self.out.extend_from_slice(line.as_bytes());
-        self.tagged(tag, Status::Ok, None, "THREAD completed");
-        Ok(Flow::Continue)
+        self.sort_or_thread(tag, uid, &program, "THREAD", |items| {
+            let threads = match algorithm {
+                ThreadAlgorithm::OrderedSubject => sort::ordered_subject(items),
+                ThreadAlgorithm::References => sort::references(items),
+            };
+            format!(" {}", sort::thread_response(&threads))
+        })
+        .await
     }
 
     pub(crate) async fn copy(

@@ -23,7 +23,7 @@ use mailkeep_imap_proto::command::{
 use mailkeep_imap_proto::frame::{Event, Framer, Limits, LiteralMode, Part};
 use mailkeep_imap_proto::response::{self, status_line, ListEntry, Status};
 use mailkeep_net::sasl::decode_plain;
-use mailkeep_net::stream::Conn;
+use mailkeep_net::stream::{Conn, HANDSHAKE_TIMEOUT};
 use mailkeep_net::Shutdown;
 use mailkeep_store::{ChangeEvent, LogEvent, Mailbox, StoreError, User};
 use mailkeep_types::{MailboxId, MailboxRole, ModSeq, Uid};
@@ -595,9 +595,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let flow = self.dispatch(&tag, body).await;
         // Untagged updates of the selected mailbox go before the tagged reply.
         if sync_after && matches!(flow, Ok(Flow::Continue)) {
-            if let Some(Flow::Close(r)) = self.sync().await? {
-                self.take_done();
-                return Ok(Flow::Close(r));
+            match self.sync().await {
+                Ok(Some(Flow::Close(r))) => {
+                    self.take_done();
+                    return Ok(Flow::Close(r));
+                }
+                Ok(_) => {}
+                // The command itself succeeded and its reply stands; the updates come with
+                // the next sync.
+                Err(e) => {
+                    tracing::warn!(session = %self.id, error = %e, "imap: sync failed");
+                    if let Some(v) = self.view.as_mut() {
+                        v.dirty = true;
+                    }
+                }
             }
         }
         self.take_done();
@@ -970,19 +981,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(cfg) = self.server.tls.clone() else {
             return Err("no TLS".into());
         };
-        let Conn::Plain(stream) = std::mem::replace(&mut self.conn, Conn::Upgrading) else {
-            return Err("STARTTLS on a TLS stream".into());
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-        match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => {
-                self.conn = Conn::Tls(Box::new(tls));
-                self.tls = true;
-                Ok(())
-            }
-            Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
-            Err(_) => Err("TLS handshake timed out".into()),
-        }
+        self.conn.upgrade(cfg, HANDSHAKE_TIMEOUT).await?;
+        self.tls = true;
+        Ok(())
     }
 
     /// IDLE (RFC 2177): report changes as they happen until DONE.

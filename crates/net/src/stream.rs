@@ -66,3 +66,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Conn<S> {
         }
     }
 }
+
+/// How long a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The server side of a TLS handshake on `stream`, bounded by `timeout` (implicit TLS on
+/// 993/995, and STARTTLS through [`Conn::upgrade`]).
+pub async fn accept_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    config: std::sync::Arc<rustls::ServerConfig>,
+    stream: S,
+    timeout: std::time::Duration,
+) -> Result<TlsStream<S>, String> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+        Err(_) => Err("TLS handshake timed out".into()),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// STARTTLS: runs the handshake on the plain stream and continues on TLS. The caller must
+    /// first drop whatever the client pipelined in plaintext (command injection).
+    pub async fn upgrade(
+        &mut self,
+        config: std::sync::Arc<rustls::ServerConfig>,
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        let Conn::Plain(stream) = std::mem::replace(self, Conn::Upgrading) else {
+            return Err("STARTTLS on a connection that is not plain".into());
+        };
+        *self = Conn::Tls(Box::new(accept_tls(config, stream, timeout).await?));
+        Ok(())
+    }
+}

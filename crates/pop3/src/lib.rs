@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use mailkeep_config::{AuthConfig, Plaintext, Pop3Config};
 use mailkeep_net::sasl::decode_plain;
-use mailkeep_net::stream::Conn;
+use mailkeep_net::stream::{accept_tls, Conn, HANDSHAKE_TIMEOUT};
 use mailkeep_net::{accept_loop, ConnLimiter, LimitExceeded, Shutdown};
 use mailkeep_store::{FlagMode, LogEvent, SharedStore, StoreError, User};
 use mailkeep_types::{MailboxId, MailboxRole, ModSeq, Uid};
@@ -90,13 +90,9 @@ pub async fn serve(
                         tracing::error!("pop3s listener without [tls]");
                         return;
                     };
-                    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                    match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => run_session(tls, peer, server, shutdown, true).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "pop3s handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "pop3s handshake timed out"),
+                    match accept_tls(cfg, stream, HANDSHAKE_TIMEOUT).await {
+                        Ok(tls) => run_session(tls, peer, server, shutdown, true).await,
+                        Err(e) => tracing::debug!(%peer, error = %e, "pop3s: no session"),
                     }
                 } else {
                     run_session(stream, peer, server, shutdown, false).await;
@@ -320,19 +316,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(cfg) = self.server.tls.clone() else {
             return Err("no TLS".into());
         };
-        let Conn::Plain(stream) = std::mem::replace(&mut self.conn, Conn::Upgrading) else {
-            return Err("STLS on a TLS stream".into());
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-        match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => {
-                self.conn = Conn::Tls(Box::new(tls));
-                self.tls = true;
-                Ok(())
-            }
-            Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
-            Err(_) => Err("TLS handshake timed out".into()),
-        }
+        self.conn.upgrade(cfg, HANDSHAKE_TIMEOUT).await?;
+        self.tls = true;
+        Ok(())
     }
 
     fn capa(&mut self) {
