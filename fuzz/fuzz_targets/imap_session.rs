@@ -37,6 +37,12 @@ fn world() -> &'static World {
             let hash = mailkeep_store::password::hash_password("pw").unwrap();
             let alice = Address::parse("alice@example.test").unwrap();
             store.user_add(&alice, &hash, 1 << 20).await.unwrap();
+            // bob shares a mailbox with alice, so the shared namespace and ACL checks run.
+            let bob = Address::parse("bob@example.test").unwrap();
+            let bob_id = store.user_add(&bob, &hash, 1 << 20).await.unwrap();
+            let team = store.mailbox_create(bob_id, "Team", None).await.unwrap();
+            let rights = mailkeep_store::Rights::parse("lrswitk").unwrap();
+            store.acl_set(team.id, "alice@example.test", rights).await.unwrap();
             let delivery = Delivery::new(store.clone(), Some('+'));
             let target = match delivery.resolve(&alice).await.unwrap() {
                 mailkeep_store::directory::Resolution::Targets { local, .. } => local,

@@ -155,7 +155,7 @@ assert b"&ZeVnLIqe-" in data[0], data
 typ, data = m.getquotaroot("INBOX")
 assert typ == "OK", data
 typ, data = m.namespace()
-assert typ == "OK" and data == [b'(("" "/")) NIL NIL'], data
+assert typ == "OK" and data == [b'(("" "/")) (("Shared/" "/")) NIL'], data
 ok(m.noop(), "NOOP")
 
 # Bad input gets BAD and the session goes on.

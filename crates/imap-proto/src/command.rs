@@ -270,6 +270,33 @@ pub enum CommandBody {
     GetQuota(Vec<u8>),
     /// GETQUOTAROOT mailbox.
     GetQuotaRoot(Vec<u8>),
+    /// SETACL mailbox identifier rights (RFC 4314 3.1); `rights` may start with `+` or `-`.
+    SetAcl {
+        /// The mailbox.
+        mailbox: Vec<u8>,
+        /// Whose rights.
+        identifier: Vec<u8>,
+        /// The rights string, as sent.
+        rights: Vec<u8>,
+    },
+    /// DELETEACL mailbox identifier (RFC 4314 3.2).
+    DeleteAcl {
+        /// The mailbox.
+        mailbox: Vec<u8>,
+        /// Whose entry.
+        identifier: Vec<u8>,
+    },
+    /// GETACL mailbox (RFC 4314 3.3).
+    GetAcl(Vec<u8>),
+    /// LISTRIGHTS mailbox identifier (RFC 4314 3.4).
+    ListRights {
+        /// The mailbox.
+        mailbox: Vec<u8>,
+        /// Whose rights.
+        identifier: Vec<u8>,
+    },
+    /// MYRIGHTS mailbox (RFC 4314 3.5).
+    MyRights(Vec<u8>),
     /// SEARCH or UID SEARCH.
     Search {
         /// UID SEARCH.
@@ -801,7 +828,8 @@ fn parse_body(c: &mut Cursor<'_>) -> Result<CommandBody, SyntaxError> {
                 special_use,
             }
         }
-        "DELETE" | "SUBSCRIBE" | "UNSUBSCRIBE" | "GETQUOTA" | "GETQUOTAROOT" => {
+        "DELETE" | "SUBSCRIBE" | "UNSUBSCRIBE" | "GETQUOTA" | "GETQUOTAROOT" | "GETACL"
+        | "MYRIGHTS" => {
             c.sp()?;
             let m = c.astring()?.into_owned();
             match name.as_str() {
@@ -809,7 +837,36 @@ fn parse_body(c: &mut Cursor<'_>) -> Result<CommandBody, SyntaxError> {
                 "SUBSCRIBE" => CommandBody::Subscribe(m),
                 "UNSUBSCRIBE" => CommandBody::Unsubscribe(m),
                 "GETQUOTA" => CommandBody::GetQuota(m),
+                "GETACL" => CommandBody::GetAcl(m),
+                "MYRIGHTS" => CommandBody::MyRights(m),
                 _ => CommandBody::GetQuotaRoot(m),
+            }
+        }
+        // RFC 4314 6: setacl = "SETACL" SP mailbox SP identifier SP mod-rights, where
+        // identifier and mod-rights are astrings.
+        "SETACL" | "DELETEACL" | "LISTRIGHTS" => {
+            c.sp()?;
+            let mailbox = c.astring()?.into_owned();
+            c.sp()?;
+            let identifier = c.astring()?.into_owned();
+            match name.as_str() {
+                "SETACL" => {
+                    c.sp()?;
+                    let rights = c.astring()?.into_owned();
+                    CommandBody::SetAcl {
+                        mailbox,
+                        identifier,
+                        rights,
+                    }
+                }
+                "DELETEACL" => CommandBody::DeleteAcl {
+                    mailbox,
+                    identifier,
+                },
+                _ => CommandBody::ListRights {
+                    mailbox,
+                    identifier,
+                },
             }
         }
         "RENAME" => {
@@ -926,6 +983,51 @@ mod tests {
             body("a COMPRESS DEFLATE\r\n"),
             CommandBody::Compress("DEFLATE".into())
         );
+    }
+
+    #[test]
+    fn acl_commands() {
+        // RFC 4314 3: the examples' forms.
+        assert_eq!(
+            body("A002 SETACL INBOX/Drafts Byron lrswikda\r\n"),
+            CommandBody::SetAcl {
+                mailbox: b"INBOX/Drafts".to_vec(),
+                identifier: b"Byron".to_vec(),
+                rights: b"lrswikda".to_vec()
+            }
+        );
+        assert_eq!(
+            body("A1 SETACL \"Shared/bob@x.test/Projects\" anyone -w\r\n"),
+            CommandBody::SetAcl {
+                mailbox: b"Shared/bob@x.test/Projects".to_vec(),
+                identifier: b"anyone".to_vec(),
+                rights: b"-w".to_vec()
+            }
+        );
+        assert_eq!(
+            body("A3 DELETEACL INBOX Byron\r\n"),
+            CommandBody::DeleteAcl {
+                mailbox: b"INBOX".to_vec(),
+                identifier: b"Byron".to_vec()
+            }
+        );
+        assert_eq!(
+            body("a GETACL INBOX\r\n"),
+            CommandBody::GetAcl(b"INBOX".to_vec())
+        );
+        assert_eq!(
+            body("a LISTRIGHTS ~/Mail/saved smith\r\n"),
+            CommandBody::ListRights {
+                mailbox: b"~/Mail/saved".to_vec(),
+                identifier: b"smith".to_vec()
+            }
+        );
+        assert_eq!(
+            body("a MYRIGHTS INBOX\r\n"),
+            CommandBody::MyRights(b"INBOX".to_vec())
+        );
+        // SETACL needs its rights argument.
+        assert!(cmd(b"a SETACL INBOX smith\r\n").is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`sort`]: SORT, base subjects, THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256).
 #![warn(missing_docs)]
 
+mod acl;
 mod compress;
 pub mod fetch;
 mod notify;

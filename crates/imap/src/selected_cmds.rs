@@ -18,10 +18,11 @@ use mailkeep_imap_proto::selected::{
     FetchItem, FetchModifiers, SearchKey, SearchProgram, SearchReturn, SortKey, Store, StoreMode,
     ThreadAlgorithm,
 };
-use mailkeep_store::{FlagMode, MessageCache, NewMessage, StoreError, Target};
+use mailkeep_store::{FlagMode, MessageCache, NewMessage, Rights, StoreError, Target};
 use mailkeep_types::{ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::acl::{flag_permitted, permitted_flags};
 use crate::fetch::{fetch_line, needs_content, sets_seen, FetchError, Meta};
 use crate::search::{
     header_quick_reject, matches_all, needs_body, needs_message, Candidate, Context,
@@ -118,7 +119,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         // Setting \Seen (a non-PEEK body fetch) happens first, so FLAGS shows it.
         let mut seen_now: Vec<u32> = Vec::new();
-        if sets_seen(&items) && !view.read_only {
+        // RFC 4314 4: a FETCH that implies \Seen sets it only with the "s" right.
+        if sets_seen(&items) && !view.read_only && view.rights.contains(Rights::SEEN) {
             let unseen: Vec<Uid> = idx
                 .iter()
                 .map(|i| &view.msgs[*i])
@@ -284,20 +286,75 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let idx = view.resolve(&st.set, uid);
         let uids: Vec<Uid> = idx.iter().map(|i| Uid(view.msgs[*i].uid)).collect();
-        let mode = match st.mode {
+        let mut mode = match st.mode {
             StoreMode::Replace => FlagMode::Replace,
             StoreMode::Add => FlagMode::Add,
             StoreMode::Remove => FlagMode::Remove,
         };
-        let up = store
+        let mut flags = st.flags.clone();
+        // RFC 4314 4: "s" for \Seen, "t" for \Deleted, "w" for the others; flags without
+        // their right are left alone, and only when none may change is it refused.
+        let mut first = None;
+        if !view.rights.contains(
+            Rights::SEEN
+                .union(Rights::WRITE)
+                .union(Rights::DELETE_MESSAGES),
+        ) {
+            let rights = view.rights;
+            flags = permitted_flags(rights, &st.flags);
+            if flags.is_empty() && !st.flags.is_empty() {
+                self.tagged(
+                    tag,
+                    Status::No,
+                    Some("NOPERM"),
+                    "permission denied: no right to change these flags",
+                );
+                return Ok(Flow::Continue);
+            }
+            if mode == FlagMode::Replace {
+                // Replacing becomes removing the changeable flags not asked for, then adding.
+                let mut others: Vec<String> = Vec::new();
+                for f in idx.iter().flat_map(|i| view.msgs[*i].flags.iter()) {
+                    if flag_permitted(rights, f)
+                        && !flags.iter().any(|a| a.eq_ignore_ascii_case(f))
+                        && !others.contains(f)
+                    {
+                        others.push(f.clone());
+                    }
+                }
+                if !others.is_empty() {
+                    first = Some(
+                        store
+                            .flags_update(
+                                view.mailbox,
+                                &uids,
+                                FlagMode::Remove,
+                                &others,
+                                st.unchanged_since.map(ModSeq),
+                            )
+                            .await?,
+                    );
+                }
+                mode = FlagMode::Add;
+            }
+        }
+        let mut up = store
             .flags_update(
                 view.mailbox,
                 &uids,
                 mode,
-                &st.flags,
+                &flags,
                 st.unchanged_since.map(ModSeq),
             )
             .await?;
+        if let Some(mut first) = first {
+            // Both steps' changes, the later flags last.
+            first.changed.append(&mut up.changed);
+            first.modified.append(&mut up.modified);
+            first.modified.sort();
+            first.modified.dedup();
+            up = first;
+        }
         let mut changed = Vec::new();
         for (u, modseq, flags) in up.changed {
             if let Ok(i) = view.msgs.binary_search_by_key(&u.0, |m| m.uid) {
@@ -686,11 +743,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(n) => n,
             Err(e) => return Ok(self.bad(Some(tag), &e)),
         };
-        let Some(dest) = self.find_mailbox(&name).await? else {
+        let Some(target) = self.resolve(&name).await? else {
             // RFC 9051 6.4.7: TRYCREATE tells the client it may create it.
             self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
             return Ok(Flow::Continue);
         };
+        // RFC 4314 4: COPY needs "i" on the target; MOVE also "e" on the source (as
+        // Dovecot; RFC 6851 4.2 adds the rights of STORE \Deleted and EXPUNGE).
+        if !self.permit(tag, &target, Rights::INSERT) {
+            return Ok(Flow::Continue);
+        }
+        let dest = target.mailbox;
         let report = self.report();
         let store = self.server.store.clone();
         let Some(view) = self.view.as_mut() else {
@@ -702,6 +765,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Status::No,
                 Some("READ-ONLY"),
                 "the mailbox is read-only",
+            );
+            return Ok(Flow::Continue);
+        }
+        if is_move && !view.rights.contains(Rights::EXPUNGE) {
+            self.tagged(
+                tag,
+                Status::No,
+                Some("NOPERM"),
+                "permission denied: moving out needs the e right",
             );
             return Ok(Flow::Continue);
         }
@@ -724,6 +796,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(Flow::Continue);
         }
         let pairs = store.copy(view.mailbox, &uids, dest.id, is_move).await?;
+        // RFC 4314 4: the copies keep only the flags the user may set in the target.
+        let dropped: Vec<String> = {
+            let mut d: Vec<String> = Vec::new();
+            for (src, _) in &pairs {
+                if let Ok(i) = view.msgs.binary_search_by_key(&src.0, |m| m.uid) {
+                    for f in &view.msgs[i].flags {
+                        if !flag_permitted(target.rights, f) && !d.contains(f) {
+                            d.push(f.clone());
+                        }
+                    }
+                }
+            }
+            d
+        };
+        if !dropped.is_empty() {
+            let new: Vec<Uid> = pairs.iter().map(|(_, d)| *d).collect();
+            store
+                .flags_update(dest.id, &new, FlagMode::Remove, &dropped, None)
+                .await?;
+        }
         let src: Vec<u32> = pairs.iter().map(|(s, _)| s.0).collect();
         let dst: Vec<u32> = pairs.iter().map(|(_, d)| d.0).collect();
         // RFC 4315 3: COPYUID uidvalidity source-set dest-set, in the same order.
@@ -756,6 +848,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Status::No,
                 Some("READ-ONLY"),
                 "the mailbox is read-only",
+            );
+            return Ok(Flow::Continue);
+        }
+        if !view.rights.contains(Rights::EXPUNGE) {
+            // RFC 4314 4: EXPUNGE needs "e".
+            self.tagged(
+                tag,
+                Status::No,
+                Some("NOPERM"),
+                "permission denied: expunging needs the e right",
             );
             return Ok(Flow::Continue);
         }
@@ -793,12 +895,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(n) => n,
             Err(e) => return Ok(self.bad(Some(tag), &e)),
         };
-        let Some(mb) = self.find_mailbox(&name).await? else {
+        let Some(target) = self.resolve(&name).await? else {
             self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
             return Ok(Flow::Continue);
         };
-        let Some(user) = self.user.clone() else {
+        // RFC 4314 4: APPEND needs "i"; flags without their right are dropped.
+        if !self.permit(tag, &target, Rights::INSERT) {
             return Ok(Flow::Continue);
+        }
+        let rights = target.rights;
+        let mb = target.mailbox;
+        // The message belongs to, and counts against, the mailbox's owner.
+        let owner_key = match (&target.owner, &self.user) {
+            (Some(o), _) => o.clone(),
+            (None, Some(u)) => u.address.key(),
+            (None, None) => return Ok(Flow::Continue),
         };
         let mut total = 0u64;
         let mut dates = Vec::with_capacity(messages.len());
@@ -837,7 +948,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             total += m.data.len() as u64;
         }
         let store = self.server.store.clone();
-        if let Some(now) = store.user_get(&user.address.key()).await? {
+        if let Some(now) = store.user_get(&owner_key).await? {
             if now.quota > 0 && now.used.saturating_add(total) > now.quota {
                 // RFC 9208 4.3.
                 self.tagged(tag, Status::No, Some("OVERQUOTA"), "the mailbox is full");
@@ -854,7 +965,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .map_err(|e| StoreError::Backend(format!("parse task: {e}")))?;
             let headers = data[..(cache.header_size as usize).min(data.len())].to_vec();
             new.push(NewMessage {
-                account: user.id,
+                account: mb.account,
                 target: Target::Mailbox(mb.id),
                 blob_size,
                 blob,
@@ -863,7 +974,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 flags: m
                     .flags
                     .into_iter()
-                    .filter(|f| !f.eq_ignore_ascii_case("\\Recent"))
+                    .filter(|f| !f.eq_ignore_ascii_case("\\Recent") && flag_permitted(rights, f))
                     .collect(),
                 internal_date: date,
                 cache,

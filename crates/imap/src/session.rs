@@ -25,10 +25,11 @@ use mailkeep_imap_proto::response::{self, status_line, ListEntry, Status};
 use mailkeep_net::sasl::decode_plain;
 use mailkeep_net::stream::{Conn, HANDSHAKE_TIMEOUT};
 use mailkeep_net::Shutdown;
-use mailkeep_store::{ChangeEvent, LogEvent, Mailbox, StoreError, User};
+use mailkeep_store::{ChangeEvent, LogEvent, Mailbox, Rights, StoreError, User};
 use mailkeep_types::{MailboxId, MailboxRole, ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::acl::{flag_permitted, writable, SHARED};
 use crate::util::list_matches;
 use crate::view::{Report, Synced, View};
 use crate::ImapServer;
@@ -268,6 +269,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "UNAUTHENTICATE",
             "COMPRESS=DEFLATE",
             "NOTIFY",
+            "ACL",
+            // RFC 4314 2.1: the rights beyond RFC 2086's.
+            "RIGHTS=texk",
         ]);
         let mut s = caps.join(" ");
         s.push_str(&format!(" APPENDLIMIT={}", self.server.imap.max_literal));
@@ -626,14 +630,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// Synchronizes the selected mailbox; Some(Close) when it was deleted under us.
     pub(crate) async fn sync(&mut self) -> Result<Option<Flow>, StoreError> {
         let report = self.report();
-        let account = self.user.as_ref().map(|u| u.id);
         let Some(view) = self.view.as_mut() else {
             return Ok(None);
         };
-        if let Some(a) = account {
-            if !view.has_news(a) {
-                return Ok(None);
-            }
+        if !view.has_news() {
+            return Ok(None);
         }
         let store = self.server.store.clone();
         match view.sync(store.as_ref(), report, &mut self.out).await? {
@@ -782,8 +783,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             CommandBody::Notify(set) => return self.notify_set(tag, set).await,
             CommandBody::Namespace => {
-                self.out
-                    .extend_from_slice(b"* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+                // RFC 2342 5: personal, then other users' (RFC 4314 shared mailboxes).
+                self.out.extend_from_slice(
+                    format!("* NAMESPACE ((\"\" \"/\")) ((\"{SHARED}/\" \"/\")) NIL\r\n")
+                        .as_bytes(),
+                );
                 self.tagged(tag, Status::Ok, None, "NAMESPACE completed");
             }
             CommandBody::Idle => {
@@ -833,12 +837,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return self.append(tag, &mailbox, messages).await
             }
             CommandBody::GetQuota(root) => return self.get_quota(tag, &root, None).await,
+            CommandBody::GetAcl(m) => return self.getacl(tag, &m).await,
+            CommandBody::MyRights(m) => return self.myrights(tag, &m).await,
+            CommandBody::SetAcl {
+                mailbox,
+                identifier,
+                rights,
+            } => return self.setacl(tag, &mailbox, &identifier, Some(&rights)).await,
+            CommandBody::DeleteAcl {
+                mailbox,
+                identifier,
+            } => return self.setacl(tag, &mailbox, &identifier, None).await,
+            CommandBody::ListRights {
+                mailbox,
+                identifier,
+            } => return self.listrights(tag, &mailbox, &identifier).await,
             CommandBody::GetQuotaRoot(mailbox) => {
                 return self.get_quota(tag, b"", Some(&mailbox)).await
             }
             CommandBody::Close => {
                 if let Some(view) = self.view.take() {
-                    if !view.read_only {
+                    // RFC 4314 4: without "e" CLOSE closes without expunging.
+                    if !view.read_only && view.rights.contains(Rights::EXPUNGE) {
                         // RFC 9051 6.4.1: remove \Deleted messages silently.
                         let doomed: Vec<Uid> = view
                             .msgs
@@ -1313,7 +1333,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ChangeEvent::FlagsChanged { mailbox, .. } | ChangeEvent::Expunged { mailbox, .. } => {
                 *mailbox == view.mailbox
             }
-            ChangeEvent::MailboxesChanged(a) => self.user.as_ref().is_some_and(|u| u.id == *a),
+            ChangeEvent::MailboxesChanged(a) => {
+                *a == view.owner || self.user.as_ref().is_some_and(|u| u.id == *a)
+            }
         }
     }
 
@@ -1360,17 +1382,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if params.condstore {
             self.condstore = true;
         }
-        let Some(mb) = self.find_mailbox(&name).await? else {
+        let Some(target) = self.resolve(&name).await? else {
             self.tagged(tag, Status::No, Some("NONEXISTENT"), "no such mailbox");
             return Ok(Flow::Continue);
         };
+        // RFC 4314 4: SELECT and EXAMINE need "r"; without a right to change anything the
+        // mailbox opens read-only (5.2).
+        if !self.permit(tag, &target, Rights::READ) {
+            return Ok(Flow::Continue);
+        }
+        let rights = target.rights;
+        let read_only = read_only || !writable(rights);
+        // Another user's special-use roles are not ours (a client would file its sent mail).
+        let role = if target.owner.is_none() {
+            target.mailbox.role
+        } else {
+            None
+        };
+        let mb = target.mailbox;
         let store = self.server.store.clone();
         // Subscribed before the view is read, so no change falls between the two.
         let events = store.subscribe();
         let msgs = store.changed_since(mb.id, ModSeq(0)).await?;
         let view = View {
             mailbox: mb.id,
-            name: mb.name.clone(),
+            name: target.name,
+            owner: mb.account,
+            rights,
             read_only,
             uid_validity: mb.uid_validity.0,
             msgs: msgs.into_iter().map(Into::into).collect(),
@@ -1400,8 +1438,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if read_only {
             o.push_str("* OK [PERMANENTFLAGS ()] read-only mailbox\r\n");
         } else {
+            // RFC 4314 5.1.1: PERMANENTFLAGS shows only what the rights allow.
+            let mut perm: Vec<&str> = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
+                .into_iter()
+                .chain(keywords.iter().copied())
+                .filter(|f| flag_permitted(rights, f))
+                .collect();
+            if rights.contains(Rights::WRITE) {
+                perm.push("\\*");
+            }
             o.push_str(&format!(
-                "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{kw} \\*)] flags permitted\r\n"
+                "* OK [PERMANENTFLAGS ({})] flags permitted\r\n",
+                perm.join(" ")
             ));
         }
         o.push_str(&format!("* {} EXISTS\r\n", view.msgs.len()));
@@ -1431,14 +1479,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         ));
         self.out.extend_from_slice(o.as_bytes());
         if self.rev2 {
-            let attrs = self.attributes(&mb, &store.mailboxes(mb.account).await?);
+            let names: Vec<String> = store
+                .mailboxes(mb.account)
+                .await?
+                .into_iter()
+                .map(|m| m.name)
+                .collect();
+            let attrs = attributes(&mb.name, role, &names);
             let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
+            let name = view.name.clone();
             response::list_line(
                 &mut self.out,
                 "LIST",
                 &ListEntry {
                     attributes: &attrs,
-                    name: &mb.name,
+                    name: &name,
                     child_info: false,
                     old_name: None,
                 },
@@ -1491,24 +1546,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(Flow::Continue)
     }
 
-    /// LIST attributes of a mailbox.
-    fn attributes(&self, mb: &Mailbox, all: &[Mailbox]) -> Vec<String> {
-        let prefix = format!("{}/", mb.name);
-        let children = all.iter().any(|m| m.name.starts_with(&prefix));
-        let mut a = vec![if children {
-            "\\HasChildren"
-        } else {
-            "\\HasNoChildren"
-        }
-        .to_string()];
-        if let Some(su) = mb.role.and_then(MailboxRole::special_use) {
-            a.push(su.to_string());
-        }
-        a
-    }
-
     async fn create(&mut self, tag: &str, raw: &[u8], special_use: &[String]) -> Res {
-        let name = match self.decode_name(raw) {
+        let mut name = match self.decode_name(raw) {
             Ok(n) => n,
             Err(e) => return Ok(self.bad(Some(tag), &e)),
         };
@@ -1540,7 +1579,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
-        let account = self.account()?.id;
+        let mut account = self.account()?.id;
+        if self.find_mailbox(&name).await?.is_none() {
+            if let Some(place) = self.shared_place(&name).await? {
+                // RFC 4314 4: CREATE needs "k" on the nearest existing parent.
+                if !place.parent_rights.contains(Rights::CREATE) {
+                    self.tagged(tag, Status::No, Some("NOPERM"), "permission denied");
+                    return Ok(Flow::Continue);
+                }
+                if role.is_some() {
+                    self.tagged(
+                        tag,
+                        Status::No,
+                        Some("USEATTR"),
+                        "special uses belong to the mailbox's owner",
+                    );
+                    return Ok(Flow::Continue);
+                }
+                account = place.owner;
+                name = place.local;
+            }
+        }
+        // The new mailbox takes its parent's access control list (RFC 4314 4, in the store).
         self.server
             .store
             .mailbox_create(account, &name, role)
@@ -1558,15 +1618,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.tagged(tag, Status::No, Some("CANNOT"), "INBOX cannot be deleted");
             return Ok(Flow::Continue);
         }
-        let account = self.account()?.id;
-        let boxes = self.server.store.mailboxes(account).await?;
-        if !boxes.iter().any(|m| m.name == name) {
+        let Some(target) = self.resolve(&name).await? else {
             self.tagged(tag, Status::No, Some("NONEXISTENT"), "no such mailbox");
             return Ok(Flow::Continue);
+        };
+        // RFC 4314 4: DELETE needs "x" on the mailbox.
+        if !self.permit(tag, &target, Rights::DELETE_MAILBOX) {
+            return Ok(Flow::Continue);
         }
+        let account = target.mailbox.account;
+        let local = target.mailbox.name.clone();
+        if local == "INBOX" {
+            self.tagged(tag, Status::No, Some("CANNOT"), "INBOX cannot be deleted");
+            return Ok(Flow::Continue);
+        }
+        let boxes = self.server.store.mailboxes(account).await?;
         if boxes
             .iter()
-            .any(|m| m.name.starts_with(&format!("{name}/")))
+            .any(|m| m.name.starts_with(&format!("{local}/")))
         {
             self.tagged(
                 tag,
@@ -1576,10 +1645,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             );
             return Ok(Flow::Continue);
         }
-        if self.view.as_ref().is_some_and(|v| v.name == name) {
+        if self
+            .view
+            .as_ref()
+            .is_some_and(|v| v.mailbox == target.mailbox.id)
+        {
             self.view = None;
         }
-        self.server.store.mailbox_delete(account, &name).await?;
+        self.server.store.mailbox_delete(account, &local).await?;
         self.tagged(tag, Status::Ok, None, "DELETE completed");
         Ok(Flow::Continue)
     }
@@ -1598,10 +1671,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             );
             return Ok(Flow::Continue);
         }
-        let account = self.account()?.id;
+        let Some(src) = self.resolve(&from).await? else {
+            self.tagged(tag, Status::No, Some("NONEXISTENT"), "no such mailbox");
+            return Ok(Flow::Continue);
+        };
+        // RFC 4314 4: RENAME needs "x" on the mailbox and "k" on the new parent.
+        if !self.permit(tag, &src, Rights::DELETE_MAILBOX) {
+            return Ok(Flow::Continue);
+        }
+        let account = src.mailbox.account;
+        let place = if self.find_mailbox(&to).await?.is_none() {
+            self.shared_place(&to).await?
+        } else {
+            None
+        };
+        let local_to = match (&src.owner, place) {
+            (None, None) => to.clone(),
+            (Some(_), Some(p)) if p.owner == account => {
+                if !p.parent_rights.contains(Rights::CREATE) {
+                    self.tagged(tag, Status::No, Some("NOPERM"), "permission denied");
+                    return Ok(Flow::Continue);
+                }
+                p.local
+            }
+            _ => {
+                self.tagged(
+                    tag,
+                    Status::No,
+                    Some("CANNOT"),
+                    "a mailbox cannot move from one user to another",
+                );
+                return Ok(Flow::Continue);
+            }
+        };
         self.server
             .store
-            .mailbox_rename(account, &from, &to)
+            .mailbox_rename(account, &src.mailbox.name, &local_to)
             .await?;
         if let Some(v) = self.view.as_mut() {
             if v.name == from {
@@ -1681,7 +1786,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .collect();
         let account = self.account()?.id;
         let store = self.server.store.clone();
-        let boxes = store.mailboxes(account).await?;
+        let items = self.listable(store.mailboxes(account).await?).await?;
+        let all_names: Vec<String> = items.iter().map(|i| i.name.clone()).collect();
         let subs = store.subscriptions(account).await?;
         let subscribed_sel = selection.iter().any(|s| s == "SUBSCRIBED");
         let recursive = selection.iter().any(|s| s == "RECURSIVEMATCH");
@@ -1689,38 +1795,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let lsub = verb == "LSUB";
         let matches = |name: &str| full.iter().any(|p| list_matches(p, name));
         let show_subscribed = (returns.subscribed || subscribed_sel) && !lsub;
-        let mut names: Vec<(String, Option<&Mailbox>, bool)> = Vec::new();
+        let mut names: Vec<(String, Option<&Listable>, bool)> = Vec::new();
         if subscribed_sel {
             for s in &subs {
-                let mb = boxes.iter().find(|m| &m.name == s);
+                let item = items.iter().find(|i| &i.name == s);
                 if matches(s) {
-                    names.push((s.clone(), mb, false));
+                    names.push((s.clone(), item, false));
                 }
             }
             if recursive {
                 // RFC 5258 3.5: parents that match only through subscribed children.
-                for mb in &boxes {
-                    if matches(&mb.name)
-                        && !subs.contains(&mb.name)
-                        && subs.iter().any(|s| s.starts_with(&format!("{}/", mb.name)))
+                for item in &items {
+                    if matches(&item.name)
+                        && !subs.contains(&item.name)
+                        && subs
+                            .iter()
+                            .any(|s| s.starts_with(&format!("{}/", item.name)))
                     {
-                        names.push((mb.name.clone(), Some(mb), true));
+                        names.push((item.name.clone(), Some(item), true));
                     }
                 }
             }
         } else {
-            for mb in &boxes {
-                if matches(&mb.name)
-                    && (!special_sel || mb.role.and_then(MailboxRole::special_use).is_some())
+            for item in &items {
+                if matches(&item.name)
+                    && (!special_sel || item.role.and_then(MailboxRole::special_use).is_some())
                 {
-                    names.push((mb.name.clone(), Some(mb), false));
+                    names.push((item.name.clone(), Some(item), false));
                 }
             }
         }
         let utf8 = self.utf8();
-        for (name, mb, child_info) in names {
-            let mut attrs: Vec<String> = match mb {
-                Some(mb) if !lsub => self.attributes(mb, &boxes),
+        for (name, item, child_info) in names {
+            let mut attrs: Vec<String> = match item {
+                Some(i) if i.mailbox.is_none() => {
+                    // RFC 4314 4: a level above shared mailboxes that cannot be opened.
+                    vec!["\\Noselect".into(), "\\HasChildren".into()]
+                }
+                Some(i) if !lsub => attributes(&i.name, i.role, &all_names),
                 Some(_) => Vec::new(),
                 None if lsub => vec!["\\Noselect".into()],
                 None => vec!["\\NonExistent".into()],
@@ -1740,8 +1852,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 },
                 utf8,
             );
-            if let (Some(items), Some(mb)) = (&returns.status, mb) {
-                // RFC 5819: STATUS after each selectable mailbox.
+            if let (
+                Some(items),
+                Some(Listable {
+                    mailbox: Some(mb),
+                    readable: true,
+                    ..
+                }),
+            ) = (&returns.status, item)
+            {
+                // RFC 5819: STATUS after each selectable mailbox (RFC 4314: that may be read).
                 let data = self.status_items(mb, items).await?;
                 let refs: Vec<(&str, u64)> = data.iter().map(|(k, v)| (*k, *v)).collect();
                 response::status_data(&mut self.out, &name, &refs, utf8);
@@ -1750,6 +1870,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         self.tagged(tag, Status::Ok, None, &format!("{verb} completed"));
         Ok(Flow::Continue)
+    }
+
+    /// What LIST can show: the user's own mailboxes, then other users' that the user may list
+    /// (RFC 4314 4, "l") under `Shared/owner/`, with the levels above them as containers.
+    async fn listable(&self, own: Vec<Mailbox>) -> Result<Vec<Listable>, StoreError> {
+        let mut items: Vec<Listable> = own
+            .into_iter()
+            .map(|mb| Listable {
+                name: mb.name.clone(),
+                role: mb.role,
+                readable: true,
+                mailbox: Some(mb),
+            })
+            .collect();
+        let mut seen: std::collections::HashSet<String> =
+            items.iter().map(|i| i.name.clone()).collect();
+        for (name, mb, rights) in self.shared_listing().await? {
+            // Each level above it, once: `Shared`, `Shared/owner`, and any level the user
+            // may not list.
+            let mut at = 0;
+            while let Some(i) = name[at..].find('/') {
+                let level = &name[..at + i];
+                if seen.insert(level.to_string()) {
+                    items.push(Listable {
+                        name: level.to_string(),
+                        mailbox: None,
+                        role: None,
+                        readable: false,
+                    });
+                }
+                at += i + 1;
+            }
+            if seen.insert(name.clone()) {
+                items.push(Listable {
+                    name,
+                    mailbox: Some(mb),
+                    role: None,
+                    readable: rights.contains(Rights::READ),
+                });
+            } else if let Some(c) = items
+                .iter_mut()
+                .find(|i| i.name == name && i.mailbox.is_none())
+            {
+                // A container that is itself a listable mailbox.
+                c.mailbox = Some(mb);
+                c.readable = rights.contains(Rights::READ);
+            }
+        }
+        Ok(items)
     }
 
     async fn status_items(
@@ -1794,14 +1963,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(n) => n,
             Err(e) => return Ok(self.bad(Some(tag), &e)),
         };
-        let Some(mb) = self.find_mailbox(&name).await? else {
+        let Some(target) = self.resolve(&name).await? else {
             self.tagged(tag, Status::No, Some("NONEXISTENT"), "no such mailbox");
             return Ok(Flow::Continue);
         };
-        let data = self.status_items(&mb, items).await?;
+        // RFC 4314 4: STATUS needs "r".
+        if !self.permit(tag, &target, Rights::READ) {
+            return Ok(Flow::Continue);
+        }
+        let data = self.status_items(&target.mailbox, items).await?;
         let refs: Vec<(&str, u64)> = data.iter().map(|(k, v)| (*k, *v)).collect();
         let utf8 = self.utf8();
-        response::status_data(&mut self.out, &mb.name, &refs, utf8);
+        response::status_data(&mut self.out, &target.name, &refs, utf8);
         self.tagged(tag, Status::Ok, None, "STATUS completed");
         Ok(Flow::Continue)
     }
@@ -1811,18 +1984,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(user) = self.server.store.user_get(&key).await? else {
             return Err(StoreError::NotFound("account".into()));
         };
+        let mut shared_root = false;
         if let Some(raw) = mailbox {
             let name = match self.decode_name(raw) {
                 Ok(n) => n,
                 Err(e) => return Ok(self.bad(Some(tag), &e)),
             };
-            if self.find_mailbox(&name).await?.is_none() {
+            let Some(target) = self.resolve(&name).await? else {
                 self.tagged(tag, Status::No, Some("NONEXISTENT"), "no such mailbox");
                 return Ok(Flow::Continue);
-            }
+            };
             let mut line = b"* QUOTAROOT ".to_vec();
-            response::mailbox(&mut line, &name, self.utf8());
-            if user.quota > 0 {
+            response::mailbox(&mut line, &target.name, self.utf8());
+            // Another user's mailbox counts against their quota, which is theirs to see.
+            shared_root = target.owner.is_some();
+            if user.quota > 0 && !shared_root {
                 line.extend_from_slice(b" \"\"");
             }
             line.extend_from_slice(b"\r\n");
@@ -1836,7 +2012,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             );
             return Ok(Flow::Continue);
         }
-        if user.quota > 0 {
+        if user.quota > 0 && !shared_root {
             // RFC 9208 5.1: STORAGE in units of 1024 octets.
             response::quota(
                 &mut self.out,
@@ -1855,6 +2031,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.tagged(tag, Status::Ok, None, "GETQUOTA completed");
         Ok(Flow::Continue)
     }
+}
+
+/// One name LIST may show.
+struct Listable {
+    /// The client's name.
+    name: String,
+    /// The mailbox, None for a level that only holds shared mailboxes.
+    mailbox: Option<Mailbox>,
+    /// Its SPECIAL-USE role (own mailboxes only).
+    role: Option<MailboxRole>,
+    /// Whether the user may read it (STATUS).
+    readable: bool,
+}
+
+/// LIST attributes of a mailbox named `name` among `all` (names in the same namespace).
+fn attributes(name: &str, role: Option<MailboxRole>, all: &[String]) -> Vec<String> {
+    let prefix = format!("{name}/");
+    let children = all.iter().any(|m| m.starts_with(&prefix));
+    let mut a = vec![if children {
+        "\\HasChildren"
+    } else {
+        "\\HasNoChildren"
+    }
+    .to_string()];
+    if let Some(su) = role.and_then(MailboxRole::special_use) {
+        a.push(su.to_string());
+    }
+    a
 }
 
 pub(crate) fn io_err(e: std::io::Error) -> StoreError {

@@ -13,7 +13,7 @@
 
 use mailkeep_imap_proto::cursor::SequenceSet;
 use mailkeep_imap_proto::response::vanished;
-use mailkeep_store::{ChangeEvent, MailStore, MessageFlags, Result};
+use mailkeep_store::{ChangeEvent, MailStore, MessageFlags, Result, Rights};
 use mailkeep_types::{AccountId, MailboxId, ModSeq, Uid};
 
 /// One message as the session sees it.
@@ -55,9 +55,13 @@ pub enum Synced {
 pub struct View {
     /// Its id.
     pub mailbox: MailboxId,
-    /// Its name, as the store spells it.
+    /// Its name, as the client spells it (`Shared/...` for another user's).
     pub name: String,
-    /// EXAMINE.
+    /// The owning account (another user's for a shared mailbox).
+    pub owner: AccountId,
+    /// The user's rights on it (RFC 4314), as of SELECT.
+    pub rights: Rights,
+    /// EXAMINE, or no right to change anything.
     pub read_only: bool,
     /// UIDVALIDITY.
     pub uid_validity: u32,
@@ -88,7 +92,7 @@ pub struct Report {
 impl View {
     /// Whether the store may have changes for this view: a relevant change event arrived
     /// (or events were lost) since the last sync. Drains the events.
-    pub fn has_news(&mut self, account: AccountId) -> bool {
+    pub fn has_news(&mut self) -> bool {
         use tokio::sync::broadcast::error::TryRecvError;
         let mut news = std::mem::take(&mut self.dirty);
         let Some(rx) = self.events.as_mut() else {
@@ -101,7 +105,7 @@ impl View {
                         ChangeEvent::MessageAdded(s) => s.mailbox == self.mailbox,
                         ChangeEvent::FlagsChanged { mailbox, .. }
                         | ChangeEvent::Expunged { mailbox, .. } => mailbox == self.mailbox,
-                        ChangeEvent::MailboxesChanged(a) => a == account,
+                        ChangeEvent::MailboxesChanged(a) => a == self.owner,
                     }
                 }
                 Err(TryRecvError::Empty) => return news,
@@ -285,6 +289,8 @@ mod tests {
 
     fn view(uids: &[u32]) -> View {
         View {
+            owner: AccountId(1),
+            rights: Rights::ALL,
             mailbox: MailboxId(1),
             name: "INBOX".into(),
             read_only: false,

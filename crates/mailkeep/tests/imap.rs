@@ -593,3 +593,21 @@ async fn notify_reports_between_commands() {
         "{r:?}"
     );
 }
+
+/// Shared mailboxes between two users with every ACL command and the rights each command
+/// needs (RFC 4314), driven by imaplib (tests/python/imap_acl.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_imaplib_acl() {
+    if !require_python("imaplib") {
+        return;
+    }
+    let server = Server::start(fast_failures());
+    run_python(&[
+        script("imap_acl.py"),
+        "127.0.0.1".into(),
+        server.listeners["imap"].port().to_string(),
+        format!("alice@{DOMAIN}"),
+        format!("bob@{DOMAIN}"),
+        PASSWORD.into(),
+    ]);
+}

@@ -19,9 +19,10 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
 use mailkeep_store::{
-    check_mailbox_name, Alias, BlobId, BlobStore, ChangeEvent, DirectoryStore, DomainInfo,
-    FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox, MailboxCounts,
-    MessageCache, MessageFlags, MessageMeta, NewMessage, Result, StoreError, Stored, Target, User,
+    check_mailbox_name, AclEntry, Alias, BlobId, BlobStore, ChangeEvent, DirectoryStore,
+    DomainInfo, FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox,
+    MailboxCounts, MessageCache, MessageFlags, MessageMeta, NewMessage, Result, Rights,
+    SharedMailbox, StoreError, Stored, Target, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -525,6 +526,12 @@ impl DirectoryStore for SqliteStore {
             .map_err(backend)?;
             c.execute("DELETE FROM accounts WHERE id = ?1", [id])
                 .map_err(backend)?;
+            // A later account with the same address must not inherit what was shared.
+            c.execute(
+                "DELETE FROM acl WHERE identifier IN (?1, '-' || ?1)",
+                [&key],
+            )
+            .map_err(backend)?;
             Ok(())
         })
         .await
@@ -847,7 +854,18 @@ fn insert_mailbox(
         params![account.0, name, role.map(|r| r.as_str()), v],
     )
     .map_err(backend)?;
-    Ok(c.last_insert_rowid())
+    let id = c.last_insert_rowid();
+    if let Some((parent, _)) = name.rsplit_once('/') {
+        // RFC 4314 4: a new mailbox "SHOULD inherit the ACL from the parent mailbox".
+        c.prepare_cached(
+            "INSERT INTO acl (mailbox, identifier, rights) SELECT ?1, identifier, rights \
+             FROM acl WHERE mailbox = (SELECT id FROM mailboxes WHERE account = ?2 AND name = ?3)",
+        )
+        .map_err(backend)?
+        .execute(params![id, account.0, parent])
+        .map_err(backend)?;
+    }
+    Ok(id)
 }
 
 /// Creates the missing superiors of `name` (RFC 9051 6.3.4).
@@ -1549,9 +1567,6 @@ impl MailStore for SqliteStore {
             move |c| {
                 let (account, src_highest) = mailbox_account(c, from)?;
                 let (to_account, _) = mailbox_account(c, to)?;
-                if account != to_account {
-                    return Err(StoreError::Conflict("copy between accounts".into()));
-                }
                 let (dest_next, dest_highest): (i64, i64) = c
                     .query_row("SELECT uid_next, highest_modseq FROM mailboxes WHERE id = ?1", [to.0], |r| {
                         Ok((r.get(0)?, r.get(1)?))
@@ -1583,19 +1598,25 @@ impl MailStore for SqliteStore {
                         rows.push((*uid, row));
                     }
                 }
-                if !remove_source {
+                // A move within one account changes no usage; anything else adds to the
+                // destination's owner (and a move between accounts takes from the source's).
+                if !remove_source || account != to_account {
                     // RFC 9208: a COPY that would exceed the quota is refused as a whole.
                     let total: i64 = rows.iter().map(|(_, r)| r.2).sum();
                     let (quota, used): (i64, i64) = c
-                        .query_row("SELECT quota, used FROM accounts WHERE id = ?1", [account], |r| {
+                        .query_row("SELECT quota, used FROM accounts WHERE id = ?1", [to_account], |r| {
                             Ok((r.get(0)?, r.get(1)?))
                         })
                         .map_err(backend)?;
                     if quota > 0 && used + total > quota {
                         return Err(StoreError::Conflict("over quota".into()));
                     }
-                    c.execute("UPDATE accounts SET used = used + ?2 WHERE id = ?1", params![account, total])
+                    c.execute("UPDATE accounts SET used = used + ?2 WHERE id = ?1", params![to_account, total])
                         .map_err(backend)?;
+                    if remove_source {
+                        c.execute("UPDATE accounts SET used = used - ?2 WHERE id = ?1", params![account, total])
+                            .map_err(backend)?;
+                    }
                 }
                 let dest_modseq = dest_highest + 1;
                 let src_modseq = src_highest + 1;
@@ -1637,7 +1658,7 @@ impl MailStore for SqliteStore {
                             .map_err(backend)?;
                     }
                 }
-                Ok((pairs, AccountId(account), ModSeq(dest_modseq as u64), ModSeq(src_modseq as u64)))
+                Ok((pairs, AccountId(to_account), ModSeq(dest_modseq as u64), ModSeq(src_modseq as u64)))
             },
             Some(Box::new(move |(pairs, account, dest_modseq, src_modseq): &(Vec<(Uid, Uid)>, AccountId, ModSeq, ModSeq)| {
                 for (old, new) in pairs {
@@ -1656,6 +1677,92 @@ impl MailStore for SqliteStore {
         .await
         .map(|(pairs, _, _, _)| pairs)
     }
+
+    async fn acl_get(&self, mailbox: MailboxId) -> Result<Vec<AclEntry>> {
+        self.read(move |c| acl_of(c, mailbox)).await
+    }
+
+    async fn acl_set(&self, mailbox: MailboxId, identifier: &str, rights: Rights) -> Result<()> {
+        let identifier = identifier.to_string();
+        let events = self.events.clone();
+        self.write_then(
+            move |c| {
+                let (account, _) = mailbox_account(c, mailbox)?;
+                if rights.is_empty() {
+                    c.execute(
+                        "DELETE FROM acl WHERE mailbox = ?1 AND identifier = ?2",
+                        params![mailbox.0, identifier],
+                    )
+                    .map_err(backend)?;
+                } else {
+                    c.execute(
+                        "INSERT OR REPLACE INTO acl (mailbox, identifier, rights) VALUES (?1, ?2, ?3)",
+                        params![mailbox.0, identifier, rights.to_letters()],
+                    )
+                    .map_err(backend)?;
+                }
+                Ok(AccountId(account))
+            },
+            Some(Box::new(move |account: &AccountId| {
+                let _ = events.send(ChangeEvent::MailboxesChanged(*account));
+            })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn shared_mailboxes(&self, who: &str) -> Result<Vec<SharedMailbox>> {
+        let who = who.to_string();
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT m.id, m.account, m.name, m.role, m.uid_validity, m.uid_next, \
+                     m.highest_modseq, 0, a.address FROM mailboxes m \
+                     JOIN accounts a ON a.id = m.account \
+                     WHERE a.address_key != ?1 AND m.id IN \
+                     (SELECT mailbox FROM acl WHERE identifier IN (?1, 'anyone')) \
+                     ORDER BY a.address_key, m.name",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map([&who], |r| Ok((row_mailbox(r)?, r.get::<_, String>(8)?)))
+                .map_err(backend)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (mailbox, owner) in rows {
+                let owner = Address::parse(&owner)
+                    .map_err(|e| StoreError::Backend(format!("stored address {owner:?}: {e}")))?;
+                let acl = acl_of(c, mailbox.id)?;
+                out.push(SharedMailbox {
+                    mailbox,
+                    owner,
+                    acl,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn acl_of(c: &Connection, mailbox: MailboxId) -> Result<Vec<AclEntry>> {
+    let mut st = c
+        .prepare_cached("SELECT identifier, rights FROM acl WHERE mailbox = ?1 ORDER BY identifier")
+        .map_err(backend)?;
+    let rows = st
+        .query_map([mailbox.0], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (identifier, rights) = row.map_err(backend)?;
+        let rights = Rights::parse(&rights)
+            .map_err(|ch| StoreError::Backend(format!("stored right {ch:?} of {identifier}")))?;
+        out.push(AclEntry { identifier, rights });
+    }
+    Ok(out)
 }
 
 #[async_trait]

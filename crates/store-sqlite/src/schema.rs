@@ -121,6 +121,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE messages DROP COLUMN headers;
     CREATE INDEX messages_view ON messages(mailbox, uid, modseq, flags, internal_date, size);
     "#,
+    // 5: access control lists of mailboxes (RFC 4314), for mailboxes shared between users.
+    // `identifier` is an address key or `anyone`, with a leading `-` for negative rights.
+    r#"
+    CREATE TABLE acl (
+        mailbox INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+        identifier TEXT NOT NULL,
+        rights TEXT NOT NULL,
+        PRIMARY KEY (mailbox, identifier)
+    ) WITHOUT ROWID;
+    CREATE INDEX acl_identifier ON acl(identifier);
+    "#,
 ];
 
 /// The schema version this build writes.

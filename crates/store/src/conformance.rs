@@ -1,7 +1,7 @@
 //! The conformance suite every backend must pass. A backend's tests call [`run_all`] with a
 //! fresh, empty store; each check panics with a message naming the rule it broke.
 
-use mailkeep_types::{Address, Domain, MailboxRole, ModSeq, Uid};
+use mailkeep_types::{Address, Domain, MailboxId, MailboxRole, ModSeq, Uid};
 
 use crate::directory::{resolve, Resolution};
 use crate::{
@@ -28,6 +28,162 @@ pub async fn run_all(store: SharedStore) {
     messages(&store).await;
     log(&store).await;
     login(&store).await;
+    acl(&store).await;
+}
+
+/// Access control lists and sharing between accounts (RFC 4314).
+async fn acl(store: &SharedStore) {
+    use crate::{effective_rights, Rights};
+    store
+        .user_add(&addr("owner@example.com"), "h", 0)
+        .await
+        .unwrap();
+    store
+        .user_add(&addr("erin@example.com"), "h", 40)
+        .await
+        .unwrap();
+    let carol = store.user_get("owner@example.com").await.unwrap().unwrap();
+    let erin = store.user_get("erin@example.com").await.unwrap().unwrap();
+    let team = store.mailbox_create(carol.id, "Team", None).await.unwrap();
+    let private = store
+        .mailbox_create(carol.id, "Private", None)
+        .await
+        .unwrap();
+    assert!(store.acl_get(team.id).await.unwrap().is_empty());
+    assert!(store
+        .shared_mailboxes("erin@example.com")
+        .await
+        .unwrap()
+        .is_empty());
+    let lr = Rights::parse("lr").unwrap();
+    store
+        .acl_set(team.id, "erin@example.com", lr)
+        .await
+        .expect("acl_set");
+    store
+        .acl_set(private.id, "-erin@example.com", Rights::parse("r").unwrap())
+        .await
+        .unwrap();
+    let acl = store.acl_get(team.id).await.unwrap();
+    assert_eq!(acl.len(), 1);
+    // A child starts with its parent's list.
+    let child = store
+        .mailbox_create(carol.id, "Team/2026", None)
+        .await
+        .unwrap();
+    assert_eq!(store.acl_get(child.id).await.unwrap(), acl);
+    store.mailbox_delete(carol.id, "Team/2026").await.unwrap();
+    assert_eq!(effective_rights(&acl, "erin@example.com"), lr);
+    // Only positive entries share; the owner's own mailboxes are not "shared with" her.
+    let shared = store.shared_mailboxes("erin@example.com").await.unwrap();
+    assert_eq!(
+        shared
+            .iter()
+            .map(|s| s.mailbox.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["Team"]
+    );
+    assert_eq!(shared[0].owner, addr("owner@example.com"));
+    assert!(store
+        .shared_mailboxes("owner@example.com")
+        .await
+        .unwrap()
+        .is_empty());
+    // `anyone` reaches every user; replacing an entry keeps one entry.
+    store
+        .acl_set(private.id, "anyone", Rights::parse("lrs").unwrap())
+        .await
+        .unwrap();
+    store
+        .acl_set(team.id, "erin@example.com", Rights::parse("lrsi").unwrap())
+        .await
+        .unwrap();
+    let shared = store.shared_mailboxes("erin@example.com").await.unwrap();
+    assert_eq!(shared.len(), 2);
+    let private_acl = &shared
+        .iter()
+        .find(|s| s.mailbox.id == private.id)
+        .unwrap()
+        .acl;
+    assert_eq!(
+        effective_rights(private_acl, "erin@example.com").to_string(),
+        "ls",
+        "the negative entry takes r away from anyone's lrs"
+    );
+    // Copy across accounts: usage moves to the destination's owner, quota applies to it.
+    let body = b"Subject: shared\r\n\r\nabc\r\n";
+    let blob = store.put_blob(body).await.unwrap();
+    let stored = store
+        .deliver(vec![NewMessage {
+            account: carol.id,
+            target: Target::Mailbox(team.id),
+            blob: blob.clone(),
+            blob_size: body.len() as u64,
+            prefix: Vec::new(),
+            headers: b"Subject: shared\r\n\r\n".to_vec(),
+            flags: vec![],
+            internal_date: 1_700_000_000,
+            cache: MessageCache::default(),
+            queue_id: None,
+        }])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    let erin_inbox = store
+        .mailboxes(erin.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.role == Some(MailboxRole::Inbox))
+        .unwrap();
+    let pairs = store
+        .copy(team.id, &[stored.uid], erin_inbox.id, false)
+        .await
+        .expect("copy between accounts");
+    assert_eq!(pairs, vec![(stored.uid, Uid(1))]);
+    let used = |who: &'static str| async move { store.user_get(who).await.unwrap().unwrap().used };
+    assert_eq!(used("erin@example.com").await, body.len() as u64);
+    assert_eq!(used("owner@example.com").await, body.len() as u64);
+    assert_eq!(
+        store
+            .message_content(erin_inbox.id, Uid(1))
+            .await
+            .unwrap()
+            .unwrap(),
+        body.to_vec()
+    );
+    // Erin's quota (40 octets) has no room for a second copy.
+    assert!(matches!(
+        store
+            .copy(team.id, &[stored.uid], erin_inbox.id, false)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // A move between accounts takes the usage along.
+    store
+        .copy(erin_inbox.id, &[Uid(1)], team.id, true)
+        .await
+        .expect("move between accounts");
+    assert_eq!(used("erin@example.com").await, 0);
+    assert_eq!(used("owner@example.com").await, 2 * body.len() as u64);
+    // Removing an entry, deleting a mailbox and removing a user leave no entries behind.
+    store
+        .acl_set(private.id, "anyone", Rights::NONE)
+        .await
+        .unwrap();
+    assert_eq!(store.acl_get(private.id).await.unwrap().len(), 1);
+    store.mailbox_delete(carol.id, "Private").await.unwrap();
+    assert!(matches!(
+        store.acl_get(private.id).await.map(|a| a.len()),
+        Ok(0) | Err(StoreError::NotFound(_))
+    ));
+    store.user_remove(&addr("erin@example.com")).await.unwrap();
+    assert!(store.acl_get(team.id).await.unwrap().is_empty());
+    assert!(matches!(
+        store.acl_set(MailboxId(i64::MAX), "anyone", lr).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 async fn login(store: &SharedStore) {

@@ -24,6 +24,7 @@ pub mod conformance;
 pub mod directory;
 pub mod password;
 
+pub use mailkeep_types::acl::{effective_rights, AclEntry, Rights, ANYONE};
 pub use mailkeep_types::message::{BodyStructure, Envelope, EnvelopeAddress, MessageCache};
 
 /// Errors of a store operation.
@@ -239,6 +240,17 @@ pub enum ChangeEvent {
     MailboxesChanged(AccountId),
 }
 
+/// A mailbox of another account with an access control list entry that applies to a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedMailbox {
+    /// The mailbox.
+    pub mailbox: Mailbox,
+    /// Its owner's address.
+    pub owner: Address,
+    /// Its whole access control list.
+    pub acl: Vec<AclEntry>,
+}
+
 /// How a flag update applies (IMAP STORE FLAGS / +FLAGS / -FLAGS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlagMode {
@@ -388,7 +400,8 @@ pub trait MailStore: Send + Sync {
     /// Subscribes to change events.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ChangeEvent>;
     /// Creates a mailbox and any missing parents (`/` separates levels); a role may be given
-    /// once per account (RFC 6154 CREATE-SPECIAL-USE).
+    /// once per account (RFC 6154 CREATE-SPECIAL-USE). Each new mailbox starts with its
+    /// parent's access control list (RFC 4314 4).
     async fn mailbox_create(
         &self,
         account: AccountId,
@@ -423,8 +436,10 @@ pub trait MailStore: Send + Sync {
     async fn expunge(&self, mailbox: MailboxId, uids: &[Uid]) -> Result<Vec<Uid>>;
     /// UIDs expunged with a MODSEQ above `since` (RFC 7162 VANISHED).
     async fn expunged_since(&self, mailbox: MailboxId, since: ModSeq) -> Result<Vec<Uid>>;
-    /// Copies (or moves) messages to another mailbox of the same account; returns
-    /// (source UID, new UID) pairs (RFC 4315 COPYUID). Refused over quota.
+    /// Copies (or moves) messages to another mailbox, of the same account or another one
+    /// (shared mailboxes); returns (source UID, new UID) pairs (RFC 4315 COPYUID). Refused as
+    /// a whole when it would take the destination's owner over quota. Moving between accounts
+    /// moves the bytes used from one to the other.
     async fn copy(
         &self,
         from: MailboxId,
@@ -432,6 +447,15 @@ pub trait MailStore: Send + Sync {
         to: MailboxId,
         remove_source: bool,
     ) -> Result<Vec<(Uid, Uid)>>;
+    /// A mailbox's access control list (RFC 4314), in identifier order. The owner's own
+    /// rights are implicit and not listed.
+    async fn acl_get(&self, mailbox: MailboxId) -> Result<Vec<AclEntry>>;
+    /// Sets the rights of one identifier (an address key or [`ANYONE`], with a leading `-` for
+    /// negative rights) on a mailbox; empty rights remove the entry.
+    async fn acl_set(&self, mailbox: MailboxId, identifier: &str, rights: Rights) -> Result<()>;
+    /// Mailboxes of other accounts whose ACL has a positive entry for `who` (an address key)
+    /// or for [`ANYONE`], with their owners and whole ACLs, ordered by owner then name.
+    async fn shared_mailboxes(&self, who: &str) -> Result<Vec<SharedMailbox>>;
 }
 
 /// Checks a mailbox name for the store: `/`-separated, no empty level, no control characters,

@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod acl;
 pub mod message;
 
 /// Errors from parsing addresses and domains.

@@ -1,0 +1,503 @@
+//! Shared mailboxes and access control lists (RFC 4314), in the Other Users' namespace
+//! (RFC 2342 5): another user's mailbox `Projects` is `Shared/bob@example.org/Projects`.
+//!
+//! - A user's own mailboxes carry every right; a name the user owns always wins, so a personal
+//!   folder that happens to be called `Shared` keeps working.
+//! - Another user's mailbox exists for a user only while some right on it applies to them
+//!   (RFC 4314 6: refusals never reveal a mailbox the user may not see).
+//! - The store keeps the lists; [`effective_rights`] combines `anyone`, the user's own
+//!   entry and negative entries.
+
+use mailkeep_imap_proto::response;
+use mailkeep_imap_proto::response::Status;
+use mailkeep_store::{effective_rights, AclEntry, Mailbox, Rights, StoreError, ANYONE};
+use mailkeep_types::{AccountId, Address};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::session::{Flow, Res, Session};
+
+/// The Other Users' namespace prefix, without its delimiter.
+pub(crate) const SHARED: &str = "Shared";
+
+/// A mailbox name resolved for the logged-in user.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    /// The mailbox.
+    pub mailbox: Mailbox,
+    /// The user's rights on it.
+    pub rights: Rights,
+    /// The name as the client spells it.
+    pub name: String,
+    /// The owner's address key when it belongs to someone else.
+    pub owner: Option<String>,
+}
+
+/// Splits `Shared/owner/rest` into the owner and the rest (None for `Shared/owner` itself).
+pub(crate) fn split_shared(name: &str) -> Option<(&str, Option<&str>)> {
+    let rest = name.strip_prefix(SHARED)?.strip_prefix('/')?;
+    match rest.split_once('/') {
+        Some((owner, rest)) if !owner.is_empty() && !rest.is_empty() => Some((owner, Some(rest))),
+        None if !rest.is_empty() => Some((rest, None)),
+        _ => None,
+    }
+}
+
+/// The flags of `flags` the rights allow to be set: `\Seen` needs `s`, `\Deleted` needs `t`,
+/// the others `w` (RFC 4314 4, STORE and COPY/APPEND).
+pub(crate) fn permitted_flags(rights: Rights, flags: &[String]) -> Vec<String> {
+    flags
+        .iter()
+        .filter(|f| flag_permitted(rights, f))
+        .cloned()
+        .collect()
+}
+
+/// Whether the rights allow setting or clearing this flag.
+pub(crate) fn flag_permitted(rights: Rights, flag: &str) -> bool {
+    if flag.eq_ignore_ascii_case("\\Seen") {
+        rights.contains(Rights::SEEN)
+    } else if flag.eq_ignore_ascii_case("\\Deleted") {
+        rights.contains(Rights::DELETE_MESSAGES)
+    } else {
+        rights.contains(Rights::WRITE)
+    }
+}
+
+/// Whether SELECT opens the mailbox read-write: any of `i`, `e` or a flag right (RFC 4314
+/// 5.1.1 and 5.2, as Dovecot).
+pub(crate) fn writable(rights: Rights) -> bool {
+    rights.intersects(
+        Rights::INSERT
+            .union(Rights::EXPUNGE)
+            .union(Rights::WRITE)
+            .union(Rights::SEEN)
+            .union(Rights::DELETE_MESSAGES),
+    )
+}
+
+/// Parses a SETACL rights argument: an optional `+` or `-`, then lower-case right letters
+/// (RFC 4314 3.1). Err is the BAD text.
+fn parse_mod_rights(raw: &[u8]) -> Result<(Option<char>, Rights), String> {
+    let s = std::str::from_utf8(raw).map_err(|_| "rights must be ASCII letters".to_string())?;
+    let (modifier, letters) = match s.chars().next() {
+        Some(c @ ('+' | '-')) => (Some(c), &s[1..]),
+        _ => (None, s),
+    };
+    if let Some(c) = letters.chars().find(|c| c.is_ascii_uppercase()) {
+        // RFC 4314 3.1 example A035.
+        return Err(format!("upper-case rights are not allowed ({c})"));
+    }
+    let rights = Rights::parse(letters).map_err(|c| format!("the {c:?} right is not supported"))?;
+    Ok((modifier, rights))
+}
+
+/// A new name in another user's part of the shared namespace (CREATE, RENAME's target).
+pub(crate) struct SharedPlace {
+    /// The owner's account.
+    pub owner: AccountId,
+    /// The name inside the owner's account.
+    pub local: String,
+    /// The user's rights on the nearest existing parent (none when there is none: only
+    /// the owner creates top-level mailboxes).
+    pub parent_rights: Rights,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// Where a name that is not the user's own lands in the shared namespace: None when it
+    /// does not name another existing user's part of it.
+    pub(crate) async fn shared_place(&self, name: &str) -> Result<Option<SharedPlace>, StoreError> {
+        let Some((owner, Some(local))) = split_shared(name) else {
+            return Ok(None);
+        };
+        let (Some(me), Ok(owner)) = (&self.user, Address::parse(owner)) else {
+            return Ok(None);
+        };
+        if owner.key() == me.address.key() {
+            return Ok(None);
+        }
+        let store = &self.server.store;
+        let Some(user) = store.user_get(&owner.key()).await? else {
+            return Ok(None);
+        };
+        let boxes = store.mailboxes(user.id).await?;
+        let mut parent_rights = Rights::NONE;
+        let mut level = local;
+        while let Some((up, _)) = level.rsplit_once('/') {
+            if let Some(mb) = boxes.iter().find(|m| m.name == up) {
+                parent_rights = effective_rights(&store.acl_get(mb.id).await?, &me.address.key());
+                break;
+            }
+            level = up;
+        }
+        Ok(Some(SharedPlace {
+            owner: user.id,
+            local: local.to_string(),
+            parent_rights,
+        }))
+    }
+
+    /// Resolves a client's mailbox name: the user's own mailbox first, else another user's
+    /// mailbox in the shared namespace on which some right applies to the user.
+    pub(crate) async fn resolve(&self, name: &str) -> Result<Option<Resolved>, StoreError> {
+        if let Some(mb) = self.find_mailbox(name).await? {
+            return Ok(Some(Resolved {
+                name: mb.name.clone(),
+                mailbox: mb,
+                rights: Rights::ALL,
+                owner: None,
+            }));
+        }
+        let Some((owner, Some(rest))) = split_shared(name) else {
+            return Ok(None);
+        };
+        let Some(me) = &self.user else {
+            return Ok(None);
+        };
+        let Ok(owner) = Address::parse(owner) else {
+            return Ok(None);
+        };
+        let owner = owner.key();
+        if owner == me.address.key() {
+            return Ok(None);
+        }
+        let store = &self.server.store;
+        let Some(user) = store.user_get(&owner).await? else {
+            return Ok(None);
+        };
+        let boxes = store.mailboxes(user.id).await?;
+        let Some(mb) = boxes
+            .into_iter()
+            .find(|m| m.name == rest || (rest.eq_ignore_ascii_case("INBOX") && m.name == "INBOX"))
+        else {
+            return Ok(None);
+        };
+        let rights = effective_rights(&store.acl_get(mb.id).await?, &me.address.key());
+        if rights.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Resolved {
+            name: format!("{SHARED}/{owner}/{}", mb.name),
+            mailbox: mb,
+            rights,
+            owner: Some(owner),
+        }))
+    }
+
+    /// True when the user has `needed` on the mailbox; else writes the tagged NO: as for a
+    /// mailbox that does not exist when the user may not even list it (RFC 4314 6), NOPERM
+    /// otherwise (RFC 5530).
+    pub(crate) fn permit(&mut self, tag: &str, r: &Resolved, needed: Rights) -> bool {
+        if r.rights.contains(needed) {
+            return true;
+        }
+        if r.rights.contains(Rights::LOOKUP) {
+            let text = format!("permission denied: this needs the {needed} right");
+            self.tagged(tag, Status::No, Some("NOPERM"), &text);
+        } else {
+            self.tagged(tag, Status::No, Some("NONEXISTENT"), "no such mailbox");
+        }
+        false
+    }
+
+    /// Resolves a mailbox argument for an ACL command; writes the reply and returns None when
+    /// it does not exist for the user or lacks `needed`.
+    async fn acl_target(
+        &mut self,
+        tag: &str,
+        raw: &[u8],
+        needed: Rights,
+    ) -> Result<Option<Resolved>, Flow> {
+        let name = match self.decode_name(raw) {
+            Ok(n) => n,
+            Err(e) => return Err(self.bad(Some(tag), &e)),
+        };
+        let r = match self.resolve(&name).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.store_error(tag, &e);
+                return Ok(None);
+            }
+        };
+        let Some(r) = r else {
+            self.tagged(tag, Status::No, Some("NONEXISTENT"), "no such mailbox");
+            return Ok(None);
+        };
+        if needed.is_empty() {
+            // MYRIGHTS: any of l, r, i, k, x, a (RFC 4314 4).
+            let any = Rights::parse("lrikxa").unwrap_or(Rights::ALL);
+            if !r.rights.intersects(any) {
+                self.tagged(tag, Status::No, Some("NONEXISTENT"), "no such mailbox");
+                return Ok(None);
+            }
+        } else if !self.permit(tag, &r, needed) {
+            return Ok(None);
+        }
+        Ok(Some(r))
+    }
+
+    /// Canonical form of an ACL identifier: `anyone` or an existing user's address key,
+    /// with its `-` kept. Err is the NO text.
+    async fn identifier(&self, raw: &[u8]) -> Result<Result<String, String>, StoreError> {
+        let Ok(s) = std::str::from_utf8(raw) else {
+            return Ok(Err("the identifier is not UTF-8".into()));
+        };
+        let (neg, id) = match s.strip_prefix('-') {
+            Some(rest) => ("-", rest),
+            None => ("", s),
+        };
+        if id.eq_ignore_ascii_case(ANYONE) {
+            return Ok(Ok(format!("{neg}{ANYONE}")));
+        }
+        let Ok(addr) = Address::parse(id) else {
+            return Ok(Err(format!(
+                "{id:?} is neither \"anyone\" nor a user's address"
+            )));
+        };
+        match self.server.store.user_get(&addr.key()).await? {
+            Some(u) => Ok(Ok(format!("{neg}{}", u.address.key()))),
+            None => Ok(Err(format!("there is no user {id} here"))),
+        }
+    }
+
+    /// The owner's address key and the list as GETACL shows it: the owner with every right,
+    /// then the stored entries.
+    async fn full_acl(&self, r: &Resolved) -> Result<Vec<AclEntry>, StoreError> {
+        let owner = match &r.owner {
+            Some(o) => o.clone(),
+            None => self.account_key()?,
+        };
+        let mut acl = vec![AclEntry {
+            identifier: owner,
+            rights: Rights::ALL,
+        }];
+        acl.extend(self.server.store.acl_get(r.mailbox.id).await?);
+        Ok(acl)
+    }
+
+    fn account_key(&self) -> Result<String, StoreError> {
+        self.user
+            .as_ref()
+            .map(|u| u.address.key())
+            .ok_or_else(|| StoreError::Conflict("not logged in".into()))
+    }
+
+    /// GETACL (RFC 4314 3.3).
+    pub(crate) async fn getacl(&mut self, tag: &str, raw: &[u8]) -> Res {
+        let r = match self.acl_target(tag, raw, Rights::ADMIN).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(Flow::Continue),
+            Err(f) => return Ok(f),
+        };
+        let acl = self.full_acl(&r).await?;
+        let utf8 = self.utf8();
+        let mut line = b"* ACL ".to_vec();
+        response::mailbox(&mut line, &r.name, utf8);
+        for e in &acl {
+            line.push(b' ');
+            response::astring(&mut line, e.identifier.as_bytes(), utf8);
+            line.push(b' ');
+            response::astring(&mut line, e.rights.to_string().as_bytes(), utf8);
+        }
+        line.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(&line);
+        self.tagged(tag, Status::Ok, None, "GETACL completed");
+        Ok(Flow::Continue)
+    }
+
+    /// SETACL (RFC 4314 3.1) and DELETEACL (3.2, `rights` None).
+    pub(crate) async fn setacl(
+        &mut self,
+        tag: &str,
+        raw: &[u8],
+        identifier: &[u8],
+        rights: Option<&[u8]>,
+    ) -> Res {
+        // Syntax first: an unknown right is BAD whatever the mailbox (RFC 4314 3.1).
+        let change = match rights.map(parse_mod_rights) {
+            Some(Err(e)) => return Ok(self.bad(Some(tag), &e)),
+            Some(Ok(c)) => Some(c),
+            None => None,
+        };
+        let verb = if rights.is_some() {
+            "SETACL"
+        } else {
+            "DELETEACL"
+        };
+        let r = match self.acl_target(tag, raw, Rights::ADMIN).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(Flow::Continue),
+            Err(f) => return Ok(f),
+        };
+        let id = match self.identifier(identifier).await? {
+            Ok(id) => id,
+            Err(why) => {
+                self.tagged(tag, Status::No, Some("CANNOT"), &why);
+                return Ok(Flow::Continue);
+            }
+        };
+        let owner = match &r.owner {
+            Some(o) => o.clone(),
+            None => self.account_key()?,
+        };
+        if id.trim_start_matches('-') == owner {
+            self.tagged(
+                tag,
+                Status::No,
+                Some("CANNOT"),
+                "the owner always has every right on their mailboxes",
+            );
+            return Ok(Flow::Continue);
+        }
+        let store = self.server.store.clone();
+        let new = match change {
+            None => Rights::NONE,
+            Some((None, rights)) => rights,
+            Some((Some(m), rights)) => {
+                let now = store
+                    .acl_get(r.mailbox.id)
+                    .await?
+                    .into_iter()
+                    .find(|e| e.identifier == id)
+                    .map(|e| e.rights)
+                    .unwrap_or_default();
+                if m == '+' {
+                    now.union(rights)
+                } else {
+                    now.minus(rights)
+                }
+            }
+        };
+        store.acl_set(r.mailbox.id, &id, new).await?;
+        self.tagged(tag, Status::Ok, None, &format!("{verb} completed"));
+        Ok(Flow::Continue)
+    }
+
+    /// LISTRIGHTS (RFC 4314 3.4): nothing is tied, so each right stands alone; the owner is
+    /// always granted everything.
+    pub(crate) async fn listrights(&mut self, tag: &str, raw: &[u8], identifier: &[u8]) -> Res {
+        let r = match self.acl_target(tag, raw, Rights::ADMIN).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(Flow::Continue),
+            Err(f) => return Ok(f),
+        };
+        let owner = match &r.owner {
+            Some(o) => o.clone(),
+            None => self.account_key()?,
+        };
+        let is_owner = self
+            .identifier(identifier)
+            .await?
+            .is_ok_and(|id| id == owner);
+        let utf8 = self.utf8();
+        let mut line = b"* LISTRIGHTS ".to_vec();
+        response::mailbox(&mut line, &r.name, utf8);
+        line.push(b' ');
+        // RFC 4314 3.4: "the same form of an identifier as specified by the client".
+        response::astring(&mut line, identifier, utf8);
+        if is_owner {
+            line.extend_from_slice(format!(" {}", Rights::ALL).as_bytes());
+        } else {
+            line.extend_from_slice(b" \"\"");
+            for c in Rights::ALL.letters() {
+                line.extend_from_slice(format!(" {c}").as_bytes());
+            }
+            // RFC 4314 2.1.1: the virtual rights, untied.
+            line.extend_from_slice(b" c d");
+        }
+        line.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(&line);
+        self.tagged(tag, Status::Ok, None, "LISTRIGHTS completed");
+        Ok(Flow::Continue)
+    }
+
+    /// MYRIGHTS (RFC 4314 3.5).
+    pub(crate) async fn myrights(&mut self, tag: &str, raw: &[u8]) -> Res {
+        let r = match self.acl_target(tag, raw, Rights::NONE).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(Flow::Continue),
+            Err(f) => return Ok(f),
+        };
+        let utf8 = self.utf8();
+        let mut line = b"* MYRIGHTS ".to_vec();
+        response::mailbox(&mut line, &r.name, utf8);
+        line.push(b' ');
+        response::astring(&mut line, r.rights.to_string().as_bytes(), utf8);
+        line.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(&line);
+        self.tagged(tag, Status::Ok, None, "MYRIGHTS completed");
+        Ok(Flow::Continue)
+    }
+
+    /// Other users' mailboxes the user may list (`l`), with their client names and rights,
+    /// in name order.
+    pub(crate) async fn shared_listing(
+        &self,
+    ) -> Result<Vec<(String, Mailbox, Rights)>, StoreError> {
+        let me = self.account_key()?;
+        let shared = self.server.store.shared_mailboxes(&me).await?;
+        Ok(shared
+            .into_iter()
+            .filter_map(|s| {
+                let rights = effective_rights(&s.acl, &me);
+                rights.contains(Rights::LOOKUP).then(|| {
+                    (
+                        format!("{SHARED}/{}/{}", s.owner.key(), s.mailbox.name),
+                        s.mailbox,
+                        rights,
+                    )
+                })
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_names_split_into_owner_and_mailbox() {
+        assert_eq!(
+            split_shared("Shared/bob@x.test/Projects/2026"),
+            Some(("bob@x.test", Some("Projects/2026")))
+        );
+        assert_eq!(
+            split_shared("Shared/bob@x.test"),
+            Some(("bob@x.test", None))
+        );
+        assert_eq!(split_shared("Shared"), None);
+        assert_eq!(split_shared("Shared/"), None);
+        assert_eq!(split_shared("Sharedx/bob@x.test/A"), None);
+        assert_eq!(split_shared("INBOX"), None);
+    }
+
+    #[test]
+    fn flags_need_their_rights() {
+        // RFC 4314 4, the COPY example: "rwis" keeps \Answered, $Forwarded and \Seen.
+        let rwis = Rights::parse("rwis").unwrap();
+        let flags: Vec<String> = ["\\Draft", "\\Deleted", "\\Answered", "$Forwarded", "\\Seen"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            permitted_flags(rwis, &flags),
+            vec!["\\Draft", "\\Answered", "$Forwarded", "\\Seen"]
+        );
+        let rsti = Rights::parse("rsti").unwrap();
+        assert_eq!(permitted_flags(rsti, &flags), vec!["\\Deleted", "\\Seen"]);
+        assert!(!writable(Rights::parse("lr").unwrap()));
+        assert!(writable(Rights::parse("lrs").unwrap()));
+    }
+
+    #[test]
+    fn setacl_rights_are_checked() {
+        assert_eq!(
+            parse_mod_rights(b"+cda").unwrap(),
+            (Some('+'), Rights::parse("kxeta").unwrap())
+        );
+        assert!(parse_mod_rights(b"lrQswicda")
+            .unwrap_err()
+            .contains("upper-case"));
+        assert!(parse_mod_rights(b"lrqswicda").unwrap_err().contains("'q'"));
+        assert_eq!(parse_mod_rights(b"").unwrap(), (None, Rights::NONE));
+    }
+}
