@@ -82,31 +82,49 @@ pub fn needs_body(keys: &[SearchKey]) -> bool {
 /// Sound only when decoding cannot create the word: the section must be ASCII (Unicode case
 /// folding maps a few non-ASCII letters to ASCII ones) with no encoded words (`=?`) and no
 /// quoted pairs (`\`).
-pub fn header_quick_reject(keys: &[SearchKey], raw_header: &[u8]) -> bool {
-    let plain = |n: &[u8]| {
-        !n.is_empty()
-            && n.iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(b))
-    };
-    let words: Vec<&[u8]> = keys
-        .iter()
-        .filter_map(|k| match k {
-            SearchKey::Header(_, needle) if plain(needle) => Some(needle.as_slice()),
-            _ => None,
-        })
-        .collect();
-    if words.is_empty()
-        || !raw_header.is_ascii()
-        || raw_header.contains(&b'\\')
-        || raw_header.windows(2).any(|w| w == b"=?")
-    {
-        return false;
+pub struct QuickReject {
+    /// The lower-cased words, each with its own SIMD searcher.
+    words: Vec<memchr::memmem::Finder<'static>>,
+}
+
+impl QuickReject {
+    /// The words to look for, or None when no top-level key allows a quick rejection.
+    pub fn new(keys: &[SearchKey]) -> Option<QuickReject> {
+        let plain = |n: &[u8]| {
+            !n.is_empty()
+                && n.iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(b))
+        };
+        let words: Vec<_> = keys
+            .iter()
+            .filter_map(|k| match k {
+                SearchKey::Header(_, needle) if plain(needle) => {
+                    Some(memchr::memmem::Finder::new(&needle.to_ascii_lowercase()).into_owned())
+                }
+                _ => None,
+            })
+            .collect();
+        (!words.is_empty()).then_some(QuickReject { words })
     }
-    words.iter().any(|w| {
-        !raw_header
-            .windows(w.len())
-            .any(|win| win.eq_ignore_ascii_case(w))
-    })
+
+    /// True when the header section cannot match; `scratch` is reused between calls.
+    pub fn rejects(&self, raw_header: &[u8], scratch: &mut Vec<u8>) -> bool {
+        if !raw_header.is_ascii()
+            || memchr::memchr(b'\\', raw_header).is_some()
+            || memchr::memmem::find(raw_header, b"=?").is_some()
+        {
+            return false;
+        }
+        scratch.clear();
+        scratch.extend_from_slice(raw_header);
+        scratch.make_ascii_lowercase();
+        self.words.iter().any(|w| w.find(scratch).is_none())
+    }
+}
+
+/// [`QuickReject`] for one header section (tests and single messages).
+pub fn header_quick_reject(keys: &[SearchKey], raw_header: &[u8]) -> bool {
+    QuickReject::new(keys).is_some_and(|q| q.rejects(raw_header, &mut Vec::new()))
 }
 
 /// True when the message matches every key.

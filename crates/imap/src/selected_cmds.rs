@@ -19,14 +19,12 @@ use mailkeep_imap_proto::selected::{
     ThreadAlgorithm,
 };
 use mailkeep_store::{FlagMode, MessageCache, NewMessage, Rights, StoreError, Target};
-use mailkeep_types::{ModSeq, Uid};
+use mailkeep_types::{MailboxId, ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::acl::{flag_permitted, permitted_flags};
 use crate::fetch::{fetch_line, needs_content, sets_seen, FetchError, Meta};
-use crate::search::{
-    header_quick_reject, matches_all, needs_body, needs_message, Candidate, Context,
-};
+use crate::search::{matches_all, needs_body, needs_message, Candidate, Context, QuickReject};
 use crate::session::{io_err, now_micros, Flow, Res, Session};
 use crate::sort;
 use crate::util::parse_date_time;
@@ -140,18 +138,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
-        let needs_cache = items.iter().any(|i| {
-            matches!(
-                i,
-                FetchItem::Envelope | FetchItem::Body | FetchItem::BodyStructure
-            )
-        });
+        let needs_structure = items
+            .iter()
+            .any(|i| matches!(i, FetchItem::Body | FetchItem::BodyStructure));
+        let needs_cache = needs_structure || items.contains(&FetchItem::Envelope);
         let content = needs_content(&items);
         let mut with_flags = items.clone();
         if !items.contains(&FetchItem::Flags) {
             with_flags.push(FetchItem::Flags);
         }
-        let empty = MessageCache::default();
         let mut failed: Option<FetchError> = None;
         // Groups of messages read together: bounded in count, and in bytes when content is
         // read, so memory stays bounded whatever the set.
@@ -172,77 +167,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 groups.push(&idx[start..]);
             }
         }
-        for chunk in groups {
-            let (msgs, seqs): (Vec<_>, Vec<u32>) = {
-                let Some(view) = self.view.as_ref() else {
+        // Each group is read and rendered by a task of its own, a few at once (one per
+        // core), and written out in order: the session only copies finished responses.
+        let job = FetchJob {
+            mailbox,
+            items: std::sync::Arc::new(items),
+            with_flags: std::sync::Arc::new(with_flags),
+            seen_now: std::sync::Arc::new(seen_now),
+            needs_structure,
+            needs_cache,
+            content,
+            utf8,
+        };
+        let in_flight = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 4);
+        let mut pending = std::collections::VecDeque::new();
+        let single = groups.len() == 1;
+        let mut groups = groups.into_iter();
+        if single {
+            // One group (a client reading one message): no task hop.
+            let msgs = self.group(groups.next().unwrap_or_default());
+            let (lines, err) = job.clone().run(store.clone(), msgs).await?;
+            failed = err;
+            self.out.extend_from_slice(&lines);
+        }
+        loop {
+            while pending.len() < in_flight {
+                let Some(chunk) = groups.next() else {
                     break;
                 };
-                chunk
-                    .iter()
-                    .map(|i| (view.msgs[*i].clone(), *i as u32 + 1))
-                    .unzip()
-            };
-            let metas = if needs_cache {
-                let uids: Vec<Uid> = msgs.iter().map(|m| Uid(m.uid)).collect();
-                store.messages_by_uid(mailbox, &uids).await?
-            } else {
-                Vec::new()
-            };
-            let mut contents = if content {
-                let uids: Vec<Uid> = msgs.iter().map(|m| Uid(m.uid)).collect();
-                store.message_contents(mailbox, &uids).await?
-            } else {
-                Vec::new()
+                let msgs = self.group(chunk);
+                pending.push_back(tokio::spawn(job.clone().run(store.clone(), msgs)));
             }
-            .into_iter()
-            .peekable();
-            let mut mi = 0;
-            for (m, seq) in msgs.iter().zip(seqs) {
-                let cache = if needs_cache {
-                    while mi < metas.len() && metas[mi].uid.0 < m.uid {
-                        mi += 1;
-                    }
-                    match metas.get(mi) {
-                        Some(meta) if meta.uid.0 == m.uid => &meta.cache,
-                        // Expunged by another session meanwhile: nothing to report.
-                        _ => continue,
-                    }
-                } else {
-                    &empty
-                };
-                let raw = if content {
-                    while contents.peek().is_some_and(|(u, _)| u.0 < m.uid) {
-                        contents.next();
-                    }
-                    match contents.next_if(|(u, _)| u.0 == m.uid) {
-                        Some((_, r)) => Some(r),
-                        // Expunged by another session meanwhile.
-                        None => continue,
-                    }
-                } else {
-                    None
-                };
-                let meta = Meta {
-                    uid: m.uid,
-                    flags: &m.flags,
-                    recent: false,
-                    internal_date: m.internal_date,
-                    size: m.size,
-                    modseq: m.modseq,
-                    envelope: &cache.envelope,
-                    body: &cache.body,
-                };
-                let its_items = if seen_now.contains(&m.uid) {
-                    &with_flags
-                } else {
-                    &items
-                };
-                match fetch_line(seq, its_items, &meta, raw.as_deref(), utf8) {
-                    Ok(line) => self.out.extend_from_slice(&line),
-                    Err(e) => failed = Some(e),
-                }
-                self.maybe_flush().await.map_err(io_err)?;
+            let Some(task) = pending.pop_front() else {
+                break;
+            };
+            let (lines, err) = task
+                .await
+                .map_err(|e| StoreError::Backend(format!("fetch task: {e}")))??;
+            if err.is_some() {
+                failed = err;
             }
+            self.out.extend_from_slice(&lines);
+            self.maybe_flush().await.map_err(io_err)?;
         }
         match failed {
             // RFC 3516 4.2: a content transfer encoding we cannot undo.
@@ -253,6 +222,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None => self.tagged(tag, Status::Ok, None, "FETCH completed"),
         }
         Ok(Flow::Continue)
+    }
+
+    /// The view's messages at these indexes, with their sequence numbers.
+    fn group(&self, chunk: &[usize]) -> Vec<(Msg, u32)> {
+        match self.view.as_ref() {
+            Some(view) => chunk
+                .iter()
+                .map(|i| (view.msgs[*i].clone(), *i as u32 + 1))
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     pub(crate) async fn store(&mut self, tag: &str, uid: bool, st: Store) -> Res {
@@ -488,6 +468,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         now,
                     };
                     let parser = MessageParser::default();
+                    let quick = QuickReject::new(&keys);
+                    let mut scratch = Vec::new();
                     let mut found = Vec::new();
                     let mut di = 0;
                     for (k, m) in msgs.iter().enumerate() {
@@ -498,7 +480,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                             continue;
                         };
                         let header = &raw[..header_len(raw)];
-                        if header_quick_reject(&keys, header) {
+                        if quick
+                            .as_ref()
+                            .is_some_and(|q| q.rejects(header, &mut scratch))
+                        {
                             continue;
                         }
                         let parsed = parser.parse(raw.as_slice());
@@ -1006,5 +991,116 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             "APPEND completed",
         );
         Ok(Flow::Continue)
+    }
+}
+
+/// What every group of one FETCH needs, shared by its tasks.
+#[derive(Clone)]
+struct FetchJob {
+    mailbox: MailboxId,
+    items: std::sync::Arc<Vec<FetchItem>>,
+    /// The items plus FLAGS, for messages whose `\Seen` this FETCH set.
+    with_flags: std::sync::Arc<Vec<FetchItem>>,
+    seen_now: std::sync::Arc<Vec<u32>>,
+    needs_structure: bool,
+    needs_cache: bool,
+    content: bool,
+    utf8: bool,
+}
+
+impl FetchJob {
+    /// Reads one group (messages with their sequence numbers) and renders its FETCH
+    /// responses; messages expunged meanwhile are left out (nothing to report).
+    async fn run(
+        self,
+        store: mailkeep_store::SharedStore,
+        msgs: Vec<(Msg, u32)>,
+    ) -> Result<(Vec<u8>, Option<FetchError>), StoreError> {
+        let uids: Vec<Uid> = msgs.iter().map(|(m, _)| Uid(m.uid)).collect();
+        let caches: Vec<(u32, MessageCache)> = if self.needs_structure {
+            store
+                .messages_by_uid(self.mailbox, &uids)
+                .await?
+                .into_iter()
+                .map(|m| (m.uid.0, m.cache))
+                .collect()
+        } else if self.needs_cache {
+            // ENVELOPE alone: the body structure is not decoded.
+            store
+                .message_envelopes(self.mailbox, &uids)
+                .await?
+                .into_iter()
+                .map(|(u, envelope)| {
+                    (
+                        u.0,
+                        MessageCache {
+                            envelope,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let contents = if self.content {
+            store.message_contents(self.mailbox, &uids).await?
+        } else {
+            Vec::new()
+        };
+        let render = move || {
+            let empty = MessageCache::default();
+            let mut out = Vec::new();
+            let mut failed = None;
+            let mut contents = contents.into_iter().peekable();
+            let mut ci = 0;
+            for (m, seq) in &msgs {
+                let cache = if self.needs_cache {
+                    while ci < caches.len() && caches[ci].0 < m.uid {
+                        ci += 1;
+                    }
+                    match caches.get(ci) {
+                        Some((u, cache)) if *u == m.uid => cache,
+                        _ => continue,
+                    }
+                } else {
+                    &empty
+                };
+                let raw = if self.content {
+                    while contents.peek().is_some_and(|(u, _)| u.0 < m.uid) {
+                        contents.next();
+                    }
+                    match contents.next_if(|(u, _)| u.0 == m.uid) {
+                        Some((_, r)) => Some(r),
+                        None => continue,
+                    }
+                } else {
+                    None
+                };
+                let meta = Meta {
+                    uid: m.uid,
+                    flags: &m.flags,
+                    recent: false,
+                    internal_date: m.internal_date,
+                    size: m.size,
+                    modseq: m.modseq,
+                    envelope: &cache.envelope,
+                    body: &cache.body,
+                };
+                let items = if self.seen_now.contains(&m.uid) {
+                    &self.with_flags
+                } else {
+                    &self.items
+                };
+                match fetch_line(*seq, items, &meta, raw.as_deref(), self.utf8) {
+                    Ok(line) => out.extend_from_slice(&line),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            (out, failed)
+        };
+        // Rendered on this task's worker: groups are small (FETCH_CHUNK), and the groups in
+        // flight render on different workers at once.
+        Ok(render())
     }
 }

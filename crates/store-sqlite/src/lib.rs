@@ -20,7 +20,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use async_trait::async_trait;
 use mailkeep_store::{
     check_mailbox_name, AclEntry, Alias, BlobId, BlobStore, ChangeEvent, DirectoryStore,
-    DomainInfo, FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox,
+    DomainInfo, Envelope, FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox,
     MailboxCounts, MessageCache, MessageFlags, MessageMeta, NewMessage, Result, Rights,
     SharedMailbox, StoreError, Stored, Target, User,
 };
@@ -743,6 +743,17 @@ fn decode_cache(v: rusqlite::types::ValueRef<'_>) -> std::result::Result<Message
     }
 }
 
+/// The envelope alone: in the binary form it is the cache's first field, so postcard decodes
+/// it and leaves the body structure unread.
+fn decode_envelope(v: rusqlite::types::ValueRef<'_>) -> std::result::Result<Envelope, String> {
+    match v {
+        rusqlite::types::ValueRef::Blob(b) => postcard::take_from_bytes::<Envelope>(b)
+            .map(|(e, _)| e)
+            .map_err(|e| e.to_string()),
+        other => decode_cache(other).map(|c| c.envelope),
+    }
+}
+
 const META_COLS: &str = "uid, modseq, flags, internal_date, size, blob, prefix, cache, queue_id";
 
 fn row_meta(mailbox: MailboxId, r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageMeta> {
@@ -1018,6 +1029,26 @@ impl MailStore for SqliteStore {
             let mut out = Vec::with_capacity(wanted.len());
             for_each_uid(c, "messages", META_COLS, mailbox, &wanted, |r| {
                 out.push(row_meta(mailbox, r).map_err(backend)?);
+                Ok(())
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn message_envelopes(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> Result<Vec<(Uid, Envelope)>> {
+        let wanted = uids.to_vec();
+        self.read(move |c| {
+            let mut out = Vec::with_capacity(wanted.len());
+            for_each_uid(c, "messages", "uid, cache", mailbox, &wanted, |r| {
+                let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
+                let envelope = decode_envelope(r.get_ref(1).map_err(backend)?)
+                    .map_err(|e| StoreError::Backend(format!("cache of {mailbox}/{uid}: {e}")))?;
+                out.push((uid, envelope));
                 Ok(())
             })?;
             Ok(out)
@@ -2078,6 +2109,8 @@ mod tests {
         drop(c);
         let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.messages(mailbox).await.unwrap()[0].cache, cache);
+        let envelopes = store.message_envelopes(mailbox, &[Uid(1)]).await.unwrap();
+        assert_eq!(envelopes, vec![(Uid(1), cache.envelope.clone())]);
     }
 
     #[test]

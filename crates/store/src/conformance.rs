@@ -110,6 +110,17 @@ async fn acl(store: &SharedStore) {
         "ls",
         "the negative entry takes r away from anyone's lrs"
     );
+    // A cache with both parts: the envelope alone reads back as stored.
+    let cache = MessageCache {
+        envelope: crate::Envelope {
+            subject: Some("shared".into()),
+            message_id: Some("<s@x>".into()),
+            ..Default::default()
+        },
+        body: crate::BodyStructure::default(),
+        message_id: Some("s@x".into()),
+        header_size: 19,
+    };
     // Copy across accounts: usage moves to the destination's owner, quota applies to it.
     let body = b"Subject: shared\r\n\r\nabc\r\n";
     let blob = store.put_blob(body).await.unwrap();
@@ -123,7 +134,7 @@ async fn acl(store: &SharedStore) {
             headers: b"Subject: shared\r\n\r\n".to_vec(),
             flags: vec![],
             internal_date: 1_700_000_000,
-            cache: MessageCache::default(),
+            cache: cache.clone(),
             queue_id: None,
         }])
         .await
@@ -142,6 +153,13 @@ async fn acl(store: &SharedStore) {
         .await
         .expect("copy between accounts");
     assert_eq!(pairs, vec![(stored.uid, Uid(1))]);
+    assert_eq!(
+        store
+            .message_envelopes(team.id, &[stored.uid])
+            .await
+            .unwrap(),
+        vec![(stored.uid, cache.envelope.clone())]
+    );
     let used = |who: &'static str| async move { store.user_get(who).await.unwrap().unwrap().used };
     assert_eq!(used("erin@example.com").await, body.len() as u64);
     assert_eq!(used("owner@example.com").await, body.len() as u64);

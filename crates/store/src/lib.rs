@@ -373,6 +373,13 @@ pub trait MailStore: Send + Sync {
     /// The messages of a mailbox with these UIDs (sorted ascending), in UID order; unknown
     /// UIDs are left out.
     async fn messages_by_uid(&self, mailbox: MailboxId, uids: &[Uid]) -> Result<Vec<MessageMeta>>;
+    /// The envelopes of the messages with these UIDs (sorted ascending), in UID order: FETCH
+    /// ENVELOPE without the body structure decodes only this part of the cache.
+    async fn message_envelopes(
+        &self,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> Result<Vec<(Uid, Envelope)>>;
     /// Message counts of a mailbox.
     async fn mailbox_counts(&self, mailbox: MailboxId) -> Result<MailboxCounts>;
     /// A mailbox by id, or None when it no longer exists.
