@@ -27,7 +27,7 @@ use crate::fetch::{fetch_line, needs_content, sets_seen, FetchError, Meta};
 use crate::search::{matches_all, needs_body, needs_message, Candidate, Context, QuickReject};
 use crate::session::{io_err, now_micros, Flow, Res, Session};
 use crate::sort;
-use crate::util::parse_date_time;
+use crate::util::{cores, parse_date_time};
 use crate::view::Msg;
 
 /// Messages whose structure is read from the store at once during FETCH.
@@ -179,10 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             content,
             utf8,
         };
-        let in_flight = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(2, 4);
+        let in_flight = cores().clamp(2, 4);
         let mut pending = std::collections::VecDeque::new();
         let single = groups.len() == 1;
         let mut groups = groups.into_iter();
@@ -444,9 +441,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let keys = std::sync::Arc::new(program.keys.clone());
         let saved = std::sync::Arc::new(view.saved.clone());
         let mailbox = view.mailbox;
-        let parallel = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let parallel = cores();
         let mut tasks = tokio::task::JoinSet::new();
         let mut hits = Vec::new();
         for (c, chunk) in view.msgs.chunks(SEARCH_CHUNK).enumerate() {

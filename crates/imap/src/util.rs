@@ -1,5 +1,16 @@
 //! Small pure helpers of the session: LIST pattern matching and APPEND dates.
 
+/// The number of CPUs this process may use, asked once: `available_parallelism` reads
+/// cgroup files on every call, which cost a single-message FETCH more than its own work.
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    })
+}
+
 /// Whether `name` matches a LIST pattern (RFC 9051 6.3.9): `*` matches anything, `%` anything
 /// but the hierarchy delimiter `/`. INBOX matches case-insensitively. Dynamic programming, so
 /// a pattern of many wildcards costs O(pattern x name), never exponential time.

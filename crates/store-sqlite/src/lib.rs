@@ -205,6 +205,29 @@ impl SqliteStore {
         }
     }
 
+    /// Runs a read of one or a few rows on the calling thread instead of the blocking pool:
+    /// a single-message FETCH then costs no thread hand-off (two context switches, more than
+    /// the read itself when the pages are cached). Only for reads that touch a handful of
+    /// rows and at most one blob.
+    async fn read_inline<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> Result<T>,
+    {
+        let _permit = self.read_permits.acquire().await.map_err(backend)?;
+        let conn = self.readers.lock().ok().and_then(|mut v| v.pop());
+        let conn = match conn {
+            Some(c) => c,
+            None => open_conn(&self.db_path, false).map_err(backend)?,
+        };
+        let r = f(&conn);
+        if let Ok(mut v) = self.readers.lock() {
+            if v.len() < MAX_READERS {
+                v.push(conn);
+            }
+        }
+        r
+    }
+
     async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -1149,7 +1172,7 @@ impl MailStore for SqliteStore {
     ) -> Result<Vec<(Uid, Vec<u8>)>> {
         let wanted = uids.to_vec();
         let blobs = self.blobs.clone();
-        self.read(move |c| {
+        let read = move |c: &Connection| {
             let mut out = Vec::with_capacity(wanted.len());
             for_each_uid(c, "messages", "uid, blob, prefix", mailbox, &wanted, |r| {
                 let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
@@ -1166,8 +1189,12 @@ impl MailStore for SqliteStore {
                 Ok(())
             })?;
             Ok(out)
-        })
-        .await
+        };
+        if uids.len() == 1 {
+            self.read_inline(read).await
+        } else {
+            self.read(read).await
+        }
     }
 
     async fn message_headers(
