@@ -77,6 +77,7 @@ fn world() -> &'static World {
                     1,
                     Duration::from_secs(60),
                 )),
+                snapshots: Arc::new(mailkeep_imap::Snapshots::default()),
             })
         });
         World { rt, server, _dir: dir }

@@ -42,10 +42,11 @@ pub fn parse_cache(raw: &[u8]) -> MessageCache {
 
 /// Length of the header section including the blank line.
 pub fn header_len(raw: &[u8]) -> usize {
-    if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+    // memmem: a header search calls this for every message.
+    if let Some(p) = memchr::memmem::find(raw, b"\r\n\r\n") {
         return p + 4;
     }
-    if let Some(p) = raw.windows(2).position(|w| w == b"\n\n") {
+    if let Some(p) = memchr::memmem::find(raw, b"\n\n") {
         return p + 2;
     }
     raw.len()

@@ -19,6 +19,7 @@ mod notify;
 pub mod search;
 mod selected_cmds;
 mod session;
+mod snapshots;
 pub mod sort;
 mod util;
 mod view;
@@ -33,6 +34,7 @@ use mailkeep_store::SharedStore;
 use tokio::net::TcpListener;
 
 pub use session::run_session;
+pub use snapshots::Snapshots;
 
 /// What every IMAP session shares.
 pub struct ImapServer {
@@ -48,6 +50,8 @@ pub struct ImapServer {
     pub auth: AuthConfig,
     /// Password checks, shared by every listener (bounded, with a login cache).
     pub logins: Arc<mailkeep_store::directory::Authenticator>,
+    /// Message lists of big mailboxes kept between SELECTs (kept across reloads).
+    pub snapshots: Arc<Snapshots>,
 }
 
 /// Accepts IMAP connections until shutdown. `implicit_tls`: port 993, TLS before the greeting

@@ -85,6 +85,8 @@ pub fn needs_body(keys: &[SearchKey]) -> bool {
 pub struct QuickReject {
     /// The lower-cased words, each with its own SIMD searcher.
     words: Vec<memchr::memmem::Finder<'static>>,
+    /// `=?`, the start of an encoded word.
+    encoded: memchr::memmem::Finder<'static>,
 }
 
 impl QuickReject {
@@ -104,14 +106,17 @@ impl QuickReject {
                 _ => None,
             })
             .collect();
-        (!words.is_empty()).then_some(QuickReject { words })
+        (!words.is_empty()).then(|| QuickReject {
+            words,
+            encoded: memchr::memmem::Finder::new(b"=?").into_owned(),
+        })
     }
 
     /// True when the header section cannot match; `scratch` is reused between calls.
     pub fn rejects(&self, raw_header: &[u8], scratch: &mut Vec<u8>) -> bool {
         if !raw_header.is_ascii()
             || memchr::memchr(b'\\', raw_header).is_some()
-            || memchr::memmem::find(raw_header, b"=?").is_some()
+            || self.encoded.find(raw_header).is_some()
         {
             return false;
         }

@@ -132,7 +132,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 for (u, modseq, flags) in up.changed {
                     if let Ok(i) = view.msgs.binary_search_by_key(&u.0, |m| m.uid) {
                         view.msgs[i].modseq = modseq.0;
-                        view.msgs[i].flags = flags;
+                        view.msgs[i].flags = flags.into();
                         seen_now.push(u.0);
                     }
                 }
@@ -336,7 +336,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         for (u, modseq, flags) in up.changed {
             if let Ok(i) = view.msgs.binary_search_by_key(&u.0, |m| m.uid) {
                 view.msgs[i].modseq = modseq.0;
-                view.msgs[i].flags = flags;
+                view.msgs[i].flags = flags.into();
                 changed.push(i);
             }
         }
@@ -781,7 +781,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let mut d: Vec<String> = Vec::new();
             for (src, _) in &pairs {
                 if let Ok(i) = view.msgs.binary_search_by_key(&src.0, |m| m.uid) {
-                    for f in &view.msgs[i].flags {
+                    for f in view.msgs[i].flags.iter() {
                         if !flag_permitted(target.rights, f) && !d.contains(f) {
                             d.push(f.clone());
                         }

@@ -1403,7 +1403,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let store = self.server.store.clone();
         // Subscribed before the view is read, so no change falls between the two.
         let events = store.subscribe();
-        let msgs = store.changed_since(mb.id, ModSeq(0)).await?;
+        let msgs = self.server.snapshots.load(store.as_ref(), &mb).await?;
         let view = View {
             mailbox: mb.id,
             name: target.name,
@@ -1411,7 +1411,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             rights,
             read_only,
             uid_validity: mb.uid_validity.0,
-            msgs: msgs.into_iter().map(Into::into).collect(),
+            msgs,
             known_modseq: mb.highest_modseq.0,
             uid_next: mb.uid_next.0,
             saved: Vec::new(),
@@ -1420,7 +1420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let mut keywords: Vec<&str> = Vec::new();
         for m in &view.msgs {
-            for f in &m.flags {
+            for f in m.flags.iter() {
                 if !f.starts_with('\\') && !keywords.contains(&f.as_str()) && keywords.len() < 100 {
                     keywords.push(f);
                 }

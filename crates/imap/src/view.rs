@@ -11,6 +11,9 @@
 //! - Expunges are not applied while a FETCH, STORE or SEARCH is answered (RFC 9051 7.5.1): the
 //!   caller skips [`View::sync`] after those commands.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use mailkeep_imap_proto::cursor::SequenceSet;
 use mailkeep_imap_proto::response::vanished;
 use mailkeep_store::{ChangeEvent, MailStore, MessageFlags, Result, Rights};
@@ -23,8 +26,8 @@ pub struct Msg {
     pub uid: u32,
     /// MODSEQ the session last reported (or learned).
     pub modseq: u64,
-    /// Flags and keywords.
-    pub flags: Vec<String>,
+    /// Flags and keywords; messages with the same flags may share one slice.
+    pub flags: Arc<[String]>,
     /// Internal date.
     pub internal_date: i64,
     /// RFC822.SIZE.
@@ -36,9 +39,55 @@ impl From<MessageFlags> for Msg {
         Msg {
             uid: m.uid.0,
             modseq: m.modseq.0,
-            flags: m.flags,
+            flags: m.flags.into(),
             internal_date: m.internal_date,
             size: m.size,
+        }
+    }
+}
+
+/// Builds [`Msg`]s from the store's rows, sharing one flag slice among messages with the same
+/// flags (most of a mailbox has one of a few combinations).
+#[derive(Default)]
+pub struct Interner(HashMap<Vec<String>, Arc<[String]>>);
+
+impl Interner {
+    /// The message, its flags shared with earlier ones where equal.
+    pub fn msg(&mut self, m: MessageFlags) -> Msg {
+        let flags = match self.0.get(&m.flags) {
+            Some(f) => f.clone(),
+            None => {
+                let f: Arc<[String]> = m.flags.clone().into();
+                if self.0.len() < 1024 {
+                    self.0.insert(m.flags, f.clone());
+                }
+                f
+            }
+        };
+        Msg {
+            uid: m.uid.0,
+            modseq: m.modseq.0,
+            flags,
+            internal_date: m.internal_date,
+            size: m.size,
+        }
+    }
+}
+
+/// Applies what changed since a list was read (rows from `changed_since`, UIDs from
+/// `expunged_since`) to that list, silently.
+pub fn apply_changes(msgs: &mut Vec<Msg>, changed: Vec<MessageFlags>, expunged: &[u32]) {
+    if !expunged.is_empty() {
+        msgs.retain(|m| !expunged.contains(&m.uid));
+    }
+    let mut interner = Interner::default();
+    for m in changed {
+        if expunged.contains(&m.uid.0) {
+            continue;
+        }
+        match msgs.binary_search_by_key(&m.uid.0, |x| x.uid) {
+            Ok(i) => msgs[i] = interner.msg(m),
+            Err(i) => msgs.insert(i, interner.msg(m)),
         }
     }
 }
@@ -252,8 +301,8 @@ impl View {
                     let v = &mut self.msgs[i];
                     if m.modseq.0 > v.modseq {
                         v.modseq = m.modseq.0;
-                        if v.flags != m.flags {
-                            v.flags = m.flags;
+                        if *v.flags != *m.flags {
+                            v.flags = m.flags.into();
                             let mut line = format!(
                                 "* {} FETCH (UID {} FLAGS ({})",
                                 i + 1,
@@ -300,7 +349,7 @@ mod tests {
                 .map(|u| Msg {
                     uid: *u,
                     modseq: 1,
-                    flags: vec![],
+                    flags: Arc::from(Vec::new()),
                     internal_date: 0,
                     size: 1,
                 })

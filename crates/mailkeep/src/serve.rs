@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use mailkeep_config::{parse_listen_arg, Config, Listener, Protocol};
 use mailkeep_delivery::{now_micros, Delivery};
-use mailkeep_imap::ImapServer;
+use mailkeep_imap::{ImapServer, Snapshots};
 use mailkeep_net::{load_tls, shutdown_pair, ConnLimiter, ReverseDns};
 use mailkeep_pop3::Pop3Server;
 use mailkeep_smtp::SmtpServer;
@@ -113,6 +113,7 @@ fn imap_server(
     store: SharedStore,
     tls: Option<Arc<rustls::ServerConfig>>,
     logins: Arc<Authenticator>,
+    snapshots: Arc<Snapshots>,
 ) -> ImapServer {
     ImapServer {
         hostname: config.hostname.clone(),
@@ -121,6 +122,7 @@ fn imap_server(
         imap: config.imap.clone(),
         auth: config.auth.clone(),
         logins,
+        snapshots,
     }
 }
 
@@ -200,11 +202,13 @@ async fn serve_config(
         .map(|n| n.get())
         .unwrap_or(2);
     let logins = Arc::new(Authenticator::new(parallel, Duration::from_secs(600)));
+    let snapshots = Arc::new(Snapshots::default());
     let imap = Arc::new(imap_server(
         &config,
         store.clone(),
         tls.clone(),
         logins.clone(),
+        snapshots.clone(),
     ));
     let pop3 = Arc::new(pop3_server(
         &config,
@@ -318,7 +322,13 @@ async fn serve_config(
                 // After the switch to `user`, the key must be readable by that user.
                 match load_config(path, &run).and_then(|c| {
                     let tls = load_tls_config(&c)?;
-                    let i = imap_server(&c, store.clone(), tls.clone(), logins.clone());
+                    let i = imap_server(
+                        &c,
+                        store.clone(),
+                        tls.clone(),
+                        logins.clone(),
+                        snapshots.clone(),
+                    );
                     let p = pop3_server(&c, store.clone(), tls.clone(), logins.clone());
                     let s = smtp_server(&c, delivery.clone(), tls)?;
                     Ok((c, s, i, p))
