@@ -1,6 +1,8 @@
 //! FETCH responses (RFC 9051 7.5.2): one `* n FETCH (...)` line from the message's stored
 //! metadata, its cached structure and, only when a body section is asked for, its content.
 
+use std::borrow::Cow;
+
 use mailkeep_imap_proto::response::{body_structure, envelope, nstring, string};
 use mailkeep_imap_proto::section::{binary, extract, BinaryError};
 use mailkeep_imap_proto::selected::{FetchItem, Section, SectionText};
@@ -73,6 +75,15 @@ fn part_name(part: &[u32]) -> String {
         .map(|p| p.to_string())
         .collect::<Vec<_>>()
         .join(".")
+}
+
+/// A section's bytes; the whole message (`BODY[]`, `RFC822`) is the raw bytes themselves,
+/// neither parsed nor copied.
+fn whole_or_extract<'a>(raw: &'a [u8], section: &Section) -> Option<Cow<'a, [u8]>> {
+    if section.part.is_empty() && section.text.is_none() {
+        return Some(Cow::Borrowed(raw));
+    }
+    extract(raw, section).map(Cow::Owned)
 }
 
 fn section_name(s: &Section) -> String {
@@ -200,14 +211,14 @@ pub fn fetch_line(
                 };
                 out.extend_from_slice(name.as_bytes());
                 out.push(b' ');
-                let data = extract(raw, &section).unwrap_or_default();
+                let data = whole_or_extract(raw, &section).unwrap_or_default();
                 nstring(&mut out, Some(&data), false);
             }
             FetchItem::Section {
                 section, partial, ..
             } => {
                 let raw = content()?;
-                let data = extract(raw, section);
+                let data = whole_or_extract(raw, section);
                 out.extend_from_slice(format!("BODY[{}]", section_name(section)).as_bytes());
                 if let Some((o, _)) = partial {
                     out.extend_from_slice(format!("<{o}>").as_bytes());

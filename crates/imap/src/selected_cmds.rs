@@ -32,6 +32,8 @@ use crate::view::Msg;
 
 /// Messages whose structure is read from the store at once during FETCH.
 const FETCH_CHUNK: usize = 500;
+/// Messages in the first group of a FETCH; each next group doubles, up to the chunk size.
+const FIRST_GROUP: usize = 16;
 /// Messages read at once for FETCH of content (bounded in bytes too, see FETCH_CHUNK_BYTES).
 const CONTENT_CHUNK: usize = 100;
 /// Bytes of content read at once for FETCH.
@@ -155,7 +157,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let mut start = 0;
             let mut bytes = 0u64;
             for (k, i) in idx.iter().enumerate() {
-                let limit = if content { CONTENT_CHUNK } else { FETCH_CHUNK };
+                // The first groups are small, so the client has responses to parse while the
+                // later ones are read.
+                let full = if content { CONTENT_CHUNK } else { FETCH_CHUNK };
+                let limit = full.min(FIRST_GROUP << groups.len().min(16));
                 if k > start && (k - start >= limit || (content && bytes >= FETCH_CHUNK_BYTES)) {
                     groups.push(&idx[start..k]);
                     start = k;
@@ -207,8 +212,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             if err.is_some() {
                 failed = err;
             }
-            self.out.extend_from_slice(&lines);
-            self.maybe_flush().await.map_err(io_err)?;
+            if self.out.is_empty() {
+                // Most of a big FETCH: the group's bytes go out as they are, not copied.
+                self.out = lines;
+            } else {
+                self.out.extend_from_slice(&lines);
+            }
+            // Each group goes out as soon as it is ready: the client parses while the
+            // next ones are read.
+            self.flush().await.map_err(io_err)?;
         }
         match failed {
             // RFC 3516 4.2: a content transfer encoding we cannot undo.

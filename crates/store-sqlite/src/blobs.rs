@@ -128,6 +128,30 @@ impl BlobDir {
         }
     }
 
+    /// Appends a blob of known length to `out` (a message read after its prefix, without a
+    /// second copy, in one read call); false when it does not exist.
+    pub(crate) fn append_to(
+        &self,
+        id: &BlobId,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, String> {
+        use std::io::Read;
+        let Some(path) = self.path_of(&id.0) else {
+            return Ok(false);
+        };
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(format!("open {}: {e}", path.display())),
+        };
+        let start = out.len();
+        out.resize(start + len, 0);
+        f.read_exact(&mut out[start..])
+            .map_err(|e| format!("read {} ({len} octets expected): {e}", path.display()))?;
+        Ok(true)
+    }
+
     pub(crate) fn get(&self, id: &BlobId) -> Result<Option<Vec<u8>>, String> {
         let Some(path) = self.path_of(&id.0) else {
             return Ok(None);

@@ -1174,20 +1174,31 @@ impl MailStore for SqliteStore {
         let blobs = self.blobs.clone();
         let read = move |c: &Connection| {
             let mut out = Vec::with_capacity(wanted.len());
-            for_each_uid(c, "messages", "uid, blob, prefix", mailbox, &wanted, |r| {
-                let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
-                let blob: String = r.get(1).map_err(backend)?;
-                let mut data: Vec<u8> = r.get(2).map_err(backend)?;
-                let body = blobs
-                    .get(&BlobId(blob.clone()))
-                    .map_err(backend)?
-                    .ok_or_else(|| {
-                        backend(format!("blob {blob} referenced by a message is missing"))
-                    })?;
-                data.extend_from_slice(&body);
-                out.push((uid, data));
-                Ok(())
-            })?;
+            for_each_uid(
+                c,
+                "messages",
+                "uid, blob, prefix, size",
+                mailbox,
+                &wanted,
+                |r| {
+                    let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
+                    let blob: String = r.get(1).map_err(backend)?;
+                    let mut data: Vec<u8> = r.get(2).map_err(backend)?;
+                    // RFC822.SIZE is the prefix plus the blob.
+                    let size = r.get::<_, i64>(3).map_err(backend)? as usize;
+                    let len = size.saturating_sub(data.len());
+                    if !blobs
+                        .append_to(&BlobId(blob.clone()), len, &mut data)
+                        .map_err(backend)?
+                    {
+                        return Err(backend(format!(
+                            "blob {blob} referenced by a message is missing"
+                        )));
+                    }
+                    out.push((uid, data));
+                    Ok(())
+                },
+            )?;
             Ok(out)
         };
         if uids.len() == 1 {
