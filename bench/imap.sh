@@ -2,8 +2,9 @@
 # Side-by-side IMAP benchmark: mailkeep vs Dovecot (Debian package, Maildir), same machine,
 # same client (Python imaplib, ../shared/peers/imap_bench.py), same mailbox contents: N
 # messages from ../shared/peers/populate.py (deterministic, ~4.4 KB, search needles).
-# Then idle connections: ../shared/peers/imap_idle.py holds C logged-in IDLE sessions and
-# measures the server's memory per connection.
+# The same steps again with bench/imap_raw.py (a client that does not parse: the servers' own
+# times). Then idle connections: ../shared/peers/imap_idle.py holds C logged-in IDLE sessions
+# and measures the server's memory per connection.
 #
 # usage: bench/imap.sh [MESSAGES] [IDLE_CONNECTIONS]          (defaults 20000 10000)
 # env:   PEERS=../shared/peers  OUT=/var/tmp/mailkeep-bench/imap  SKIP_POPULATE=1 (reuse data)
@@ -30,11 +31,12 @@ if [ -z "${SKIP_POPULATE:-}" ]; then
     --smtp-listen "127.0.0.1:$SMTP" --imap-listen "127.0.0.1:$IMAP" --imaps-listen none \
     --pop3-listen none --pop3s-listen none >/dev/null
   sed -i 's/reverse_dns = true/reverse_dns = false/; s/max_connections_per_ip = 20$/max_connections_per_ip = 1000/' "$W/mailkeep.toml"
-  sed -i "s/^max_connections_per_ip = 1000 *$/max_connections_per_ip = $((C + 100))/" "$W/mailkeep.toml"
   for u in imapbig user1 user2 user3 user4 user5; do
     echo "pw-$u" | "$MK" user add "$u@example.test" --config "$W/mailkeep.toml" >/dev/null
   done
 fi
+# Room for the idle connections (also when SKIP_POPULATE reuses a config made for fewer).
+sed -i "s/^max_connections_per_ip = [0-9]* *$/max_connections_per_ip = $((C + 100))/" "$W/mailkeep.toml"
 MAILKEEP_LOG=warn setsid "$MK" serve --config "$W/mailkeep.toml" >"$OUT/serve.log" 2>&1 &
 for _ in $(seq 50); do grep -q ready "$OUT/serve.log" 2>/dev/null && break; sleep 0.1; done
 MK_PID=$(pgrep -f "$MK serve --config $W/mailkeep.toml" | head -1)
@@ -56,6 +58,9 @@ bench() { # label port pid
 }
 bench dovecot "$IMAP_PORT" "$DOVECOT_PID"
 bench mailkeep "$IMAP" "$MK_PID"
+# The same steps with a client that does not parse (bench/imap_raw.py): the servers' own times.
+python3 "$ROOT/bench/imap_raw.py" "$IMAP_PORT" imapbig@example.test pw-imapbig --repeat 3 >"$OUT/raw-dovecot.json"
+python3 "$ROOT/bench/imap_raw.py" "$IMAP" imapbig@example.test pw-imapbig --repeat 3 >"$OUT/raw-mailkeep.json"
 
 idle() { # label port pid
   U=$(for u in user1 user2 user3 user4 user5; do printf '%s@example.test:pw-%s,' $u $u; done)
@@ -76,6 +81,12 @@ print("%-20s %10s %10s %8s" % ("step (best of 3)", "dovecot s", "mailkeep s", "r
 for step in ["login_select", "fetch_all_meta", "search_header", "search_body", "search_text",
              "fetch_bodies_batch", "fetch_bodies_seq"]:
     a, b = best(d, step), best(m, step)
+    print("%-20s %10.3f %10.3f %7.2fx" % (step, a, b, a / b if b else float("nan")))
+rd = json.load(open(f"{out}/raw-dovecot.json"))["best_s"]
+rm = json.load(open(f"{out}/raw-mailkeep.json"))["best_s"]
+print("raw client (bench/imap_raw.py):")
+for step, a in rd.items():
+    b = rm.get(step, float("nan"))
     print("%-20s %10.3f %10.3f %7.2fx" % (step, a, b, a / b if b else float("nan")))
 for who in ["mailkeep", "dovecot"]:
     p = f"{out}/idle-{who}.json"
