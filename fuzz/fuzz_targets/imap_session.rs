@@ -42,7 +42,10 @@ fn world() -> &'static World {
             let bob_id = store.user_add(&bob, &hash, 1 << 20).await.unwrap();
             let team = store.mailbox_create(bob_id, "Team", None).await.unwrap();
             let rights = mailkeep_store::Rights::parse("lrswitk").unwrap();
-            store.acl_set(team.id, "alice@example.test", rights).await.unwrap();
+            store
+                .acl_set(team.id, "alice@example.test", mailkeep_store::AclChange::Replace(rights))
+                .await
+                .unwrap();
             let delivery = Delivery::new(store.clone(), Some('+'));
             let target = match delivery.resolve(&alice).await.unwrap() {
                 mailkeep_store::directory::Resolution::Targets { local, .. } => local,

@@ -89,7 +89,10 @@ for bad, what in [("lrQ", "upper case"), ("lrq", "unknown right")]:
         raise AssertionError(f"SETACL with {what} was accepted")
     except imaplib.IMAP4.error as e:
         assert "BAD" in str(e) or "rights" in str(e) or "right" in str(e), e
-refused(lambda: a.setacl("Team", "nobody@nowhere.test", "lr"), "CANNOT", "unknown identifier")
+refused(lambda: a.setacl("Team", "not-an-address", "lr"), "CANNOT", "bad identifier")
+# An address nobody has is accepted, so SETACL cannot be used to probe for accounts.
+ok(a.setacl("Team", "nobody@nowhere.test", "lr"), "SETACL unknown address")
+ok(a.deleteacl("Team", "nobody@nowhere.test"), "DELETEACL unknown address")
 refused(lambda: a.setacl("Team", owner, "lr"), "CANNOT", "owner's own rights")
 
 boxes = listed(b)
@@ -120,6 +123,9 @@ refused(lambda: b.store("1", "+FLAGS", r"(\Seen)"), "READ-ONLY", "STORE read-onl
 refused(lambda: b.append(SHARED, None, None, msg), "NOPERM", "APPEND without i")
 refused(lambda: b.delete(SHARED), "NOPERM", "DELETE without x")
 refused(lambda: b.create(SHARED + "/Sub"), "NOPERM", "CREATE without k")
+# The same answer where no such user exists: the shared namespace does not list accounts.
+refused(lambda: b.create("Shared/nobody@nowhere.test/Sub"), "NOPERM", "CREATE for no one")
+refused(lambda: b.create("Shared"), "NOPERM", "CREATE of the namespace itself")
 # Copying out needs only r here and i in the grantee's own INBOX; flags come along.
 data = ok(b.copy("1", "INBOX"), "COPY to own INBOX")
 ok(b.close(), "CLOSE")
@@ -154,6 +160,13 @@ ok(b.store("3", "+FLAGS", r"(\Deleted)"), "STORE \\Deleted")
 ok(b.expunge(), "EXPUNGE with e")
 data = ok(b.search(None, "ALL"), "after EXPUNGE")
 assert data[0].split() == [b"1", b"2"], data
+
+# MOVE out needs t and e (RFC 6851 4.2): with l r e only, refused.
+ok(a.setacl("Team", grantee, "lre"), "SETACL lre")
+imaplib.Commands["MOVE"] = ("SELECTED",)
+ok(b.select(SHARED, readonly=False), "SELECT lre")
+refused(lambda: b._simple_command("MOVE", "1", "INBOX"), "NOPERM", "MOVE without t")
+ok(b.close(), "CLOSE")
 
 # Flags the grantee may not set are dropped on COPY (RFC 4314 4): only l r i now.
 ok(a.setacl("Team", grantee, "lri"), "SETACL lri")

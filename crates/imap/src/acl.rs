@@ -10,7 +10,7 @@
 
 use mailkeep_imap_proto::response;
 use mailkeep_imap_proto::response::Status;
-use mailkeep_store::{effective_rights, AclEntry, Mailbox, Rights, StoreError, ANYONE};
+use mailkeep_store::{effective_rights, AclChange, AclEntry, Mailbox, Rights, StoreError, ANYONE};
 use mailkeep_types::{AccountId, Address};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -42,25 +42,24 @@ pub(crate) fn split_shared(name: &str) -> Option<(&str, Option<&str>)> {
     }
 }
 
-/// The flags of `flags` the rights allow to be set: `\Seen` needs `s`, `\Deleted` needs `t`,
-/// the others `w` (RFC 4314 4, STORE and COPY/APPEND).
+/// The flags of `flags` the rights allow to be set (RFC 4314 4).
 pub(crate) fn permitted_flags(rights: Rights, flags: &[String]) -> Vec<String> {
     flags
         .iter()
-        .filter(|f| flag_permitted(rights, f))
+        .filter(|f| rights.allows_flag(f))
         .cloned()
         .collect()
 }
 
-/// Whether the rights allow setting or clearing this flag.
-pub(crate) fn flag_permitted(rights: Rights, flag: &str) -> bool {
-    if flag.eq_ignore_ascii_case("\\Seen") {
-        rights.contains(Rights::SEEN)
-    } else if flag.eq_ignore_ascii_case("\\Deleted") {
-        rights.contains(Rights::DELETE_MESSAGES)
-    } else {
-        rights.contains(Rights::WRITE)
-    }
+/// The rights of which MYRIGHTS needs one (RFC 4314 4: l, r, i, k, x, a): a mailbox where the
+/// user has none of them is answered as one that does not exist.
+pub(crate) fn visible_rights() -> Rights {
+    Rights::LOOKUP
+        .union(Rights::READ)
+        .union(Rights::INSERT)
+        .union(Rights::CREATE)
+        .union(Rights::DELETE_MAILBOX)
+        .union(Rights::ADMIN)
 }
 
 /// Whether SELECT opens the mailbox read-write: any of `i`, `e` or a flag right (RFC 4314
@@ -91,7 +90,18 @@ fn parse_mod_rights(raw: &[u8]) -> Result<(Option<char>, Rights), String> {
     Ok((modifier, rights))
 }
 
-/// A new name in another user's part of the shared namespace (CREATE, RENAME's target).
+/// Where a new name (CREATE, RENAME's target) that is not one of the user's mailboxes lands.
+pub(crate) enum Place {
+    /// A personal mailbox.
+    Personal,
+    /// In another user's part of the shared namespace.
+    Shared(SharedPlace),
+    /// In the shared namespace, but nowhere anyone may create: answered like a lack of rights,
+    /// so that it does not tell which accounts exist.
+    Refused,
+}
+
+/// A new name in another user's part of the shared namespace.
 pub(crate) struct SharedPlace {
     /// The owner's account.
     pub owner: AccountId,
@@ -100,24 +110,36 @@ pub(crate) struct SharedPlace {
     /// The user's rights on the nearest existing parent (none when there is none: only
     /// the owner creates top-level mailboxes).
     pub parent_rights: Rights,
+    /// The owner has a mailbox of that name already (perhaps one the user may not see).
+    pub exists: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    /// Where a name that is not the user's own lands in the shared namespace: None when it
-    /// does not name another existing user's part of it.
-    pub(crate) async fn shared_place(&self, name: &str) -> Result<Option<SharedPlace>, StoreError> {
+    /// Where a name that is not one of the user's own mailboxes lands. `Shared` and the names
+    /// under it belong to the shared namespace, unless the user has a personal `Shared`
+    /// mailbox from before (then its names stay personal where no other user's part is meant).
+    pub(crate) async fn place(&self, name: &str) -> Result<Place, StoreError> {
+        if name != SHARED && !name.starts_with(&format!("{SHARED}/")) {
+            return Ok(Place::Personal);
+        }
+        let legacy = self.find_mailbox(SHARED).await?.is_some();
+        let refused = if legacy {
+            Place::Personal
+        } else {
+            Place::Refused
+        };
         let Some((owner, Some(local))) = split_shared(name) else {
-            return Ok(None);
+            return Ok(refused);
         };
         let (Some(me), Ok(owner)) = (&self.user, Address::parse(owner)) else {
-            return Ok(None);
+            return Ok(refused);
         };
         if owner.key() == me.address.key() {
-            return Ok(None);
+            return Ok(refused);
         }
         let store = &self.server.store;
         let Some(user) = store.user_get(&owner.key()).await? else {
-            return Ok(None);
+            return Ok(refused);
         };
         let boxes = store.mailboxes(user.id).await?;
         let mut parent_rights = Rights::NONE;
@@ -129,10 +151,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             level = up;
         }
-        Ok(Some(SharedPlace {
+        Ok(Place::Shared(SharedPlace {
             owner: user.id,
             local: local.to_string(),
             parent_rights,
+            exists: boxes.iter().any(|m| m.name == local),
         }))
     }
 
@@ -224,8 +247,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if needed.is_empty() {
             // MYRIGHTS: any of l, r, i, k, x, a (RFC 4314 4).
-            let any = Rights::parse("lrikxa").unwrap_or(Rights::ALL);
-            if !r.rights.intersects(any) {
+            if !r.rights.intersects(visible_rights()) {
                 self.tagged(tag, Status::No, Some("NONEXISTENT"), "no such mailbox");
                 return Ok(None);
             }
@@ -235,27 +257,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(Some(r))
     }
 
-    /// Canonical form of an ACL identifier: `anyone` or an existing user's address key,
-    /// with its `-` kept. Err is the NO text.
-    async fn identifier(&self, raw: &[u8]) -> Result<Result<String, String>, StoreError> {
-        let Ok(s) = std::str::from_utf8(raw) else {
-            return Ok(Err("the identifier is not UTF-8".into()));
-        };
+    /// Canonical form of an ACL identifier: `anyone` or an address key, with its `-` kept.
+    /// Whether such a user exists is not checked (as Dovecot): the answer would tell any
+    /// user which accounts exist. Err is the NO text.
+    fn identifier(raw: &[u8]) -> Result<String, String> {
+        let s = std::str::from_utf8(raw).map_err(|_| "the identifier is not UTF-8".to_string())?;
         let (neg, id) = match s.strip_prefix('-') {
             Some(rest) => ("-", rest),
             None => ("", s),
         };
         if id.eq_ignore_ascii_case(ANYONE) {
-            return Ok(Ok(format!("{neg}{ANYONE}")));
+            return Ok(format!("{neg}{ANYONE}"));
         }
-        let Ok(addr) = Address::parse(id) else {
-            return Ok(Err(format!(
-                "{id:?} is neither \"anyone\" nor a user's address"
-            )));
-        };
-        match self.server.store.user_get(&addr.key()).await? {
-            Some(u) => Ok(Ok(format!("{neg}{}", u.address.key()))),
-            None => Ok(Err(format!("there is no user {id} here"))),
+        match Address::parse(id) {
+            Ok(addr) => Ok(format!("{neg}{}", addr.key())),
+            Err(_) => Err(format!("{id:?} is neither \"anyone\" nor an address")),
         }
     }
 
@@ -328,7 +344,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(None) => return Ok(Flow::Continue),
             Err(f) => return Ok(f),
         };
-        let id = match self.identifier(identifier).await? {
+        let id = match Self::identifier(identifier) {
             Ok(id) => id,
             Err(why) => {
                 self.tagged(tag, Status::No, Some("CANNOT"), &why);
@@ -348,26 +364,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             );
             return Ok(Flow::Continue);
         }
-        let store = self.server.store.clone();
-        let new = match change {
-            None => Rights::NONE,
-            Some((None, rights)) => rights,
-            Some((Some(m), rights)) => {
-                let now = store
-                    .acl_get(r.mailbox.id)
-                    .await?
-                    .into_iter()
-                    .find(|e| e.identifier == id)
-                    .map(|e| e.rights)
-                    .unwrap_or_default();
-                if m == '+' {
-                    now.union(rights)
-                } else {
-                    now.minus(rights)
-                }
-            }
+        let change = match change {
+            None => AclChange::Replace(Rights::NONE),
+            Some((None, rights)) => AclChange::Replace(rights),
+            Some((Some('+'), rights)) => AclChange::Add(rights),
+            Some((_, rights)) => AclChange::Remove(rights),
         };
-        store.acl_set(r.mailbox.id, &id, new).await?;
+        self.server.store.acl_set(r.mailbox.id, &id, change).await?;
         self.tagged(tag, Status::Ok, None, &format!("{verb} completed"));
         Ok(Flow::Continue)
     }
@@ -384,10 +387,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Some(o) => o.clone(),
             None => self.account_key()?,
         };
-        let is_owner = self
-            .identifier(identifier)
-            .await?
-            .is_ok_and(|id| id == owner);
+        let is_owner = Self::identifier(identifier).is_ok_and(|id| id == owner);
         let utf8 = self.utf8();
         let mut line = b"* LISTRIGHTS ".to_vec();
         response::mailbox(&mut line, &r.name, utf8);

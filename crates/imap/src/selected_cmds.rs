@@ -22,7 +22,7 @@ use mailkeep_store::{FlagMode, MessageCache, NewMessage, Rights, StoreError, Tar
 use mailkeep_types::{MailboxId, ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::acl::{flag_permitted, permitted_flags};
+use crate::acl::permitted_flags;
 use crate::fetch::{fetch_line, needs_content, sets_seen, FetchError, Meta};
 use crate::search::{matches_all, needs_body, needs_message, Candidate, Context, QuickReject};
 use crate::session::{io_err, now_micros, Flow, Res, Session};
@@ -152,7 +152,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut failed: Option<FetchError> = None;
         // Groups of messages read together: bounded in count, and in bytes when content is
         // read, so memory stays bounded whatever the set.
-        let mut groups: Vec<&[usize]> = Vec::new();
+        // With their sizes: content groups in flight together stay within FETCH_CHUNK_BYTES.
+        let mut groups: Vec<(&[usize], u64)> = Vec::new();
         if let Some(view) = self.view.as_ref() {
             let mut start = 0;
             let mut bytes = 0u64;
@@ -162,14 +163,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 let full = if content { CONTENT_CHUNK } else { FETCH_CHUNK };
                 let limit = full.min(FIRST_GROUP << groups.len().min(16));
                 if k > start && (k - start >= limit || (content && bytes >= FETCH_CHUNK_BYTES)) {
-                    groups.push(&idx[start..k]);
+                    groups.push((&idx[start..k], bytes));
                     start = k;
                     bytes = 0;
                 }
                 bytes += view.msgs[*i].size;
             }
             if start < idx.len() {
-                groups.push(&idx[start..]);
+                groups.push((&idx[start..], bytes));
             }
         }
         // Each group is read and rendered by a task of its own, a few at once (one per
@@ -186,26 +187,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let in_flight = cores().clamp(2, 4);
         let mut pending = std::collections::VecDeque::new();
+        let mut pending_bytes = 0u64;
         let single = groups.len() == 1;
-        let mut groups = groups.into_iter();
+        let mut groups = groups.into_iter().peekable();
         if single {
             // One group (a client reading one message): no task hop.
-            let msgs = self.group(groups.next().unwrap_or_default());
+            let msgs = self.group(groups.next().map(|(g, _)| g).unwrap_or_default());
             let (lines, err) = job.clone().run(store.clone(), msgs).await?;
             failed = err;
             self.out.extend_from_slice(&lines);
         }
         loop {
             while pending.len() < in_flight {
-                let Some(chunk) = groups.next() else {
+                let Some((_, bytes)) = groups.peek() else {
+                    break;
+                };
+                // Memory: the content read at once stays bounded whatever the parallelism.
+                if content && !pending.is_empty() && pending_bytes + bytes > FETCH_CHUNK_BYTES {
+                    break;
+                }
+                let Some((chunk, bytes)) = groups.next() else {
                     break;
                 };
                 let msgs = self.group(chunk);
-                pending.push_back(tokio::spawn(job.clone().run(store.clone(), msgs)));
+                pending_bytes += bytes;
+                pending.push_back((tokio::spawn(job.clone().run(store.clone(), msgs)), bytes));
             }
-            let Some(task) = pending.pop_front() else {
+            let Some((task, bytes)) = pending.pop_front() else {
                 break;
             };
+            pending_bytes -= bytes;
             let (lines, err) = task
                 .await
                 .map_err(|e| StoreError::Backend(format!("fetch task: {e}")))??;
@@ -283,14 +294,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut flags = st.flags.clone();
         // RFC 4314 4: "s" for \Seen, "t" for \Deleted, "w" for the others; flags without
         // their right are left alone, and only when none may change is it refused.
-        let mut first = None;
-        if !view.rights.contains(
-            Rights::SEEN
-                .union(Rights::WRITE)
-                .union(Rights::DELETE_MESSAGES),
-        ) {
-            let rights = view.rights;
-            flags = permitted_flags(rights, &st.flags);
+        let all_flag_rights = Rights::SEEN
+            .union(Rights::WRITE)
+            .union(Rights::DELETE_MESSAGES);
+        if !view.rights.contains(all_flag_rights) {
+            flags = permitted_flags(view.rights, &st.flags);
             if flags.is_empty() && !st.flags.is_empty() {
                 self.tagged(
                     tag,
@@ -301,33 +309,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Ok(Flow::Continue);
             }
             if mode == FlagMode::Replace {
-                // Replacing becomes removing the changeable flags not asked for, then adding.
-                let mut others: Vec<String> = Vec::new();
-                for f in idx.iter().flat_map(|i| view.msgs[*i].flags.iter()) {
-                    if flag_permitted(rights, f)
-                        && !flags.iter().any(|a| a.eq_ignore_ascii_case(f))
-                        && !others.contains(f)
-                    {
-                        others.push(f.clone());
-                    }
-                }
-                if !others.is_empty() {
-                    first = Some(
-                        store
-                            .flags_update(
-                                view.mailbox,
-                                &uids,
-                                FlagMode::Remove,
-                                &others,
-                                st.unchanged_since.map(ModSeq),
-                            )
-                            .await?,
-                    );
-                }
-                mode = FlagMode::Add;
+                // Replacing touches only the flags the user may change, in one update.
+                mode = FlagMode::ReplaceAllowed(view.rights);
             }
         }
-        let mut up = store
+        let up = store
             .flags_update(
                 view.mailbox,
                 &uids,
@@ -336,14 +322,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 st.unchanged_since.map(ModSeq),
             )
             .await?;
-        if let Some(mut first) = first {
-            // Both steps' changes, the later flags last.
-            first.changed.append(&mut up.changed);
-            first.modified.append(&mut up.modified);
-            first.modified.sort();
-            first.modified.dedup();
-            up = first;
-        }
         let mut changed = Vec::new();
         for (u, modseq, flags) in up.changed {
             if let Ok(i) = view.msgs.binary_search_by_key(&u.0, |m| m.uid) {
@@ -740,8 +718,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
             return Ok(Flow::Continue);
         };
-        // RFC 4314 4: COPY needs "i" on the target; MOVE also "e" on the source (as
-        // Dovecot; RFC 6851 4.2 adds the rights of STORE \Deleted and EXPUNGE).
+        // RFC 4314 4: COPY needs "i" on the target; one the user may neither list nor fill
+        // is answered as a missing one.
+        if !target
+            .rights
+            .intersects(Rights::LOOKUP.union(Rights::INSERT))
+        {
+            self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
+            return Ok(Flow::Continue);
+        }
         if !self.permit(tag, &target, Rights::INSERT) {
             return Ok(Flow::Continue);
         }
@@ -760,12 +745,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             );
             return Ok(Flow::Continue);
         }
-        if is_move && !view.rights.contains(Rights::EXPUNGE) {
+        // RFC 6851 4.2: MOVE needs the rights of UID STORE \Deleted ("t") and UID EXPUNGE
+        // ("e") on the source, besides COPY's.
+        if is_move
+            && !view
+                .rights
+                .contains(Rights::EXPUNGE.union(Rights::DELETE_MESSAGES))
+        {
             self.tagged(
                 tag,
                 Status::No,
                 Some("NOPERM"),
-                "permission denied: moving out needs the e right",
+                "permission denied: moving out needs the t and e rights",
             );
             return Ok(Flow::Continue);
         }
@@ -787,27 +778,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             );
             return Ok(Flow::Continue);
         }
-        let pairs = store.copy(view.mailbox, &uids, dest.id, is_move).await?;
         // RFC 4314 4: the copies keep only the flags the user may set in the target.
-        let dropped: Vec<String> = {
-            let mut d: Vec<String> = Vec::new();
-            for (src, _) in &pairs {
-                if let Ok(i) = view.msgs.binary_search_by_key(&src.0, |m| m.uid) {
-                    for f in view.msgs[i].flags.iter() {
-                        if !flag_permitted(target.rights, f) && !d.contains(f) {
-                            d.push(f.clone());
-                        }
-                    }
-                }
-            }
-            d
-        };
-        if !dropped.is_empty() {
-            let new: Vec<Uid> = pairs.iter().map(|(_, d)| *d).collect();
-            store
-                .flags_update(dest.id, &new, FlagMode::Remove, &dropped, None)
-                .await?;
-        }
+        let pairs = store
+            .copy(view.mailbox, &uids, dest.id, is_move, target.rights)
+            .await?;
         let src: Vec<u32> = pairs.iter().map(|(s, _)| s.0).collect();
         let dst: Vec<u32> = pairs.iter().map(|(_, d)| d.0).collect();
         // RFC 4315 3: COPYUID uidvalidity source-set dest-set, in the same order.
@@ -891,7 +865,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
             return Ok(Flow::Continue);
         };
-        // RFC 4314 4: APPEND needs "i"; flags without their right are dropped.
+        // RFC 4314 4: APPEND needs "i"; flags without their right are dropped. One the user
+        // may neither list nor fill is answered as a missing one.
+        if !target
+            .rights
+            .intersects(Rights::LOOKUP.union(Rights::INSERT))
+        {
+            self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
+            return Ok(Flow::Continue);
+        }
         if !self.permit(tag, &target, Rights::INSERT) {
             return Ok(Flow::Continue);
         }
@@ -966,7 +948,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 flags: m
                     .flags
                     .into_iter()
-                    .filter(|f| !f.eq_ignore_ascii_case("\\Recent") && flag_permitted(rights, f))
+                    .filter(|f| !f.eq_ignore_ascii_case("\\Recent") && rights.allows_flag(f))
                     .collect(),
                 internal_date: date,
                 cache,

@@ -29,7 +29,7 @@ use mailkeep_store::{ChangeEvent, LogEvent, Mailbox, Rights, StoreError, User};
 use mailkeep_types::{MailboxId, MailboxRole, ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::acl::{flag_permitted, writable, SHARED};
+use crate::acl::{writable, Place, SHARED};
 use crate::util::list_matches;
 use crate::view::{Report, Synced, View};
 use crate::ImapServer;
@@ -1382,6 +1382,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if params.condstore {
             self.condstore = true;
         }
+        // Subscribed before the mailbox (its HIGHESTMODSEQ and UIDNEXT) is read, so no change
+        // falls between the two unseen.
+        let events = self.server.store.subscribe();
         let Some(target) = self.resolve(&name).await? else {
             self.tagged(tag, Status::No, Some("NONEXISTENT"), "no such mailbox");
             return Ok(Flow::Continue);
@@ -1393,6 +1396,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let rights = target.rights;
         let read_only = read_only || !writable(rights);
+        let shared = target.owner.is_some();
         // Another user's special-use roles are not ours (a client would file its sent mail).
         let role = if target.owner.is_none() {
             target.mailbox.role
@@ -1401,8 +1405,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let mb = target.mailbox;
         let store = self.server.store.clone();
-        // Subscribed before the view is read, so no change falls between the two.
-        let events = store.subscribe();
         let msgs = self.server.snapshots.load(store.as_ref(), &mb).await?;
         let view = View {
             mailbox: mb.id,
@@ -1442,7 +1444,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let mut perm: Vec<&str> = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
                 .into_iter()
                 .chain(keywords.iter().copied())
-                .filter(|f| flag_permitted(rights, f))
+                .filter(|f| rights.allows_flag(f))
                 .collect();
             if rights.contains(Rights::WRITE) {
                 perm.push("\\*");
@@ -1479,13 +1481,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         ));
         self.out.extend_from_slice(o.as_bytes());
         if self.rev2 {
-            let names: Vec<String> = store
-                .mailboxes(mb.account)
-                .await?
-                .into_iter()
-                .map(|m| m.name)
-                .collect();
-            let attrs = attributes(&mb.name, role, &names);
+            // Children the user may list only: another user's hidden ones are not mentioned.
+            let names: Vec<String> = if shared {
+                self.shared_listing()
+                    .await?
+                    .into_iter()
+                    .map(|(n, _, _)| n)
+                    .collect()
+            } else {
+                store
+                    .mailboxes(mb.account)
+                    .await?
+                    .into_iter()
+                    .map(|m| m.name)
+                    .collect()
+            };
+            let attrs = attributes(&view.name, role, &names);
             let attrs: Vec<&str> = attrs.iter().map(String::as_str).collect();
             let name = view.name.clone();
             response::list_line(
@@ -1581,23 +1592,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let mut account = self.account()?.id;
         if self.find_mailbox(&name).await?.is_none() {
-            if let Some(place) = self.shared_place(&name).await? {
-                // RFC 4314 4: CREATE needs "k" on the nearest existing parent.
-                if !place.parent_rights.contains(Rights::CREATE) {
+            match self.place(&name).await? {
+                Place::Personal => {}
+                Place::Refused => {
                     self.tagged(tag, Status::No, Some("NOPERM"), "permission denied");
                     return Ok(Flow::Continue);
                 }
-                if role.is_some() {
-                    self.tagged(
-                        tag,
-                        Status::No,
-                        Some("USEATTR"),
-                        "special uses belong to the mailbox's owner",
-                    );
-                    return Ok(Flow::Continue);
+                Place::Shared(place) => {
+                    if place.exists {
+                        // Only a mailbox the user can see may be said to exist (RFC 4314 6).
+                        if self.resolve(&name).await?.is_some() {
+                            self.tagged(
+                                tag,
+                                Status::No,
+                                Some("ALREADYEXISTS"),
+                                "mailbox already exists",
+                            );
+                        } else {
+                            self.tagged(tag, Status::No, Some("NOPERM"), "permission denied");
+                        }
+                        return Ok(Flow::Continue);
+                    }
+                    // RFC 4314 4: CREATE needs "k" on the nearest existing parent.
+                    if !place.parent_rights.contains(Rights::CREATE) {
+                        self.tagged(tag, Status::No, Some("NOPERM"), "permission denied");
+                        return Ok(Flow::Continue);
+                    }
+                    if role.is_some() {
+                        self.tagged(
+                            tag,
+                            Status::No,
+                            Some("USEATTR"),
+                            "special uses belong to the mailbox's owner",
+                        );
+                        return Ok(Flow::Continue);
+                    }
+                    account = place.owner;
+                    name = place.local;
                 }
-                account = place.owner;
-                name = place.local;
             }
         }
         // The new mailbox takes its parent's access control list (RFC 4314 4, in the store).
@@ -1633,16 +1665,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Ok(Flow::Continue);
         }
         let boxes = self.server.store.mailboxes(account).await?;
-        if boxes
+        let children: Vec<String> = boxes
             .iter()
-            .any(|m| m.name.starts_with(&format!("{local}/")))
-        {
-            self.tagged(
-                tag,
-                Status::No,
-                Some("HASCHILDREN"),
-                "delete the mailboxes inside it first",
-            );
+            .filter(|m| m.name.starts_with(&format!("{local}/")))
+            .map(|m| m.name.clone())
+            .collect();
+        if !children.is_empty() {
+            // Another user's children the user may not list are not to be revealed.
+            let hidden = match &target.owner {
+                Some(owner) => {
+                    let visible: Vec<String> = self
+                        .shared_listing()
+                        .await?
+                        .into_iter()
+                        .map(|(n, _, _)| n)
+                        .collect();
+                    children
+                        .iter()
+                        .any(|c| !visible.contains(&format!("{SHARED}/{owner}/{c}")))
+                }
+                None => false,
+            };
+            if hidden {
+                self.tagged(tag, Status::No, Some("NOPERM"), "permission denied");
+            } else {
+                self.tagged(
+                    tag,
+                    Status::No,
+                    Some("HASCHILDREN"),
+                    "delete the mailboxes inside it first",
+                );
+            }
             return Ok(Flow::Continue);
         }
         if self
@@ -1681,26 +1734,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         let account = src.mailbox.account;
         let place = if self.find_mailbox(&to).await?.is_none() {
-            self.shared_place(&to).await?
+            self.place(&to).await?
         } else {
-            None
+            Place::Personal
         };
         let local_to = match (&src.owner, place) {
-            (None, None) => to.clone(),
-            (Some(_), Some(p)) if p.owner == account => {
+            (None, Place::Personal) => to.clone(),
+            (Some(_), Place::Shared(p)) if p.owner == account && !p.exists => {
                 if !p.parent_rights.contains(Rights::CREATE) {
                     self.tagged(tag, Status::No, Some("NOPERM"), "permission denied");
                     return Ok(Flow::Continue);
                 }
                 p.local
             }
+            // Across users, onto a hidden name, or nowhere: one answer for all (RFC 4314 6).
             _ => {
-                self.tagged(
-                    tag,
-                    Status::No,
-                    Some("CANNOT"),
-                    "a mailbox cannot move from one user to another",
-                );
+                self.tagged(tag, Status::No, Some("NOPERM"), "permission denied");
                 return Ok(Flow::Continue);
             }
         };
@@ -1990,7 +2039,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(n) => n,
                 Err(e) => return Ok(self.bad(Some(tag), &e)),
             };
-            let Some(target) = self.resolve(&name).await? else {
+            // A shared mailbox exists here only for a user who may list or use it, as for
+            // MYRIGHTS (RFC 4314 4, 6).
+            let Some(target) = self
+                .resolve(&name)
+                .await?
+                .filter(|t| t.rights.intersects(crate::acl::visible_rights()))
+            else {
                 self.tagged(tag, Status::No, Some("NONEXISTENT"), "no such mailbox");
                 return Ok(Flow::Continue);
             };

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use mailkeep_store::{MailStore, Mailbox, Result};
-use mailkeep_types::{MailboxId, ModSeq};
+use mailkeep_types::{AccountId, MailboxId, ModSeq};
 
 use crate::view::{apply_changes, Interner, Msg};
 
@@ -35,6 +35,7 @@ struct Inner {
 }
 
 struct Entry {
+    account: AccountId,
     uid_validity: u32,
     modseq: u64,
     uid_next: u32,
@@ -57,7 +58,10 @@ impl Snapshots {
             {
                 return Ok((*msgs).clone());
             }
-            Some((modseq, _, msgs)) => {
+            // Both only grow in one mailbox; anything else is not this mailbox's past.
+            Some((modseq, uid_next, msgs))
+                if modseq <= mb.highest_modseq.0 && uid_next <= mb.uid_next.0 =>
+            {
                 let changed = store.changed_since(mb.id, ModSeq(modseq)).await?;
                 let gone: Vec<u32> = store
                     .expunged_since(mb.id, ModSeq(modseq))
@@ -69,7 +73,8 @@ impl Snapshots {
                 apply_changes(&mut msgs, changed, &gone);
                 msgs
             }
-            None => {
+            // Nothing kept, or not this mailbox's past: a full read.
+            _ => {
                 let mut interner = Interner::default();
                 store
                     .changed_since(mb.id, ModSeq(0))
@@ -90,7 +95,9 @@ impl Snapshots {
         inner.tick += 1;
         let tick = inner.tick;
         let e = inner.map.get_mut(&mb.id)?;
-        if e.uid_validity != mb.uid_validity.0 {
+        // Ids of deleted mailboxes may be reused; UIDVALIDITY values are not (store-sqlite
+        // schema 6), and the owner must be the same too.
+        if e.uid_validity != mb.uid_validity.0 || e.account != mb.account {
             return None;
         }
         e.used = tick;
@@ -103,6 +110,7 @@ impl Snapshots {
         };
         inner.tick += 1;
         let entry = Entry {
+            account: mb.account,
             uid_validity: mb.uid_validity.0,
             modseq: mb.highest_modseq.0,
             uid_next: mb.uid_next.0,
@@ -142,7 +150,7 @@ impl Snapshots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mailkeep_types::{AccountId, Uid, UidValidity};
+    use mailkeep_types::{Uid, UidValidity};
 
     fn mailbox(id: i64, n: u32, modseq: u64) -> Mailbox {
         Mailbox {
@@ -194,6 +202,21 @@ mod tests {
         let mut other = mailbox(1, 10, 5);
         other.uid_validity = UidValidity(8);
         assert!(s.get(&other).is_none());
+        let mut stranger = mailbox(1, 10, 5);
+        stranger.account = AccountId(2);
+        assert!(s.get(&stranger).is_none(), "another owner");
+    }
+
+    /// A snapshot ahead of the mailbox (not its past) is read afresh.
+    #[tokio::test]
+    async fn a_snapshot_from_the_future_is_not_used() {
+        let s = Snapshots::default();
+        s.put(&mailbox(1, 2000, 9), msgs(2000));
+        // The store below has no messages at all: a full read gives none.
+        let dir = tempfile::tempdir().unwrap();
+        let store = mailkeep_store_sqlite::SqliteStore::open(dir.path()).unwrap();
+        let got = s.load(&store, &mailbox(1, 10, 5)).await.unwrap();
+        assert!(got.is_empty(), "modseq 5 < 9: not this mailbox's past");
     }
 
     /// A snapshot brought up to date equals a fresh read, whatever changed in between.

@@ -11,7 +11,7 @@
 //! - Expunges are not applied while a FETCH, STORE or SEARCH is answered (RFC 9051 7.5.1): the
 //!   caller skips [`View::sync`] after those commands.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use mailkeep_imap_proto::cursor::SequenceSet;
@@ -77,12 +77,13 @@ impl Interner {
 /// Applies what changed since a list was read (rows from `changed_since`, UIDs from
 /// `expunged_since`) to that list, silently.
 pub fn apply_changes(msgs: &mut Vec<Msg>, changed: Vec<MessageFlags>, expunged: &[u32]) {
-    if !expunged.is_empty() {
-        msgs.retain(|m| !expunged.contains(&m.uid));
+    let gone: HashSet<u32> = expunged.iter().copied().collect();
+    if !gone.is_empty() {
+        msgs.retain(|m| !gone.contains(&m.uid));
     }
     let mut interner = Interner::default();
     for m in changed {
-        if expunged.contains(&m.uid.0) {
+        if gone.contains(&m.uid.0) {
             continue;
         }
         match msgs.binary_search_by_key(&m.uid.0, |x| x.uid) {
@@ -252,19 +253,30 @@ impl View {
 
     /// Removes expunged UIDs from the view, writing EXPUNGE (or VANISHED) responses.
     pub fn remove(&mut self, uids: &[u32], report: Report, out: &mut Vec<u8>) {
-        let mut gone = Vec::new();
-        for uid in uids {
-            if let Some(seq) = self.seq_of(*uid) {
-                self.msgs.remove(seq as usize - 1);
-                if report.qresync {
-                    gone.push(*uid);
-                } else {
-                    // RFC 9051 7.5.1: each EXPUNGE renumbers the messages after it.
-                    out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
-                }
-            }
+        if uids.is_empty() {
+            return;
         }
-        self.saved.retain(|u| !uids.contains(u));
+        let doomed: HashSet<u32> = uids.iter().copied().collect();
+        let mut gone = Vec::new();
+        let (mut index, mut removed) = (0usize, 0usize);
+        // One pass, in ascending order, so the cost does not grow with messages x expunges.
+        self.msgs.retain(|m| {
+            index += 1;
+            if !doomed.contains(&m.uid) {
+                return true;
+            }
+            if report.qresync {
+                gone.push(m.uid);
+            } else {
+                // RFC 9051 7.5.1: each EXPUNGE renumbers the messages after it, so the
+                // message's number is its place less those expunged before it.
+                let seq = index - removed;
+                out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
+            }
+            removed += 1;
+            false
+        });
+        self.saved.retain(|u| !doomed.contains(u));
         vanished(out, &gone, false);
     }
 
@@ -291,6 +303,7 @@ impl View {
             .map(|u: Uid| u.0)
             .collect();
         self.remove(&expunged, report, out);
+        let expunged: HashSet<u32> = expunged.into_iter().collect();
         let before = self.msgs.len();
         for m in changed {
             if expunged.contains(&m.uid.0) {
@@ -360,6 +373,35 @@ mod tests {
             events: None,
             dirty: false,
         }
+    }
+
+    #[test]
+    fn expunges_are_numbered_as_each_renumbers() {
+        let mut v = view(&[1, 2, 3, 4, 5]);
+        let mut out = Vec::new();
+        let report = Report {
+            condstore: false,
+            qresync: false,
+        };
+        v.remove(&[4, 2, 9], report, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "* 2 EXPUNGE\r\n* 3 EXPUNGE\r\n"
+        );
+        assert_eq!(
+            v.msgs.iter().map(|m| m.uid).collect::<Vec<_>>(),
+            vec![1, 3, 5]
+        );
+        let mut out = Vec::new();
+        v.remove(
+            &[5, 1],
+            Report {
+                condstore: true,
+                qresync: true,
+            },
+            &mut out,
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), "* VANISHED 1,5\r\n");
     }
 
     fn set(r: &[(SeqNo, SeqNo)]) -> SequenceSet {

@@ -19,7 +19,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
 use mailkeep_store::{
-    check_mailbox_name, AclEntry, Alias, BlobId, BlobStore, ChangeEvent, DirectoryStore,
+    check_mailbox_name, AclChange, AclEntry, Alias, BlobId, BlobStore, ChangeEvent, DirectoryStore,
     DomainInfo, Envelope, FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox,
     MailboxCounts, MessageCache, MessageFlags, MessageMeta, NewMessage, Result, Rights,
     SharedMailbox, StoreError, Stored, Target, User,
@@ -364,12 +364,26 @@ fn check_new_address(c: &Connection, key: &str, addr: &str, dom: &str) -> Result
 
 const USER_COLS: &str = "id, address, password, quota, used";
 
+/// A UIDVALIDITY never given before: the clock, or one more than the last one given (kept in
+/// `counters`, so deleted mailboxes' values are not given again).
 fn next_uid_validity(conn: &Connection) -> Result<u32> {
-    let max: Option<i64> = conn
-        .query_row("SELECT max(uid_validity) FROM mailboxes", [], |r| r.get(0))
+    let last: i64 = conn
+        .query_row(
+            "SELECT max(coalesce((SELECT value FROM counters WHERE name = 'uid_validity'), 0), \
+             coalesce((SELECT max(uid_validity) FROM mailboxes), 0))",
+            [],
+            |r| r.get(0),
+        )
         .map_err(backend)?;
     let now = now_secs() as u32 as i64;
-    Ok(now.max(max.unwrap_or(0) + 1) as u32)
+    let v = now.max(last + 1);
+    conn.execute(
+        "INSERT INTO counters (name, value) VALUES ('uid_validity', ?1) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        [v],
+    )
+    .map_err(backend)?;
+    Ok(v as u32)
 }
 
 #[async_trait]
@@ -948,6 +962,41 @@ fn normalize_flags(flags: &[String]) -> Vec<String> {
     out
 }
 
+/// Messages up to this size are read on the calling thread when read alone.
+const INLINE_READ_MAX: u64 = 256 * 1024;
+
+/// A message as IMAP serves it: its prefix, then its blob read straight after it (RFC822.SIZE
+/// `size` is both, so the blob is read in one call with no second copy).
+fn read_content(
+    blobs: &blobs::BlobDir,
+    blob: &str,
+    mut data: Vec<u8>,
+    size: i64,
+) -> Result<Vec<u8>> {
+    let len = (size.max(0) as usize).saturating_sub(data.len());
+    if !blobs
+        .append_to(&BlobId(blob.to_string()), len, &mut data)
+        .map_err(backend)?
+    {
+        return Err(backend(format!(
+            "blob {blob} referenced by a message is missing"
+        )));
+    }
+    Ok(data)
+}
+
+/// The stored (space-separated) flags the rights allow setting on a copy.
+fn keep_flags(flags: &str, rights: Rights) -> String {
+    if rights == Rights::ALL {
+        return flags.to_string();
+    }
+    flags
+        .split_whitespace()
+        .filter(|f| rights.allows_flag(f))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Removes one message row, recording the expunge; returns its size.
 fn remove_message(
     c: &Connection,
@@ -1170,9 +1219,41 @@ impl MailStore for SqliteStore {
         mailbox: MailboxId,
         uids: &[Uid],
     ) -> Result<Vec<(Uid, Vec<u8>)>> {
-        let wanted = uids.to_vec();
         let blobs = self.blobs.clone();
-        let read = move |c: &Connection| {
+        if let [uid] = uids {
+            // One message: its row on this thread, and its content too when small (a
+            // blocking-pool hand-off costs more than reading a few KiB); a big one is read on
+            // the blocking pool so no worker thread waits on it.
+            let uid = *uid;
+            let row = self
+                .read_inline(move |c| {
+                    c.prepare_cached(
+                        "SELECT blob, prefix, size FROM messages WHERE mailbox = ?1 AND uid = ?2",
+                    )
+                    .map_err(backend)?
+                    .query_row(params![mailbox.0, uid.0 as i64], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })
+                    .optional()
+                    .map_err(backend)
+                })
+                .await?;
+            let Some((blob, prefix, size)) = row else {
+                return Ok(Vec::new());
+            };
+            let read = move || read_content(&blobs, &blob, prefix, size).map(|d| vec![(uid, d)]);
+            return if size as u64 <= INLINE_READ_MAX {
+                read()
+            } else {
+                tokio::task::spawn_blocking(read).await.map_err(backend)?
+            };
+        }
+        let wanted = uids.to_vec();
+        self.read(move |c| {
             let mut out = Vec::with_capacity(wanted.len());
             for_each_uid(
                 c,
@@ -1183,29 +1264,15 @@ impl MailStore for SqliteStore {
                 |r| {
                     let uid = Uid(r.get::<_, i64>(0).map_err(backend)? as u32);
                     let blob: String = r.get(1).map_err(backend)?;
-                    let mut data: Vec<u8> = r.get(2).map_err(backend)?;
-                    // RFC822.SIZE is the prefix plus the blob.
-                    let size = r.get::<_, i64>(3).map_err(backend)? as usize;
-                    let len = size.saturating_sub(data.len());
-                    if !blobs
-                        .append_to(&BlobId(blob.clone()), len, &mut data)
-                        .map_err(backend)?
-                    {
-                        return Err(backend(format!(
-                            "blob {blob} referenced by a message is missing"
-                        )));
-                    }
-                    out.push((uid, data));
+                    let prefix: Vec<u8> = r.get(2).map_err(backend)?;
+                    let size: i64 = r.get(3).map_err(backend)?;
+                    out.push((uid, read_content(&blobs, &blob, prefix, size)?));
                     Ok(())
                 },
             )?;
             Ok(out)
-        };
-        if uids.len() == 1 {
-            self.read_inline(read).await
-        } else {
-            self.read(read).await
-        }
+        })
+        .await
     }
 
     async fn message_headers(
@@ -1508,6 +1575,12 @@ impl MailStore for SqliteStore {
                     let old: Vec<String> = old.split_whitespace().map(String::from).collect();
                     let new: Vec<String> = match mode {
                         FlagMode::Replace => flags.clone(),
+                        FlagMode::ReplaceAllowed(rights) => old
+                            .iter()
+                            .filter(|o| !rights.allows_flag(o))
+                            .chain(flags.iter().filter(|f| rights.allows_flag(f)))
+                            .cloned()
+                            .collect(),
                         FlagMode::Add => {
                             let mut v = old.clone();
                             for f in &flags {
@@ -1627,6 +1700,7 @@ impl MailStore for SqliteStore {
         uids: &[Uid],
         to: MailboxId,
         remove_source: bool,
+        rights: Rights,
     ) -> Result<Vec<(Uid, Uid)>> {
         let mut uids = uids.to_vec();
         uids.sort();
@@ -1683,7 +1757,7 @@ impl MailStore for SqliteStore {
                     c.execute("UPDATE accounts SET used = used + ?2 WHERE id = ?1", params![to_account, total])
                         .map_err(backend)?;
                     if remove_source {
-                        c.execute("UPDATE accounts SET used = used - ?2 WHERE id = ?1", params![account, total])
+                        c.execute("UPDATE accounts SET used = max(0, used - ?2) WHERE id = ?1", params![account, total])
                             .map_err(backend)?;
                     }
                 }
@@ -1697,7 +1771,7 @@ impl MailStore for SqliteStore {
                          message_id, queue_id, cache) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                     )
                     .map_err(backend)?
-                    .execute(params![to.0, new_uid, dest_modseq, r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7])
+                    .execute(params![to.0, new_uid, dest_modseq, keep_flags(&r.0, rights), r.1, r.2, r.3, r.4, r.5, r.6, r.7])
                     .map_err(backend)?;
                     c.prepare_cached(
                         "INSERT INTO message_headers (mailbox, uid, data) \
@@ -1751,12 +1825,27 @@ impl MailStore for SqliteStore {
         self.read(move |c| acl_of(c, mailbox)).await
     }
 
-    async fn acl_set(&self, mailbox: MailboxId, identifier: &str, rights: Rights) -> Result<()> {
+    async fn acl_set(
+        &self,
+        mailbox: MailboxId,
+        identifier: &str,
+        change: AclChange,
+    ) -> Result<Rights> {
         let identifier = identifier.to_string();
         let events = self.events.clone();
         self.write_then(
             move |c| {
                 let (account, _) = mailbox_account(c, mailbox)?;
+                let now = acl_of(c, mailbox)?
+                    .into_iter()
+                    .find(|e| e.identifier == identifier)
+                    .map(|e| e.rights)
+                    .unwrap_or_default();
+                let rights = match change {
+                    AclChange::Replace(r) => r,
+                    AclChange::Add(r) => now.union(r),
+                    AclChange::Remove(r) => now.minus(r),
+                };
                 if rights.is_empty() {
                     c.execute(
                         "DELETE FROM acl WHERE mailbox = ?1 AND identifier = ?2",
@@ -1770,14 +1859,14 @@ impl MailStore for SqliteStore {
                     )
                     .map_err(backend)?;
                 }
-                Ok(AccountId(account))
+                Ok((AccountId(account), rights))
             },
-            Some(Box::new(move |account: &AccountId| {
+            Some(Box::new(move |(account, _): &(AccountId, Rights)| {
                 let _ = events.send(ChangeEvent::MailboxesChanged(*account));
             })),
         )
         .await
-        .map(|_| ())
+        .map(|(_, r)| r)
     }
 
     async fn shared_mailboxes(&self, who: &str) -> Result<Vec<SharedMailbox>> {

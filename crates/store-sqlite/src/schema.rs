@@ -132,6 +132,17 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX acl_identifier ON acl(identifier);
     "#,
+    // 6: the last UIDVALIDITY given, kept apart from the mailboxes so that deleting the newest
+    // mailbox cannot hand its UIDVALIDITY (with its reused id) to the next one (RFC 9051
+    // 2.3.1.1: a UIDVALIDITY is never reused for a mailbox of the same name; here, never).
+    r#"
+    CREATE TABLE counters (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO counters (name, value)
+        SELECT 'uid_validity', coalesce(max(uid_validity), 0) FROM mailboxes;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -5,8 +5,8 @@ use mailkeep_types::{Address, Domain, MailboxId, MailboxRole, ModSeq, Uid};
 
 use crate::directory::{resolve, Resolution};
 use crate::{
-    ChangeEvent, FlagMode, LogEvent, LogFilter, MessageCache, NewMessage, SharedStore, StoreError,
-    Target,
+    AclChange, ChangeEvent, FlagMode, LogEvent, LogFilter, MessageCache, NewMessage, Rights,
+    SharedStore, StoreError, Target,
 };
 
 fn addr(s: &str) -> Address {
@@ -33,7 +33,7 @@ pub async fn run_all(store: SharedStore) {
 
 /// Access control lists and sharing between accounts (RFC 4314).
 async fn acl(store: &SharedStore) {
-    use crate::{effective_rights, Rights};
+    use crate::effective_rights;
     store
         .user_add(&addr("owner@example.com"), "h", 0)
         .await
@@ -57,11 +57,15 @@ async fn acl(store: &SharedStore) {
         .is_empty());
     let lr = Rights::parse("lr").unwrap();
     store
-        .acl_set(team.id, "erin@example.com", lr)
+        .acl_set(team.id, "erin@example.com", AclChange::Replace(lr))
         .await
         .expect("acl_set");
     store
-        .acl_set(private.id, "-erin@example.com", Rights::parse("r").unwrap())
+        .acl_set(
+            private.id,
+            "-erin@example.com",
+            AclChange::Replace(Rights::parse("r").unwrap()),
+        )
         .await
         .unwrap();
     let acl = store.acl_get(team.id).await.unwrap();
@@ -91,13 +95,33 @@ async fn acl(store: &SharedStore) {
         .is_empty());
     // `anyone` reaches every user; replacing an entry keeps one entry.
     store
-        .acl_set(private.id, "anyone", Rights::parse("lrs").unwrap())
+        .acl_set(
+            private.id,
+            "anyone",
+            AclChange::Replace(Rights::parse("lrs").unwrap()),
+        )
         .await
         .unwrap();
     store
-        .acl_set(team.id, "erin@example.com", Rights::parse("lrsi").unwrap())
+        .acl_set(
+            team.id,
+            "erin@example.com",
+            AclChange::Replace(Rights::parse("lrsi").unwrap()),
+        )
         .await
         .unwrap();
+    // +rights and -rights change the entry in one step (RFC 4314 3.1).
+    let w = Rights::parse("w").unwrap();
+    let added = store
+        .acl_set(team.id, "erin@example.com", AclChange::Add(w))
+        .await
+        .unwrap();
+    assert_eq!(added.to_letters(), "lrswi");
+    let removed = store
+        .acl_set(team.id, "erin@example.com", AclChange::Remove(w))
+        .await
+        .unwrap();
+    assert_eq!(removed.to_letters(), "lrsi");
     let shared = store.shared_mailboxes("erin@example.com").await.unwrap();
     assert_eq!(shared.len(), 2);
     let private_acl = &shared
@@ -149,7 +173,7 @@ async fn acl(store: &SharedStore) {
         .find(|m| m.role == Some(MailboxRole::Inbox))
         .unwrap();
     let pairs = store
-        .copy(team.id, &[stored.uid], erin_inbox.id, false)
+        .copy(team.id, &[stored.uid], erin_inbox.id, false, Rights::ALL)
         .await
         .expect("copy between accounts");
     assert_eq!(pairs, vec![(stored.uid, Uid(1))]);
@@ -174,20 +198,62 @@ async fn acl(store: &SharedStore) {
     // Erin's quota (40 octets) has no room for a second copy.
     assert!(matches!(
         store
-            .copy(team.id, &[stored.uid], erin_inbox.id, false)
+            .copy(team.id, &[stored.uid], erin_inbox.id, false, Rights::ALL)
             .await,
         Err(StoreError::Conflict(_))
     ));
     // A move between accounts takes the usage along.
     store
-        .copy(erin_inbox.id, &[Uid(1)], team.id, true)
+        .copy(erin_inbox.id, &[Uid(1)], team.id, true, Rights::ALL)
         .await
         .expect("move between accounts");
     assert_eq!(used("erin@example.com").await, 0);
     assert_eq!(used("owner@example.com").await, 2 * body.len() as u64);
+    // A copy keeps only the flags the copier may set (RFC 4314 4), from the stored flags.
+    store
+        .flags_update(
+            team.id,
+            &[stored.uid],
+            FlagMode::Add,
+            &["\\Seen".into(), "\\Deleted".into(), "$Phish".into()],
+            None,
+        )
+        .await
+        .unwrap();
+    let pairs = store
+        .copy(
+            team.id,
+            &[stored.uid],
+            private.id,
+            false,
+            Rights::parse("lris").unwrap(),
+        )
+        .await
+        .unwrap();
+    let copied = store
+        .messages_by_uid(private.id, &[pairs[0].1])
+        .await
+        .unwrap();
+    assert_eq!(copied[0].flags, vec!["\\Seen".to_string()]);
+    // Replacing within rights: only \Seen may change here, the rest stays.
+    store
+        .flags_update(
+            team.id,
+            &[stored.uid],
+            FlagMode::ReplaceAllowed(Rights::parse("s").unwrap()),
+            &["$Other".into()],
+            None,
+        )
+        .await
+        .unwrap();
+    let now = store.messages_by_uid(team.id, &[stored.uid]).await.unwrap();
+    assert_eq!(
+        now[0].flags,
+        vec!["\\Deleted".to_string(), "$Phish".to_string()]
+    );
     // Removing an entry, deleting a mailbox and removing a user leave no entries behind.
     store
-        .acl_set(private.id, "anyone", Rights::NONE)
+        .acl_set(private.id, "anyone", AclChange::Replace(Rights::NONE))
         .await
         .unwrap();
     assert_eq!(store.acl_get(private.id).await.unwrap().len(), 1);
@@ -196,10 +262,25 @@ async fn acl(store: &SharedStore) {
         store.acl_get(private.id).await.map(|a| a.len()),
         Ok(0) | Err(StoreError::NotFound(_))
     ));
+    // A deleted mailbox's UIDVALIDITY is never given again, not even to the next mailbox.
+    let newest = store
+        .mailbox_create(carol.id, "Newest", None)
+        .await
+        .unwrap();
+    store.mailbox_delete(carol.id, "Newest").await.unwrap();
+    let next = store.mailbox_create(carol.id, "Next", None).await.unwrap();
+    assert_ne!(
+        (next.id, next.uid_validity),
+        (newest.id, newest.uid_validity),
+        "(id, UIDVALIDITY) names one mailbox forever"
+    );
+    assert!(next.uid_validity > newest.uid_validity);
     store.user_remove(&addr("erin@example.com")).await.unwrap();
     assert!(store.acl_get(team.id).await.unwrap().is_empty());
     assert!(matches!(
-        store.acl_set(MailboxId(i64::MAX), "anyone", lr).await,
+        store
+            .acl_set(MailboxId(i64::MAX), "anyone", AclChange::Replace(lr))
+            .await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -851,7 +932,7 @@ async fn messages(store: &SharedStore) {
         .unwrap()
         .used;
     let pairs = store
-        .copy(inbox.id, &[Uid(1), Uid(5)], archive.id, false)
+        .copy(inbox.id, &[Uid(1), Uid(5)], archive.id, false, Rights::ALL)
         .await
         .expect("copy");
     assert_eq!(pairs, vec![(Uid(1), Uid(1))]);
@@ -871,7 +952,9 @@ async fn messages(store: &SharedStore) {
     // Over quota: refused whole.
     store.user_set_quota(&alice.address, used2).await.unwrap();
     assert!(matches!(
-        store.copy(inbox.id, &[Uid(1)], archive.id, false).await,
+        store
+            .copy(inbox.id, &[Uid(1)], archive.id, false, Rights::ALL)
+            .await,
         Err(StoreError::Conflict(_))
     ));
     store.user_set_quota(&alice.address, 0).await.unwrap();
@@ -885,7 +968,7 @@ async fn messages(store: &SharedStore) {
         .unwrap()
         .highest_modseq;
     let pairs = store
-        .copy(inbox.id, &[Uid(2)], archive.id, true)
+        .copy(inbox.id, &[Uid(2)], archive.id, true, Rights::ALL)
         .await
         .expect("move");
     assert_eq!(pairs, vec![(Uid(2), Uid(2))]);

@@ -251,11 +251,25 @@ pub struct SharedMailbox {
     pub acl: Vec<AclEntry>,
 }
 
+/// How SETACL changes an entry (RFC 4314 3.1: `rights`, `+rights`, `-rights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclChange {
+    /// These rights replace the entry's.
+    Replace(Rights),
+    /// These are added.
+    Add(Rights),
+    /// These are taken away.
+    Remove(Rights),
+}
+
 /// How a flag update applies (IMAP STORE FLAGS / +FLAGS / -FLAGS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlagMode {
     /// Replace the flags.
     Replace,
+    /// Replace only the flags these rights allow changing ([`Rights::allows_flag`]); the
+    /// others stay as they are (STORE FLAGS by a user with some flag rights, RFC 4314 4).
+    ReplaceAllowed(Rights),
     /// Add these.
     Add,
     /// Remove these.
@@ -446,20 +460,29 @@ pub trait MailStore: Send + Sync {
     /// Copies (or moves) messages to another mailbox, of the same account or another one
     /// (shared mailboxes); returns (source UID, new UID) pairs (RFC 4315 COPYUID). Refused as
     /// a whole when it would take the destination's owner over quota. Moving between accounts
-    /// moves the bytes used from one to the other.
+    /// moves the bytes used from one to the other. The copies keep only the flags `rights`
+    /// allow setting ([`Rights::allows_flag`], RFC 4314 4; [`Rights::ALL`] keeps them all),
+    /// decided in the same transaction from the stored flags.
     async fn copy(
         &self,
         from: MailboxId,
         uids: &[Uid],
         to: MailboxId,
         remove_source: bool,
+        rights: Rights,
     ) -> Result<Vec<(Uid, Uid)>>;
     /// A mailbox's access control list (RFC 4314), in identifier order. The owner's own
     /// rights are implicit and not listed.
     async fn acl_get(&self, mailbox: MailboxId) -> Result<Vec<AclEntry>>;
-    /// Sets the rights of one identifier (an address key or [`ANYONE`], with a leading `-` for
-    /// negative rights) on a mailbox; empty rights remove the entry.
-    async fn acl_set(&self, mailbox: MailboxId, identifier: &str, rights: Rights) -> Result<()>;
+    /// Changes the rights of one identifier (an address key or [`ANYONE`], with a leading `-`
+    /// for negative rights) on a mailbox in one transaction; an entry left with no rights is
+    /// removed. Returns the rights it now has.
+    async fn acl_set(
+        &self,
+        mailbox: MailboxId,
+        identifier: &str,
+        change: AclChange,
+    ) -> Result<Rights>;
     /// Mailboxes of other accounts whose ACL has a positive entry for `who` (an address key)
     /// or for [`ANYONE`], with their owners and whole ACLs, ordered by owner then name.
     async fn shared_mailboxes(&self, who: &str) -> Result<Vec<SharedMailbox>>;

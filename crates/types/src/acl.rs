@@ -102,6 +102,18 @@ impl Rights {
         self.letters().collect()
     }
 
+    /// Whether these rights allow setting or clearing a flag: `\Seen` needs `s`, `\Deleted`
+    /// needs `t`, the others `w` (RFC 4314 4, STORE and COPY/APPEND).
+    pub fn allows_flag(self, flag: &str) -> bool {
+        if flag.eq_ignore_ascii_case("\\Seen") {
+            self.contains(Rights::SEEN)
+        } else if flag.eq_ignore_ascii_case("\\Deleted") {
+            self.contains(Rights::DELETE_MESSAGES)
+        } else {
+            self.contains(Rights::WRITE)
+        }
+    }
+
     /// The single rights, one letter each, in RFC order.
     pub fn letters(self) -> impl Iterator<Item = char> {
         LETTERS
