@@ -10,7 +10,7 @@
 
 use mailkeep_imap_proto::response;
 use mailkeep_imap_proto::response::Status;
-use mailkeep_store::{effective_rights, AclChange, AclEntry, Mailbox, Rights, StoreError, ANYONE};
+use mailkeep_store::{effective_rights, AclChange, AclEntry, Mailbox, Rights, StoreError};
 use mailkeep_types::{AccountId, Address};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -74,20 +74,10 @@ pub(crate) fn writable(rights: Rights) -> bool {
     )
 }
 
-/// Parses a SETACL rights argument: an optional `+` or `-`, then lower-case right letters
-/// (RFC 4314 3.1). Err is the BAD text.
+/// Parses a SETACL rights argument; Err is the BAD text.
 fn parse_mod_rights(raw: &[u8]) -> Result<(Option<char>, Rights), String> {
     let s = std::str::from_utf8(raw).map_err(|_| "rights must be ASCII letters".to_string())?;
-    let (modifier, letters) = match s.chars().next() {
-        Some(c @ ('+' | '-')) => (Some(c), &s[1..]),
-        _ => (None, s),
-    };
-    if let Some(c) = letters.chars().find(|c| c.is_ascii_uppercase()) {
-        // RFC 4314 3.1 example A035.
-        return Err(format!("upper-case rights are not allowed ({c})"));
-    }
-    let rights = Rights::parse(letters).map_err(|c| format!("the {c:?} right is not supported"))?;
-    Ok((modifier, rights))
+    mailkeep_types::acl::parse_mod_rights(s)
 }
 
 /// Where a new name (CREATE, RENAME's target) that is not one of the user's mailboxes lands.
@@ -257,22 +247,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(Some(r))
     }
 
-    /// Canonical form of an ACL identifier: `anyone` or an address key, with its `-` kept.
-    /// Whether such a user exists is not checked (as Dovecot): the answer would tell any
-    /// user which accounts exist. Err is the NO text.
+    /// Canonical form of an ACL identifier. Whether such a user exists is not checked (as
+    /// Dovecot): the answer would tell any user which accounts exist. Err is the NO text.
     fn identifier(raw: &[u8]) -> Result<String, String> {
         let s = std::str::from_utf8(raw).map_err(|_| "the identifier is not UTF-8".to_string())?;
-        let (neg, id) = match s.strip_prefix('-') {
-            Some(rest) => ("-", rest),
-            None => ("", s),
-        };
-        if id.eq_ignore_ascii_case(ANYONE) {
-            return Ok(format!("{neg}{ANYONE}"));
-        }
-        match Address::parse(id) {
-            Ok(addr) => Ok(format!("{neg}{}", addr.key())),
-            Err(_) => Err(format!("{id:?} is neither \"anyone\" nor an address")),
-        }
+        mailkeep_types::acl::canonical_identifier(s)
     }
 
     /// The owner's address key and the list as GETACL shows it: the owner with every right,
@@ -489,15 +468,8 @@ mod tests {
     }
 
     #[test]
-    fn setacl_rights_are_checked() {
-        assert_eq!(
-            parse_mod_rights(b"+cda").unwrap(),
-            (Some('+'), Rights::parse("kxeta").unwrap())
-        );
-        assert!(parse_mod_rights(b"lrQswicda")
-            .unwrap_err()
-            .contains("upper-case"));
-        assert!(parse_mod_rights(b"lrqswicda").unwrap_err().contains("'q'"));
-        assert_eq!(parse_mod_rights(b"").unwrap(), (None, Rights::NONE));
+    fn setacl_rights_must_be_ascii() {
+        assert!(parse_mod_rights("lr\u{e9}".as_bytes()).is_err());
+        assert!(parse_mod_rights(&[b'l', 0xff]).is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Administrative commands: domains, users, aliases, local delivery, the delivery log.
+//! Administrative commands: domains, users, aliases, shared mailboxes, local delivery, the
+//! delivery log.
 
 use std::io::{IsTerminal, Read};
 use std::path::Path;
@@ -8,7 +9,7 @@ use clap::Subcommand;
 use mailkeep_config::{parse_size, raw::Size, Config};
 use mailkeep_delivery::{now_micros, Delivery, Incoming};
 use mailkeep_store::directory::Resolution;
-use mailkeep_store::{LogEvent, LogFilter, SharedStore};
+use mailkeep_store::{AclChange, LogEvent, LogFilter, SharedStore};
 use mailkeep_types::{Address, Domain};
 
 #[derive(Subcommand)]
@@ -66,6 +67,34 @@ pub enum AliasCmd {
     },
     /// Remove an alias.
     Remove { address: String },
+}
+
+#[derive(Subcommand)]
+pub enum AclCmd {
+    /// Show who may use OWNER's mailboxes (all of them, or one).
+    List {
+        owner: String,
+        mailbox: Option<String>,
+    },
+    /// Give WHO rights on OWNER's MAILBOX. WHO is an address or `anyone`, or either with a
+    /// leading `-` for rights taken away; RIGHTS are RFC 4314 letters (l lookup, r read, s seen,
+    /// w write flags, i insert, p post, k create, x delete mailbox, t delete messages,
+    /// e expunge, a admin), with a leading `+` or `-` to add or remove.
+    Set {
+        owner: String,
+        mailbox: String,
+        #[arg(allow_hyphen_values = true)]
+        who: String,
+        #[arg(allow_hyphen_values = true)]
+        rights: String,
+    },
+    /// Remove WHO's entry from OWNER's MAILBOX.
+    Remove {
+        owner: String,
+        mailbox: String,
+        #[arg(allow_hyphen_values = true)]
+        who: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -292,6 +321,98 @@ pub fn alias(config: &Path, cmd: AliasCmd) -> Result<()> {
                 let a = address_arg(&address, "address")?;
                 store.alias_remove(&a).await?;
                 println!("removed alias {a}");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Shared mailboxes (IMAP ACL, RFC 4314), as an admin: the owner's password is not needed.
+pub fn acl(config: &Path, cmd: AclCmd) -> Result<()> {
+    let (_, store) = open(config)?;
+    runtime()?.block_on(async {
+        let owner_of = |owner: &str| {
+            let owner = owner.to_string();
+            let store = store.clone();
+            async move {
+                let a = address_arg(&owner, "OWNER")?;
+                let user = store
+                    .user_get(&a.key())
+                    .await?
+                    .with_context(|| format!("OWNER: there is no user {a}"))?;
+                let boxes = store.mailboxes(user.id).await?;
+                anyhow::Ok((user, boxes))
+            }
+        };
+        let find = |boxes: &[mailkeep_store::Mailbox], name: &str| {
+            boxes
+                .iter()
+                .find(|m| {
+                    m.name == name || (m.name == "INBOX" && name.eq_ignore_ascii_case("INBOX"))
+                })
+                .cloned()
+                .with_context(|| format!("MAILBOX: there is no mailbox {name:?}"))
+        };
+        let who_arg = |who: &str| {
+            mailkeep_types::acl::canonical_identifier(who).map_err(|e| anyhow::anyhow!("WHO: {e}"))
+        };
+        match cmd {
+            AclCmd::List { owner, mailbox } => {
+                let (user, boxes) = owner_of(&owner).await?;
+                let shown: Vec<_> = match mailbox {
+                    Some(name) => vec![find(&boxes, &name)?],
+                    None => boxes,
+                };
+                println!("{}: every right on their own mailboxes", user.address);
+                for mb in shown {
+                    for e in store.acl_get(mb.id).await? {
+                        println!("{}\t{}\t{}", mb.name, e.identifier, e.rights.to_letters());
+                    }
+                }
+            }
+            AclCmd::Set {
+                owner,
+                mailbox,
+                who,
+                rights,
+            } => {
+                let (user, boxes) = owner_of(&owner).await?;
+                let mb = find(&boxes, &mailbox)?;
+                let who = who_arg(&who)?;
+                if who.trim_start_matches('-') == user.address.key() {
+                    bail!("WHO: the owner always has every right on their mailboxes");
+                }
+                let change = match mailkeep_types::acl::parse_mod_rights(&rights)
+                    .map_err(|e| anyhow::anyhow!("RIGHTS: {e}"))?
+                {
+                    (None, r) => AclChange::Replace(r),
+                    (Some('+'), r) => AclChange::Add(r),
+                    (_, r) => AclChange::Remove(r),
+                };
+                let now = store.acl_set(mb.id, &who, change).await?;
+                println!(
+                    "{} {}: {who} now has {:?}",
+                    user.address,
+                    mb.name,
+                    now.to_letters()
+                );
+            }
+            AclCmd::Remove {
+                owner,
+                mailbox,
+                who,
+            } => {
+                let (user, boxes) = owner_of(&owner).await?;
+                let mb = find(&boxes, &mailbox)?;
+                let who = who_arg(&who)?;
+                store
+                    .acl_set(
+                        mb.id,
+                        &who,
+                        AclChange::Replace(mailkeep_store::Rights::NONE),
+                    )
+                    .await?;
+                println!("{} {}: removed {who}", user.address, mb.name);
             }
         }
         Ok(())

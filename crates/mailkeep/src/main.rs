@@ -103,6 +103,13 @@ enum Command {
         #[command(subcommand)]
         action: admin::AliasCmd,
     },
+    /// Shared mailboxes: who may use a user's mailboxes (IMAP ACL, RFC 4314).
+    Acl {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: admin::AclCmd,
+    },
     /// Deliver a message read from standard input to local recipients.
     Deliver {
         #[command(flatten)]
@@ -167,6 +174,7 @@ fn run() -> Result<()> {
         Command::Domain { config, action } => admin::domain(&config.config, action),
         Command::User { config, action } => admin::user(&config.config, action),
         Command::Alias { config, action } => admin::alias(&config.config, action),
+        Command::Acl { config, action } => admin::acl(&config.config, action),
         Command::Deliver { config, to, from } => admin::deliver(&config.config, to, from),
         Command::Log { config, action } => admin::log(&config.config, action),
     }

@@ -187,6 +187,80 @@ fn directory_administration() {
     assert!(ok);
 }
 
+/// `mailkeep acl`: an admin shares a user's mailbox without the user's password; bad
+/// arguments are refused naming the argument.
+#[test]
+fn acl_administration() {
+    let (_dir, config) = init_dir("");
+    let run = |args: &[&str]| cli(&config, args, "");
+    assert!(cli(&config, &["user", "add", "owner@example.test"], PASSWORD).0);
+    let (ok, out, err) = run(&[
+        "acl",
+        "set",
+        "owner@example.test",
+        "inbox",
+        "Team@Example.Test",
+        "lrs",
+    ]);
+    assert!(
+        ok && out.contains("team@example.test now has \"lrs\""),
+        "{out}{err}"
+    );
+    let (ok, out, _) = run(&[
+        "acl",
+        "set",
+        "owner@example.test",
+        "INBOX",
+        "team@example.test",
+        "+w",
+    ]);
+    assert!(ok && out.contains("\"lrsw\""), "{out}");
+    // A leading '-' is a value here (negative rights), not an option.
+    let (ok, out, err) = run(&["acl", "set", "owner@example.test", "INBOX", "-anyone", "-w"]);
+    assert!(ok && out.contains("-anyone now has \"\""), "{out}{err}");
+    let (ok, out, _) = run(&["acl", "set", "owner@example.test", "INBOX", "anyone", "l"]);
+    assert!(ok, "{out}");
+    let (ok, out, _) = run(&["acl", "list", "owner@example.test"]);
+    assert!(
+        ok && out.contains("INBOX\tanyone\tl") && out.contains("INBOX\tteam@example.test\tlrsw"),
+        "{out}"
+    );
+    let (ok, _, err) = run(&["acl", "set", "owner@example.test", "INBOX", "anyone", "lrQ"]);
+    assert!(
+        !ok && err.contains("RIGHTS") && err.contains("upper-case"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&[
+        "acl",
+        "set",
+        "owner@example.test",
+        "INBOX",
+        "not an address",
+        "l",
+    ]);
+    assert!(!ok && err.contains("WHO"), "{err}");
+    let (ok, _, err) = run(&["acl", "set", "owner@example.test", "Nope", "anyone", "l"]);
+    assert!(!ok && err.contains("MAILBOX"), "{err}");
+    let (ok, _, err) = run(&["acl", "set", "ghost@example.test", "INBOX", "anyone", "l"]);
+    assert!(!ok && err.contains("OWNER"), "{err}");
+    let (ok, _, err) = run(&[
+        "acl",
+        "set",
+        "owner@example.test",
+        "INBOX",
+        "owner@example.test",
+        "l",
+    ]);
+    assert!(!ok && err.contains("owner always"), "{err}");
+    let (ok, _, _) = run(&["acl", "remove", "owner@example.test", "INBOX", "anyone"]);
+    assert!(ok);
+    let (ok, out, _) = run(&["acl", "list", "owner@example.test", "INBOX"]);
+    assert!(
+        ok && !out.contains("\tanyone\t") && out.contains("team@example.test"),
+        "{out}"
+    );
+}
+
 #[test]
 fn deliver_command_and_log_search() {
     let (dir, config) = init_dir("");

@@ -141,6 +141,37 @@ impl fmt::Display for Rights {
     }
 }
 
+/// Parses a SETACL rights argument (RFC 4314 3.1 `mod-rights`): an optional `+` (add) or `-`
+/// (remove), then lower-case right letters. Err says what is wrong.
+pub fn parse_mod_rights(s: &str) -> Result<(Option<char>, Rights), String> {
+    let (modifier, letters) = match s.chars().next() {
+        Some(c @ ('+' | '-')) => (Some(c), &s[1..]),
+        _ => (None, s),
+    };
+    if let Some(c) = letters.chars().find(|c| c.is_ascii_uppercase()) {
+        // RFC 4314 3.1 example A035.
+        return Err(format!("upper-case rights are not allowed ({c})"));
+    }
+    let rights = Rights::parse(letters).map_err(|c| format!("the {c:?} right is not supported"))?;
+    Ok((modifier, rights))
+}
+
+/// The canonical form of an ACL identifier: `anyone` or an address key, with a leading `-`
+/// (negative rights) kept. Err says what is wrong.
+pub fn canonical_identifier(s: &str) -> Result<String, String> {
+    let (neg, id) = match s.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", s),
+    };
+    if id.eq_ignore_ascii_case(ANYONE) {
+        return Ok(format!("{neg}{ANYONE}"));
+    }
+    match crate::Address::parse(id) {
+        Ok(addr) => Ok(format!("{neg}{}", addr.key())),
+        Err(_) => Err(format!("{id:?} is neither \"anyone\" nor an address")),
+    }
+}
+
 /// One access control list entry: an identifier (an address key, `anyone`, or either with a
 /// leading `-` for negative rights, RFC 4314 2) and its rights.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +230,22 @@ mod tests {
         // Any member of a group shows the obsolete letter.
         assert_eq!(Rights::parse("k").unwrap().to_string(), "kc");
         assert_eq!(Rights::parse("lrt").unwrap().to_string(), "lrtd");
+    }
+
+    #[test]
+    fn setacl_arguments_are_checked() {
+        assert_eq!(
+            parse_mod_rights("+cda").unwrap(),
+            (Some('+'), Rights::parse("kxeta").unwrap())
+        );
+        assert!(parse_mod_rights("lrQswicda")
+            .unwrap_err()
+            .contains("upper-case"));
+        assert!(parse_mod_rights("lrqswicda").unwrap_err().contains("'q'"));
+        assert_eq!(parse_mod_rights("").unwrap(), (None, Rights::NONE));
+        assert_eq!(canonical_identifier("-Bob@X.test").unwrap(), "-bob@x.test");
+        assert_eq!(canonical_identifier("ANYONE").unwrap(), "anyone");
+        assert!(canonical_identifier("not an address").is_err());
     }
 
     #[test]
