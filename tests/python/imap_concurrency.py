@@ -3,7 +3,9 @@
 it. At the end every client must see the same mailbox (after a NOOP), equal to a fresh
 session's view, and no UID may ever have named two different messages.
 
-usage: imap_concurrency.py HOST IMAP_PORT SMTP_PORT USER PASSWORD
+usage: imap_concurrency.py HOST IMAP_PORT SMTP_PORT USER PASSWORD [PRELOAD]
+PRELOAD messages are delivered first (enough makes the server keep the mailbox's list between
+SELECTs, which the workers' re-SELECTs then exercise).
 Deterministic: each worker's operations come from a seeded random generator.
 """
 import imaplib
@@ -15,6 +17,7 @@ import threading
 
 host, port, smtp_port, user, password = sys.argv[1:6]
 port, smtp_port = int(port), int(smtp_port)
+PRELOAD = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 WORKERS, OPS, DELIVERIES = 4, 60, 80
 
 lock = threading.Lock()
@@ -46,10 +49,10 @@ def connect():
     return m
 
 
-def deliver():
+def deliver(count=DELIVERIES, prefix="smtp"):
     with smtplib.SMTP(host, smtp_port) as s:
-        for i in range(DELIVERIES):
-            s.sendmail("x@example.org", [user], f"Message-ID: <smtp{i}@example.org>\r\nSubject: smtp {i}\r\n\r\nbody\r\n")
+        for i in range(count):
+            s.sendmail("x@example.org", [user], f"Message-ID: <{prefix}{i}@example.org>\r\nSubject: {prefix} {i}\r\n\r\nbody\r\n")
 
 
 def worker(n):
@@ -57,13 +60,16 @@ def worker(n):
     m = connect()
     try:
         for i in range(OPS):
-            op = rnd.choice(["flag", "flag", "unflag", "move", "delete", "append", "noop"])
+            op = rnd.choice(["flag", "flag", "unflag", "move", "delete", "append", "noop", "reselect"])
             typ, data = m.search(None, "ALL")
             seqs = data[0].split()
             if op == "append":
                 msg = f"Message-ID: <w{n}-{i}@example.org>\r\nSubject: append {n} {i}\r\n\r\nx\r\n".encode()
                 typ, data = m.append("INBOX", None, None, msg)
                 assert typ == "OK", data
+            elif op == "reselect":
+                # A new view of the same mailbox, built while the others keep changing it.
+                assert m.select("INBOX")[0] == "OK"
             elif op == "noop" or not seqs:
                 m.noop()
             else:
@@ -86,6 +92,8 @@ def worker(n):
     return m
 
 
+if PRELOAD:
+    deliver(PRELOAD, "pre")
 sessions = [None] * WORKERS
 
 
@@ -127,6 +135,9 @@ for n, m in enumerate(sessions):
     assert got == want, f"client {n} sees\n{got}\nfresh session sees\n{want}"
 record(fresh)
 assert not errors, errors
+# The store's own count, not a session's view.
+typ, data = fresh.status("INBOX", "(MESSAGES)")
+assert typ == "OK" and f"MESSAGES {len(want)}".encode() in data[0], (data, len(want))
 uids = [u for u, _ in want]
 assert uids == sorted(uids) and len(set(uids)) == len(uids)
 print(f"concurrency: {len(want)} messages, {len(uid_owner)} UIDs seen, all views equal")

@@ -108,6 +108,26 @@ async fn concurrent_sessions_agree() {
     ]);
 }
 
+/// The same on a mailbox big enough (1,100 messages) that the server keeps its message list
+/// between SELECTs: views built from the kept list while others change the mailbox must agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_agree_on_a_big_mailbox() {
+    if !require_python("imaplib") {
+        return;
+    }
+    let server = Server::start("");
+    let port = |p: &str| server.listeners[p].port().to_string();
+    run_python(&[
+        script("imap_concurrency.py"),
+        "127.0.0.1".into(),
+        port("imap"),
+        port("smtp"),
+        format!("alice@{DOMAIN}"),
+        PASSWORD.into(),
+        "1100".into(),
+    ]);
+}
+
 /// A minimal line-level IMAP client for protocol and attack tests.
 struct Imap<S> {
     s: BufReader<S>,
