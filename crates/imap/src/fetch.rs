@@ -147,7 +147,38 @@ pub fn fetch_line(
     raw: Option<&[u8]>,
     utf8: bool,
 ) -> Result<Vec<u8>, FetchError> {
-    let mut out = format!("* {seq} FETCH (").into_bytes();
+    let mut out = Vec::new();
+    fetch_line_into(&mut out, seq, items, meta, raw, utf8)?;
+    Ok(out)
+}
+
+/// [`fetch_line`] appended to `out` (a group's buffer: no copy per message); on an error
+/// nothing of this message is left in `out`.
+pub fn fetch_line_into(
+    out: &mut Vec<u8>,
+    seq: u32,
+    items: &[FetchItem],
+    meta: &Meta<'_>,
+    raw: Option<&[u8]>,
+    utf8: bool,
+) -> Result<(), FetchError> {
+    let start = out.len();
+    let r = render(out, seq, items, meta, raw, utf8);
+    if r.is_err() {
+        out.truncate(start);
+    }
+    r
+}
+
+fn render(
+    out: &mut Vec<u8>,
+    seq: u32,
+    items: &[FetchItem],
+    meta: &Meta<'_>,
+    raw: Option<&[u8]>,
+    utf8: bool,
+) -> Result<(), FetchError> {
+    out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
     let mut first = true;
     let mut sep = |out: &mut Vec<u8>| {
         if !first {
@@ -157,7 +188,7 @@ pub fn fetch_line(
     };
     let content = || raw.ok_or(FetchError::NoContent);
     for item in items {
-        sep(&mut out);
+        sep(out);
         match item {
             FetchItem::Uid => out.extend_from_slice(format!("UID {}", meta.uid).as_bytes()),
             FetchItem::Flags => {
@@ -180,15 +211,15 @@ pub fn fetch_line(
             }
             FetchItem::Envelope => {
                 out.extend_from_slice(b"ENVELOPE ");
-                envelope(&mut out, meta.envelope, utf8);
+                envelope(out, meta.envelope, utf8);
             }
             FetchItem::Body => {
                 out.extend_from_slice(b"BODY ");
-                body_structure(&mut out, meta.body, false, utf8);
+                body_structure(out, meta.body, false, utf8);
             }
             FetchItem::BodyStructure => {
                 out.extend_from_slice(b"BODYSTRUCTURE ");
-                body_structure(&mut out, meta.body, true, utf8);
+                body_structure(out, meta.body, true, utf8);
             }
             FetchItem::Rfc822(text) => {
                 let raw = content()?;
@@ -212,7 +243,7 @@ pub fn fetch_line(
                 out.extend_from_slice(name.as_bytes());
                 out.push(b' ');
                 let data = whole_or_extract(raw, &section).unwrap_or_default();
-                nstring(&mut out, Some(&data), false);
+                nstring(out, Some(&data), false);
             }
             FetchItem::Section {
                 section, partial, ..
@@ -228,7 +259,7 @@ pub fn fetch_line(
                 // open; Dovecot and Cyrus answer "" too).
                 let data = data.unwrap_or_default();
                 let slice = partial_slice(&data, *partial);
-                literal_or_string(&mut out, slice);
+                literal_or_string(out, slice);
             }
             FetchItem::Binary { part, partial, .. } => {
                 let raw = content()?;
@@ -245,7 +276,7 @@ pub fn fetch_line(
                     out.extend_from_slice(format!("~{{{}}}\r\n", slice.len()).as_bytes());
                     out.extend_from_slice(slice);
                 } else {
-                    literal_or_string(&mut out, slice);
+                    literal_or_string(out, slice);
                 }
             }
             FetchItem::BinarySize(part) => {
@@ -257,7 +288,7 @@ pub fn fetch_line(
         }
     }
     out.extend_from_slice(b")\r\n");
-    Ok(out)
+    Ok(())
 }
 
 /// Message text goes as a literal unless it is short and plain (clients handle both).

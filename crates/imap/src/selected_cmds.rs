@@ -23,7 +23,7 @@ use mailkeep_types::{MailboxId, ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::acl::permitted_flags;
-use crate::fetch::{fetch_line, needs_content, sets_seen, FetchError, Meta};
+use crate::fetch::{fetch_line_into, needs_content, sets_seen, FetchError, Meta};
 use crate::search::{matches_all, needs_body, needs_message, Candidate, Context, QuickReject};
 use crate::session::{io_err, now_micros, Flow, Res, Session};
 use crate::sort;
@@ -1039,7 +1039,10 @@ impl FetchJob {
         };
         let render = move || {
             let empty = MessageCache::default();
-            let mut out = Vec::new();
+            // Room for the content and a line of metadata each, so the buffer is not copied
+            // as it grows.
+            let content_bytes: usize = contents.iter().map(|(_, c)| c.len()).sum();
+            let mut out = Vec::with_capacity(content_bytes + 128 * msgs.len());
             let mut failed = None;
             let mut contents = contents.into_iter().peekable();
             let mut ci = 0;
@@ -1081,9 +1084,10 @@ impl FetchJob {
                 } else {
                     &self.items
                 };
-                match fetch_line(*seq, items, &meta, raw.as_deref(), self.utf8) {
-                    Ok(line) => out.extend_from_slice(&line),
-                    Err(e) => failed = Some(e),
+                if let Err(e) =
+                    fetch_line_into(&mut out, *seq, items, &meta, raw.as_deref(), self.utf8)
+                {
+                    failed = Some(e);
                 }
             }
             (out, failed)
