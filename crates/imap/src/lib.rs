@@ -10,6 +10,10 @@
 //! - [`search`]: SEARCH criteria evaluated against one message (RFC 9051 6.4.4), the same
 //!   code for every message so that results equal a naive scan.
 //! - [`sort`]: SORT, base subjects, THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256).
+//! - `acl`: shared mailboxes (`Shared/<owner>/<name>`) and the RFC 4314 rights checks and
+//!   commands.
+//! - [`Snapshots`]: big mailboxes' message lists kept between SELECTs, checked against the
+//!   store each time.
 #![warn(missing_docs)]
 
 mod acl;
