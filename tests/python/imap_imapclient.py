@@ -3,7 +3,8 @@
 STARTTLS, IDLE woken by SMTP delivery, CONDSTORE, QRESYNC-style FETCH CHANGEDSINCE, MOVE,
 special-use folders, multi-session expunge.
 
-usage: imap_imapclient.py HOST IMAP_PORT SMTP_PORT USER PASSWORD
+usage: imap_imapclient.py HOST IMAP_PORT SMTP_PORT USER PASSWORD [OTHER_USER]
+(OTHER_USER, with the same password, is who USER shares a mailbox with over ACL.)
 """
 import smtplib
 import ssl
@@ -13,6 +14,7 @@ import time
 from imapclient import IMAPClient
 
 host, port, smtp_port, user, password = sys.argv[1:6]
+other = sys.argv[6] if len(sys.argv) > 6 else None
 port, smtp_port = int(port), int(smtp_port)
 
 ctx = ssl.create_default_context()
@@ -96,6 +98,35 @@ a.append("Lists/rust", b"Subject: appended\r\n\r\nhi\r\n", flags=[b"\\Seen"])
 assert a.folder_exists("Lists/rust")
 assert a.folder_status("Lists/rust", [b"MESSAGES"])[b"MESSAGES"] == 1
 a.delete_folder("Lists/rust")
+
+# ACL (RFC 4314) through IMAPClient's own getacl/setacl: share a folder with the other user.
+if other:
+    a.create_folder("Team")
+    a.append("Team", b"Subject: shared plan\r\n\r\nthe plan\r\n")
+    a.setacl("Team", other, "lr")
+    acl = dict(a.getacl("Team"))
+    assert acl.get(other.lower().encode()) == b"lr", acl
+    c = IMAPClient(host, port=port, ssl=False)
+    c.login(other, password)
+    shared = f"Shared/{user.lower()}/Team"
+    names = [f[2] for f in c.list_folders()]
+    assert shared in names, names
+    assert c.namespace().other[0][0] == "Shared/", c.namespace()
+    info = c.select_folder(shared, readonly=True)
+    assert info[b"EXISTS"] == 1, info
+    body = c.fetch([1], ["BODY.PEEK[]"])
+    assert b"the plan" in next(iter(body.values()))[b"BODY[]"], body
+    try:
+        c.append(shared, b"Subject: not allowed\r\n\r\nx\r\n")
+        raise AssertionError("APPEND without the i right was accepted")
+    except IMAPClient.Error as e:
+        assert "NOPERM" in str(e), e
+    c.logout()
+    # IMAPClient sends its argument as is: the empty rights must be quoted (RFC 4314 3.1
+    # rights is an astring; a bare empty one is a syntax error).
+    a.setacl("Team", other, '""')
+    assert other.lower().encode() not in dict(a.getacl("Team")), a.getacl("Team")
+    a.delete_folder("Team")
 a.logout()
 b.logout()
 print("imapclient: all checks passed")

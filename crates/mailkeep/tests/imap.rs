@@ -86,6 +86,7 @@ async fn python_imapclient() {
         port("smtp"),
         format!("alice@{DOMAIN}"),
         PASSWORD.into(),
+        format!("bob@{DOMAIN}"),
     ]);
 }
 
