@@ -9,13 +9,15 @@
 //!   mailbox list with the one seen before.
 //! - MessageNew with a fetch-att list sends, after EXISTS, a FETCH of those items for each new
 //!   message of the selected mailbox (RFC 5465 5.2).
+//! - Other users' mailboxes the user may read are watched under their `Shared/...` names
+//!   (SUBTREE, MAILBOXES, SUBSCRIBED); PERSONAL and INBOXES are the user's own.
 //! - Not offered: AnnotationChange and the METADATA events (BADEVENT); SubscriptionChange is
 //!   accepted, but the store does not report subscription changes yet.
 
 use mailkeep_imap_proto::command::{NotifyEvent, NotifyFilter, NotifySet};
 use mailkeep_imap_proto::selected::FetchItem;
 use mailkeep_store::{ChangeEvent, Mailbox};
-use mailkeep_types::{MailboxId, MailboxRole};
+use mailkeep_types::{AccountId, MailboxId, MailboxRole};
 
 /// Which mailboxes a group watches, with names decoded.
 #[derive(Debug, Clone)]
@@ -57,10 +59,13 @@ pub struct Notify {
     pub others: Vec<(Filter, Kinds)>,
     /// The change events (taken by IDLE while it runs).
     pub events: Option<tokio::sync::broadcast::Receiver<ChangeEvent>>,
-    /// The account's mailboxes as last seen (names by id).
+    /// The mailboxes as last seen (names by id): the account's own, and other users' it may
+    /// read, under their `Shared/...` names.
     pub mailboxes: Vec<Mailbox>,
     /// Subscribed names as last seen.
     pub subscribed: Vec<String>,
+    /// The user's account (PERSONAL is its mailboxes).
+    pub me: AccountId,
 }
 
 /// Why a NOTIFY SET is refused.
@@ -158,7 +163,8 @@ impl Notify {
     fn matches(&self, f: &Filter, mb: &Mailbox) -> bool {
         match f {
             Filter::Inboxes => mb.role == Some(MailboxRole::Inbox),
-            Filter::Personal => true,
+            // RFC 5465 6: the personal namespace only.
+            Filter::Personal => mb.account == self.me,
             Filter::Subscribed => self.subscribed.contains(&mb.name),
             Filter::Subtree(names) => names
                 .iter()

@@ -1159,8 +1159,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             new_items: plan.new_items,
             others: plan.others,
             events: Some(events),
-            mailboxes: store.mailboxes(account).await?,
+            mailboxes: self.notify_mailboxes().await?,
             subscribed: store.subscriptions(account).await?,
+            me: account,
         };
         if set.status {
             // RFC 5465 3: STATUS for every watched mailbox but the selected one, at once.
@@ -1192,8 +1193,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let data = self.status_items(&now, &items).await?;
         let refs: Vec<(&str, u64)> = data.iter().map(|(k, v)| (*k, *v)).collect();
         let utf8 = self.utf8();
-        response::status_data(&mut self.out, &now.name, &refs, utf8);
+        // The name the client knows (a shared mailbox's is not its owner's).
+        response::status_data(&mut self.out, &mb.name, &refs, utf8);
         Ok(())
+    }
+
+    /// The mailboxes NOTIFY may report on: the user's own, and other users' the user may
+    /// read (RFC 4314 "r"), under their client names and without roles.
+    async fn notify_mailboxes(&self) -> Result<Vec<Mailbox>, StoreError> {
+        let mut all = self.server.store.mailboxes(self.account()?.id).await?;
+        for (name, mut mb, rights) in self.shared_listing().await? {
+            if rights.contains(Rights::READ) {
+                mb.name = name;
+                mb.role = None;
+                all.push(mb);
+            }
+        }
+        Ok(all)
     }
 
     /// Reports a batch of store changes as NOTIFY asked (RFC 5465 5).
@@ -1217,8 +1233,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Ok(ChangeEvent::MessageAdded(s)) => (s.mailbox, true, false, false),
                 Ok(ChangeEvent::FlagsChanged { mailbox, .. }) => (mailbox, false, false, true),
                 Ok(ChangeEvent::Expunged { mailbox, .. }) => (mailbox, false, true, false),
-                Ok(ChangeEvent::MailboxesChanged(a)) => {
-                    names_changed |= a == me;
+                // Another account's change may be a mailbox shared with this user (or no
+                // longer shared): looked at too, as it is rare.
+                Ok(ChangeEvent::MailboxesChanged(_)) => {
+                    names_changed = true;
                     continue;
                 }
                 Err(RecvError::Lagged(_)) => {
@@ -1248,7 +1266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if names_changed {
             let store = self.server.store.clone();
-            let now = store.mailboxes(me).await?;
+            let now = self.notify_mailboxes().await?;
             let subs = store.subscriptions(me).await?;
             let utf8 = self.utf8();
             if let Some(n) = self.notify.as_mut() {

@@ -615,6 +615,77 @@ async fn notify_reports_between_commands() {
     );
 }
 
+/// NOTIFY on a mailbox another user shares: its changes reach the grantee as STATUS under
+/// its shared name, PERSONAL leaves it out, and unsharing it sends `\NonExistent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_reports_shared_mailboxes() {
+    let server = Server::start("");
+    let imap = server.listeners["imap"];
+    let mut alice = login(imap, "alice").await;
+    alice.cmd("c", "CREATE Team").await;
+    let r = alice
+        .cmd("a", &format!("SETACL Team bob@{DOMAIN} lr"))
+        .await;
+    assert!(last(&r).starts_with("a OK"), "{r:?}");
+    let shared = format!("\"Shared/alice@{DOMAIN}/Team\"");
+    let mut bob = login(imap, "bob").await;
+    let r = bob
+        .cmd(
+            "n",
+            "NOTIFY SET (subtree \"Shared\" (MessageNew MessageExpunge MailboxName)) (personal (MessageNew MessageExpunge))",
+        )
+        .await;
+    assert!(last(&r).starts_with("n OK"), "{r:?}");
+    let msg = "Subject: team news\r\n\r\nx\r\n";
+    alice
+        .send(format!("p APPEND Team {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes())
+        .await;
+    alice.until_tagged("p").await;
+    let l = bob.line().await;
+    let name = shared.trim_matches('"');
+    assert!(
+        l.starts_with(&format!("* STATUS {name} (MESSAGES 1 UIDNEXT 2"))
+            || l.starts_with(&format!("* STATUS {shared} (MESSAGES 1 UIDNEXT 2")),
+        "{l}"
+    );
+    // Unsharing: the mailbox is gone for bob.
+    alice
+        .cmd("d", &format!("DELETEACL Team bob@{DOMAIN}"))
+        .await;
+    let l = bob.line().await;
+    assert!(
+        l.starts_with("* LIST (\\NonExistent) \"/\" ") && l.contains("Team"),
+        "{l}"
+    );
+    // And alice's further changes to it are not reported to bob.
+    alice
+        .send(format!("q APPEND Team {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes())
+        .await;
+    alice.until_tagged("q").await;
+    let r = bob.cmd("z", "NOOP").await;
+    assert!(
+        !r.iter().any(|l| l.contains("Team")),
+        "nothing about an unshared mailbox: {r:?}"
+    );
+    // Shared again, but PERSONAL is bob's own mailboxes only (RFC 5465 6).
+    alice
+        .cmd("e", &format!("SETACL Team bob@{DOMAIN} lr"))
+        .await;
+    let r = bob
+        .cmd("m", "NOTIFY SET (personal (MessageNew MessageExpunge))")
+        .await;
+    assert!(last(&r).starts_with("m OK"), "{r:?}");
+    alice
+        .send(format!("s APPEND Team {{{}+}}\r\n{msg}\r\n", msg.len()).as_bytes())
+        .await;
+    alice.until_tagged("s").await;
+    let r = bob.cmd("y", "NOOP").await;
+    assert!(
+        !r.iter().any(|l| l.contains("Team")),
+        "PERSONAL leaves shared mailboxes out: {r:?}"
+    );
+}
+
 /// Shared mailboxes between two users with every ACL command and the rights each command
 /// needs (RFC 4314), driven by imaplib (tests/python/imap_acl.py).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
