@@ -146,8 +146,10 @@ impl Server {
         }
     }
 
-    /// Starts the server again on the same data (after a crash or stop).
+    /// Starts the server again on the same data (after a crash or stop); a server still
+    /// running is killed first, so no process outlives the test.
     pub fn restart(&mut self) {
+        self.kill9();
         let (child, listeners) = spawn(&self.config, &self.stderr_log);
         let smtp = listeners["smtp"];
         self.listeners = listeners;
