@@ -212,6 +212,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         false
     }
 
+    /// The target of APPEND, COPY or MOVE: it needs "i" (RFC 4314 4). A missing one, or one
+    /// the user may neither list nor fill, gets TRYCREATE (RFC 9051 6.4.7: the client may
+    /// create it). None when the reply is written.
+    pub(crate) async fn insert_target(
+        &mut self,
+        tag: &str,
+        name: &str,
+    ) -> Result<Option<Resolved>, StoreError> {
+        let target = self
+            .resolve(name)
+            .await?
+            .filter(|t| t.rights.intersects(Rights::LOOKUP.union(Rights::INSERT)));
+        let Some(target) = target else {
+            self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
+            return Ok(None);
+        };
+        Ok(self.permit(tag, &target, Rights::INSERT).then_some(target))
+    }
+
     /// Resolves a mailbox argument for an ACL command; writes the reply and returns None when
     /// it does not exist for the user or lacks `needed`.
     async fn acl_target(
@@ -257,16 +276,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The owner's address key and the list as GETACL shows it: the owner with every right,
     /// then the stored entries.
     async fn full_acl(&self, r: &Resolved) -> Result<Vec<AclEntry>, StoreError> {
-        let owner = match &r.owner {
-            Some(o) => o.clone(),
-            None => self.account_key()?,
-        };
+        let owner = self.owner_key(r)?;
         let mut acl = vec![AclEntry {
             identifier: owner,
             rights: Rights::ALL,
         }];
         acl.extend(self.server.store.acl_get(r.mailbox.id).await?);
         Ok(acl)
+    }
+
+    /// The address key of the mailbox's owner.
+    fn owner_key(&self, r: &Resolved) -> Result<String, StoreError> {
+        match &r.owner {
+            Some(o) => Ok(o.clone()),
+            None => self.account_key(),
+        }
     }
 
     fn account_key(&self) -> Result<String, StoreError> {
@@ -330,10 +354,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Ok(Flow::Continue);
             }
         };
-        let owner = match &r.owner {
-            Some(o) => o.clone(),
-            None => self.account_key()?,
-        };
+        let owner = self.owner_key(&r)?;
         if id.trim_start_matches('-') == owner {
             self.tagged(
                 tag,
@@ -362,10 +383,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(None) => return Ok(Flow::Continue),
             Err(f) => return Ok(f),
         };
-        let owner = match &r.owner {
-            Some(o) => o.clone(),
-            None => self.account_key()?,
-        };
+        let owner = self.owner_key(&r)?;
         let is_owner = Self::identifier(identifier).is_ok_and(|id| id == owner);
         let utf8 = self.utf8();
         let mut line = b"* LISTRIGHTS ".to_vec();

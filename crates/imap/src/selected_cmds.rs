@@ -713,23 +713,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(n) => n,
             Err(e) => return Ok(self.bad(Some(tag), &e)),
         };
-        let Some(target) = self.resolve(&name).await? else {
-            // RFC 9051 6.4.7: TRYCREATE tells the client it may create it.
-            self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
+        let Some(target) = self.insert_target(tag, &name).await? else {
             return Ok(Flow::Continue);
         };
-        // RFC 4314 4: COPY needs "i" on the target; one the user may neither list nor fill
-        // is answered as a missing one.
-        if !target
-            .rights
-            .intersects(Rights::LOOKUP.union(Rights::INSERT))
-        {
-            self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
-            return Ok(Flow::Continue);
-        }
-        if !self.permit(tag, &target, Rights::INSERT) {
-            return Ok(Flow::Continue);
-        }
         let dest = target.mailbox;
         let report = self.report();
         let store = self.server.store.clone();
@@ -861,22 +847,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(n) => n,
             Err(e) => return Ok(self.bad(Some(tag), &e)),
         };
-        let Some(target) = self.resolve(&name).await? else {
-            self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
+        // Flags without their right are dropped (RFC 4314 4).
+        let Some(target) = self.insert_target(tag, &name).await? else {
             return Ok(Flow::Continue);
         };
-        // RFC 4314 4: APPEND needs "i"; flags without their right are dropped. One the user
-        // may neither list nor fill is answered as a missing one.
-        if !target
-            .rights
-            .intersects(Rights::LOOKUP.union(Rights::INSERT))
-        {
-            self.tagged(tag, Status::No, Some("TRYCREATE"), "no such mailbox");
-            return Ok(Flow::Continue);
-        }
-        if !self.permit(tag, &target, Rights::INSERT) {
-            return Ok(Flow::Continue);
-        }
         let rights = target.rights;
         let mb = target.mailbox;
         // The message belongs to, and counts against, the mailbox's owner.

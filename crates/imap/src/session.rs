@@ -339,15 +339,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Read::Data => {}
                 Read::Closed(r) => return r,
                 Read::Event(first) => {
-                    let mut batch = vec![first];
-                    if let Some(rx) = self.notify.as_mut().and_then(|n| n.events.as_mut()) {
-                        while let Ok(e) = rx.try_recv() {
-                            batch.push(Ok(e));
-                            if batch.len() >= 10_000 {
-                                break;
-                            }
-                        }
-                    }
+                    let rx = self.notify.as_mut().and_then(|n| n.events.as_mut());
+                    let batch = event_batch(first, rx);
                     match self.notify_events(batch).await {
                         Ok(Some(Flow::Close(r))) => {
                             let _ = self.flush().await;
@@ -1067,13 +1060,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Err(e) => return Err(io(e)),
                 },
                 ev = events.recv() => if notifying {
-                    let mut batch = vec![ev];
-                    while let Ok(e) = events.try_recv() {
-                        batch.push(Ok(e));
-                        if batch.len() >= 10_000 {
-                            break;
-                        }
-                    }
+                    let batch = event_batch(ev, Some(&mut events));
                     match self.notify_events(batch).await {
                         Ok(Some(Flow::Close(r))) => {
                             let _ = self.flush().await;
@@ -2109,6 +2096,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.tagged(tag, Status::Ok, None, "GETQUOTA completed");
         Ok(Flow::Continue)
     }
+}
+
+type EventResult = Result<ChangeEvent, tokio::sync::broadcast::error::RecvError>;
+
+/// An event and those already waiting behind it (at most 10,000), reported together.
+fn event_batch(
+    first: EventResult,
+    rx: Option<&mut tokio::sync::broadcast::Receiver<ChangeEvent>>,
+) -> Vec<EventResult> {
+    let mut batch = vec![first];
+    if let Some(rx) = rx {
+        while let Ok(e) = rx.try_recv() {
+            batch.push(Ok(e));
+            if batch.len() >= 10_000 {
+                break;
+            }
+        }
+    }
+    batch
 }
 
 /// One name LIST may show.
