@@ -441,9 +441,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tasks.spawn(async move {
                 let uids: Vec<Uid> = msgs.iter().map(|m| Uid(m.uid)).collect();
                 let data = if body {
-                    store.message_contents(mailbox, &uids).await?
+                    let bytes = msgs.iter().map(|m| m.size).sum();
+                    Loaded::Contents(store.message_contents(mailbox, &uids, bytes).await?)
                 } else {
-                    store.message_headers(mailbox, &uids).await?
+                    Loaded::Headers(store.message_headers(mailbox, &uids).await?)
                 };
                 let found = tokio::task::spawn_blocking(move || {
                     let cx = Context {
@@ -456,12 +457,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let quick = QuickReject::new(&keys);
                     let mut scratch = Vec::new();
                     let mut found = Vec::new();
+                    let data = data.messages();
                     let mut di = 0;
                     for (k, m) in msgs.iter().enumerate() {
                         while di < data.len() && data[di].0 .0 < m.uid {
                             di += 1;
                         }
-                        let Some((_, raw)) = data.get(di).filter(|d| d.0 .0 == m.uid) else {
+                        let Some(&(_, raw)) = data.get(di).filter(|d| d.0 .0 == m.uid) else {
                             continue;
                         };
                         let header = &raw[..header_len(raw)];
@@ -471,7 +473,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         {
                             continue;
                         }
-                        let parsed = parser.parse(raw.as_slice());
+                        let parsed = parser.parse(raw);
                         let c = Candidate {
                             seq: (first + k) as u32 + 1,
                             uid: m.uid,
@@ -957,6 +959,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
+/// The messages a search task read: whole contents, or header sections only.
+enum Loaded {
+    Contents(mailkeep_store::Contents),
+    Headers(Vec<(Uid, Vec<u8>)>),
+}
+
+impl Loaded {
+    /// Each message with its UID, in UID order.
+    fn messages(&self) -> Vec<(Uid, &[u8])> {
+        match self {
+            Loaded::Contents(c) => c.iter().collect(),
+            Loaded::Headers(h) => h.iter().map(|(u, d)| (*u, d.as_slice())).collect(),
+        }
+    }
+}
+
 /// What every group of one FETCH needs, shared by its tasks.
 #[derive(Clone)]
 struct FetchJob {
@@ -1007,9 +1025,10 @@ impl FetchJob {
             Vec::new()
         };
         let contents = if self.content {
-            store.message_contents(self.mailbox, &uids).await?
+            let bytes = msgs.iter().map(|(m, _)| m.size).sum();
+            store.message_contents(self.mailbox, &uids, bytes).await?
         } else {
-            Vec::new()
+            mailkeep_store::Contents::default()
         };
         let render = move || {
             let empty = MessageCache::default();
@@ -1018,7 +1037,7 @@ impl FetchJob {
             let content_bytes: usize = contents.iter().map(|(_, c)| c.len()).sum();
             let mut out = Vec::with_capacity(content_bytes + 128 * msgs.len());
             let mut failed = None;
-            let mut contents = contents.into_iter().peekable();
+            let mut contents = contents.iter().peekable();
             let mut ci = 0;
             for (m, seq) in &msgs {
                 let cache = if self.needs_cache {
@@ -1058,9 +1077,7 @@ impl FetchJob {
                 } else {
                     &self.items
                 };
-                if let Err(e) =
-                    fetch_line_into(&mut out, *seq, items, &meta, raw.as_deref(), self.utf8)
-                {
+                if let Err(e) = fetch_line_into(&mut out, *seq, items, &meta, raw, self.utf8) {
                     failed = Some(e);
                 }
             }

@@ -143,6 +143,17 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO counters (name, value)
         SELECT 'uid_validity', coalesce(max(uid_validity), 0) FROM mailboxes;
     "#,
+    // 7: blobs of up to 64 KiB (most messages) kept in the database instead of a file each:
+    // reading one is then a lookup in the mapped database, not an open, a read and a close.
+    // `stored` is when it was last stored (milliseconds), so the collector leaves a young one
+    // to the delivery about to refer to it. Blobs stored before stay files.
+    r#"
+    CREATE TABLE blob_data (
+        id TEXT PRIMARY KEY,
+        data BLOB NOT NULL,
+        stored INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

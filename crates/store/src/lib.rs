@@ -133,6 +133,69 @@ pub struct MessageMeta {
     pub queue_id: Option<String>,
 }
 
+/// The contents of several messages in one buffer, in UID order: a group of messages costs
+/// one allocation, not one each (a batch FETCH spent a sixth of its CPU in the allocator).
+#[derive(Debug, Default, Clone)]
+pub struct Contents {
+    data: Vec<u8>,
+    /// Each message's UID and where its content starts and ends in `data`.
+    spans: Vec<(Uid, usize, usize)>,
+}
+
+impl Contents {
+    /// Room for `messages` messages of `bytes` octets in all.
+    pub fn with_capacity(bytes: usize, messages: usize) -> Contents {
+        Contents {
+            data: Vec::with_capacity(bytes),
+            spans: Vec::with_capacity(messages),
+        }
+    }
+
+    /// Appends one message whose content `write` appends to the buffer; on an error the
+    /// buffer is left as it was.
+    pub fn push_with<E>(
+        &mut self,
+        uid: Uid,
+        write: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let start = self.data.len();
+        match write(&mut self.data) {
+            Ok(()) => {
+                self.spans.push((uid, start, self.data.len()));
+                Ok(())
+            }
+            Err(e) => {
+                self.data.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Appends one message.
+    pub fn push(&mut self, uid: Uid, content: &[u8]) {
+        let start = self.data.len();
+        self.data.extend_from_slice(content);
+        self.spans.push((uid, start, self.data.len()));
+    }
+
+    /// How many messages.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether it holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The messages with their UIDs, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (Uid, &[u8])> + '_ {
+        self.spans
+            .iter()
+            .map(|(uid, start, end)| (*uid, &self.data[*start..*end]))
+    }
+}
+
 /// The id of a content-addressed blob (hex SHA-256).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BlobId(pub String);
@@ -405,12 +468,15 @@ pub trait MailStore: Send + Sync {
     /// The whole message as IMAP serves it (prefix then blob).
     async fn message_content(&self, mailbox: MailboxId, uid: Uid) -> Result<Option<Vec<u8>>>;
     /// The whole messages with these UIDs (sorted ascending), in UID order; missing ones
-    /// are left out. One round trip for many messages (FETCH, SEARCH, SORT).
+    /// are left out. One round trip for many messages (FETCH, SEARCH, SORT). `bytes` is
+    /// what the caller expects them to take in all (the sum of their sizes), so the buffer
+    /// is allocated once.
     async fn message_contents(
         &self,
         mailbox: MailboxId,
         uids: &[Uid],
-    ) -> Result<Vec<(Uid, Vec<u8>)>>;
+        bytes: u64,
+    ) -> Result<Contents>;
     /// The header sections (prefix then the blob's header) of these messages (sorted
     /// ascending), in UID order, without reading their content.
     async fn message_headers(
