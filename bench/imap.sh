@@ -67,6 +67,12 @@ idle() { # label port pid
   python3 "$PEERS/imap_idle.py" --port "$2" --users "${U%,}" -n "$C" --ramp 50 --hold 10 \
     --server-pid "$3" --json "$OUT/idle-$1.json" >/dev/null || echo "idle run for $1 failed (see $OUT)"
 }
+# A fresh mailkeep for the idle run: the database pages the steps above read are mapped
+# (file-backed, shared) and would blur the per-connection figure as the kernel drops them.
+kill "$MK_PID"; sleep 1
+MAILKEEP_LOG=warn setsid "$MK" serve --config "$W/mailkeep.toml" >"$OUT/serve.log" 2>&1 &
+for _ in $(seq 50); do grep -q ready "$OUT/serve.log" 2>/dev/null && break; sleep 0.1; done
+MK_PID=$(pgrep -f "$MK serve --config $W/mailkeep.toml" | head -1)
 idle mailkeep "$IMAP" "$MK_PID"
 idle dovecot "$IMAP_PORT" "$DOVECOT_PID"
 
