@@ -284,11 +284,12 @@ impl SqliteStore {
 /// Runs a read in one transaction: one snapshot for all its statements, and the file lock
 /// taken once instead of around every statement (4 fcntl calls each).
 fn in_read_txn<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    conn.execute_batch("BEGIN").map_err(backend)?;
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([]));
+    run("BEGIN").map_err(backend)?;
     let r = f(conn);
     // A read-only transaction: COMMIT only ends it.
-    if let Err(e) = conn.execute_batch("COMMIT") {
-        let _ = conn.execute_batch("ROLLBACK");
+    if let Err(e) = run("COMMIT") {
+        let _ = run("ROLLBACK");
         if r.is_ok() {
             return Err(backend(e));
         }
@@ -847,12 +848,12 @@ fn row_meta(mailbox: MailboxId, r: &rusqlite::Row<'_>) -> rusqlite::Result<Messa
     })
 }
 
-/// Calls `f` with the row of each message of `wanted` (sorted UIDs) that exists, in UID order:
-/// one range scan when the UIDs are dense, point lookups when they are spread out (1,000
-/// random UIDs of a 20,000-message mailbox must not scan all 20,000 rows).
 /// The most UIDs written into one `IN (...)` list.
 const IN_LIST_MAX: usize = 500;
 
+/// Calls `f` with the row of each message of `wanted` (sorted UIDs) that exists, in UID order:
+/// one range scan when the UIDs are dense, point lookups when they are spread out (1,000
+/// random UIDs of a 20,000-message mailbox must not scan all 20,000 rows).
 fn for_each_uid(
     c: &Connection,
     table: &str,
@@ -866,20 +867,6 @@ fn for_each_uid(
     };
     let span = (last.0 as u64).saturating_sub(first.0 as u64) + 1;
     if span > wanted.len() as u64 * 4 + 64 {
-        if let [uid] = wanted {
-            let mut st = c
-                .prepare_cached(&format!(
-                    "SELECT {cols} FROM {table} WHERE mailbox = ?1 AND uid = ?2"
-                ))
-                .map_err(backend)?;
-            let mut rows = st
-                .query(params![mailbox.0, uid.0 as i64])
-                .map_err(backend)?;
-            if let Some(r) = rows.next().map_err(backend)? {
-                f(r)?;
-            }
-            return Ok(());
-        }
         // Scattered UIDs: one statement per few hundred, its list written out (numbers only),
         // rather than a statement run (bound, stepped, reset) for each message.
         for part in wanted.chunks(IN_LIST_MAX) {
@@ -1021,12 +1008,13 @@ fn normalize_flags(flags: &[String]) -> Vec<String> {
 /// Messages up to this size are read on the calling thread when read alone.
 const INLINE_READ_MAX: u64 = 256 * 1024;
 
-/// A message as IMAP serves it: its prefix, then its blob read straight after it (RFC822.SIZE
-/// `size` is both, so the blob is read in one call with no second copy).
 /// What a message's content is read from: its row joined with its blob's row, if the blob
 /// is kept in the database.
 const CONTENT_TABLES: &str = "messages LEFT JOIN blob_data ON blob_data.id = messages.blob";
 const CONTENT_COLUMNS: &str = "uid, blob, prefix, size, blob_data.data";
+/// [`CONTENT_COLUMNS`] of one message (`?1` mailbox, `?2` UID).
+const CONTENT_OF_UID: &str = "SELECT uid, blob, prefix, size, blob_data.data FROM messages \
+     LEFT JOIN blob_data ON blob_data.id = messages.blob WHERE mailbox = ?1 AND uid = ?2";
 
 /// A row of [`CONTENT_COLUMNS`], borrowed from the statement (no copy).
 struct ContentRow<'a> {
@@ -1055,7 +1043,8 @@ impl<'a> ContentRow<'a> {
     }
 }
 
-/// Appends a message's content (its prefix, then its blob) to `out`.
+/// Appends a message as IMAP serves it to `out`: its prefix, then its blob (RFC822.SIZE
+/// `size` is both, so a blob file is read in one call straight into place).
 fn read_content(blobs: &blobs::BlobDir, row: &ContentRow<'_>, out: &mut Vec<u8>) -> Result<()> {
     let len = (row.size.max(0) as usize).saturating_sub(row.prefix.len());
     out.reserve(row.prefix.len() + len);
@@ -1316,12 +1305,7 @@ impl MailStore for SqliteStore {
             let uid = *uid;
             let row = self
                 .read_inline(move |c| {
-                    let mut st = c
-                        .prepare_cached(&format!(
-                            "SELECT {CONTENT_COLUMNS} FROM {CONTENT_TABLES} \
-                             WHERE mailbox = ?1 AND uid = ?2"
-                        ))
-                        .map_err(backend)?;
+                    let mut st = c.prepare_cached(CONTENT_OF_UID).map_err(backend)?;
                     let mut rows = st
                         .query(params![mailbox.0, uid.0 as i64])
                         .map_err(backend)?;
