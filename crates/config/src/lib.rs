@@ -112,7 +112,13 @@ impl Protocol {
     pub fn implemented(self) -> bool {
         matches!(
             self,
-            Protocol::Smtp | Protocol::Imap | Protocol::Imaps | Protocol::Pop3 | Protocol::Pop3s
+            Protocol::Smtp
+                | Protocol::Submission
+                | Protocol::Submissions
+                | Protocol::Imap
+                | Protocol::Imaps
+                | Protocol::Pop3
+                | Protocol::Pop3s
         )
     }
 }

@@ -92,6 +92,11 @@ impl Delivery {
         &self.store
     }
 
+    /// The sub-address separator (`user+tag@`), if plus-addressing is on.
+    pub fn plus_separator(&self) -> Option<char> {
+        self.plus_separator
+    }
+
     /// Resolves a recipient through the directory.
     pub async fn resolve(&self, address: &Address) -> Result<Resolution, DeliveryError> {
         Ok(resolve(self.store.as_ref(), address, self.plus_separator).await?)

@@ -59,7 +59,12 @@ pub enum AliasCmd {
         address: String,
         #[arg(required = true)]
         targets: Vec<String>,
+        /// The local users it delivers to may also send as it (submission).
+        #[arg(long)]
+        sendable: bool,
     },
+    /// Let the local users an alias delivers to send as it (`yes`), or stop them (`no`).
+    Sendable { address: String, allow: String },
     /// List aliases.
     List {
         #[arg(long)]
@@ -301,20 +306,39 @@ pub fn alias(config: &Path, cmd: AliasCmd) -> Result<()> {
     let (_, store) = open(config)?;
     runtime()?.block_on(async {
         match cmd {
-            AliasCmd::Add { address, targets } => {
+            AliasCmd::Add {
+                address,
+                targets,
+                sendable,
+            } => {
                 let a = address_arg(&address, "address")?;
                 let t = targets
                     .iter()
                     .map(|t| address_arg(t, "target"))
                     .collect::<Result<Vec<_>>>()?;
                 store.alias_add(&a, &t).await?;
+                if sendable {
+                    store.alias_set_sendable(&a, true).await?;
+                }
                 println!("added alias {a}");
+            }
+            AliasCmd::Sendable { address, allow } => {
+                let a = address_arg(&address, "address")?;
+                let allow = match allow.to_ascii_lowercase().as_str() {
+                    "yes" | "on" | "true" => true,
+                    "no" | "off" | "false" => false,
+                    other => bail!("ALLOW: {other:?} is not yes or no"),
+                };
+                store.alias_set_sendable(&a, allow).await?;
+                let how = if allow { "may now" } else { "may no longer" };
+                println!("the users of alias {a} {how} send as it");
             }
             AliasCmd::List { domain } => {
                 let d = domain.map(|d| domain_arg(&d, "--domain")).transpose()?;
                 for a in store.aliases(d.as_ref()).await? {
                     let t: Vec<String> = a.targets.iter().map(|t| t.to_string()).collect();
-                    println!("{} -> {}", a.address, t.join(", "));
+                    let send = if a.sendable { " (sendable)" } else { "" };
+                    println!("{} -> {}{send}", a.address, t.join(", "));
                 }
             }
             AliasCmd::Remove { address } => {

@@ -124,7 +124,8 @@ data_dir = "."
 domains = ["{domain}"]
 
 # One [[listener]] per socket. Protocols: smtp, submission, submissions, imap, imaps,
-# pop3, pop3s, managesieve, http (this version serves smtp, imap, imaps, pop3 and pop3s).
+# pop3, pop3s, managesieve, http (this version serves smtp, submission, submissions, imap,
+# imaps, pop3 and pop3s).
 # `serve --listen PROTO=ADDR` replaces them all for one run.
 {listeners}[tls]
 # Self-signed until you install a real certificate (ACME support is planned).

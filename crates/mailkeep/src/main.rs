@@ -50,6 +50,12 @@ enum Command {
         /// The SMTP listener address written to the config ("none" for no listener).
         #[arg(long, default_value = "0.0.0.0:25")]
         smtp_listen: String,
+        /// The submission (STARTTLS, RFC 6409) listener address ("none" for no listener).
+        #[arg(long, default_value = "0.0.0.0:587")]
+        submission_listen: String,
+        /// The submission implicit-TLS listener address (RFC 8314; "none" for no listener).
+        #[arg(long, default_value = "0.0.0.0:465")]
+        submissions_listen: String,
         /// The IMAP (STARTTLS) listener address ("none" for no listener).
         #[arg(long, default_value = "0.0.0.0:143")]
         imap_listen: String,
@@ -146,6 +152,8 @@ fn run() -> Result<()> {
             data,
             config,
             smtp_listen,
+            submission_listen,
+            submissions_listen,
             imap_listen,
             imaps_listen,
             pop3_listen,
@@ -158,6 +166,8 @@ fn run() -> Result<()> {
             config,
             listeners: [
                 ("smtp", smtp_listen),
+                ("submission", submission_listen),
+                ("submissions", submissions_listen),
                 ("imap", imap_listen),
                 ("imaps", imaps_listen),
                 ("pop3", pop3_listen),

@@ -12,7 +12,7 @@ use mailkeep_delivery::{now_micros, Delivery};
 use mailkeep_imap::{ImapServer, Snapshots};
 use mailkeep_net::{load_tls, shutdown_pair, ConnLimiter, ReverseDns};
 use mailkeep_pop3::Pop3Server;
-use mailkeep_smtp::SmtpServer;
+use mailkeep_smtp::{SmtpServer, Submission};
 use mailkeep_store::directory::Authenticator;
 use mailkeep_store::{SharedStore, StoreError};
 use mailkeep_store_sqlite::SqliteStore;
@@ -105,7 +105,24 @@ fn smtp_server(
         tls,
         rdns,
         primary_domain: config.domains.first().cloned(),
+        submission: None,
     })
+}
+
+/// The SMTP server of the submission ports (587 STARTTLS, 465 implicit TLS): the MX's
+/// settings plus AUTH with the shared password checker and login policy.
+fn submission_server(
+    config: &Config,
+    delivery: Delivery,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    logins: Arc<Authenticator>,
+) -> Result<SmtpServer> {
+    let mut s = smtp_server(config, delivery, tls)?;
+    s.submission = Some(Submission {
+        logins,
+        auth: config.auth.clone(),
+    });
+    Ok(s)
 }
 
 fn imap_server(
@@ -188,7 +205,11 @@ async fn serve_config(
     }
     let delivery = Delivery::new(store.clone(), config.directory.plus_separator);
     for l in &config.listeners {
-        if matches!(l.protocol, Protocol::Imaps | Protocol::Pop3s) && tls.is_none() {
+        if matches!(
+            l.protocol,
+            Protocol::Imaps | Protocol::Pop3s | Protocol::Submissions
+        ) && tls.is_none()
+        {
             bail!(
                 "listener {}={}: implicit TLS needs [tls] cert and key",
                 l.protocol.name(),
@@ -216,6 +237,12 @@ async fn serve_config(
         tls.clone(),
         logins.clone(),
     ));
+    let submission = Arc::new(submission_server(
+        &config,
+        delivery.clone(),
+        tls.clone(),
+        logins.clone(),
+    )?);
     let server = Arc::new(smtp_server(&config, delivery.clone(), tls)?);
     let (trigger, shutdown) = shutdown_pair();
     let limiter = ConnLimiter::new(
@@ -236,6 +263,7 @@ async fn serve_config(
     let _ = std::io::stdout().flush();
 
     let (server_tx, _) = tokio::sync::watch::channel(server.clone());
+    let (submission_tx, _) = tokio::sync::watch::channel(submission);
     let (imap_tx, _) = tokio::sync::watch::channel(imap);
     let (pop3_tx, _) = tokio::sync::watch::channel(pop3);
     let imap_limiter = ConnLimiter::new(
@@ -248,12 +276,24 @@ async fn serve_config(
         match protocol {
             Protocol::Smtp => {
                 let rx = server_tx.subscribe();
-                tasks.spawn(serve_smtp(
+                tasks.spawn(mailkeep_smtp::serve_reloadable(
                     listener,
                     rx,
                     limiter.clone(),
                     shutdown.clone(),
                     grace,
+                    false,
+                ));
+            }
+            // Submission shares the MX's connection limits: both are SMTP.
+            Protocol::Submission | Protocol::Submissions => {
+                tasks.spawn(mailkeep_smtp::serve_reloadable(
+                    listener,
+                    submission_tx.subscribe(),
+                    limiter.clone(),
+                    shutdown.clone(),
+                    grace,
+                    protocol == Protocol::Submissions,
                 ));
             }
             Protocol::Imap | Protocol::Imaps => {
@@ -330,10 +370,12 @@ async fn serve_config(
                         snapshots.clone(),
                     );
                     let p = pop3_server(&c, store.clone(), tls.clone(), logins.clone());
+                    let sub = submission_server(&c, delivery.clone(), tls.clone(), logins.clone())?;
                     let s = smtp_server(&c, delivery.clone(), tls)?;
-                    Ok((c, s, i, p))
+                    Ok((c, s, sub, i, p))
                 }) {
-                    Ok((c, s, i, p)) => {
+                    Ok((c, s, sub, i, p)) => {
+                        let _ = submission_tx.send(Arc::new(sub));
                         let _ = imap_tx.send(Arc::new(i));
                         let _ = pop3_tx.send(Arc::new(p));
                         if c.listeners != config.listeners {
@@ -368,16 +410,6 @@ async fn serve_config(
     Ok(())
 }
 
-async fn serve_smtp(
-    listener: TcpListener,
-    server: tokio::sync::watch::Receiver<Arc<SmtpServer>>,
-    limiter: ConnLimiter,
-    shutdown: mailkeep_net::Shutdown,
-    grace: Duration,
-) {
-    mailkeep_smtp::serve_reloadable(listener, server, limiter, shutdown, grace).await;
-}
-
 fn random_password() -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -406,6 +438,7 @@ pub fn demo(data: Option<PathBuf>, run: RunArgs) -> Result<()> {
         crate::init::self_signed(&dir.join("tls"), hostname)?;
         let listeners = [
             ("smtp", "127.0.0.1:2525"),
+            ("submission", "127.0.0.1:1587"),
             ("imap", "127.0.0.1:1143"),
             ("pop3", "127.0.0.1:1110"),
         ]

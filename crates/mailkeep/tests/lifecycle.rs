@@ -151,6 +151,10 @@ async fn serve_started_as_root_drops_to_the_configured_user() {
         .args([
             "--smtp-listen",
             "127.0.0.1:0",
+            "--submission-listen",
+            "127.0.0.1:0",
+            "--submissions-listen",
+            "127.0.0.1:0",
             "--imap-listen",
             "127.0.0.1:0",
         ])

@@ -9,7 +9,9 @@
 //!   line.
 //! - A message is answered 250 only after [`mailkeep_delivery::Delivery::deliver`] returned,
 //!   i.e. after the store committed it durably.
-//! - There is no way to relay: a recipient outside the hosted domains is refused at RCPT.
+//! - The MX never relays: a recipient outside the hosted domains is refused at RCPT. A server
+//!   with [`Submission`] set serves message submission (RFC 6409) instead: AUTH first, then
+//!   the user's own addresses only, in MAIL FROM and in From:.
 #![warn(missing_docs)]
 
 pub mod data;
@@ -18,9 +20,10 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailkeep_config::SmtpConfig;
+use mailkeep_config::{AuthConfig, SmtpConfig};
 use mailkeep_delivery::Delivery;
 use mailkeep_net::{accept_loop, ConnLimiter, ReverseDns, Shutdown};
+use mailkeep_store::directory::Authenticator;
 use mailkeep_types::Domain;
 use tokio::net::TcpListener;
 
@@ -40,6 +43,17 @@ pub struct SmtpServer {
     pub rdns: ReverseDns,
     /// The domain `postmaster` without a domain refers to (RFC 5321 4.5.1).
     pub primary_domain: Option<Domain>,
+    /// Set on the submission ports (587, 465): what AUTH needs.
+    pub submission: Option<Submission>,
+}
+
+/// What message submission (RFC 6409) adds to an SMTP server.
+#[derive(Clone)]
+pub struct Submission {
+    /// The password checker shared with IMAP and POP3.
+    pub logins: Arc<Authenticator>,
+    /// When passwords may be sent, and how failures are slowed down.
+    pub auth: AuthConfig,
 }
 
 /// Accepts connections until shutdown; then waits (bounded by `grace`) for open sessions to
@@ -52,17 +66,22 @@ pub async fn serve(
     grace: Duration,
 ) {
     let (_tx, rx) = tokio::sync::watch::channel(server);
-    serve_reloadable(listener, rx, limiter, shutdown, grace).await;
+    serve_reloadable(listener, rx, limiter, shutdown, grace, false).await;
 }
 
+/// How long a client has for the TLS handshake of an implicit-TLS connection.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Like [`serve`], but each new session takes the newest settings from `server` (SIGHUP
-/// reload); sessions already open keep the settings they started with.
+/// reload); sessions already open keep the settings they started with. `implicit_tls`:
+/// every connection starts with a TLS handshake (submissions on 465, RFC 8314 3.3).
 pub async fn serve_reloadable(
     listener: TcpListener,
     server: tokio::sync::watch::Receiver<Arc<SmtpServer>>,
     limiter: ConnLimiter,
     shutdown: Shutdown,
     grace: Duration,
+    implicit_tls: bool,
 ) {
     let sessions_shutdown = shutdown.clone();
     accept_loop(
@@ -75,10 +94,27 @@ pub async fn serve_reloadable(
             let shutdown = sessions_shutdown.clone();
             async move {
                 match permit {
-                    Ok(permit) => {
-                        run_session(stream, peer, server, shutdown).await;
+                    Ok(permit) if implicit_tls => {
+                        let Some(cfg) = server.tls.clone() else {
+                            tracing::error!("submissions listener without [tls]");
+                            return;
+                        };
+                        match mailkeep_net::stream::accept_tls(cfg, stream, HANDSHAKE_TIMEOUT).await
+                        {
+                            Ok(tls) => {
+                                let info = session::tls_info(tls.get_ref().1);
+                                run_session(tls, peer, server, shutdown, Some(info)).await;
+                            }
+                            Err(e) => tracing::debug!(%peer, error = %e, "submissions: no session"),
+                        }
                         drop(permit);
                     }
+                    Ok(permit) => {
+                        run_session(stream, peer, server, shutdown, None).await;
+                        drop(permit);
+                    }
+                    // Without a handshake the client could not read a 421 anyway.
+                    Err(_) if implicit_tls => drop(stream),
                     Err(why) => session::refuse(stream, peer, &server, why).await,
                 }
             }

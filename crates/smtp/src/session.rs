@@ -78,6 +78,32 @@ struct Session<S> {
     events: Vec<LogEvent>,
     started: Instant,
     messages: u32,
+    /// Submission: the user who authenticated (RFC 4954).
+    user: Option<mailkeep_store::User>,
+    /// Submission: failed AUTH attempts in this session.
+    auth_failures: u32,
+}
+
+/// How a SASL exchange ended without credentials.
+enum SaslEnd {
+    /// The reply was sent; the session goes on.
+    Replied,
+    /// The connection is gone.
+    Lost(ReadError),
+}
+
+/// The TLS version and cipher suite of a connection, for Received and the log.
+pub(crate) fn tls_info(conn: &rustls::ServerConnection) -> (String, String) {
+    let version = conn
+        .protocol_version()
+        .and_then(|v| v.as_str())
+        .unwrap_or("TLS")
+        .replace('_', ".");
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|c| format!("{:?}", c.suite()))
+        .unwrap_or_default();
+    (version, cipher)
 }
 
 fn new_session_id() -> String {
@@ -113,11 +139,15 @@ pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
 }
 
 /// Runs a session on an accepted connection until QUIT, error, timeout or shutdown.
+///
+/// `implicit_tls`: the stream is already TLS (submissions, RFC 8314), with this version and
+/// cipher suite.
 pub async fn run_session<S>(
     stream: S,
     peer: SocketAddr,
     server: Arc<SmtpServer>,
     shutdown: Shutdown,
+    implicit_tls: Option<(String, String)>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -137,12 +167,14 @@ pub async fn run_session<S>(
         rdns,
         helo: None,
         esmtp: false,
-        tls: None,
+        tls: implicit_tls.map(|(version, cipher)| TlsInfo { version, cipher }),
         tx: None,
         errors: 0,
         events: Vec::new(),
         started: Instant::now(),
         messages: 0,
+        user: None,
+        auth_failures: 0,
     };
     s.log(
         "smtp.connect",
@@ -306,6 +338,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     async fn run(&mut self) -> String {
         let greeting = format!("220 {} ESMTP mailkeep", self.server.hostname);
         self.reply(&greeting);
+        if let Some(t) = &self.tls {
+            let detail =
+                serde_json::json!({ "version": t.version, "cipher": t.cipher, "implicit": true });
+            self.log(
+                "smtp.tls",
+                LogEvent {
+                    outcome: Some("accepted".into()),
+                    detail,
+                    ..Default::default()
+                },
+            );
+        }
         loop {
             let line = match self.read_line().await {
                 Ok(l) => l,
@@ -403,7 +447,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Request::Helo { host } => self.hello(host, false),
             Request::Lhlo { .. } => self.error("500 5.5.1 LHLO is for LMTP"),
             Request::StartTls => return self.starttls(raw).await,
-            Request::Mail { from } => self.mail(from),
+            Request::Mail { from } => self.mail(from).await,
             Request::Rcpt { to } => self.rcpt(to).await,
             Request::Data => return self.data().await,
             Request::Bdat {
@@ -430,14 +474,223 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.reply("214-2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS");
                 self.reply("214 2.0.0 See RFC 5321");
             }
-            Request::Auth { .. } => {
-                self.error("503 5.5.1 AUTH is not available on this port: use submission")
-            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => return self.auth(mechanism, initial_response).await,
             Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 self.error("502 5.5.1 Command not implemented")
             }
         }
         Flow::Continue
+    }
+
+    /// Whether a password may be sent here now (RFC 4954 4: not in the clear, except from
+    /// loopback when the config allows it).
+    fn auth_allowed(&self) -> bool {
+        self.tls.is_some()
+            || self.server.submission.as_ref().is_some_and(|s| {
+                s.auth.plaintext == mailkeep_config::Plaintext::Loopback
+                    && self.peer.ip().is_loopback()
+            })
+    }
+
+    /// Submission: why the authenticated user may not send as `address`, as a reply, or
+    /// None when they may (and always None on the MX).
+    async fn not_sendable(&mut self, address: &Address) -> Option<String> {
+        self.server.submission.as_ref()?;
+        let user = self.user.as_ref()?;
+        let store = self.server.delivery.store();
+        match mailkeep_store::directory::may_send_as(
+            store.as_ref(),
+            user,
+            address,
+            self.server.delivery.plus_separator(),
+        )
+        .await
+        {
+            Ok(true) => None,
+            Ok(false) => Some(format!(
+                "553 5.7.1 Sender address {address} is not one {} may send as",
+                user.address
+            )),
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "directory lookup failed");
+                Some("451 4.3.0 Temporary lookup failure, try again later".into())
+            }
+        }
+    }
+
+    /// Reads one line of a SASL exchange (RFC 4954 4): its decoded bytes, or how it ended.
+    async fn sasl_line(&mut self) -> Result<Vec<u8>, SaslEnd> {
+        let line = match self.read_line().await {
+            Ok(Line::Ok(l)) => l,
+            Ok(Line::TooLong) => {
+                self.error("500 5.5.6 Authentication exchange line is too long");
+                return Err(SaslEnd::Replied);
+            }
+            Err(e) => return Err(SaslEnd::Lost(e)),
+        };
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        if text == "*" {
+            self.error("501 5.0.0 Authentication cancelled");
+            return Err(SaslEnd::Replied);
+        }
+        self.decode_b64(text).ok_or(SaslEnd::Replied)
+    }
+
+    fn decode_b64(&mut self, text: &str) -> Option<Vec<u8>> {
+        use base64::Engine;
+        match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                self.error("501 5.5.2 Cannot decode the base64 response");
+                None
+            }
+        }
+    }
+
+    /// AUTH (RFC 4954) with PLAIN (RFC 4616) or LOGIN, on submission only.
+    async fn auth(&mut self, mechanism: u64, initial: String) -> Flow {
+        let Some(sub) = self.server.submission.clone() else {
+            self.error("503 5.5.1 AUTH is not available on this port: use submission");
+            return Flow::Continue;
+        };
+        if self.user.is_some() {
+            // RFC 4954 4: at most one successful AUTH per session.
+            self.error("503 5.5.1 Already authenticated");
+            return Flow::Continue;
+        }
+        if self.tx.is_some() {
+            self.error("503 5.5.1 AUTH is not allowed during a mail transaction");
+            return Flow::Continue;
+        }
+        if !self.esmtp {
+            self.error("503 5.5.1 Send EHLO first");
+            return Flow::Continue;
+        }
+        if !self.auth_allowed() {
+            self.error("538 5.7.11 Encryption required for requested authentication mechanism");
+            return Flow::Continue;
+        }
+        let initial = match initial.as_str() {
+            "" => None,
+            // RFC 4954 4: "=" is an empty initial response.
+            "=" => Some(Vec::new()),
+            text => match self.decode_b64(text) {
+                Some(d) => Some(d),
+                None => return Flow::Continue,
+            },
+        };
+        let (mech, credentials) = match mechanism {
+            smtp_proto::AUTH_PLAIN => ("PLAIN", self.auth_plain(initial).await),
+            smtp_proto::AUTH_LOGIN => ("LOGIN", self.auth_login(initial).await),
+            _ => {
+                self.error("504 5.5.4 Unrecognized authentication type: use PLAIN or LOGIN");
+                return Flow::Continue;
+            }
+        };
+        let (login, password) = match credentials {
+            Ok(c) => c,
+            Err(SaslEnd::Replied) => return Flow::Continue,
+            Err(SaslEnd::Lost(e)) => {
+                return Flow::Close(match e {
+                    ReadError::Timeout => "timeout",
+                    _ => "client closed the connection",
+                })
+            }
+        };
+        let store = self.server.delivery.store();
+        let user = match sub
+            .logins
+            .authenticate(store.as_ref(), &login, &password)
+            .await
+        {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(session = %self.id, error = %e, "login check failed");
+                self.reply("454 4.7.0 Temporary authentication failure");
+                return Flow::Continue;
+            }
+        };
+        let ok = user.is_some();
+        self.log(
+            "smtp.auth",
+            LogEvent {
+                recipient: Some(login.chars().take(200).collect()),
+                outcome: Some(if ok { "accepted" } else { "rejected" }.into()),
+                detail: serde_json::json!({ "mechanism": mech, "tls": self.tls.is_some() }),
+                ..Default::default()
+            },
+        );
+        match user {
+            Some(u) => {
+                tracing::info!(session = %self.id, user = %u.address, "submission login");
+                self.user = Some(u);
+                self.reply("235 2.7.0 Authentication successful");
+                Flow::Continue
+            }
+            None => {
+                self.auth_failures += 1;
+                // Each failure in a session waits twice as long as the one before.
+                let delay = sub
+                    .auth
+                    .failure_delay
+                    .saturating_mul(1 << (self.auth_failures - 1).min(6));
+                tokio::time::sleep(delay).await;
+                self.error("535 5.7.8 Authentication credentials invalid");
+                if self.auth_failures >= sub.auth.max_failures {
+                    self.reply("421 4.7.0 Too many failed logins, closing connection");
+                    return Flow::Close("too many failed logins");
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    /// PLAIN: `authzid NUL authcid NUL passwd`; acting as someone else is refused.
+    async fn auth_plain(&mut self, initial: Option<Vec<u8>>) -> Result<(String, String), SaslEnd> {
+        let raw = match initial {
+            Some(r) => r,
+            None => {
+                self.reply("334 ");
+                self.sasl_line().await?
+            }
+        };
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
+        match mailkeep_net::sasl::decode_plain(&b64) {
+            Ok(p) if p.authzid.is_empty() || p.authzid == p.authcid => Ok((p.authcid, p.password)),
+            Ok(_) => {
+                self.error("535 5.7.8 Acting as another user is not allowed");
+                Err(SaslEnd::Replied)
+            }
+            Err(e) => {
+                self.error(&format!("501 5.5.2 {e}"));
+                Err(SaslEnd::Replied)
+            }
+        }
+    }
+
+    /// LOGIN (draft-murchison-sasl-login): the user name, then the password, each asked for.
+    async fn auth_login(&mut self, initial: Option<Vec<u8>>) -> Result<(String, String), SaslEnd> {
+        let user = match initial {
+            Some(u) => u,
+            None => {
+                self.reply("334 VXNlcm5hbWU6"); // "Username:"
+                self.sasl_line().await?
+            }
+        };
+        self.reply("334 UGFzc3dvcmQ6"); // "Password:"
+        let password = self.sasl_line().await?;
+        match (String::from_utf8(user), String::from_utf8(password)) {
+            (Ok(u), Ok(p)) => Ok((u, p)),
+            _ => {
+                self.error("501 5.5.2 The user name and password must be UTF-8");
+                Err(SaslEnd::Replied)
+            }
+        }
     }
 
     fn hello(&mut self, host: String, esmtp: bool) {
@@ -481,6 +734,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         ];
         if self.server.tls.is_some() && self.tls.is_none() {
             lines.push("STARTTLS".into());
+        }
+        // RFC 4954 3: submission only, and only where a password may be sent.
+        if self.server.submission.is_some() && self.auth_allowed() {
+            lines.push("AUTH PLAIN LOGIN".into());
         }
         lines.push("HELP".into());
         let last = lines.len() - 1;
@@ -529,16 +786,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             tokio::time::timeout(self.server.config.command_timeout, acceptor.accept(stream)).await;
         match hs {
             Ok(Ok(stream)) => {
-                let (_, conn) = stream.get_ref();
-                let version = conn
-                    .protocol_version()
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("TLS")
-                    .replace('_', ".");
-                let cipher = conn
-                    .negotiated_cipher_suite()
-                    .map(|c| format!("{:?}", c.suite()))
-                    .unwrap_or_default();
+                let (version, cipher) = tls_info(stream.get_ref().1);
                 self.log(
                     "smtp.tls",
                     LogEvent {
@@ -572,9 +820,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    fn mail(&mut self, from: smtp_proto::MailFrom<String>) {
+    async fn mail(&mut self, from: smtp_proto::MailFrom<String>) {
         if self.helo.is_none() {
             self.error("503 5.5.1 Send EHLO or HELO first");
+            return;
+        }
+        // RFC 6409 4.3 / RFC 4954 6: submission takes mail from authenticated users only.
+        if self.server.submission.is_some() && self.user.is_none() {
+            self.error("530 5.7.0 Authentication required");
             return;
         }
         if self.tx.is_some() {
@@ -598,7 +851,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             || from.trans_id.is_some()
             || from.solicit.is_some()
             || from.mtrk.is_some()
-            || from.auth.is_some()
+            || (from.auth.is_some() && self.server.submission.is_none())
             || from.hold_for != 0
             || from.hold_until != 0
             || from.mt_priority != 0
@@ -629,8 +882,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.error("553 5.6.7 Non-ASCII address requires SMTPUTF8");
                 return;
             }
-            if let Err(e) = Address::parse(&sender) {
-                self.error(&format!("553 5.1.7 Bad sender address: {e}"));
+            let parsed = match Address::parse(&sender) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.error(&format!("553 5.1.7 Bad sender address: {e}"));
+                    return;
+                }
+            };
+            // RFC 6409 6.1: the submission server checks the sender it is given.
+            if let Some(reply) = self.not_sendable(&parsed).await {
+                self.error(&reply);
+                self.log(
+                    "smtp.mail",
+                    LogEvent {
+                        sender: Some(sender.clone()),
+                        outcome: Some("rejected".into()),
+                        reply: Some(reply),
+                        ..Default::default()
+                    },
+                );
                 return;
             }
         }
@@ -762,6 +1032,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         let (local, external) = match resolution {
+            // Submission may send anywhere, but mail for other domains needs the outbound
+            // queue; until it exists the client keeps the message and retries.
+            Resolution::NotLocal if self.user.is_some() => {
+                self.rcpt_reply(
+                    &raw,
+                    "451 4.3.2 Delivery to other domains is not available yet, try again later"
+                        .into(),
+                    "tempfail",
+                    false,
+                );
+                return;
+            }
             // No relaying without authentication, ever: the MX only takes mail for its domains.
             Resolution::NotLocal => {
                 self.rcpt_reply(
@@ -1036,6 +1318,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.tls.is_some() {
             with.push('S');
         }
+        // RFC 3848 2: ESMTPA / ESMTPSA when the client authenticated.
+        if self.user.is_some() {
+            with.push('A');
+        }
         let tls = match &self.tls {
             Some(t) => format!("\r\n\t(version={} cipher={})", t.version, t.cipher),
             None => String::new(),
@@ -1055,8 +1341,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         )
     }
 
+    /// Submission (RFC 6409 8): the From: and Sender: addresses must be the user's, and a
+    /// missing Date or Message-ID is added. Unchanged on the MX. Err: the reply.
+    async fn submitted(&mut self, msg: Vec<u8>) -> Result<Vec<u8>, String> {
+        if self.server.submission.is_none() || self.user.is_none() {
+            return Ok(msg);
+        }
+        let end = mailkeep_delivery::ingest::header_len(&msg);
+        let header = &msg[..end];
+        let parsed = mail_parser::MessageParser::new().parse_headers(header);
+        let mut authors = Vec::new();
+        if let Some(m) = &parsed {
+            for list in [m.from(), m.sender()].into_iter().flatten() {
+                authors.extend(list.iter().map(|a| a.address().unwrap_or("").to_string()));
+            }
+        }
+        if authors.is_empty() {
+            return Err("550 5.6.0 The message has no From: address (RFC 5322 3.6.2)".into());
+        }
+        for author in authors {
+            let Ok(address) = Address::parse(&author) else {
+                return Err(format!(
+                    "553 5.7.1 From: address {:?} is not one you may send as",
+                    author.chars().take(100).collect::<String>()
+                ));
+            };
+            if let Some(reply) = self.not_sendable(&address).await {
+                return Err(reply.replacen("Sender address", "From: address", 1));
+            }
+        }
+        let has = |name: &[u8]| {
+            header.split(|b| *b == b'\n').any(|l| {
+                l.len() > name.len()
+                    && l[..name.len()].eq_ignore_ascii_case(name)
+                    && l[name.len()] == b':'
+            })
+        };
+        let mut added = Vec::new();
+        if !has(b"date") {
+            let now = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc2822)
+                .unwrap_or_default();
+            added.extend_from_slice(format!("Date: {now}\r\n").as_bytes());
+        }
+        if !has(b"message-id") {
+            let id = self
+                .tx
+                .as_ref()
+                .map(|t| t.queue_id.0.clone())
+                .unwrap_or_default();
+            let nonce: u64 = rand::random();
+            let host = &self.server.hostname;
+            added.extend_from_slice(
+                format!("Message-ID: <{id}.{nonce:016x}@{host}>\r\n").as_bytes(),
+            );
+        }
+        if added.is_empty() {
+            return Ok(msg);
+        }
+        added.extend_from_slice(&msg);
+        Ok(added)
+    }
+
     async fn finish_message(&mut self, msg: Vec<u8>, via: &str) {
-        let Some(tx) = self.tx.as_ref() else { return };
         // RFC 5321 6.3: too many Received headers means a mail loop.
         let header_end = mailkeep_delivery::ingest::header_len(&msg);
         let received = msg[..header_end]
@@ -1073,6 +1420,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             );
             return;
         }
+        let size = msg.len();
+        let msg = match self.submitted(msg).await {
+            Ok(m) => m,
+            Err(reply) => {
+                self.errors += 1;
+                self.end_transaction(reply, "rejected", None, size);
+                return;
+            }
+        };
+        let Some(tx) = self.tx.as_ref() else { return };
         let mut data = self.received_header(tx).into_bytes();
         data.extend_from_slice(&msg);
         // One account reached through several recipients gets one copy.

@@ -358,6 +358,7 @@ fn row_alias(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alias> {
     Ok(Alias {
         address: parse_addr(r.get(0)?)?,
         targets,
+        sendable: r.get::<_, i64>(2)? != 0,
     })
 }
 
@@ -668,7 +669,7 @@ impl DirectoryStore for SqliteStore {
         let key = key.to_string();
         self.read(move |c| {
             c.query_row(
-                "SELECT address, targets FROM aliases WHERE address_key = ?1",
+                "SELECT address, targets, sendable FROM aliases WHERE address_key = ?1",
                 [key],
                 row_alias,
             )
@@ -683,12 +684,29 @@ impl DirectoryStore for SqliteStore {
         self.read(move |c| {
             let mut st = c
                 .prepare(
-                    "SELECT address, targets FROM aliases WHERE ?1 IS NULL OR domain = ?1 \
+                    "SELECT address, targets, sendable FROM aliases WHERE ?1 IS NULL OR domain = ?1 \
                      ORDER BY address_key",
                 )
                 .map_err(backend)?;
             let rows = st.query_map([d], row_alias).map_err(backend)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn alias_set_sendable(&self, address: &Address, sendable: bool) -> Result<()> {
+        let key = address.key();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE aliases SET sendable = ?2 WHERE address_key = ?1",
+                    params![key, sendable as i64],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("alias {key}")));
+            }
+            Ok(())
         })
         .await
     }

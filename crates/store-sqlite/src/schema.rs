@@ -154,6 +154,10 @@ const MIGRATIONS: &[&str] = &[
         stored INTEGER NOT NULL
     );
     "#,
+    // 8: aliases the users they deliver to may also send as (submission's sender check).
+    r#"
+    ALTER TABLE aliases ADD COLUMN sendable INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -419,6 +419,48 @@ async fn directory(store: &SharedStore) {
         .expect("alias_add");
     let a = store.alias_get("team@example.com").await.unwrap().unwrap();
     assert_eq!(a.targets.len(), 2);
+    assert!(
+        !a.sendable,
+        "an alias is not sendable until the admin says so"
+    );
+    let alice = store.user_get("alice@example.com").await.unwrap().unwrap();
+    let may = |a: &'static str| {
+        let (store, alice) = (store.clone(), alice.clone());
+        async move {
+            crate::directory::may_send_as(store.as_ref(), &alice, &addr(a), Some('+'))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(may("alice@example.com").await && may("Alice@EXAMPLE.com").await);
+    assert!(
+        may("alice+lists@example.com").await,
+        "a sub-address of her own"
+    );
+    assert!(!may("team@example.com").await, "not sendable yet");
+    store
+        .alias_set_sendable(&addr("team@example.com"), true)
+        .await
+        .expect("alias_set_sendable");
+    assert!(
+        may("team@example.com").await,
+        "a sendable alias that delivers to her"
+    );
+    assert!(!may("ext@remote.test").await && !may("bob@example.com").await);
+    assert!(
+        store
+            .alias_get("team@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .sendable
+    );
+    assert!(matches!(
+        store
+            .alias_set_sendable(&addr("nobody@example.com"), true)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
     assert_eq!(store.aliases(Some(&d)).await.unwrap().len(), 1);
     assert!(
         matches!(store.domain_remove(&d).await, Err(StoreError::Conflict(_))),

@@ -128,6 +128,33 @@ pub async fn resolve(
     })
 }
 
+/// Whether `user` may send as `address` (submission's MAIL FROM and From: check): their own
+/// address, or an alias marked sendable that delivers to them directly; either with a
+/// sub-address tag (`user+tag@`) when plus-addressing is on. Case-insensitive, as lookups are.
+pub async fn may_send_as(
+    store: &dyn DirectoryStore,
+    user: &User,
+    address: &Address,
+    plus_separator: Option<char>,
+) -> Result<bool> {
+    let own = user.address.key();
+    let mut keys = vec![address.key()];
+    if let Some((base, _)) = plus_separator.and_then(|sep| address.split_plus(sep)) {
+        keys.push(address.with_local(base).key());
+    }
+    for key in keys {
+        if key == own {
+            return Ok(true);
+        }
+        if let Some(alias) = store.alias_get(&key).await? {
+            if alias.sendable && alias.targets.iter().any(|t| t.key() == own) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 enum Found {
     User(Box<User>),
     Alias(Vec<Address>),

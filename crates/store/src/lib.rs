@@ -85,6 +85,9 @@ pub struct Alias {
     pub address: Address,
     /// Where it delivers.
     pub targets: Vec<Address>,
+    /// Whether the local users it delivers to may send as it (submission's MAIL FROM and
+    /// From: check).
+    pub sendable: bool,
 }
 
 /// A mailbox (folder).
@@ -432,6 +435,8 @@ pub trait DirectoryStore: Send + Sync {
     async fn alias_add(&self, address: &Address, targets: &[Address]) -> Result<()>;
     /// Looks an alias up by [`Address::key`].
     async fn alias_get(&self, key: &str) -> Result<Option<Alias>>;
+    /// Lets the users an alias delivers to send as it, or stops them.
+    async fn alias_set_sendable(&self, address: &Address, sendable: bool) -> Result<()>;
     /// Aliases, optionally of one domain.
     async fn aliases(&self, domain: Option<&Domain>) -> Result<Vec<Alias>>;
     /// Removes an alias.
