@@ -219,7 +219,7 @@ pub enum Plaintext {
     Loopback,
 }
 
-/// Login policy of IMAP, POP3 (and later submission).
+/// Login policy of IMAP, POP3 and submission.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     /// When passwords may travel without TLS.
