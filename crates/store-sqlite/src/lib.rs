@@ -21,10 +21,11 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
 use mailkeep_store::{
-    check_mailbox_name, AclChange, AclEntry, Alias, BlobId, BlobStore, ChangeEvent, Contents,
-    DirectoryStore, DomainInfo, Envelope, FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore,
-    MailStore, Mailbox, MailboxCounts, MessageCache, MessageFlags, MessageMeta, NewMessage, Result,
-    Rights, SharedMailbox, StoreError, Stored, Target, User,
+    check_mailbox_name, AclChange, AclEntry, Alias, Attempt, BlobId, BlobStore, ChangeEvent,
+    Contents, DirectoryStore, DomainInfo, Envelope, FlagMode, FlagUpdate, LogEvent, LogFilter,
+    LogStore, MailStore, Mailbox, MailboxCounts, MessageCache, MessageFlags, MessageMeta,
+    NewMessage, NewQueued, QueueRecipient, QueueStore, QueuedMessage, QueuedRcpt, RcptStatus,
+    Result, Rights, SharedMailbox, StoreError, Stored, Target, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -2148,6 +2149,281 @@ impl BlobStore for SqliteStore {
         let dir = self.blobs.clone();
         let id = id.0.clone();
         self.read(move |c| load_blob(c, &dir, &id)).await
+    }
+}
+
+const QUEUE_COLS: &str = "id, sender, blob, size, created, held, envid, ret, smtputf8, warned";
+const RCPT_COLS: &str =
+    "recipient, domain, status, attempts, next_attempt, last_reply, notify, orcpt";
+
+fn row_queued(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMessage> {
+    Ok(QueuedMessage {
+        id: r.get(0)?,
+        sender: r.get(1)?,
+        blob: BlobId(r.get(2)?),
+        size: r.get::<_, i64>(3)? as u64,
+        created: r.get(4)?,
+        held: r.get::<_, i64>(5)? != 0,
+        envid: r.get(6)?,
+        ret: r.get(7)?,
+        smtputf8: r.get::<_, i64>(8)? != 0,
+        warned: r.get::<_, i64>(9)? != 0,
+        recipients: Vec::new(),
+    })
+}
+
+fn row_rcpt(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedRcpt> {
+    let status: String = r.get(2)?;
+    Ok(QueuedRcpt {
+        recipient: QueueRecipient {
+            address: r.get(0)?,
+            notify: r.get(6)?,
+            orcpt: r.get(7)?,
+        },
+        domain: r.get(1)?,
+        status: match status.as_str() {
+            "sent" => RcptStatus::Sent,
+            "failed" => RcptStatus::Failed,
+            _ => RcptStatus::Pending,
+        },
+        attempts: r.get::<_, i64>(3)? as u32,
+        next_attempt: r.get(4)?,
+        last_reply: r.get(5)?,
+    })
+}
+
+/// Messages by id (in the order given) with their recipients; `due`: only pending recipients
+/// due at that time.
+fn queued_with_rcpts(
+    c: &Connection,
+    ids: &[String],
+    due: Option<i64>,
+) -> Result<Vec<QueuedMessage>> {
+    let mut out = Vec::with_capacity(ids.len());
+    let mut msg = c
+        .prepare_cached(&format!("SELECT {QUEUE_COLS} FROM queue WHERE id = ?1"))
+        .map_err(backend)?;
+    let mut rc = c
+        .prepare_cached(&format!(
+            "SELECT {RCPT_COLS} FROM queue_rcpt WHERE queue_id = ?1 \
+             AND (?2 IS NULL OR (status = 'pending' AND next_attempt <= ?2)) ORDER BY recipient"
+        ))
+        .map_err(backend)?;
+    for id in ids {
+        let Some(mut m) = msg
+            .query_row([id], row_queued)
+            .optional()
+            .map_err(backend)?
+        else {
+            continue;
+        };
+        m.recipients = rc
+            .query_map(params![id, due], row_rcpt)
+            .map_err(backend)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(backend)?;
+        out.push(m);
+    }
+    Ok(out)
+}
+
+/// Removes a message that has no pending recipient left; its blob loses a reference.
+fn queue_remove(c: &Connection, id: &str) -> Result<bool> {
+    let blob: Option<String> = c
+        .query_row("SELECT blob FROM queue WHERE id = ?1", [id], |r| r.get(0))
+        .optional()
+        .map_err(backend)?;
+    let Some(blob) = blob else {
+        return Ok(false);
+    };
+    c.execute("DELETE FROM queue WHERE id = ?1", [id])
+        .map_err(backend)?;
+    c.execute("UPDATE blobs SET refs = refs - 1 WHERE id = ?1", [&blob])
+        .map_err(backend)?;
+    Ok(true)
+}
+
+#[async_trait]
+impl QueueStore for SqliteStore {
+    async fn queue_insert(&self, m: NewQueued, now: i64) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO queue (id, sender, blob, size, created, envid, ret, smtputf8) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    m.id,
+                    m.sender,
+                    m.blob.0,
+                    m.size as i64,
+                    now,
+                    m.envid,
+                    m.ret,
+                    m.smtputf8 as i64
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Exists(format!("queued message {}", m.id))
+                }
+                e => backend(e),
+            })?;
+            let mut ins = c
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO queue_rcpt (queue_id, recipient, domain, status, \
+                     next_attempt, notify, orcpt) VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6)",
+                )
+                .map_err(backend)?;
+            for r in &m.recipients {
+                let domain = r
+                    .address
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.to_ascii_lowercase())
+                    .unwrap_or_default();
+                ins.execute(params![m.id, r.address, domain, now, r.notify, r.orcpt])
+                    .map_err(backend)?;
+            }
+            c.prepare_cached(
+                "INSERT INTO blobs (id, size, refs) VALUES (?1, ?2, 1) \
+                 ON CONFLICT (id) DO UPDATE SET refs = refs + 1",
+            )
+            .map_err(backend)?
+            .execute(params![m.blob.0, m.size as i64])
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn queue_due(&self, now: i64, limit: usize) -> Result<Vec<QueuedMessage>> {
+        self.read(move |c| {
+            let ids: Vec<String> = c
+                .prepare_cached(
+                    "SELECT q.id FROM queue q WHERE q.held = 0 AND EXISTS (SELECT 1 FROM \
+                     queue_rcpt r WHERE r.queue_id = q.id AND r.status = 'pending' \
+                     AND r.next_attempt <= ?1) ORDER BY q.created, q.id LIMIT ?2",
+                )
+                .map_err(backend)?
+                .query_map(params![now, limit as i64], |r| r.get(0))
+                .map_err(backend)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(backend)?;
+            queued_with_rcpts(c, &ids, Some(now))
+        })
+        .await
+    }
+
+    async fn queue_get(&self, id: &str) -> Result<Option<QueuedMessage>> {
+        let id = id.to_string();
+        self.read(move |c| Ok(queued_with_rcpts(c, &[id], None)?.pop()))
+            .await
+    }
+
+    async fn queue_list(&self) -> Result<Vec<QueuedMessage>> {
+        self.read(move |c| {
+            let ids: Vec<String> = c
+                .prepare_cached("SELECT id FROM queue ORDER BY created, id")
+                .map_err(backend)?
+                .query_map([], |r| r.get(0))
+                .map_err(backend)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(backend)?;
+            queued_with_rcpts(c, &ids, None)
+        })
+        .await
+    }
+
+    async fn queue_record(&self, id: &str, results: &[(String, Attempt)]) -> Result<bool> {
+        let id = id.to_string();
+        let results = results.to_vec();
+        self.write(move |c| {
+            let mut up = c
+                .prepare_cached(
+                    "UPDATE queue_rcpt SET status = ?3, attempts = attempts + 1, \
+                     next_attempt = ?4, last_reply = ?5 \
+                     WHERE queue_id = ?1 AND recipient = ?2 AND status = 'pending'",
+                )
+                .map_err(backend)?;
+            for (rcpt, a) in &results {
+                let (status, next, reply) = match a {
+                    Attempt::Sent(r) => ("sent", 0, r),
+                    Attempt::Retry(r, at) => ("pending", *at, r),
+                    Attempt::Failed(r) => ("failed", 0, r),
+                };
+                up.execute(params![id, rcpt, status, next, reply])
+                    .map_err(backend)?;
+            }
+            let pending: i64 = c
+                .query_row(
+                    "SELECT count(*) FROM queue_rcpt WHERE queue_id = ?1 AND status = 'pending'",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if pending > 0 {
+                return Ok(false);
+            }
+            queue_remove(c, &id)
+        })
+        .await
+    }
+
+    async fn queue_set_held(&self, id: &str, held: bool) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE queue SET held = ?2 WHERE id = ?1",
+                    params![id, held as i64],
+                )
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("queued message {id}")));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn queue_retry_now(&self, id: &str, now: i64) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |c| {
+            let n = c
+                .execute("UPDATE queue SET held = held WHERE id = ?1", [&id])
+                .map_err(backend)?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("queued message {id}")));
+            }
+            c.execute(
+                "UPDATE queue_rcpt SET next_attempt = ?2 WHERE queue_id = ?1 AND status = 'pending'",
+                params![id, now],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn queue_set_warned(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |c| {
+            c.execute("UPDATE queue SET warned = 1 WHERE id = ?1", [&id])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn queue_delete(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.write(move |c| {
+            if !queue_remove(c, &id)? {
+                return Err(StoreError::NotFound(format!("queued message {id}")));
+            }
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -158,6 +158,35 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE aliases ADD COLUMN sendable INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 9: the outbound queue. A message holds a reference on its blob (`blobs.refs`) while it
+    // is queued; each recipient has its own state and next attempt.
+    r#"
+    CREATE TABLE queue (
+        id TEXT PRIMARY KEY,
+        sender TEXT NOT NULL,
+        blob TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        held INTEGER NOT NULL DEFAULT 0,
+        warned INTEGER NOT NULL DEFAULT 0,
+        envid TEXT,
+        ret TEXT,
+        smtputf8 INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE queue_rcpt (
+        queue_id TEXT NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+        recipient TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt INTEGER NOT NULL,
+        last_reply TEXT,
+        notify TEXT,
+        orcpt TEXT,
+        PRIMARY KEY (queue_id, recipient)
+    ) WITHOUT ROWID;
+    CREATE INDEX queue_rcpt_due ON queue_rcpt(status, next_attempt);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -29,6 +29,142 @@ pub async fn run_all(store: SharedStore) {
     log(&store).await;
     login(&store).await;
     acl(&store).await;
+    queue(&store).await;
+}
+
+/// The outbound queue: durable, per-recipient state, blob references, hold and release.
+async fn queue(store: &SharedStore) {
+    use crate::{Attempt, NewQueued, QueueRecipient, RcptStatus};
+    let body = b"From: a@example.com\r\nSubject: out\r\n\r\nbye\r\n";
+    let blob = store.put_blob(body).await.unwrap();
+    let rcpt = |a: &str| QueueRecipient {
+        address: a.into(),
+        notify: None,
+        orcpt: None,
+    };
+    let msg = NewQueued {
+        id: "Q1".into(),
+        sender: "a@example.com".into(),
+        blob: blob.clone(),
+        size: body.len() as u64,
+        recipients: vec![
+            rcpt("x@Remote.TEST"),
+            rcpt("y@remote.test"),
+            rcpt("z@other.test"),
+        ],
+        envid: Some("env-1".into()),
+        ret: Some("HDRS".into()),
+        smtputf8: false,
+    };
+    store
+        .queue_insert(msg.clone(), 1000)
+        .await
+        .expect("queue_insert");
+    assert!(
+        matches!(
+            store.queue_insert(msg, 1000).await,
+            Err(StoreError::Exists(_))
+        ),
+        "a queue id is used once"
+    );
+    // Queued content is referenced: collection keeps it.
+    store.gc_blobs(std::time::Duration::ZERO).await.unwrap();
+    assert!(store.get_blob(&blob).await.unwrap().is_some());
+    let due = store.queue_due(1000, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].recipients.len(), 3);
+    assert_eq!(
+        due[0].recipients[0].domain, "remote.test",
+        "domains are grouped lower-case"
+    );
+    assert_eq!(due[0].envid.as_deref(), Some("env-1"));
+    assert!(
+        store.queue_due(999, 10).await.unwrap().is_empty(),
+        "not due before"
+    );
+    let left = store
+        .queue_record(
+            "Q1",
+            &[
+                ("x@Remote.TEST".into(), Attempt::Sent("250 ok".into())),
+                (
+                    "y@remote.test".into(),
+                    Attempt::Retry("451 later".into(), 2000),
+                ),
+                ("z@other.test".into(), Attempt::Failed("550 no".into())),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(!left, "one recipient is still pending");
+    assert!(store.queue_due(1500, 10).await.unwrap().is_empty());
+    let m = store.queue_get("Q1").await.unwrap().unwrap();
+    let st: Vec<(RcptStatus, u32)> = m
+        .recipients
+        .iter()
+        .map(|r| (r.status, r.attempts))
+        .collect();
+    assert_eq!(
+        st,
+        vec![
+            (RcptStatus::Sent, 1),
+            (RcptStatus::Pending, 1),
+            (RcptStatus::Failed, 1)
+        ]
+    );
+    assert_eq!(m.recipients[1].last_reply.as_deref(), Some("451 later"));
+    // Held messages are never due; released ones are, and retry-now makes them due at once.
+    store.queue_set_held("Q1", true).await.unwrap();
+    assert!(store.queue_due(5000, 10).await.unwrap().is_empty());
+    store.queue_set_held("Q1", false).await.unwrap();
+    store.queue_retry_now("Q1", 1600).await.unwrap();
+    let due = store.queue_due(1600, 10).await.unwrap();
+    assert_eq!(
+        due[0].recipients.len(),
+        1,
+        "only the pending recipient is due"
+    );
+    assert_eq!(store.queue_list().await.unwrap().len(), 1);
+    let left = store
+        .queue_record(
+            "Q1",
+            &[("y@remote.test".into(), Attempt::Sent("250 ok".into()))],
+        )
+        .await
+        .unwrap();
+    assert!(left, "done: the message leaves the queue");
+    assert!(store.queue_get("Q1").await.unwrap().is_none());
+    assert!(matches!(
+        store.queue_set_held("Q1", true).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Its blob is no longer referenced by the queue.
+    store.gc_blobs(std::time::Duration::ZERO).await.unwrap();
+    assert!(store.get_blob(&blob).await.unwrap().is_none());
+    // Deleting a queued message.
+    let blob = store.put_blob(body).await.unwrap();
+    store
+        .queue_insert(
+            NewQueued {
+                id: "Q2".into(),
+                sender: String::new(),
+                blob,
+                size: body.len() as u64,
+                recipients: vec![rcpt("b@remote.test")],
+                envid: None,
+                ret: None,
+                smtputf8: false,
+            },
+            1000,
+        )
+        .await
+        .unwrap();
+    store.queue_delete("Q2").await.unwrap();
+    assert!(store.queue_list().await.unwrap().is_empty());
+    assert!(matches!(
+        store.queue_delete("Q2").await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 /// Access control lists and sharing between accounts (RFC 4314).

@@ -596,6 +596,130 @@ pub trait BlobStore: Send + Sync {
     async fn gc_blobs(&self, min_age: std::time::Duration) -> Result<u64>;
 }
 
+/// A message for the outbound queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewQueued {
+    /// Its queue id (the SMTP transaction's).
+    pub id: String,
+    /// The envelope sender (empty: the null sender of a bounce).
+    pub sender: String,
+    /// The content, already stored with [`BlobStore::put_blob`].
+    pub blob: BlobId,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The recipients, each with its DSN parameters.
+    pub recipients: Vec<QueueRecipient>,
+    /// DSN ENVID (RFC 3461 4.4).
+    pub envid: Option<String>,
+    /// DSN RET: `FULL` or `HDRS` (RFC 3461 4.3).
+    pub ret: Option<String>,
+    /// Whether the content needs SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+}
+
+/// One recipient of a queued message, as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRecipient {
+    /// The address.
+    pub address: String,
+    /// DSN NOTIFY (RFC 3461 4.1), comma-separated.
+    pub notify: Option<String>,
+    /// DSN ORCPT (RFC 3461 4.2).
+    pub orcpt: Option<String>,
+}
+
+/// Where a queued recipient stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RcptStatus {
+    /// Not delivered yet; tried again at `next_attempt`.
+    Pending,
+    /// Accepted by the remote server.
+    Sent,
+    /// Refused for good, or given up on.
+    Failed,
+}
+
+/// A queued recipient with its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRcpt {
+    /// As given at submission.
+    pub recipient: QueueRecipient,
+    /// Its domain (ASCII), what deliveries are grouped by.
+    pub domain: String,
+    /// Where it stands.
+    pub status: RcptStatus,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// When it is due next (unix seconds).
+    pub next_attempt: i64,
+    /// The last reply or error.
+    pub last_reply: Option<String>,
+}
+
+/// A message in the outbound queue, with its recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// Queue id.
+    pub id: String,
+    /// Envelope sender.
+    pub sender: String,
+    /// Content.
+    pub blob: BlobId,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was queued (unix seconds).
+    pub created: i64,
+    /// Held by an admin: not tried until released.
+    pub held: bool,
+    /// DSN ENVID.
+    pub envid: Option<String>,
+    /// DSN RET.
+    pub ret: Option<String>,
+    /// Needs SMTPUTF8.
+    pub smtputf8: bool,
+    /// Whether a delay warning was sent already.
+    pub warned: bool,
+    /// Its recipients (all of them, or only the due ones from [`QueueStore::queue_due`]).
+    pub recipients: Vec<QueuedRcpt>,
+}
+
+/// The outcome of one delivery attempt for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Accepted by the remote server, with its reply.
+    Sent(String),
+    /// Try again at the given time (unix seconds), after this reply or error.
+    Retry(String, i64),
+    /// Refused for good (or the queue lifetime is over), with the reply or reason.
+    Failed(String),
+}
+
+/// The outbound queue: messages waiting to be sent to other servers. Durable: a message is
+/// in the queue once [`QueueStore::queue_insert`] returned.
+#[async_trait]
+pub trait QueueStore: Send + Sync {
+    /// Queues a message (its blob gains a reference until the message leaves the queue).
+    async fn queue_insert(&self, message: NewQueued, now: i64) -> Result<()>;
+    /// Messages not held with recipients due at `now` (only those recipients), oldest
+    /// first, at most `limit`.
+    async fn queue_due(&self, now: i64, limit: usize) -> Result<Vec<QueuedMessage>>;
+    /// One message with all its recipients.
+    async fn queue_get(&self, id: &str) -> Result<Option<QueuedMessage>>;
+    /// Every queued message with all its recipients, oldest first.
+    async fn queue_list(&self) -> Result<Vec<QueuedMessage>>;
+    /// Records attempts; a message with no pending recipient left leaves the queue.
+    /// Returns whether it left.
+    async fn queue_record(&self, id: &str, results: &[(String, Attempt)]) -> Result<bool>;
+    /// Holds or releases a message.
+    async fn queue_set_held(&self, id: &str, held: bool) -> Result<()>;
+    /// Makes every pending recipient of a message due now.
+    async fn queue_retry_now(&self, id: &str, now: i64) -> Result<()>;
+    /// Notes that the delay warning of a message was sent.
+    async fn queue_set_warned(&self, id: &str) -> Result<()>;
+    /// Removes a message from the queue without sending it.
+    async fn queue_delete(&self, id: &str) -> Result<()>;
+}
+
 /// The delivery log.
 #[async_trait]
 pub trait LogStore: Send + Sync {
@@ -614,9 +738,9 @@ pub trait LogStore: Send + Sync {
 }
 
 /// A complete storage backend.
-pub trait Store: DirectoryStore + MailStore + BlobStore + LogStore {}
+pub trait Store: DirectoryStore + MailStore + BlobStore + LogStore + QueueStore {}
 
-impl<T: DirectoryStore + MailStore + BlobStore + LogStore> Store for T {}
+impl<T: DirectoryStore + MailStore + BlobStore + LogStore + QueueStore> Store for T {}
 
 /// A shared handle to a backend.
 pub type SharedStore = Arc<dyn Store>;
