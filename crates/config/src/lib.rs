@@ -246,6 +246,27 @@ pub struct DnsConfig {
     pub timeout: Duration,
 }
 
+/// The outbound queue.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// How long a message is retried before it is bounced (default 5 days).
+    pub lifetime: Duration,
+    /// The wait after the first failed attempt; doubled after each one.
+    pub retry_first: Duration,
+    /// The longest wait between attempts.
+    pub retry_max: Duration,
+    /// When the sender is told that a message is still not delivered (RFC 3464 delay DSN).
+    pub delay_warning: Duration,
+    /// Wait for a TCP connection to a remote server.
+    pub connect_timeout: Duration,
+    /// Wait for each reply of a remote server (RFC 5321 4.5.3.2 asks for minutes).
+    pub command_timeout: Duration,
+    /// Messages being delivered at once.
+    pub concurrency: usize,
+    /// The port of remote servers: 25 (RFC 5321), another only for tests and odd networks.
+    pub port: u16,
+}
+
 /// Where and how mail is stored.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -304,6 +325,8 @@ pub struct Config {
     pub log: LogConfig,
     /// DNS.
     pub dns: DnsConfig,
+    /// The outbound queue.
+    pub queue: QueueConfig,
     /// Domains listed in the config file (added to the directory at start).
     pub domains: Vec<Domain>,
     /// Warnings for deprecated keys.
@@ -671,6 +694,27 @@ impl Config {
             )?,
         };
 
+        let qu = raw.queue.unwrap_or_default();
+        let qd = |key: &str, v: &Option<raw::Size>, d: &str| {
+            cx.duration(key, v.as_ref().unwrap_or(&default(d.into())))
+        };
+        let queue = QueueConfig {
+            lifetime: qd("queue.lifetime", &qu.lifetime, "5d")?,
+            retry_first: qd("queue.retry_first", &qu.retry_first, "5m")?,
+            retry_max: qd("queue.retry_max", &qu.retry_max, "4h")?,
+            delay_warning: qd("queue.delay_warning", &qu.delay_warning, "4h")?,
+            connect_timeout: qd("queue.connect_timeout", &qu.connect_timeout, "30s")?,
+            command_timeout: qd("queue.command_timeout", &qu.command_timeout, "5m")?,
+            concurrency: positive(&cx, "queue.concurrency", qu.concurrency, 20)?,
+            port: match qu.port {
+                None => 25,
+                Some(p) => u16::try_from(p)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| cx.invalid("queue.port", "a port number", p))?,
+            },
+        };
+
         let mut domains = Vec::new();
         for (i, d) in raw.domains.iter().enumerate() {
             domains.push(Domain::parse(d).map_err(|e| {
@@ -697,6 +741,7 @@ impl Config {
             directory,
             log,
             dns,
+            queue,
             domains,
             warnings,
         })

@@ -57,6 +57,8 @@ pub struct RawConfig {
     pub log: Option<RawLog>,
     /// `[dns]`
     pub dns: Option<RawDns>,
+    /// `[queue]`
+    pub queue: Option<RawQueue>,
 }
 
 /// `[[listener]]`
@@ -173,6 +175,28 @@ pub struct RawDirectory {
 pub struct RawLog {
     /// `retention`
     pub retention: Option<Size>,
+}
+
+/// `[queue]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    /// `lifetime`
+    pub lifetime: Option<Size>,
+    /// `retry_first`
+    pub retry_first: Option<Size>,
+    /// `retry_max`
+    pub retry_max: Option<Size>,
+    /// `delay_warning`
+    pub delay_warning: Option<Size>,
+    /// `connect_timeout`
+    pub connect_timeout: Option<Size>,
+    /// `command_timeout`
+    pub command_timeout: Option<Size>,
+    /// `concurrency`
+    pub concurrency: Option<i64>,
+    /// `port`
+    pub port: Option<i64>,
 }
 
 /// `[dns]`

@@ -175,6 +175,16 @@ retention = "30d"            # how long the delivery log keeps events
 [dns]
 # servers = ["127.0.0.1:53"] # default: the system's resolvers
 timeout = "5s"
+
+[queue]
+lifetime = "5d"              # how long mail to other domains is retried before it bounces
+retry_first = "5m"           # wait after the first failed attempt, doubled each time
+retry_max = "4h"             # longest wait between attempts
+delay_warning = "4h"         # tell the sender once when a message is still not delivered
+connect_timeout = "30s"
+command_timeout = "5m"       # RFC 5321 4.5.3.2: per reply of the remote server
+concurrency = 20             # messages being sent at once
+# port = 25                  # remote servers' port: 25, another only for tests
 "#
     )
 }

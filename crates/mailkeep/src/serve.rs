@@ -12,6 +12,7 @@ use mailkeep_delivery::{now_micros, Delivery};
 use mailkeep_imap::{ImapServer, Snapshots};
 use mailkeep_net::{load_tls, shutdown_pair, ConnLimiter, ReverseDns};
 use mailkeep_pop3::Pop3Server;
+use mailkeep_queue::Outbound;
 use mailkeep_smtp::{SmtpServer, Submission};
 use mailkeep_store::directory::Authenticator;
 use mailkeep_store::{SharedStore, StoreError};
@@ -106,6 +107,7 @@ fn smtp_server(
         rdns,
         primary_domain: config.domains.first().cloned(),
         submission: None,
+        outbound: None,
     })
 }
 
@@ -116,12 +118,14 @@ fn submission_server(
     delivery: Delivery,
     tls: Option<Arc<rustls::ServerConfig>>,
     logins: Arc<Authenticator>,
+    outbound: Arc<Outbound>,
 ) -> Result<SmtpServer> {
     let mut s = smtp_server(config, delivery, tls)?;
     s.submission = Some(Submission {
         logins,
         auth: config.auth.clone(),
     });
+    s.outbound = Some(outbound);
     Ok(s)
 }
 
@@ -237,11 +241,19 @@ async fn serve_config(
         tls.clone(),
         logins.clone(),
     ));
+    let outbound = Arc::new(Outbound::new(
+        store.clone(),
+        delivery.clone(),
+        mailkeep_net::resolver(&config.dns.servers, config.dns.timeout)?,
+        config.hostname.clone(),
+        config.queue.clone(),
+    )?);
     let submission = Arc::new(submission_server(
         &config,
         delivery.clone(),
         tls.clone(),
         logins.clone(),
+        outbound.clone(),
     )?);
     let server = Arc::new(smtp_server(&config, delivery.clone(), tls)?);
     let (trigger, shutdown) = shutdown_pair();
@@ -321,6 +333,9 @@ async fn serve_config(
         }
     }
 
+    // The outbound queue sends until shutdown, then finishes the deliveries under way.
+    tasks.spawn(outbound.clone().run(shutdown.clone()));
+
     // Maintenance, hourly: delivery log retention, and blob files no message refers to any
     // more (removed users, deliveries interrupted by a crash) once they are a day old.
     let retention = config.log.retention;
@@ -370,7 +385,13 @@ async fn serve_config(
                         snapshots.clone(),
                     );
                     let p = pop3_server(&c, store.clone(), tls.clone(), logins.clone());
-                    let sub = submission_server(&c, delivery.clone(), tls.clone(), logins.clone())?;
+                    let sub = submission_server(
+                        &c,
+                        delivery.clone(),
+                        tls.clone(),
+                        logins.clone(),
+                        outbound.clone(),
+                    )?;
                     let s = smtp_server(&c, delivery.clone(), tls)?;
                     Ok((c, s, sub, i, p))
                 }) {

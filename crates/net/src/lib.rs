@@ -11,7 +11,7 @@ use std::time::Duration;
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::TokioResolver;
+pub use hickory_resolver::TokioResolver;
 use tokio::sync::watch;
 
 pub mod accept;
@@ -201,6 +201,27 @@ impl Shutdown {
     }
 }
 
+/// A resolver asking `servers`, or the system's (`/etc/resolv.conf`) when empty.
+pub fn resolver(servers: &[SocketAddr], timeout: Duration) -> Result<TokioResolver, NetError> {
+    let mut opts = ResolverOpts::default();
+    opts.timeout = timeout;
+    opts.attempts = 1;
+    let builder = if servers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| NetError::Dns(e.to_string()))?
+    } else {
+        // Configured servers are the whole truth: /etc/hosts is not consulted, so tests and
+        // split-horizon setups see exactly what those servers publish.
+        opts.use_hosts_file = ResolveHosts::Never;
+        let mut cfg = ResolverConfig::new();
+        for s in servers {
+            cfg.add_name_server(NameServerConfig::new(*s, Protocol::Udp));
+            cfg.add_name_server(NameServerConfig::new(*s, Protocol::Tcp));
+        }
+        TokioResolver::builder_with_config(cfg, TokioConnectionProvider::default())
+    };
+    Ok(builder.with_options(opts).build())
+}
+
 /// Reverse DNS (PTR) lookups with a bounded wait.
 #[derive(Clone)]
 pub struct ReverseDns {
@@ -221,25 +242,8 @@ impl ReverseDns {
                 timeout,
             });
         }
-        let mut opts = ResolverOpts::default();
-        opts.timeout = timeout;
-        opts.attempts = 1;
-        let builder = if servers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| NetError::Dns(e.to_string()))?
-        } else {
-            // Configured servers are the whole truth: /etc/hosts is not consulted, so tests and
-            // split-horizon setups see exactly what those servers publish.
-            opts.use_hosts_file = ResolveHosts::Never;
-            let mut cfg = ResolverConfig::new();
-            for s in servers {
-                cfg.add_name_server(NameServerConfig::new(*s, Protocol::Udp));
-                cfg.add_name_server(NameServerConfig::new(*s, Protocol::Tcp));
-            }
-            TokioResolver::builder_with_config(cfg, TokioConnectionProvider::default())
-        };
-        let resolver = builder.with_options(opts).build();
         Ok(ReverseDns {
-            resolver: Some(Arc::new(resolver)),
+            resolver: Some(Arc::new(resolver(servers, timeout)?)),
             timeout,
         })
     }

@@ -45,6 +45,8 @@ pub struct SmtpServer {
     pub primary_domain: Option<Domain>,
     /// Set on the submission ports (587, 465): what AUTH needs.
     pub submission: Option<Submission>,
+    /// The outbound queue, for submitted mail to other domains.
+    pub outbound: Option<Arc<mailkeep_queue::Outbound>>,
 }
 
 /// What message submission (RFC 6409) adds to an SMTP server.

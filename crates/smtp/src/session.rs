@@ -34,6 +34,8 @@ struct Rcpt {
     targets: Vec<LocalTarget>,
     notify: Option<String>,
     orcpt: Option<String>,
+    /// In another domain: goes to the outbound queue (submission only).
+    remote: bool,
 }
 
 struct Transaction {
@@ -90,6 +92,30 @@ enum SaslEnd {
     Replied,
     /// The connection is gone.
     Lost(ReadError),
+}
+
+/// The Message-ID of a message (without angle brackets), for the log.
+fn header_message_id(data: &[u8]) -> Option<String> {
+    let end = mailkeep_delivery::ingest::header_len(data);
+    mail_parser::MessageParser::new()
+        .parse_headers(&data[..end])
+        .and_then(|m| m.message_id().map(String::from))
+}
+
+/// RCPT's NOTIFY parameter (RFC 3461 4.1) as a comma-separated list.
+fn rcpt_notify(to: &smtp_proto::RcptTo<String>) -> Option<String> {
+    let mut n = Vec::new();
+    for (flag, name) in [
+        (smtp_proto::RCPT_NOTIFY_NEVER, "NEVER"),
+        (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+        (smtp_proto::RCPT_NOTIFY_FAILURE, "FAILURE"),
+        (smtp_proto::RCPT_NOTIFY_DELAY, "DELAY"),
+    ] {
+        if to.flags & flag != 0 {
+            n.push(name);
+        }
+    }
+    (!n.is_empty()).then(|| n.join(","))
 }
 
 /// The TLS version and cipher suite of a connection, for Received and the log.
@@ -1032,16 +1058,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         let (local, external) = match resolution {
-            // Submission may send anywhere, but mail for other domains needs the outbound
-            // queue; until it exists the client keeps the message and retries.
+            // Submission sends anywhere: other domains go to the outbound queue.
             Resolution::NotLocal if self.user.is_some() => {
-                self.rcpt_reply(
-                    &raw,
-                    "451 4.3.2 Delivery to other domains is not available yet, try again later"
-                        .into(),
-                    "tempfail",
-                    false,
-                );
+                if self.server.outbound.is_none() {
+                    self.rcpt_reply(
+                        &raw,
+                        "451 4.3.2 Delivery to other domains is not available here".into(),
+                        "tempfail",
+                        false,
+                    );
+                    return;
+                }
+                let rcpt = Rcpt {
+                    address: address.to_string(),
+                    targets: Vec::new(),
+                    notify: rcpt_notify(&to),
+                    orcpt: to.orcpt.clone(),
+                    remote: true,
+                };
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.rcpts.push(rcpt);
+                }
+                let reply = "250 2.1.5 Recipient OK (relayed for you)".to_string();
+                self.rcpt_reply(&raw, reply, "accepted", false);
                 return;
             }
             // No relaying without authentication, ever: the MX only takes mail for its domains.
@@ -1097,33 +1136,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.rcpt_reply(&raw, reply.into(), outcome, false);
             return;
         }
-        let notify = if to.flags
-            & (smtp_proto::RCPT_NOTIFY_NEVER
-                | smtp_proto::RCPT_NOTIFY_SUCCESS
-                | smtp_proto::RCPT_NOTIFY_FAILURE
-                | smtp_proto::RCPT_NOTIFY_DELAY)
-            != 0
-        {
-            let mut n = Vec::new();
-            for (flag, name) in [
-                (smtp_proto::RCPT_NOTIFY_NEVER, "NEVER"),
-                (smtp_proto::RCPT_NOTIFY_SUCCESS, "SUCCESS"),
-                (smtp_proto::RCPT_NOTIFY_FAILURE, "FAILURE"),
-                (smtp_proto::RCPT_NOTIFY_DELAY, "DELAY"),
-            ] {
-                if to.flags & flag != 0 {
-                    n.push(name);
-                }
-            }
-            Some(n.join(","))
-        } else {
-            None
-        };
+        let notify = rcpt_notify(&to);
         let rcpt = Rcpt {
             address: address.to_string(),
             targets: room,
             notify: notify.clone(),
             orcpt: to.orcpt.clone(),
+            remote: false,
         };
         if let Some(tx) = self.tx.as_mut() {
             tx.rcpts.push(rcpt);
@@ -1403,6 +1422,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(added)
     }
 
+    /// Queues a submitted message for its recipients in other domains, durably. Err: the
+    /// reply (the client keeps the message and retries).
+    async fn enqueue(
+        &mut self,
+        mut queued: mailkeep_store::NewQueued,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let Some(outbound) = self.server.outbound.clone() else {
+            return Err("451 4.3.2 Delivery to other domains is not available here".into());
+        };
+        let stored = async {
+            queued.blob = self.server.delivery.store().put_blob(data).await?;
+            outbound.enqueue(queued.clone()).await
+        }
+        .await;
+        if let Err(e) = stored {
+            tracing::error!(session = %self.id, error = %e, "queueing a message failed");
+            return Err("451 4.3.0 Could not queue the message, try again later".into());
+        }
+        for r in &queued.recipients {
+            self.log(
+                "queue.queued",
+                LogEvent {
+                    recipient: Some(r.address.clone()),
+                    outcome: Some("accepted".into()),
+                    detail: serde_json::json!({ "size": queued.size, "notify": r.notify }),
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
     async fn finish_message(&mut self, msg: Vec<u8>, via: &str) {
         // RFC 5321 6.3: too many Received headers means a mail loop.
         let header_end = mailkeep_delivery::ingest::header_len(&msg);
@@ -1441,6 +1493,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         targets.sort_by_key(|t| t.account);
         targets.dedup_by_key(|t| t.account);
         let size = data.len();
+        let remote: Vec<mailkeep_store::QueueRecipient> = tx
+            .rcpts
+            .iter()
+            .filter(|r| r.remote)
+            .map(|r| mailkeep_store::QueueRecipient {
+                address: r.address.clone(),
+                notify: r.notify.clone(),
+                orcpt: r.orcpt.clone(),
+            })
+            .collect();
+        if !remote.is_empty() {
+            let queued = mailkeep_store::NewQueued {
+                id: tx.queue_id.0.clone(),
+                sender: tx.sender.clone(),
+                blob: mailkeep_store::BlobId(String::new()),
+                size: size as u64,
+                recipients: remote,
+                envid: tx.dsn_envid.clone(),
+                ret: tx.dsn_ret.map(String::from),
+                smtputf8: tx.smtputf8,
+            };
+            if let Err(reply) = self.enqueue(queued, &data).await {
+                self.end_transaction(reply, "tempfail", None, size);
+                self.flush_log();
+                return;
+            }
+            if targets.is_empty() {
+                let message_id = header_message_id(&data);
+                self.messages += 1;
+                let queue_id = self.tx.as_ref().map(|t| t.queue_id.clone());
+                self.end_transaction(
+                    format!(
+                        "250 2.0.0 OK: queued as {}",
+                        queue_id.map(|q| q.0).unwrap_or_default()
+                    ),
+                    "accepted",
+                    message_id,
+                    size,
+                );
+                self.flush_log();
+                return;
+            }
+        }
+        let Some(tx) = self.tx.as_ref() else { return };
         let incoming = Incoming {
             data,
             return_path: tx.sender.clone(),

@@ -1,0 +1,234 @@
+//! The outbound queue between two real servers: A (127.0.0.1, submission) sends to B
+//! (127.0.0.x, the MX of b.test), with MX and address records served by a DNS server the
+//! test starts on loopback. Each test uses its own loopback address for B.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{code, Raw, Server, PASSWORD};
+use lettre::message::header::ContentType;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use mailkeep_testkit::{Rr, TestDns};
+
+/// A port free on `ip` now (B is restarted on the same one).
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .expect("bind a free port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// B: the MX of b.test on `ip:port`, with the user carol@b.test.
+fn start_b(ip: &str, port: u16) -> Server {
+    let b = Server::start(&format!("address = \"{ip}:{port}\""));
+    assert_eq!(b.smtp.to_string(), format!("{ip}:{port}"));
+    let (ok, _, err) = b.cli(&["domain", "add", "b.test"], "");
+    assert!(ok, "{err}");
+    let (ok, _, err) = b.cli(&["user", "add", "carol@b.test"], PASSWORD);
+    assert!(ok, "{err}");
+    b
+}
+
+/// DNS for b.test (MX on `ip`), a domain with a null MX, and nothing else.
+fn dns(ip: &str) -> TestDns {
+    TestDns::start(vec![
+        ("b.test.", Rr::Mx(10, "mx.b.test.".into())),
+        ("mx.b.test.", Rr::A(ip.parse().unwrap())),
+        ("nomail.test.", Rr::Mx(0, ".".into())),
+    ])
+    .unwrap()
+}
+
+/// A: the sending server, asking `dns`, delivering to port `port`.
+fn start_a(dns: &TestDns, port: u16) -> Server {
+    Server::start(&format!(
+        "servers = [\"{}\"]\nport = {port}\nretry_first = \"1s\"\nretry_max = \"2s\"\nfailure_delay = \"10ms\"",
+        dns.addr()
+    ))
+}
+
+fn submitter(a: &Server) -> AsyncSmtpTransport<Tokio1Executor> {
+    let tls = TlsParameters::builder("mail.example.test".into())
+        .dangerous_accept_invalid_certs(true)
+        .build_rustls()
+        .unwrap();
+    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(a.listeners["submission"].port())
+        .tls(Tls::Required(tls))
+        .credentials(Credentials::new(
+            "alice@example.test".into(),
+            PASSWORD.into(),
+        ))
+        .build()
+}
+
+fn message(to: &[&str], subject: &str) -> Message {
+    let mut b = Message::builder()
+        .from("Alice <alice@example.test>".parse().unwrap())
+        .subject(subject)
+        .header(ContentType::TEXT_PLAIN);
+    for t in to {
+        b = b.to(t.parse().unwrap());
+    }
+    b.body(format!("{subject}\n.a line with a leading dot\n"))
+        .unwrap()
+}
+
+/// Waits (up to 30 s) until `user` on `server` has `n` messages; returns their texts.
+async fn wait_inbox(server: &Server, user: &str, n: usize) -> Vec<String> {
+    for _ in 0..300 {
+        if server.inbox(user).await.len() >= n {
+            return server.inbox_texts(user).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{user} has {} messages, not {n}; log:\n{}",
+        server.inbox(user).await.len(),
+        server.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_mail_goes_to_the_mx_of_another_domain_over_starttls() {
+    let ip = "127.0.0.3";
+    let port = free_port(ip);
+    let b = start_b(ip, port);
+    let dns = dns(ip);
+    let a = start_a(&dns, port);
+    // One message for a remote and a local recipient.
+    submitter(&a)
+        .send(message(
+            &["carol@b.test", "bob@example.test"],
+            "to two domains",
+        ))
+        .await
+        .expect("submit");
+    let at_b = wait_inbox(&b, "carol@b.test", 1).await;
+    assert!(at_b[0].contains("Subject: to two domains"), "{}", at_b[0]);
+    // Dot-stuffing went both ways: the line is whole at B.
+    assert!(
+        at_b[0].contains("\r\n.a line with a leading dot\r\n"),
+        "{}",
+        at_b[0]
+    );
+    // B's Received names the TLS it got; A's own Received (ESMTPSA) came along.
+    assert!(at_b[0].contains("with ESMTPS"), "{}", at_b[0]);
+    assert!(at_b[0].contains("with ESMTPSA"), "{}", at_b[0]);
+    assert!(
+        at_b[0].contains("Return-Path: <alice@example.test>"),
+        "{}",
+        at_b[0]
+    );
+    // Bcc privacy of the local copy aside, bob got his copy locally.
+    assert_eq!(wait_inbox(&a, "bob@example.test", 1).await.len(), 1);
+    // The attempt is on record at A, with the host, the TLS version and B's reply.
+    let log = a.log_search_until(&["--recipient", "carol@b.test"], "queue.attempt");
+    assert!(log.contains("queue.attempt"), "{log}");
+    assert!(log.contains("mx.b.test"), "{log}");
+    assert!(log.contains("TLSv1.3") || log.contains("TLSv1.2"), "{log}");
+    assert!(log.contains("250 2.0.0"), "{log}");
+    // Nothing is left in A's queue.
+    assert!(a.store().queue_list().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_recipients_and_null_mx_bounce_to_the_sender() {
+    let ip = "127.0.0.4";
+    let port = free_port(ip);
+    let b = start_b(ip, port);
+    let dns = dns(ip);
+    let a = start_a(&dns, port);
+    submitter(&a)
+        .send(message(&["nobody@b.test", "carol@b.test"], "one unknown"))
+        .await
+        .expect("submit");
+    submitter(&a)
+        .send(message(&["someone@nomail.test"], "null mx"))
+        .await
+        .expect("submit");
+    wait_inbox(&b, "carol@b.test", 1).await;
+    let bounces = wait_inbox(&a, "alice@example.test", 2).await;
+    let unknown = bounces
+        .iter()
+        .find(|t| t.contains("nobody@b.test"))
+        .expect("a bounce for nobody@b.test");
+    assert!(unknown.contains("Return-Path: <>"), "{unknown}");
+    assert!(unknown.contains("report-type=delivery-status"), "{unknown}");
+    assert!(unknown.contains("Action: failed"), "{unknown}");
+    assert!(unknown.contains("Status: 5.1.1"), "{unknown}");
+    assert!(unknown.contains("Remote-MTA: dns; mx.b.test"), "{unknown}");
+    // B's whole reply is in it, and the original (its header at least).
+    assert!(unknown.contains("550 5.1.1"), "{unknown}");
+    assert!(unknown.contains("Subject: one unknown"), "{unknown}");
+    assert!(
+        !unknown.contains("carol@b.test>: "),
+        "only the failed recipient: {unknown}"
+    );
+    let null = bounces
+        .iter()
+        .find(|t| t.contains("someone@nomail.test"))
+        .expect("a bounce for the null MX domain");
+    assert!(null.contains("Status: 5.1.10"), "{null}");
+    assert!(a.store().queue_list().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_waits_while_the_mx_is_down_and_goes_when_it_is_back() {
+    let ip = "127.0.0.5";
+    let port = free_port(ip);
+    let mut b = start_b(ip, port);
+    b.kill9();
+    let dns = dns(ip);
+    let a = start_a(&dns, port);
+    submitter(&a)
+        .send(message(&["carol@b.test"], "while down"))
+        .await
+        .expect("submit: queued even though B is down");
+    // Tried at once and failed: still queued, with the reason.
+    let mut tried = false;
+    for _ in 0..100 {
+        let q = a.store().queue_list().await.unwrap();
+        assert_eq!(q.len(), 1);
+        if q[0].recipients[0].attempts >= 1 {
+            let why = q[0].recipients[0].last_reply.clone().unwrap_or_default();
+            assert!(why.starts_with("451 4.4.1"), "{why}");
+            assert!(why.contains("mx.b.test"), "{why}");
+            tried = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(tried, "the first attempt is made at once");
+    // The queue survives a restart of A too.
+    let mut a = a;
+    a.restart();
+    b.restart();
+    let at_b = wait_inbox(&b, "carol@b.test", 1).await;
+    assert!(at_b[0].contains("Subject: while down"));
+    for _ in 0..100 {
+        if a.store().queue_list().await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(a.store().queue_list().await.unwrap().is_empty());
+    // No bounce for a message that was delivered.
+    assert!(a.inbox("alice@example.test").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mx_never_relays_even_with_a_queue() {
+    let dns = dns("127.0.0.6");
+    let a = start_a(&dns, 25);
+    let mut c = Raw::connect(a.smtp).await;
+    c.cmd("EHLO client.example").await;
+    c.cmd("MAIL FROM:<alice@example.test>").await;
+    let r = c.cmd("RCPT TO:<carol@b.test>").await;
+    assert!(r.starts_with("554 5.7.1"), "{r}");
+    assert_eq!(code(&c.cmd("QUIT").await), "221");
+}

@@ -1,0 +1,688 @@
+//! The outbound queue: messages for other domains, sent to their MX hosts.
+//!
+//! Implementation notes:
+//! - The queue lives in the store ([`mailkeep_store::QueueStore`]); a message is queued
+//!   durably before the submitting client hears 250, and leaves the queue only when no
+//!   recipient is pending. A crash between a remote 250 and its record means that recipient
+//!   gets the message twice (never zero times).
+//! - Recipients are grouped by domain; each domain's MX hosts are tried in preference order
+//!   (equal preferences shuffled, RFC 5321 5.1), each host's addresses in turn; no MX means the
+//!   domain itself (implicit MX), a null MX (RFC 7505) fails at once.
+//! - STARTTLS whenever offered, opportunistically ([`client::Opportunistic`]); the TLS version
+//!   and cipher of every attempt are logged.
+//! - 4xx and connection failures are retried with a doubling wait (`queue.retry_first` up to
+//!   `queue.retry_max`) until `queue.lifetime`; 5xx and expiry produce a bounce (RFC 3464) to
+//!   the sender, never for a null sender (no bounce loops). A delay warning goes out once after
+//!   `queue.delay_warning`.
+//! - Every attempt is in the delivery log (`queue.attempt`, one event per recipient, with the
+//!   host, address, TLS details and the whole reply).
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod dsn;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use mailkeep_config::QueueConfig;
+use mailkeep_delivery::{now_micros, Delivery, Incoming};
+use mailkeep_net::Shutdown;
+use mailkeep_store::directory::Resolution;
+use mailkeep_store::{
+    Attempt, LogEvent, NewQueued, QueueRecipient, QueuedMessage, QueuedRcpt, SharedStore,
+    StoreError,
+};
+use mailkeep_types::{Address, QueueId};
+
+use client::{Client, ClientError, Reply};
+
+/// Unix seconds now.
+pub fn now_secs() -> i64 {
+    now_micros() / 1_000_000
+}
+
+/// Errors setting the queue up.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// TLS client configuration.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// The outbound queue service.
+pub struct Outbound {
+    store: SharedStore,
+    delivery: Delivery,
+    resolver: TokioResolver,
+    hostname: String,
+    config: QueueConfig,
+    tls: Arc<rustls::ClientConfig>,
+    wake: tokio::sync::Notify,
+    /// Messages being delivered now, so a message is never sent twice at once.
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Why a domain's mail exchangers could not be found.
+enum MxError {
+    /// RFC 7505: the domain says it takes no mail.
+    NullMx,
+    /// The domain does not exist.
+    NoDomain,
+    /// DNS failed for now.
+    Temporary(String),
+}
+
+/// The server that answered for a recipient (host name and address), if one did.
+type Server = Option<(String, IpAddr)>;
+
+/// The result of talking to one server about some recipients.
+struct ServerOutcome {
+    results: Vec<(QueuedRcpt, Attempt)>,
+    host: String,
+    ip: IpAddr,
+    tls: Option<client::TlsDetails>,
+}
+
+impl Outbound {
+    /// A queue service; `resolver` answers MX and address queries.
+    pub fn new(
+        store: SharedStore,
+        delivery: Delivery,
+        resolver: TokioResolver,
+        hostname: String,
+        config: QueueConfig,
+    ) -> Result<Outbound, QueueError> {
+        let tls = client::Opportunistic::config().map_err(|e| QueueError::Tls(e.to_string()))?;
+        Ok(Outbound {
+            store,
+            delivery,
+            resolver,
+            hostname,
+            config,
+            tls,
+            wake: tokio::sync::Notify::new(),
+            busy: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Queues a message durably and wakes the sender.
+    pub async fn enqueue(&self, message: NewQueued) -> Result<(), StoreError> {
+        self.store.queue_insert(message, now_secs()).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Sends what is due until shutdown: at once when something is queued, else every few
+    /// seconds. At most `queue.concurrency` messages at a time.
+    pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            match self.store.queue_due(now_secs(), 500).await {
+                Ok(due) => {
+                    for m in due {
+                        let fresh = self
+                            .busy
+                            .lock()
+                            .map(|mut b| b.insert(m.id.clone()))
+                            .unwrap_or(false);
+                        if !fresh {
+                            continue;
+                        }
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            return;
+                        };
+                        let me = self.clone();
+                        tasks.spawn(async move {
+                            let id = m.id.clone();
+                            me.deliver_message(m).await;
+                            if let Ok(mut b) = me.busy.lock() {
+                                b.remove(&id);
+                            }
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "reading the outbound queue failed"),
+            }
+            while tasks.try_join_next().is_some() {}
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.wait() => break,
+            }
+        }
+        // Deliveries under way finish (each wait is bounded by the timeouts), so that their
+        // outcome is recorded and nothing is sent twice after a restart.
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// The wait before the next attempt after `attempts` failed ones.
+    fn backoff(&self, attempts: u32) -> i64 {
+        let first = self.config.retry_first.as_secs().max(1);
+        let wait = first.saturating_mul(1u64 << attempts.min(20));
+        wait.min(self.config.retry_max.as_secs().max(first)) as i64
+    }
+
+    async fn deliver_message(&self, m: QueuedMessage) {
+        let now = now_secs();
+        let content = match self.store.get_blob(&m.blob).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                tracing::error!(queue_id = %m.id, "queued message content is missing");
+                let results: Vec<(String, Attempt)> = m
+                    .recipients
+                    .iter()
+                    .map(|r| {
+                        let why = "the queued message content is missing".to_string();
+                        (r.recipient.address.clone(), Attempt::Failed(why))
+                    })
+                    .collect();
+                let _ = self.store.queue_record(&m.id, &results).await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %m.id, error = %e, "reading queued content failed");
+                return;
+            }
+        };
+        let mut by_domain: BTreeMap<String, Vec<QueuedRcpt>> = BTreeMap::new();
+        for r in &m.recipients {
+            by_domain
+                .entry(r.domain.clone())
+                .or_default()
+                .push(r.clone());
+        }
+        let mut results: Vec<(QueuedRcpt, Attempt, Server)> = Vec::new();
+        // Per result: the host asked, its address, the TLS used and the hosts tried before.
+        let mut seen: Vec<(String, IpAddr, Option<client::TlsDetails>, Vec<String>)> = Vec::new();
+        for (domain, rcpts) in by_domain {
+            let (outcome, trail) = self.deliver_domain(&m, &domain, rcpts, &content).await;
+            for (r, a) in outcome.results {
+                let server = if outcome.ip.is_unspecified() {
+                    None
+                } else {
+                    Some((outcome.host.clone(), outcome.ip))
+                };
+                seen.push((
+                    outcome.host.clone(),
+                    outcome.ip,
+                    outcome.tls.clone(),
+                    trail.clone(),
+                ));
+                results.push((r, a, server));
+            }
+        }
+        // Past the queue's lifetime, a temporary failure is final (RFC 5321 4.5.4.1).
+        let expired = now - m.created >= self.config.lifetime.as_secs() as i64;
+        for (r, a, _) in results.iter_mut() {
+            if let Attempt::Retry(reply, _) = a {
+                if expired {
+                    *a = Attempt::Failed(format!(
+                        "gave up after {} days; last error: {reply}",
+                        self.config.lifetime.as_secs() / 86400
+                    ));
+                } else {
+                    *a = Attempt::Retry(reply.clone(), now + self.backoff(r.attempts));
+                }
+            }
+        }
+        let events: Vec<LogEvent> = results
+            .iter()
+            .zip(&seen)
+            .map(|((r, a, _), (host, ip, tls, trail))| {
+                self.attempt_event(&m, r, a, host, *ip, tls, trail)
+            })
+            .collect();
+        let record: Vec<(String, Attempt)> = results
+            .iter()
+            .map(|(r, a, _)| (r.recipient.address.clone(), a.clone()))
+            .collect();
+        self.store.log_submit(events);
+        if let Err(e) = self.store.queue_record(&m.id, &record).await {
+            tracing::error!(queue_id = %m.id, error = %e, "recording delivery attempts failed");
+            return;
+        }
+        // Bounces and warnings.
+        let failed: Vec<dsn::RcptReport> = results
+            .iter()
+            .filter(|(r, a, _)| matches!(a, Attempt::Failed(_)) && wants(r, "FAILURE"))
+            .map(|(r, a, server)| report(r, a, server))
+            .collect();
+        if !failed.is_empty() {
+            self.notify_sender(&m, &content, dsn::Kind::Failed, &failed)
+                .await;
+        }
+        let waited = now - m.created;
+        if !m.warned && !expired && waited >= self.config.delay_warning.as_secs() as i64 {
+            let delayed: Vec<dsn::RcptReport> = results
+                .iter()
+                .filter(|(r, a, _)| matches!(a, Attempt::Retry(..)) && wants(r, "DELAY"))
+                .map(|(r, a, server)| report(r, a, server))
+                .collect();
+            if !delayed.is_empty() {
+                self.notify_sender(&m, &content, dsn::Kind::Delayed, &delayed)
+                    .await;
+                let _ = self.store.queue_set_warned(&m.id).await;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attempt_event(
+        &self,
+        m: &QueuedMessage,
+        r: &QueuedRcpt,
+        a: &Attempt,
+        host: &str,
+        ip: IpAddr,
+        tls: &Option<client::TlsDetails>,
+        trail: &[String],
+    ) -> LogEvent {
+        let (outcome, reply) = match a {
+            Attempt::Sent(t) => ("delivered", t),
+            Attempt::Retry(t, _) => ("tempfail", t),
+            Attempt::Failed(t) => ("failed", t),
+        };
+        LogEvent {
+            ts: now_micros(),
+            session: format!("queue-{}", m.id),
+            queue_id: Some(m.id.clone()),
+            kind: "queue.attempt".into(),
+            ip: (!ip.is_unspecified()).then(|| ip.to_string()),
+            sender: Some(m.sender.clone()),
+            recipient: Some(r.recipient.address.clone()),
+            outcome: Some(outcome.into()),
+            reply: Some(reply.clone()),
+            detail: serde_json::json!({
+                "host": host,
+                "attempt": r.attempts + 1,
+                "next_attempt": match a { Attempt::Retry(_, at) => Some(*at), _ => None },
+                "tls": tls.as_ref().map(|t| serde_json::json!({"version": t.version, "cipher": t.cipher})),
+                "tried": trail,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Sends a report to the original sender: locally when the sender is ours, else through
+    /// the queue with a null sender (RFC 5321 4.5.5), never for a null sender.
+    async fn notify_sender(
+        &self,
+        m: &QueuedMessage,
+        content: &[u8],
+        kind: dsn::Kind,
+        recipients: &[dsn::RcptReport],
+    ) {
+        if m.sender.is_empty() {
+            return;
+        }
+        let report = dsn::Report {
+            hostname: &self.hostname,
+            to: &m.sender,
+            queue_id: &m.id,
+            envid: m.envid.as_deref(),
+            arrival: m.created,
+            kind,
+            recipients,
+            original: content,
+            headers_only: m.ret.as_deref() == Some("HDRS") || kind == dsn::Kind::Delayed,
+        };
+        let data = dsn::build(&report, now_secs());
+        let id = QueueId::new(now_micros() as u64, rand::random()).0;
+        let what = match kind {
+            dsn::Kind::Failed => "bounce",
+            dsn::Kind::Delayed => "delay warning",
+        };
+        let sender = match Address::parse(&m.sender) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(queue_id = %m.id, error = %e, "no {what}: the sender address is invalid");
+                return;
+            }
+        };
+        let sent = match self.delivery.resolve(&sender).await {
+            Ok(Resolution::Targets { local, .. }) if !local.is_empty() => {
+                let incoming = Incoming {
+                    data,
+                    return_path: String::new(),
+                    recipients: local,
+                    queue_id: id.clone(),
+                    session: format!("queue-{}", m.id),
+                    client_ip: None,
+                };
+                match self.delivery.deliver(incoming).await {
+                    Ok(d) => {
+                        self.store.log_submit(d.events);
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Ok(Resolution::NotLocal) => {
+                let size = data.len() as u64;
+                match self.store.put_blob(&data).await {
+                    Ok(blob) => self
+                        .enqueue(NewQueued {
+                            id: id.clone(),
+                            sender: String::new(),
+                            blob,
+                            size,
+                            recipients: vec![QueueRecipient {
+                                address: m.sender.clone(),
+                                notify: None,
+                                orcpt: None,
+                            }],
+                            envid: None,
+                            ret: None,
+                            smtputf8: !m.sender.is_ascii(),
+                        })
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Ok(_) => Err("the sender is a local address that no longer exists".into()),
+            Err(e) => Err(e.to_string()),
+        };
+        let ev = LogEvent {
+            ts: now_micros(),
+            session: format!("queue-{}", m.id),
+            queue_id: Some(m.id.clone()),
+            kind: "queue.dsn".into(),
+            recipient: Some(m.sender.clone()),
+            outcome: Some(if sent.is_ok() { "accepted" } else { "failed" }.into()),
+            detail: serde_json::json!({ "kind": what, "dsn_queue_id": id, "error": sent.as_ref().err() }),
+            ..Default::default()
+        };
+        self.store.log_submit(vec![ev]);
+        if let Err(e) = sent {
+            tracing::warn!(queue_id = %m.id, error = %e, "sending the {what} failed");
+        }
+    }
+
+    /// Mail exchangers of a domain in the order to try them.
+    async fn mx_hosts(&self, domain: &str) -> Result<Vec<String>, MxError> {
+        let name = format!("{}.", domain.trim_end_matches('.'));
+        match self.resolver.mx_lookup(name.as_str()).await {
+            Ok(mx) => {
+                let mut records: Vec<(u16, u32, String)> = mx
+                    .iter()
+                    .map(|r| {
+                        let host = r.exchange().to_ascii();
+                        (
+                            r.preference(),
+                            rand::random(),
+                            host.trim_end_matches('.').to_string(),
+                        )
+                    })
+                    .collect();
+                // RFC 7505 3: a single MX with the root as exchange means no mail.
+                if records.len() == 1 && records[0].2.is_empty() {
+                    return Err(MxError::NullMx);
+                }
+                records.retain(|r| !r.2.is_empty());
+                // RFC 5321 5.1: lowest preference first, equal ones in random order.
+                records.sort();
+                Ok(records.into_iter().map(|r| r.2).collect())
+            }
+            Err(e) if e.is_nx_domain() => Err(MxError::NoDomain),
+            // RFC 5321 5.1: no MX, the domain itself is the implicit MX.
+            Err(e) if e.is_no_records_found() => Ok(vec![domain.to_string()]),
+            Err(e) => Err(MxError::Temporary(e.to_string())),
+        }
+    }
+
+    /// Addresses of a host: IPv6 and IPv4, as the resolver gives them.
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        let name = format!("{}.", host.trim_end_matches('.'));
+        match self.resolver.lookup_ip(name.as_str()).await {
+            Ok(ips) => Ok(ips.iter().collect()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Delivers one message to the recipients of one domain: each MX host and address in
+    /// turn until one server answers. Also returns the hosts tried before.
+    async fn deliver_domain(
+        &self,
+        m: &QueuedMessage,
+        domain: &str,
+        rcpts: Vec<QueuedRcpt>,
+        content: &[u8],
+    ) -> (ServerOutcome, Vec<String>) {
+        let none = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        let all = |a: Attempt| ServerOutcome {
+            results: rcpts.iter().map(|r| (r.clone(), a.clone())).collect(),
+            host: domain.to_string(),
+            ip: none,
+            tls: None,
+        };
+        let hosts = match self.mx_hosts(domain).await {
+            Ok(h) => h,
+            Err(MxError::NullMx) => {
+                let why = format!("556 5.1.10 {domain} accepts no mail (null MX, RFC 7505)");
+                return (all(Attempt::Failed(why)), Vec::new());
+            }
+            Err(MxError::NoDomain) => {
+                let why = format!("550 5.1.2 the domain {domain} does not exist");
+                return (all(Attempt::Failed(why)), Vec::new());
+            }
+            Err(MxError::Temporary(e)) => {
+                let why = format!("451 4.4.3 DNS lookup of {domain} failed: {e}");
+                return (all(Attempt::Retry(why, 0)), Vec::new());
+            }
+        };
+        let mut trail = Vec::new();
+        for host in &hosts {
+            let ips = match self.addresses(host).await {
+                Ok(ips) if !ips.is_empty() => ips,
+                Ok(_) | Err(_) => {
+                    trail.push(format!("{host}: no address"));
+                    continue;
+                }
+            };
+            for ip in ips {
+                match self.try_server(m, host, ip, &rcpts, content).await {
+                    Ok(outcome) => return (outcome, trail),
+                    Err(e) => trail.push(format!("{host} [{ip}]: {e}")),
+                }
+            }
+        }
+        let why = match trail.last() {
+            Some(t) => format!("451 4.4.1 no mail exchanger of {domain} answered ({t})"),
+            None => format!("451 4.4.4 no mail exchanger of {domain} has an address"),
+        };
+        (all(Attempt::Retry(why, 0)), trail)
+    }
+
+    /// One SMTP session with one server. Err: the server never took responsibility for any
+    /// recipient (no connection, no greeting, a failed handshake): the next one is tried.
+    async fn try_server(
+        &self,
+        m: &QueuedMessage,
+        host: &str,
+        ip: IpAddr,
+        rcpts: &[QueuedRcpt],
+        content: &[u8],
+    ) -> Result<ServerOutcome, String> {
+        let addr = SocketAddr::new(ip, self.config.port);
+        let tcp = tokio::time::timeout(
+            self.config.connect_timeout,
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        .map_err(|_| "connection timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+        let mut c = Client::new(Box::new(tcp), self.config.command_timeout);
+        let err = |e: ClientError| e.to_string();
+        let greeting = c.reply().await.map_err(err)?;
+        if !greeting.ok() {
+            // RFC 5321 3.1: a server that will not talk; the next one may.
+            c.quit().await;
+            return Err(format!("greeting {}", greeting.text()));
+        }
+        let hello = c.hello(&self.hostname).await.map_err(err)?;
+        if !hello.ok() {
+            c.quit().await;
+            return Err(format!("EHLO {}", hello.text()));
+        }
+        if c.has("STARTTLS") {
+            let (tls_client, _) =
+                c.starttls(self.tls.clone(), host)
+                    .await
+                    .map_err(|(e, r)| match r {
+                        Some(r) => format!("STARTTLS {}", r.text()),
+                        None => e.to_string(),
+                    })?;
+            c = tls_client;
+            let hello = c.hello(&self.hostname).await.map_err(err)?;
+            if !hello.ok() {
+                c.quit().await;
+                return Err(format!("EHLO after STARTTLS {}", hello.text()));
+            }
+        }
+        let tls = c.tls.clone();
+        let done = |results: Vec<(QueuedRcpt, Attempt)>, tls: Option<client::TlsDetails>| {
+            Ok(ServerOutcome {
+                results,
+                host: host.to_string(),
+                ip,
+                tls,
+            })
+        };
+        let every = |a: Attempt| rcpts.iter().map(|r| (r.clone(), a.clone())).collect();
+        // RFC 6531 3.4: a message that needs SMTPUTF8 cannot go to a server without it.
+        if m.smtputf8 && !c.has("SMTPUTF8") {
+            c.quit().await;
+            let why = format!(
+                "553 5.6.7 the message needs SMTPUTF8 (non-ASCII addresses), which {host} does not support"
+            );
+            return done(every(Attempt::Failed(why)), tls);
+        }
+        // RFC 1870 6: a declared limit we exceed is a permanent failure.
+        if let Some(limit) = c.param("SIZE").and_then(|v| v.trim().parse::<u64>().ok()) {
+            if limit > 0 && m.size > limit {
+                c.quit().await;
+                let why = format!(
+                    "552 5.3.4 the message ({} bytes) is over {host}'s limit of {limit}",
+                    m.size
+                );
+                return done(every(Attempt::Failed(why)), tls);
+            }
+        }
+        let mut mail = format!("MAIL FROM:<{}>", m.sender);
+        if c.has("SIZE") {
+            mail.push_str(&format!(" SIZE={}", m.size));
+        }
+        if !content.is_ascii() && c.has("8BITMIME") {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if m.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        let dsn = c.has("DSN");
+        if dsn {
+            if let Some(ret) = &m.ret {
+                mail.push_str(&format!(" RET={ret}"));
+            }
+            if let Some(envid) = &m.envid {
+                mail.push_str(&format!(" ENVID={envid}"));
+            }
+        }
+        let r = c.command(&mail).await.map_err(err)?;
+        if !r.ok() {
+            c.quit().await;
+            return done(every(verdict(&r)), tls);
+        }
+        let mut accepted = Vec::new();
+        let mut results = Vec::new();
+        for rc in rcpts {
+            let mut line = format!("RCPT TO:<{}>", rc.recipient.address);
+            if dsn {
+                if let Some(n) = &rc.recipient.notify {
+                    line.push_str(&format!(" NOTIFY={n}"));
+                }
+                if let Some(o) = &rc.recipient.orcpt {
+                    line.push_str(&format!(" ORCPT={o}"));
+                }
+            }
+            match c.command(&line).await {
+                Ok(r) if r.ok() => accepted.push(rc.clone()),
+                Ok(r) => results.push((rc.clone(), verdict(&r))),
+                Err(e) => {
+                    // Lost mid-way: nothing was taken, all is retried.
+                    return done(
+                        every(Attempt::Retry(format!("451 4.4.2 {host}: {e}"), 0)),
+                        tls,
+                    );
+                }
+            }
+        }
+        if accepted.is_empty() {
+            c.quit().await;
+            return done(results, tls);
+        }
+        let r = c.command("DATA").await.map_err(err)?;
+        if r.code != 354 {
+            c.quit().await;
+            results.extend(accepted.into_iter().map(|rc| (rc, verdict(&r))));
+            return done(results, tls);
+        }
+        let final_reply = match c.data(content).await {
+            Ok(r) => r,
+            Err(e) => {
+                // No final reply: the server may or may not have the message; retrying may
+                // duplicate it, giving up may lose it. RFC 5321 6.1: duplicate, not lose.
+                let why = format!("451 4.4.2 {host}: no reply to the end of data: {e}");
+                results.extend(
+                    accepted
+                        .into_iter()
+                        .map(|rc| (rc, Attempt::Retry(why.clone(), 0))),
+                );
+                return done(results, tls);
+            }
+        };
+        c.quit().await;
+        let v = if final_reply.ok() {
+            Attempt::Sent(final_reply.text())
+        } else {
+            verdict(&final_reply)
+        };
+        results.extend(accepted.into_iter().map(|rc| (rc, v.clone())));
+        done(results, tls)
+    }
+}
+
+/// A refusal: permanent for 5xx, else to be retried.
+fn verdict(r: &Reply) -> Attempt {
+    if r.permanent() {
+        Attempt::Failed(r.text())
+    } else {
+        Attempt::Retry(r.text(), 0)
+    }
+}
+
+/// Whether a recipient's NOTIFY asks for this kind of report (RFC 3461 4.1: without NOTIFY,
+/// failures are reported and delays may be).
+fn wants(r: &QueuedRcpt, what: &str) -> bool {
+    match &r.recipient.notify {
+        None => true,
+        Some(n) => n.split(',').any(|x| x.trim().eq_ignore_ascii_case(what)),
+    }
+}
+
+fn report(r: &QueuedRcpt, a: &Attempt, server: &Server) -> dsn::RcptReport {
+    let diagnostic = match a {
+        Attempt::Sent(t) | Attempt::Retry(t, _) | Attempt::Failed(t) => t.clone(),
+    };
+    dsn::RcptReport {
+        recipient: r.recipient.address.clone(),
+        orcpt: r.recipient.orcpt.clone(),
+        remote_mta: server.as_ref().map(|(h, _)| h.clone()),
+        diagnostic,
+    }
+}
