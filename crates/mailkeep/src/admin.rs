@@ -75,6 +75,24 @@ pub enum AliasCmd {
 }
 
 #[derive(Subcommand)]
+pub enum QueueCmd {
+    /// Every queued message, one line each: id, age, size, sender, recipients pending.
+    List,
+    /// One message: its recipients with their state, attempts, next attempt and last reply.
+    Show { id: String },
+    /// Try the message's pending recipients again at once.
+    Retry { id: String },
+    /// Keep the message queued without trying it until it is released.
+    Hold { id: String },
+    /// Release a held message.
+    Release { id: String },
+    /// Remove the message from the queue without sending it or telling the sender.
+    Delete { id: String },
+    /// Give up on the message's pending recipients and send the sender a bounce.
+    Bounce { id: String },
+}
+
+#[derive(Subcommand)]
 pub enum AclCmd {
     /// Show who may use OWNER's mailboxes (all of them, or one).
     List {
@@ -345,6 +363,119 @@ pub fn alias(config: &Path, cmd: AliasCmd) -> Result<()> {
                 let a = address_arg(&address, "address")?;
                 store.alias_remove(&a).await?;
                 println!("removed alias {a}");
+            }
+        }
+        Ok(())
+    })
+}
+
+fn ago(now: i64, then: i64) -> String {
+    let s = (now - then).max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// The outbound queue, as an admin. Changes reach a running server within seconds (it looks
+/// at the queue every 5 s).
+pub fn queue(config: &Path, cmd: QueueCmd) -> Result<()> {
+    let (cfg, store) = open(config)?;
+    runtime()?.block_on(async {
+        let now = mailkeep_queue::now_secs();
+        let found = |id: &str| anyhow!("no queued message {id:?} (see `mailkeep queue list`)");
+        match cmd {
+            QueueCmd::List => {
+                let all = store.queue_list().await?;
+                for m in &all {
+                    let pending: Vec<&str> = m
+                        .recipients
+                        .iter()
+                        .filter(|r| r.status == mailkeep_store::RcptStatus::Pending)
+                        .map(|r| r.recipient.address.as_str())
+                        .collect();
+                    let held = if m.held { " (held)" } else { "" };
+                    let sender = if m.sender.is_empty() { "<>" } else { &m.sender };
+                    println!(
+                        "{}{held}  {} ago  {} bytes  from {sender}  to {}",
+                        m.id,
+                        ago(now, m.created),
+                        m.size,
+                        pending.join(", ")
+                    );
+                }
+                println!("{} message(s) queued", all.len());
+            }
+            QueueCmd::Show { id } => {
+                let m = store.queue_get(&id).await?.ok_or_else(|| found(&id))?;
+                let sender = if m.sender.is_empty() { "<>" } else { &m.sender };
+                println!("queue id: {}{}", m.id, if m.held { " (held)" } else { "" });
+                println!("sender:   {sender}");
+                println!("queued:   {} ago, {} bytes", ago(now, m.created), m.size);
+                for r in &m.recipients {
+                    let state = match r.status {
+                        mailkeep_store::RcptStatus::Pending if r.next_attempt > now => {
+                            format!("pending, next attempt in {}", ago(r.next_attempt, now))
+                        }
+                        mailkeep_store::RcptStatus::Pending => "pending, due now".into(),
+                        mailkeep_store::RcptStatus::Sent => "sent".into(),
+                        mailkeep_store::RcptStatus::Failed => "failed".into(),
+                    };
+                    println!(
+                        "  {}: {state}; {} attempt(s); last: {}",
+                        r.recipient.address,
+                        r.attempts,
+                        r.last_reply.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            QueueCmd::Retry { id } => {
+                store
+                    .queue_retry_now(&id, now)
+                    .await
+                    .map_err(|_| found(&id))?;
+                println!("{id}: due now");
+            }
+            QueueCmd::Hold { id } => {
+                store
+                    .queue_set_held(&id, true)
+                    .await
+                    .map_err(|_| found(&id))?;
+                println!("{id}: held");
+            }
+            QueueCmd::Release { id } => {
+                store
+                    .queue_set_held(&id, false)
+                    .await
+                    .map_err(|_| found(&id))?;
+                store.queue_retry_now(&id, now).await?;
+                println!("{id}: released, due now");
+            }
+            QueueCmd::Delete { id } => {
+                store.queue_delete(&id).await.map_err(|_| found(&id))?;
+                println!("{id}: deleted");
+            }
+            QueueCmd::Bounce { id } => {
+                let delivery =
+                    mailkeep_delivery::Delivery::new(store.clone(), cfg.directory.plus_separator);
+                let outbound = mailkeep_queue::Outbound::new(
+                    store.clone(),
+                    delivery,
+                    mailkeep_net::resolver(&cfg.dns.servers, cfg.dns.timeout)?,
+                    cfg.hostname.clone(),
+                    cfg.queue.clone(),
+                )?;
+                if store.queue_get(&id).await?.is_none() {
+                    return Err(found(&id));
+                }
+                let n = outbound
+                    .bounce_now(&id, "delivery cancelled by the administrator")
+                    .await?;
+                // The bounce's log events are written before the command exits.
+                store.log_flush().await?;
+                println!("{id}: {n} recipient(s) bounced");
             }
         }
         Ok(())

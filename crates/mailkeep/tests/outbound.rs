@@ -232,3 +232,64 @@ async fn the_mx_never_relays_even_with_a_queue() {
     assert!(r.starts_with("554 5.7.1"), "{r}");
     assert_eq!(code(&c.cmd("QUIT").await), "221");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_cli_lists_shows_holds_releases_bounces_and_deletes() {
+    // Nobody listens on B's address: every attempt fails, the messages stay queued.
+    let ip = "127.0.0.7";
+    let port = free_port(ip);
+    let dns = dns(ip);
+    let a = start_a(&dns, port);
+    for subject in ["first", "second"] {
+        submitter(&a)
+            .send(message(&["carol@b.test"], subject))
+            .await
+            .expect("submit");
+    }
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let q = a.store().queue_list().await.unwrap();
+        if q.len() == 2 && q.iter().all(|m| m.recipients[0].attempts >= 1) {
+            ids = q.iter().map(|m| m.id.clone()).collect();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ids.len(), 2, "both tried once");
+    let (ok, out, err) = a.cli(&["queue", "list"], "");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&ids[0]) && out.contains("2 message(s) queued"),
+        "{out}"
+    );
+    assert!(
+        out.contains("from alice@example.test  to carol@b.test"),
+        "{out}"
+    );
+    let (ok, out, _) = a.cli(&["queue", "show", &ids[0]], "");
+    assert!(ok);
+    assert!(out.contains("carol@b.test: pending"), "{out}");
+    assert!(out.contains("451 4.4.1"), "{out}");
+    let (ok, out, _) = a.cli(&["queue", "hold", &ids[0]], "");
+    assert!(ok && out.contains("held"), "{out}");
+    assert!(a.store().queue_get(&ids[0]).await.unwrap().unwrap().held);
+    let (ok, _, _) = a.cli(&["queue", "release", &ids[0]], "");
+    assert!(ok);
+    assert!(!a.store().queue_get(&ids[0]).await.unwrap().unwrap().held);
+    let (ok, out, err) = a.cli(&["queue", "bounce", &ids[0]], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("1 recipient(s) bounced"), "{out}");
+    let bounce = wait_inbox(&a, "alice@example.test", 1).await;
+    assert!(
+        bounce[0].contains("cancelled by the administrator"),
+        "{}",
+        bounce[0]
+    );
+    assert!(bounce[0].contains("Action: failed"), "{}", bounce[0]);
+    let (ok, _, _) = a.cli(&["queue", "delete", &ids[1]], "");
+    assert!(ok);
+    assert!(a.store().queue_list().await.unwrap().is_empty());
+    // An unknown id is a clear error, naming it.
+    let (ok, _, err) = a.cli(&["queue", "show", "NOPE"], "");
+    assert!(!ok && err.contains("no queued message \"NOPE\""), "{err}");
+}

@@ -160,6 +160,39 @@ impl Outbound {
         while tasks.join_next().await.is_some() {}
     }
 
+    /// Gives up on every pending recipient of a message now (an admin's decision) and sends
+    /// the sender a bounce saying so. Returns how many recipients it bounced.
+    pub async fn bounce_now(&self, id: &str, reason: &str) -> Result<usize, StoreError> {
+        let m = self
+            .store
+            .queue_get(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("queued message {id}")))?;
+        let pending: Vec<QueuedRcpt> = m
+            .recipients
+            .iter()
+            .filter(|r| r.status == mailkeep_store::RcptStatus::Pending)
+            .cloned()
+            .collect();
+        let why = format!("550 5.0.0 {reason}");
+        let record: Vec<(String, Attempt)> = pending
+            .iter()
+            .map(|r| (r.recipient.address.clone(), Attempt::Failed(why.clone())))
+            .collect();
+        let content = self.store.get_blob(&m.blob).await?.unwrap_or_default();
+        self.store.queue_record(id, &record).await?;
+        let reports: Vec<dsn::RcptReport> = pending
+            .iter()
+            .filter(|r| wants(r, "FAILURE"))
+            .map(|r| report(r, &Attempt::Failed(why.clone()), &None))
+            .collect();
+        if !reports.is_empty() {
+            self.notify_sender(&m, &content, dsn::Kind::Failed, &reports)
+                .await;
+        }
+        Ok(pending.len())
+    }
+
     /// The wait before the next attempt after `attempts` failed ones.
     fn backoff(&self, attempts: u32) -> i64 {
         let first = self.config.retry_first.as_secs().max(1);
