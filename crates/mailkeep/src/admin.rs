@@ -466,6 +466,8 @@ pub fn queue(config: &Path, cmd: QueueCmd) -> Result<()> {
                     mailkeep_net::resolver(&cfg.dns.servers, cfg.dns.timeout)?,
                     cfg.hostname.clone(),
                     cfg.queue.clone(),
+                    // Bounces are not DKIM-signed.
+                    mailkeep_queue::dkim::DkimKeys::default(),
                 )?;
                 if store.queue_get(&id).await?.is_none() {
                     return Err(found(&id));

@@ -247,6 +247,13 @@ async fn serve_config(
         mailkeep_net::resolver(&config.dns.servers, config.dns.timeout)?,
         config.hostname.clone(),
         config.queue.clone(),
+        // Read after giving up root: the keys belong to the server's user.
+        {
+            let keys = mailkeep_queue::dkim::DkimKeys::load(&config.data_dir.join("dkim"))?;
+            let domains: Vec<&str> = keys.domains().collect();
+            tracing::info!(?domains, "DKIM keys loaded for outgoing mail");
+            keys
+        },
     )?);
     let submission = Arc::new(submission_server(
         &config,

@@ -134,6 +134,99 @@ async fn submitted_mail_goes_to_the_mx_of_another_domain_over_starttls() {
     assert!(log.contains("250 2.0.0"), "{log}");
     // Nothing is left in A's queue.
     assert!(a.store().queue_list().await.unwrap().is_empty());
+    // Signed for example.test with both keys init made (Ed25519 first), and both signatures
+    // verify with dkimpy against the public keys init would publish.
+    let sigs: Vec<&str> = at_b[0]
+        .split("\r\n")
+        .filter(|l| l.starts_with("DKIM-Signature:"))
+        .collect();
+    assert_eq!(sigs.len(), 2, "{}", at_b[0]);
+    assert!(at_b[0].contains("a=ed25519-sha256"), "{}", at_b[0]);
+    assert!(at_b[0].contains("a=rsa-sha256"), "{}", at_b[0]);
+    assert!(at_b[0].contains("d=example.test"), "{}", at_b[0]);
+    dkim_verifies(&a, &at_b[0]);
+}
+
+/// The DNS TXT records of A's DKIM keys, computed from the key files init wrote.
+fn dkim_records(a: &Server) -> Vec<String> {
+    use base64::Engine;
+    use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let dir = a.dir.path().join("dkim");
+    let ed = std::fs::read_to_string(dir.join("example.test.mk1e.ed25519.pem")).unwrap();
+    let der = b64
+        .decode(
+            ed.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).unwrap();
+    use ring::signature::KeyPair;
+    let rsa_pem = std::fs::read_to_string(dir.join("example.test.mk1r.rsa.pem")).unwrap();
+    let rsa_key = rsa::RsaPrivateKey::from_pkcs8_pem(&rsa_pem).unwrap();
+    let rsa_pub = rsa_key.to_public_key().to_public_key_der().unwrap();
+    vec![
+        format!(
+            "mk1e._domainkey.example.test=v=DKIM1; k=ed25519; p={}",
+            b64.encode(pair.public_key().as_ref())
+        ),
+        format!(
+            "mk1r._domainkey.example.test=v=DKIM1; k=rsa; p={}",
+            b64.encode(rsa_pub.as_bytes())
+        ),
+    ]
+}
+
+/// Runs dkimpy over a message as received (B's Return-Path/Delivered-To and Received lines
+/// are above the signatures, as on any receiving server).
+fn dkim_verifies(a: &Server, received: &str) {
+    let file = a.dir.path().join("received.eml");
+    std::fs::write(&file, received).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/dkim_verify.py"
+    );
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import dkim, nacl"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "dkimpy must be installed in CI (.ci/run)"
+        );
+        eprintln!("SKIPPED: dkimpy is not installed");
+        return;
+    }
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&file)
+        .args(dkim_records(a))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "dkimpy: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("a=ed25519-sha256") && stdout.contains("a=rsa-sha256"),
+        "{stdout}"
+    );
+    // And they mean something: a changed Subject fails both.
+    let tampered = received.replacen("Subject: to two domains", "Subject: to three domains", 1);
+    assert_ne!(tampered, received);
+    std::fs::write(&file, tampered).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&file)
+        .args(dkim_records(a))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a tampered message must fail");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

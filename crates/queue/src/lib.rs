@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod dkim;
 pub mod dsn;
 
 use std::collections::{BTreeMap, HashSet};
@@ -50,6 +51,9 @@ pub enum QueueError {
     /// TLS client configuration.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A DKIM key could not be loaded.
+    #[error(transparent)]
+    Dkim(#[from] dkim::KeyError),
 }
 
 /// The outbound queue service.
@@ -60,6 +64,7 @@ pub struct Outbound {
     hostname: String,
     config: QueueConfig,
     tls: Arc<rustls::ClientConfig>,
+    dkim: dkim::DkimKeys,
     wake: tokio::sync::Notify,
     /// Messages being delivered now, so a message is never sent twice at once.
     busy: Mutex<HashSet<String>>,
@@ -87,13 +92,15 @@ struct ServerOutcome {
 }
 
 impl Outbound {
-    /// A queue service; `resolver` answers MX and address queries.
+    /// A queue service; `resolver` answers MX and address queries; outgoing mail is signed
+    /// with the keys in `dkim` (see [`dkim::DkimKeys::load`]).
     pub fn new(
         store: SharedStore,
         delivery: Delivery,
         resolver: TokioResolver,
         hostname: String,
         config: QueueConfig,
+        dkim: dkim::DkimKeys,
     ) -> Result<Outbound, QueueError> {
         let tls = client::Opportunistic::config().map_err(|e| QueueError::Tls(e.to_string()))?;
         Ok(Outbound {
@@ -103,9 +110,29 @@ impl Outbound {
             hostname,
             config,
             tls,
+            dkim,
             wake: tokio::sync::Notify::new(),
             busy: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Queues a submitted message for other domains: signed with DKIM for its From: domain
+    /// when that domain has keys, stored, queued durably. `message.blob` is set here.
+    pub async fn submit(&self, mut message: NewQueued, data: &[u8]) -> Result<(), StoreError> {
+        let signatures = self
+            .dkim
+            .sign(data)
+            .map_err(|e| StoreError::Backend(format!("DKIM signing failed: {e}")))?;
+        let blob = if signatures.is_empty() {
+            self.store.put_blob(data).await?
+        } else {
+            let mut signed = signatures;
+            signed.extend_from_slice(data);
+            message.size = signed.len() as u64;
+            self.store.put_blob(&signed).await?
+        };
+        message.blob = blob;
+        self.enqueue(message).await
     }
 
     /// Queues a message durably and wakes the sender.

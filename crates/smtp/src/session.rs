@@ -1426,17 +1426,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// reply (the client keeps the message and retries).
     async fn enqueue(
         &mut self,
-        mut queued: mailkeep_store::NewQueued,
+        queued: mailkeep_store::NewQueued,
         data: &[u8],
     ) -> Result<(), String> {
         let Some(outbound) = self.server.outbound.clone() else {
             return Err("451 4.3.2 Delivery to other domains is not available here".into());
         };
-        let stored = async {
-            queued.blob = self.server.delivery.store().put_blob(data).await?;
-            outbound.enqueue(queued.clone()).await
-        }
-        .await;
+        let stored = outbound.submit(queued.clone(), data).await;
         if let Err(e) = stored {
             tracing::error!(session = %self.id, error = %e, "queueing a message failed");
             return Err("451 4.3.0 Could not queue the message, try again later".into());
