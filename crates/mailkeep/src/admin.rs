@@ -2,7 +2,7 @@
 //! delivery log.
 
 use std::io::{IsTerminal, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
@@ -72,6 +72,22 @@ pub enum AliasCmd {
     },
     /// Remove an alias.
     Remove { address: String },
+}
+
+#[derive(Subcommand)]
+pub enum DkimCmd {
+    /// The signing keys of every domain (or one), with the DNS record each needs.
+    List { domain: Option<String> },
+    /// Make new keys for DOMAIN under new selectors and print their DNS records. Once they
+    /// are published, `--confirm` checks DNS and switches signing to them (the old keys move
+    /// to dkim/retired/); `--force` switches without finding the records.
+    Rotate {
+        domain: String,
+        #[arg(long)]
+        confirm: bool,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -367,6 +383,189 @@ pub fn alias(config: &Path, cmd: AliasCmd) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// (file, selector, algorithm) of DOMAIN's key files in `dir` with this suffix
+/// (`""` active, `".pending"` made by `dkim rotate`).
+fn dkim_files(dir: &Path, domain: &str, suffix: &str) -> Vec<(PathBuf, String, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(&format!(".pem{suffix}")) else {
+            continue;
+        };
+        let Some((rest, alg)) = stem.rsplit_once('.') else {
+            continue;
+        };
+        let Some((d, selector)) = rest.rsplit_once('.') else {
+            continue;
+        };
+        if d.eq_ignore_ascii_case(domain) && matches!(alg, "ed25519" | "rsa") {
+            out.push((e.path(), selector.to_string(), alg.to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// DKIM keys: list them, and rotate them in two steps (new keys and their records; then the
+/// switch once DNS has them).
+pub fn dkim(config: &Path, cmd: DkimCmd) -> Result<()> {
+    let cfg = Config::load(config)?;
+    crate::privileges::drop_to(cfg.user.as_deref())?;
+    let dir = cfg.data_dir.join("dkim");
+    match cmd {
+        DkimCmd::List { domain } => {
+            let mut domains: Vec<String> = match domain {
+                Some(d) => vec![domain_arg(&d, "DOMAIN")?.to_string()],
+                None => std::fs::read_dir(&dir)
+                    .map(|e| {
+                        e.flatten()
+                            .filter_map(|e| {
+                                let n = e.file_name().to_string_lossy().into_owned();
+                                let stem = n.split(".pem").next()?.to_string();
+                                let (rest, _) = stem.rsplit_once('.')?;
+                                let (d, _) = rest.rsplit_once('.')?;
+                                Some(d.to_string())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            domains.sort();
+            domains.dedup();
+            for d in &domains {
+                for (suffix, state) in [("", "signing"), (".pending", "pending (not used yet)")] {
+                    for (path, selector, alg) in dkim_files(&dir, d, suffix) {
+                        let (name, value) = crate::init::dkim_record(&path, d, &selector)?;
+                        println!("{d}  {selector}  {alg}  {state}");
+                        print!("  {}", crate::init::dkim_zone_lines(&[(name, value)]));
+                    }
+                }
+            }
+            if domains.is_empty() {
+                println!("no DKIM keys in {}", dir.display());
+            }
+            Ok(())
+        }
+        DkimCmd::Rotate {
+            domain,
+            confirm,
+            force,
+        } => {
+            let domain = domain_arg(&domain, "DOMAIN")?;
+            let d = domain.to_string();
+            let pending = dkim_files(&dir, &d, ".pending");
+            if !confirm {
+                if !pending.is_empty() {
+                    bail!(
+                        "a rotation of {d} is already pending: publish its records (`mailkeep dkim list {d}`) and run `mailkeep dkim rotate {d} --confirm`"
+                    );
+                }
+                // Selectors mk<N>e / mk<N>r: the next N after every one in use or retired.
+                let mut used = dkim_files(&dir, &d, "");
+                used.extend(dkim_files(&dir.join("retired"), &d, ""));
+                let n = used
+                    .iter()
+                    .filter_map(|(_, s, _)| {
+                        s.strip_prefix("mk")?
+                            .trim_end_matches(['e', 'r'])
+                            .parse::<u32>()
+                            .ok()
+                    })
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
+                let records = crate::init::dkim_keys_as(
+                    &dir,
+                    &domain,
+                    &format!("mk{n}e"),
+                    &format!("mk{n}r"),
+                    ".pending",
+                )?;
+                println!("New DKIM keys for {d}. Publish these records (the current ones stay):");
+                println!();
+                print!("{}", crate::init::dkim_zone_lines(&records));
+                println!();
+                println!("Then: mailkeep dkim rotate {d} --confirm");
+                return Ok(());
+            }
+            if pending.is_empty() {
+                bail!("no rotation of {d} is pending: run `mailkeep dkim rotate {d}` first");
+            }
+            let resolver = mailkeep_net::resolver(&cfg.dns.servers, cfg.dns.timeout)?;
+            let rt = runtime()?;
+            for (path, selector, _) in &pending {
+                let (name, value) = crate::init::dkim_record(path, &d, selector)?;
+                let found: Vec<String> = rt
+                    .block_on(resolver.txt_lookup(format!("{name}.")))
+                    .map(|txt| {
+                        txt.iter()
+                            .map(|r| {
+                                r.txt_data()
+                                    .iter()
+                                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                                    .collect::<String>()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let squash = |s: &str| s.split_whitespace().collect::<String>();
+                let published = found.iter().any(|f| squash(f) == squash(&value));
+                if !published && !force {
+                    bail!(
+                        "{name} is not published as expected (found {found:?}); publish it, wait for DNS, and run this again (or pass --force)"
+                    );
+                }
+                println!(
+                    "{name}: {}",
+                    if published {
+                        "published"
+                    } else {
+                        "not checked (--force)"
+                    }
+                );
+            }
+            let retired = dir.join("retired");
+            let old = dkim_files(&dir, &d, "");
+            if !old.is_empty() {
+                std::fs::create_dir_all(&retired)
+                    .with_context(|| format!("create {}", retired.display()))?;
+            }
+            for (path, _, _) in &old {
+                let to = retired.join(path.file_name().unwrap_or_default());
+                std::fs::rename(path, &to)
+                    .with_context(|| format!("move {} to {}", path.display(), to.display()))?;
+            }
+            for (path, _, _) in &pending {
+                let to = path.with_extension("");
+                std::fs::rename(path, &to).with_context(|| format!("rename {}", path.display()))?;
+            }
+            println!(
+                "{d} now signs with {}.",
+                pending
+                    .iter()
+                    .map(|p| p.1.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            );
+            println!("A running server picks the new keys up on SIGHUP (or restart).");
+            if !old.is_empty() {
+                let names: Vec<String> = old
+                    .iter()
+                    .map(|(_, s, _)| format!("{s}._domainkey.{d}"))
+                    .collect();
+                println!(
+                    "Keep the old records ({}) published for a week, so mail in transit still verifies; then remove them.",
+                    names.join(", ")
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 fn ago(now: i64, then: i64) -> String {

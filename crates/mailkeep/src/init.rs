@@ -38,6 +38,50 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 
 /// Generates DKIM keys for `domain` in `dir`; returns the DNS TXT records (name, value).
 pub fn dkim_keys(dir: &Path, domain: &Domain) -> Result<Vec<(String, String)>> {
+    dkim_keys_as(dir, domain, SELECTOR_ED25519, SELECTOR_RSA, "")
+}
+
+/// The DNS TXT record (name, value) of a DKIM private key file.
+pub fn dkim_record(path: &Path, domain: &str, selector: &str) -> Result<(String, String)> {
+    use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pem = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let name = format!("{selector}._domainkey.{domain}");
+    if path.to_string_lossy().contains(".ed25519.pem") {
+        let der = b64
+            .decode(
+                pem.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect::<String>(),
+            )
+            .with_context(|| format!("{}: not PEM", path.display()))?;
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+            .map_err(|_| anyhow::anyhow!("{}: not an Ed25519 key", path.display()))?;
+        use ring::signature::KeyPair;
+        let p = b64.encode(pair.public_key().as_ref());
+        return Ok((name, format!("v=DKIM1; k=ed25519; p={p}")));
+    }
+    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
+        .with_context(|| format!("{}: not an RSA key", path.display()))?;
+    let public = key
+        .to_public_key()
+        .to_public_key_der()
+        .context("RSA public key encoding")?;
+    Ok((
+        name,
+        format!("v=DKIM1; k=rsa; p={}", b64.encode(public.as_bytes())),
+    ))
+}
+
+/// Generates DKIM keys with these selectors; `suffix` is appended to the file names
+/// (`.pending` for keys made by `dkim rotate`, which the server does not load).
+pub fn dkim_keys_as(
+    dir: &Path,
+    domain: &Domain,
+    sel_ed25519: &str,
+    sel_rsa: &str,
+    suffix: &str,
+) -> Result<Vec<(String, String)>> {
     use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -55,11 +99,11 @@ pub fn dkim_keys(dir: &Path, domain: &Domain) -> Result<Vec<(String, String)>> {
         b64.encode(pkcs8.as_ref())
     );
     write_private(
-        &dir.join(format!("{domain}.{SELECTOR_ED25519}.ed25519.pem")),
+        &dir.join(format!("{domain}.{sel_ed25519}.ed25519.pem{suffix}")),
         pem.as_bytes(),
     )?;
     records.push((
-        format!("{SELECTOR_ED25519}._domainkey.{domain}"),
+        format!("{sel_ed25519}._domainkey.{domain}"),
         format!(
             "v=DKIM1; k=ed25519; p={}",
             b64.encode(pair.public_key().as_ref())
@@ -73,7 +117,7 @@ pub fn dkim_keys(dir: &Path, domain: &Domain) -> Result<Vec<(String, String)>> {
         .to_pkcs8_pem(LineEnding::LF)
         .context("RSA key encoding")?;
     write_private(
-        &dir.join(format!("{domain}.{SELECTOR_RSA}.rsa.pem")),
+        &dir.join(format!("{domain}.{sel_rsa}.rsa.pem{suffix}")),
         pem.as_bytes(),
     )?;
     let public = key
@@ -81,7 +125,7 @@ pub fn dkim_keys(dir: &Path, domain: &Domain) -> Result<Vec<(String, String)>> {
         .to_public_key_der()
         .context("RSA public key encoding")?;
     records.push((
-        format!("{SELECTOR_RSA}._domainkey.{domain}"),
+        format!("{sel_rsa}._domainkey.{domain}"),
         format!("v=DKIM1; k=rsa; p={}", b64.encode(public.as_bytes())),
     ));
     Ok(records)
@@ -274,6 +318,20 @@ pub fn run(opts: InitOptions) -> Result<()> {
     Ok(())
 }
 
+/// DKIM TXT records as zone-file lines (strings split at 250 octets, RFC 1035 3.3.14).
+pub fn dkim_zone_lines(dkim: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for (name, value) in dkim {
+        let parts: Vec<String> = value
+            .as_bytes()
+            .chunks(250)
+            .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+            .collect();
+        out.push_str(&format!("{name}.\t3600\tIN\tTXT\t{}\n", parts.join(" ")));
+    }
+    out
+}
+
 /// The records a domain needs, as zone-file lines.
 pub fn dns_records(hostname: &str, domain: &Domain, dkim: &[(String, String)]) -> String {
     let mut out = String::new();
@@ -282,15 +340,7 @@ pub fn dns_records(hostname: &str, domain: &Domain, dkim: &[(String, String)]) -
         "{hostname}.\t3600\tIN\tA\t<this server's IPv4 address>\n{hostname}.\t3600\tIN\tAAAA\t<this server's IPv6 address, if any>\n"
     ));
     out.push_str(&format!("{domain}.\t3600\tIN\tTXT\t\"v=spf1 mx -all\"\n"));
-    for (name, value) in dkim {
-        // TXT strings are at most 255 octets (RFC 1035 3.3.14): split long ones.
-        let parts: Vec<String> = value
-            .as_bytes()
-            .chunks(250)
-            .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
-            .collect();
-        out.push_str(&format!("{name}.\t3600\tIN\tTXT\t{}\n", parts.join(" ")));
-    }
+    out.push_str(&dkim_zone_lines(dkim));
     out.push_str(&format!(
         "_dmarc.{domain}.\t3600\tIN\tTXT\t\"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}\"\n"
     ));

@@ -102,6 +102,13 @@ enum Command {
         #[command(subcommand)]
         action: admin::UserCmd,
     },
+    /// DKIM signing keys: list, rotate.
+    Dkim {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: admin::DkimCmd,
+    },
     /// The outbound queue: mail waiting to go to other domains.
     Queue {
         #[command(flatten)]
@@ -192,6 +199,7 @@ fn run() -> Result<()> {
         Command::User { config, action } => admin::user(&config.config, action),
         Command::Alias { config, action } => admin::alias(&config.config, action),
         Command::Queue { config, action } => admin::queue(&config.config, action),
+        Command::Dkim { config, action } => admin::dkim(&config.config, action),
         Command::Acl { config, action } => admin::acl(&config.config, action),
         Command::Deliver { config, to, from } => admin::deliver(&config.config, to, from),
         Command::Log { config, action } => admin::log(&config.config, action),

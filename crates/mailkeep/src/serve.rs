@@ -404,6 +404,14 @@ async fn serve_config(
                 }) {
                     Ok((c, s, sub, i, p)) => {
                         let _ = submission_tx.send(Arc::new(sub));
+                        match mailkeep_queue::dkim::DkimKeys::load(&c.data_dir.join("dkim")) {
+                            Ok(keys) => {
+                                let domains: Vec<&str> = keys.domains().collect();
+                                tracing::info!(?domains, "SIGHUP: DKIM keys reloaded");
+                                outbound.set_dkim(keys);
+                            }
+                            Err(e) => tracing::error!("SIGHUP: keeping the old DKIM keys: {e}"),
+                        }
                         let _ = imap_tx.send(Arc::new(i));
                         let _ = pop3_tx.send(Arc::new(p));
                         if c.listeners != config.listeners {

@@ -149,11 +149,17 @@ async fn submitted_mail_goes_to_the_mx_of_another_domain_over_starttls() {
 
 /// The DNS TXT records of A's DKIM keys, computed from the key files init wrote.
 fn dkim_records(a: &Server) -> Vec<String> {
+    dkim_records_of(a, 1, "")
+}
+
+/// NAME=VALUE records of A's keys mk<n>e and mk<n>r (`suffix` `.pending` before the switch).
+fn dkim_records_of(a: &Server, n: u32, suffix: &str) -> Vec<String> {
     use base64::Engine;
     use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
     let b64 = base64::engine::general_purpose::STANDARD;
     let dir = a.dir.path().join("dkim");
-    let ed = std::fs::read_to_string(dir.join("example.test.mk1e.ed25519.pem")).unwrap();
+    let ed = std::fs::read_to_string(dir.join(format!("example.test.mk{n}e.ed25519.pem{suffix}")))
+        .unwrap();
     let der = b64
         .decode(
             ed.lines()
@@ -163,30 +169,24 @@ fn dkim_records(a: &Server) -> Vec<String> {
         .unwrap();
     let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).unwrap();
     use ring::signature::KeyPair;
-    let rsa_pem = std::fs::read_to_string(dir.join("example.test.mk1r.rsa.pem")).unwrap();
+    let rsa_pem =
+        std::fs::read_to_string(dir.join(format!("example.test.mk{n}r.rsa.pem{suffix}"))).unwrap();
     let rsa_key = rsa::RsaPrivateKey::from_pkcs8_pem(&rsa_pem).unwrap();
     let rsa_pub = rsa_key.to_public_key().to_public_key_der().unwrap();
     vec![
         format!(
-            "mk1e._domainkey.example.test=v=DKIM1; k=ed25519; p={}",
+            "mk{n}e._domainkey.example.test=v=DKIM1; k=ed25519; p={}",
             b64.encode(pair.public_key().as_ref())
         ),
         format!(
-            "mk1r._domainkey.example.test=v=DKIM1; k=rsa; p={}",
+            "mk{n}r._domainkey.example.test=v=DKIM1; k=rsa; p={}",
             b64.encode(rsa_pub.as_bytes())
         ),
     ]
 }
 
-/// Runs dkimpy over a message as received (B's Return-Path/Delivered-To and Received lines
-/// are above the signatures, as on any receiving server).
-fn dkim_verifies(a: &Server, received: &str) {
-    let file = a.dir.path().join("received.eml");
-    std::fs::write(&file, received).unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/python/dkim_verify.py"
-    );
+/// Runs dkimpy over a message with the given NAME=VALUE key records; whether all verify.
+fn dkimpy(dir: &std::path::Path, message: &str, records: &[String]) -> Option<bool> {
     let have = std::process::Command::new("python3")
         .args(["-c", "import dkim, nacl"])
         .status()
@@ -198,35 +198,129 @@ fn dkim_verifies(a: &Server, received: &str) {
             "dkimpy must be installed in CI (.ci/run)"
         );
         eprintln!("SKIPPED: dkimpy is not installed");
-        return;
+        return None;
     }
+    let file = dir.join("check.eml");
+    std::fs::write(&file, message).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/python/dkim_verify.py"
+    );
     let out = std::process::Command::new("python3")
         .arg(script)
         .arg(&file)
-        .args(dkim_records(a))
+        .args(records)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    Some(out.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkim_rotation_switches_after_the_records_are_published() {
+    let ip = "127.0.0.9";
+    let port = free_port(ip);
+    let b = start_b(ip, port);
+    let dns1 = dns(ip);
+    let a = start_a(&dns1, port);
+    let (ok, out, err) = a.cli(&["dkim", "list"], "");
+    assert!(ok, "{err}");
     assert!(
-        out.status.success(),
-        "dkimpy: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.contains("example.test  mk1e  ed25519  signing"),
+        "{out}"
     );
+    assert!(out.contains("mk1r._domainkey.example.test."), "{out}");
+    // Step 1: new keys, not used yet, and their records to publish.
+    let (ok, out, err) = a.cli(&["dkim", "rotate", "example.test"], "");
+    assert!(ok, "{err}");
     assert!(
-        stdout.contains("a=ed25519-sha256") && stdout.contains("a=rsa-sha256"),
-        "{stdout}"
+        out.contains("mk2e._domainkey.example.test.") && out.contains("mk2r._domainkey"),
+        "{out}"
     );
-    // And they mean something: a changed Subject fails both.
+    let (ok, _, err) = a.cli(&["dkim", "rotate", "example.test"], "");
+    assert!(!ok && err.contains("already pending"), "{err}");
+    // Step 2 refuses while DNS does not have them.
+    let (ok, _, err) = a.cli(&["dkim", "rotate", "example.test", "--confirm"], "");
+    assert!(
+        !ok && err.contains("mk2e._domainkey.example.test is not published"),
+        "{err}"
+    );
+    // Published (the RSA record in two strings, as zone files split it): the switch happens.
+    let new = dkim_records_of(&a, 2, ".pending");
+    let txt = |r: &String| r.split_once('=').map(|(_, v)| v.to_string()).unwrap();
+    let rsa = txt(&new[1]);
+    let dns2 = TestDns::start(vec![
+        ("mk2e._domainkey.example.test.", Rr::Txt(txt(&new[0]))),
+        (
+            "mk2r._domainkey.example.test.",
+            Rr::TxtParts(vec![rsa[..200].to_string(), rsa[200..].to_string()]),
+        ),
+    ])
+    .unwrap();
+    let config = std::fs::read_to_string(&a.config).unwrap();
+    let config = config.replace(&dns1.addr().to_string(), &dns2.addr().to_string());
+    std::fs::write(&a.config, config).unwrap();
+    let (ok, out, err) = a.cli(&["dkim", "rotate", "example.test", "--confirm"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("now signs with mk2e and mk2r"), "{out}");
+    assert!(
+        out.contains("Keep the old records (mk1e._domainkey.example.test"),
+        "{out}"
+    );
+    assert!(a
+        .dir
+        .path()
+        .join("dkim/retired/example.test.mk1e.ed25519.pem")
+        .exists());
+    // The running server takes the new keys on SIGHUP; its DNS stays what it started with.
+    let config = std::fs::read_to_string(&a.config).unwrap();
+    let config = config.replace(&dns2.addr().to_string(), &dns1.addr().to_string());
+    std::fs::write(&a.config, config).unwrap();
+    a.signal("HUP");
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if std::fs::read_to_string(&a.stderr_log)
+            .unwrap_or_default()
+            .contains("SIGHUP: DKIM keys reloaded")
+        {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "{}", a.log());
+    submitter(&a)
+        .send(message(&["carol@b.test"], "after rotation"))
+        .await
+        .expect("submit");
+    let at_b = wait_inbox(&b, "carol@b.test", 1).await;
+    assert!(
+        at_b[0].contains("s=mk2e") && at_b[0].contains("s=mk2r"),
+        "{}",
+        at_b[0]
+    );
+    assert!(!at_b[0].contains("s=mk1e"), "{}", at_b[0]);
+    let records = dkim_records_of(&a, 2, "");
+    if let Some(ok) = dkimpy(a.dir.path(), &at_b[0], &records) {
+        assert!(ok, "the new signatures verify with the new records");
+    }
+}
+
+/// Runs dkimpy over a message as received (B's Return-Path/Delivered-To and Received lines
+/// are above the signatures, as on any receiving server): both signatures verify, and a
+/// changed Subject fails them.
+fn dkim_verifies(a: &Server, received: &str) {
+    let records = dkim_records(a);
+    let Some(ok) = dkimpy(a.dir.path(), received, &records) else {
+        return;
+    };
+    assert!(ok, "dkimpy: both signatures verify");
     let tampered = received.replacen("Subject: to two domains", "Subject: to three domains", 1);
     assert_ne!(tampered, received);
-    std::fs::write(&file, tampered).unwrap();
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(&file)
-        .args(dkim_records(a))
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "a tampered message must fail");
+    assert_eq!(
+        dkimpy(a.dir.path(), &tampered, &records),
+        Some(false),
+        "tampered must fail"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

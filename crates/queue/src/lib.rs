@@ -64,7 +64,8 @@ pub struct Outbound {
     hostname: String,
     config: QueueConfig,
     tls: Arc<rustls::ClientConfig>,
-    dkim: dkim::DkimKeys,
+    /// Replaced whole on reload (SIGHUP after `mailkeep dkim rotate`).
+    dkim: std::sync::RwLock<Arc<dkim::DkimKeys>>,
     wake: tokio::sync::Notify,
     /// Messages being delivered now, so a message is never sent twice at once.
     busy: Mutex<HashSet<String>>,
@@ -110,7 +111,7 @@ impl Outbound {
             hostname,
             config,
             tls,
-            dkim,
+            dkim: std::sync::RwLock::new(Arc::new(dkim)),
             wake: tokio::sync::Notify::new(),
             busy: Mutex::new(HashSet::new()),
         })
@@ -119,8 +120,12 @@ impl Outbound {
     /// Queues a submitted message for other domains: signed with DKIM for its From: domain
     /// when that domain has keys, stored, queued durably. `message.blob` is set here.
     pub async fn submit(&self, mut message: NewQueued, data: &[u8]) -> Result<(), StoreError> {
-        let signatures = self
+        let keys = self
             .dkim
+            .read()
+            .map(|k| k.clone())
+            .map_err(|_| StoreError::Backend("DKIM keys lock poisoned".into()))?;
+        let signatures = keys
             .sign(data)
             .map_err(|e| StoreError::Backend(format!("DKIM signing failed: {e}")))?;
         let blob = if signatures.is_empty() {
@@ -133,6 +138,13 @@ impl Outbound {
         };
         message.blob = blob;
         self.enqueue(message).await
+    }
+
+    /// Signs with these keys from now on.
+    pub fn set_dkim(&self, keys: dkim::DkimKeys) {
+        if let Ok(mut k) = self.dkim.write() {
+            *k = Arc::new(keys);
+        }
     }
 
     /// Queues a message durably and wakes the sender.

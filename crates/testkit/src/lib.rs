@@ -27,6 +27,8 @@ pub enum Rr {
     Mx(u16, String),
     /// Text (one string).
     Txt(String),
+    /// Text in several strings (each at most 255 octets, RFC 1035 3.3.14), read as one.
+    TxtParts(Vec<String>),
     /// Pointer (reverse DNS).
     Ptr(String),
 }
@@ -37,7 +39,7 @@ impl Rr {
             Rr::A(_) => RecordType::A,
             Rr::Aaaa(_) => RecordType::AAAA,
             Rr::Mx(..) => RecordType::MX,
-            Rr::Txt(_) => RecordType::TXT,
+            Rr::Txt(_) | Rr::TxtParts(_) => RecordType::TXT,
             Rr::Ptr(_) => RecordType::PTR,
         }
     }
@@ -48,6 +50,7 @@ impl Rr {
             Rr::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
             Rr::Mx(p, host) => RData::MX(MX::new(*p, Name::from_str(host).ok()?)),
             Rr::Txt(t) => RData::TXT(TXT::new(vec![t.clone()])),
+            Rr::TxtParts(parts) => RData::TXT(TXT::new(parts.clone())),
             Rr::Ptr(host) => RData::PTR(PTR(Name::from_str(host).ok()?)),
         })
     }
