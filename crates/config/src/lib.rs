@@ -265,6 +265,36 @@ pub struct QueueConfig {
     pub concurrency: usize,
     /// The port of remote servers: 25 (RFC 5321), another only for tests and odd networks.
     pub port: u16,
+    /// Send everything through this server instead of the recipients' MX hosts.
+    pub relay: Option<Relay>,
+}
+
+/// A relay host (smarthost), for networks where port 25 is blocked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// Host name or IP address.
+    pub host: String,
+    /// Port (587 for submission with STARTTLS, 465 for implicit TLS, 25).
+    pub port: u16,
+    /// How TLS is used.
+    pub tls: RelayTls,
+    /// Check the relay's certificate against the web's root certificates (on by default).
+    pub verify_certificate: bool,
+    /// SMTP AUTH user name and password (RFC 4954), if the relay wants them.
+    pub credentials: Option<(String, String)>,
+}
+
+/// TLS towards the relay host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayTls {
+    /// STARTTLS, required (the default).
+    StartTls,
+    /// TLS from the first byte (port 465, RFC 8314).
+    Implicit,
+    /// STARTTLS when offered, else plaintext (no password is sent in the clear).
+    Opportunistic,
+    /// Never (a relay on the same machine or a trusted network).
+    None,
 }
 
 /// Where and how mail is stored.
@@ -712,6 +742,50 @@ impl Config {
                     .ok()
                     .filter(|p| *p > 0)
                     .ok_or_else(|| cx.invalid("queue.port", "a port number", p))?,
+            },
+            relay: match &qu.relay {
+                None => None,
+                Some(r) if r.trim().is_empty() => None,
+                Some(r) => {
+                    let (host, port) = r
+                        .rsplit_once(':')
+                        .and_then(|(h, p)| {
+                            Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?))
+                        })
+                        .filter(|(h, p)| !h.is_empty() && *p > 0)
+                        .ok_or_else(|| cx.invalid("queue.relay", "HOST:PORT", format!("{r:?}")))?;
+                    let tls = match qu.relay_tls.as_deref() {
+                        None | Some("starttls") => RelayTls::StartTls,
+                        Some("implicit") => RelayTls::Implicit,
+                        Some("opportunistic") => RelayTls::Opportunistic,
+                        Some("none") => RelayTls::None,
+                        Some(other) => {
+                            return Err(cx.invalid(
+                                "queue.relay_tls",
+                                "\"starttls\", \"implicit\", \"opportunistic\" or \"none\"",
+                                format!("{other:?}"),
+                            ))
+                        }
+                    };
+                    let credentials = match (&qu.relay_username, &qu.relay_password) {
+                        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+                        (None, None) => None,
+                        _ => {
+                            return Err(cx.invalid(
+                                "queue.relay_password",
+                                "relay_username and relay_password together",
+                                "only one of them",
+                            ))
+                        }
+                    };
+                    Some(Relay {
+                        host: host.to_string(),
+                        port,
+                        tls,
+                        verify_certificate: qu.relay_verify_certificate.unwrap_or(true),
+                        credentials,
+                    })
+                }
             },
         };
 

@@ -197,6 +197,16 @@ pub struct RawQueue {
     pub concurrency: Option<i64>,
     /// `port`
     pub port: Option<i64>,
+    /// `relay`
+    pub relay: Option<String>,
+    /// `relay_tls`
+    pub relay_tls: Option<String>,
+    /// `relay_verify_certificate`
+    pub relay_verify_certificate: Option<bool>,
+    /// `relay_username`
+    pub relay_username: Option<String>,
+    /// `relay_password`
+    pub relay_password: Option<String>,
 }
 
 /// `[dns]`

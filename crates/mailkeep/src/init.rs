@@ -229,6 +229,12 @@ connect_timeout = "30s"
 command_timeout = "5m"       # RFC 5321 4.5.3.2: per reply of the remote server
 concurrency = 20             # messages being sent at once
 # port = 25                  # remote servers' port: 25, another only for tests
+# A relay host (smarthost) for networks that block port 25: it takes all outgoing mail.
+# relay = "smtp.provider.example:587"
+# relay_tls = "starttls"     # "starttls" (required), "implicit" (465), "opportunistic", "none"
+# relay_verify_certificate = true
+# relay_username = "user@provider.example"
+# relay_password = "secret"
 "#
     )
 }

@@ -567,3 +567,59 @@ async fn kill_9_during_a_queue_run_loses_nothing() {
     // twice: at most those in flight (queue.concurrency, 20).
     assert!(duplicates <= 20, "{duplicates} duplicates");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_host_takes_everything_with_starttls_and_a_login() {
+    // B hosts b.test (carol) and, like A, example.test with alice: A relays through B's
+    // submission port, logged in as alice, with no DNS at all.
+    let ip = "127.0.0.11";
+    let b = start_b(ip, free_port(ip));
+    let relay = b.listeners["submission"];
+    let a = Server::start(&format!(
+        "relay = \"{relay}\"\nrelay_tls = \"starttls\"\nrelay_verify_certificate = false\nrelay_username = \"alice@example.test\"\nrelay_password = \"{PASSWORD}\"\nretry_first = \"1s\"\nfailure_delay = \"10ms\""
+    ));
+    submitter(&a)
+        .send(message(&["carol@b.test"], "through the relay"))
+        .await
+        .expect("submit");
+    let at_b = wait_inbox(&b, "carol@b.test", 1).await;
+    assert!(
+        at_b[0].contains("Subject: through the relay"),
+        "{}",
+        at_b[0]
+    );
+    // B took it on its submission port, from an authenticated client, over TLS.
+    assert!(at_b[0].matches("with ESMTPSA").count() >= 2, "{}", at_b[0]);
+    let log = a.log_search_until(&["--recipient", "carol@b.test"], "queue.attempt");
+    assert!(log.contains(&relay.ip().to_string()), "{log}");
+    assert!(a.store().queue_list().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_refuses_the_login_keeps_the_mail_queued() {
+    let ip = "127.0.0.12";
+    let b = start_b(ip, free_port(ip));
+    let relay = b.listeners["submission"];
+    let a = Server::start(&format!(
+        "relay = \"{relay}\"\nrelay_verify_certificate = false\nrelay_username = \"alice@example.test\"\nrelay_password = \"wrong\"\nretry_first = \"1s\"\nfailure_delay = \"10ms\""
+    ));
+    submitter(&a)
+        .send(message(&["carol@b.test"], "bad relay login"))
+        .await
+        .expect("submit");
+    let mut why = String::new();
+    for _ in 0..100 {
+        let q = a.store().queue_list().await.unwrap();
+        if let Some(r) = q.first().and_then(|m| m.recipients.first()) {
+            if r.attempts >= 1 {
+                why = r.last_reply.clone().unwrap_or_default();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(why.contains("relay login refused: 535"), "{why}");
+    assert!(b.inbox("carol@b.test").await.is_empty());
+    // Retried, never bounced: a wrong password is the admin's to fix.
+    assert!(a.inbox("alice@example.test").await.is_empty());
+}

@@ -195,6 +195,23 @@ impl Client {
         self.command(&format!("HELO {hostname}")).await
     }
 
+    /// A connection that starts with the TLS handshake (RFC 8314 implicit TLS).
+    pub async fn tls_from_start(
+        io: Box<dyn Io>,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let (io, details) = handshake(io, config, server_name, timeout).await?;
+        Ok(Client {
+            io,
+            buf: Vec::new(),
+            timeout,
+            extensions: Vec::new(),
+            tls: Some(details),
+        })
+    }
+
     /// STARTTLS (RFC 3207) with `config`; on success the session restarts with EHLO.
     pub async fn starttls(
         mut self,
@@ -207,27 +224,11 @@ impl Client {
         }
         // RFC 3207 5: nothing the server sent before the handshake counts.
         self.buf.clear();
-        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
-            .map_err(|e| (ClientError::Tls(e.to_string()), None))?;
-        let connector = tokio_rustls::TlsConnector::from(config);
-        let stream = tokio::time::timeout(self.timeout, connector.connect(name, self.io))
+        let (io, details) = handshake(self.io, config, server_name, self.timeout)
             .await
-            .map_err(|_| (ClientError::Timeout, None))?
-            .map_err(|e| (ClientError::Tls(e.to_string()), None))?;
-        let (_, conn) = stream.get_ref();
-        let details = TlsDetails {
-            version: conn
-                .protocol_version()
-                .and_then(|v| v.as_str())
-                .unwrap_or("TLS")
-                .replace('_', "."),
-            cipher: conn
-                .negotiated_cipher_suite()
-                .map(|c| format!("{:?}", c.suite()))
-                .unwrap_or_default(),
-        };
+            .map_err(|e| (e, None))?;
         let client = Client {
-            io: Box::new(stream),
+            io,
             buf: Vec::new(),
             timeout: self.timeout,
             extensions: Vec::new(),
@@ -269,6 +270,47 @@ impl Client {
         })
         .await;
     }
+}
+
+/// A TLS client handshake over `io`.
+async fn handshake(
+    io: Box<dyn Io>,
+    config: Arc<rustls::ClientConfig>,
+    server_name: &str,
+    timeout: Duration,
+) -> Result<(Box<dyn Io>, TlsDetails), ClientError> {
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let stream = tokio::time::timeout(timeout, connector.connect(name, io))
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    let (_, conn) = stream.get_ref();
+    let details = TlsDetails {
+        version: conn
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("TLS")
+            .replace('_', "."),
+        cipher: conn
+            .negotiated_cipher_suite()
+            .map(|c| format!("{:?}", c.suite()))
+            .unwrap_or_default(),
+    };
+    Ok((Box::new(stream), details))
+}
+
+/// A client TLS configuration that checks certificates against the web's root authorities
+/// (webpki-roots), for a relay host given by name.
+pub fn verified_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Opportunistic TLS (RFC 7435, as Postfix's `may` level): encrypt whenever the server offers

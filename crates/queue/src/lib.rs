@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use mailkeep_config::QueueConfig;
+use mailkeep_config::{QueueConfig, RelayTls};
 use mailkeep_delivery::{now_micros, Delivery, Incoming};
 use mailkeep_net::Shutdown;
 use mailkeep_store::directory::Resolution;
@@ -64,6 +64,8 @@ pub struct Outbound {
     hostname: String,
     config: QueueConfig,
     tls: Arc<rustls::ClientConfig>,
+    /// TLS towards a relay host whose certificate is checked (web roots).
+    relay_tls: Option<Arc<rustls::ClientConfig>>,
     /// Replaced whole on reload (SIGHUP after `mailkeep dkim rotate`).
     dkim: std::sync::RwLock<Arc<dkim::DkimKeys>>,
     wake: tokio::sync::Notify,
@@ -104,7 +106,14 @@ impl Outbound {
         dkim: dkim::DkimKeys,
     ) -> Result<Outbound, QueueError> {
         let tls = client::Opportunistic::config().map_err(|e| QueueError::Tls(e.to_string()))?;
+        let relay_tls = match &config.relay {
+            Some(r) if r.verify_certificate => {
+                Some(client::verified_config().map_err(|e| QueueError::Tls(e.to_string()))?)
+            }
+            _ => None,
+        };
         Ok(Outbound {
+            relay_tls,
             store,
             delivery,
             resolver,
@@ -510,6 +519,9 @@ impl Outbound {
 
     /// Addresses of a host: IPv6 and IPv4, as the resolver gives them.
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
         let name = format!("{}.", host.trim_end_matches('.'));
         match self.resolver.lookup_ip(name.as_str()).await {
             Ok(ips) => Ok(ips.iter().collect()),
@@ -533,7 +545,12 @@ impl Outbound {
             ip: none,
             tls: None,
         };
-        let hosts = match self.mx_hosts(domain).await {
+        let hosts = match &self.config.relay {
+            // A relay host takes everything (no MX lookup).
+            Some(r) => Ok(vec![r.host.clone()]),
+            None => self.mx_hosts(domain).await,
+        };
+        let hosts = match hosts {
             Ok(h) => h,
             Err(MxError::NullMx) => {
                 let why = format!("556 5.1.10 {domain} accepts no mail (null MX, RFC 7505)");
@@ -581,7 +598,9 @@ impl Outbound {
         rcpts: &[QueuedRcpt],
         content: &[u8],
     ) -> Result<ServerOutcome, String> {
-        let addr = SocketAddr::new(ip, self.config.port);
+        let relay = self.config.relay.as_ref();
+        let port = relay.map(|r| r.port).unwrap_or(self.config.port);
+        let addr = SocketAddr::new(ip, port);
         let tcp = tokio::time::timeout(
             self.config.connect_timeout,
             tokio::net::TcpStream::connect(addr),
@@ -589,8 +608,24 @@ impl Outbound {
         .await
         .map_err(|_| "connection timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
-        let mut c = Client::new(Box::new(tcp), self.config.command_timeout);
         let err = |e: ClientError| e.to_string();
+        let tls_config = match (relay, &self.relay_tls) {
+            (Some(_), Some(verified)) => verified.clone(),
+            _ => self.tls.clone(),
+        };
+        let mut c = if relay.is_some_and(|r| r.tls == RelayTls::Implicit) {
+            // RFC 8314 3.3: TLS from the first byte.
+            Client::tls_from_start(
+                Box::new(tcp),
+                tls_config.clone(),
+                host,
+                self.config.command_timeout,
+            )
+            .await
+            .map_err(err)?
+        } else {
+            Client::new(Box::new(tcp), self.config.command_timeout)
+        };
         let greeting = c.reply().await.map_err(err)?;
         if !greeting.ok() {
             // RFC 5321 3.1: a server that will not talk; the next one may.
@@ -602,19 +637,51 @@ impl Outbound {
             c.quit().await;
             return Err(format!("EHLO {}", hello.text()));
         }
-        if c.has("STARTTLS") {
-            let (tls_client, _) =
-                c.starttls(self.tls.clone(), host)
-                    .await
-                    .map_err(|(e, r)| match r {
-                        Some(r) => format!("STARTTLS {}", r.text()),
-                        None => e.to_string(),
-                    })?;
+        let want_tls = match relay.map(|r| r.tls) {
+            None | Some(RelayTls::Opportunistic) => c.has("STARTTLS"),
+            Some(RelayTls::StartTls) => {
+                if !c.has("STARTTLS") {
+                    c.quit().await;
+                    return Err("the relay host does not offer STARTTLS (queue.relay_tls)".into());
+                }
+                true
+            }
+            Some(RelayTls::Implicit) | Some(RelayTls::None) => false,
+        };
+        if want_tls {
+            let (tls_client, _) = c
+                .starttls(tls_config, host)
+                .await
+                .map_err(|(e, r)| match r {
+                    Some(r) => format!("STARTTLS {}", r.text()),
+                    None => e.to_string(),
+                })?;
             c = tls_client;
             let hello = c.hello(&self.hostname).await.map_err(err)?;
             if !hello.ok() {
                 c.quit().await;
                 return Err(format!("EHLO after STARTTLS {}", hello.text()));
+            }
+        }
+        // The relay's login (RFC 4954), never in the clear unless the admin said no TLS.
+        if let Some((user, password)) = relay.and_then(|r| r.credentials.as_ref()) {
+            if c.tls.is_none() && relay.is_some_and(|r| r.tls != RelayTls::None) {
+                c.quit().await;
+                return Err(
+                    "the relay host offered no TLS: its password is not sent in the clear".into(),
+                );
+            }
+            use base64::Engine;
+            let plain =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+            let r = c
+                .command(&format!("AUTH PLAIN {plain}"))
+                .await
+                .map_err(err)?;
+            if !r.ok() {
+                c.quit().await;
+                // A refused login is the admin's to fix: retried, never bounced.
+                return Err(format!("relay login refused: {}", r.text()));
             }
         }
         let tls = c.tls.clone();
