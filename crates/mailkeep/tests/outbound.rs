@@ -623,3 +623,38 @@ async fn a_relay_that_refuses_the_login_keeps_the_mail_queued() {
     // Retried, never bounced: a wrong password is the admin's to fix.
     assert!(a.inbox("alice@example.test").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_messages_to_one_server_share_a_connection() {
+    let ip = "127.0.0.13";
+    let port = free_port(ip);
+    let b = start_b(ip, port);
+    let dns = dns(ip);
+    let a = start_a(&dns, port);
+    for i in 1..=3 {
+        submitter(&a)
+            .send(message(&["carol@b.test"], &format!("reuse {i}")))
+            .await
+            .expect("submit");
+        wait_inbox(&b, "carol@b.test", i).await;
+    }
+    // B saw one SMTP session carrying all three (RFC 5321 4.1.4: MAIL after a finished
+    // transaction), over one STARTTLS.
+    let count = || {
+        let (ok, out, err) = b.cli(&["log", "search", "--ip", "127.0.0.1", "--json"], "");
+        assert!(ok, "{err}");
+        let connects = out.matches("\"kind\":\"smtp.connect\"").count();
+        let datas = out.matches("\"kind\":\"smtp.data\"").count();
+        (connects, datas, out)
+    };
+    // Log events land a moment after the replies: wait for the third.
+    let mut seen = count();
+    for _ in 0..100 {
+        if seen.1 >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = count();
+    }
+    assert_eq!((seen.0, seen.1), (1, 3), "{}", seen.2);
+}

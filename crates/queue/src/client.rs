@@ -78,6 +78,8 @@ pub struct Client {
     pub extensions: Vec<(String, String)>,
     /// Set once STARTTLS succeeded.
     pub tls: Option<TlsDetails>,
+    /// Messages sent over this connection.
+    pub uses: u32,
 }
 
 impl Client {
@@ -89,6 +91,7 @@ impl Client {
             timeout,
             extensions: Vec::new(),
             tls: None,
+            uses: 0,
         }
     }
 
@@ -209,6 +212,7 @@ impl Client {
             timeout,
             extensions: Vec::new(),
             tls: Some(details),
+            uses: 0,
         })
     }
 
@@ -233,6 +237,7 @@ impl Client {
             timeout: self.timeout,
             extensions: Vec::new(),
             tls: Some(details),
+            uses: 0,
         };
         Ok((client, r))
     }

@@ -8,6 +8,9 @@
 //! - Recipients are grouped by domain; each domain's MX hosts are tried in preference order
 //!   (equal preferences shuffled, RFC 5321 5.1), each host's addresses in turn; no MX means the
 //!   domain itself (implicit MX), a null MX (RFC 7505) fails at once.
+//! - A session is kept for [`POOL_IDLE`] after a delivery and carries the next message to the
+//!   same server (RFC 5321 4.1.4), at most [`POOL_MAX_USES`] of them; a stale one is replaced
+//!   by a new connection transparently.
 //! - STARTTLS whenever offered, opportunistically ([`client::Opportunistic`]); the TLS version
 //!   and cipher of every attempt are logged.
 //! - 4xx and connection failures are retried with a doubling wait (`queue.retry_first` up to
@@ -71,6 +74,8 @@ pub struct Outbound {
     wake: tokio::sync::Notify,
     /// Messages being delivered now, so a message is never sent twice at once.
     busy: Mutex<HashSet<String>>,
+    /// Idle connections by server, with when they went idle and how many messages they took.
+    pool: Mutex<std::collections::HashMap<PoolKey, Vec<Idle>>>,
 }
 
 /// Why a domain's mail exchangers could not be found.
@@ -123,6 +128,7 @@ impl Outbound {
             dkim: std::sync::RwLock::new(Arc::new(dkim)),
             wake: tokio::sync::Notify::new(),
             busy: Mutex::new(HashSet::new()),
+            pool: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -197,6 +203,7 @@ impl Outbound {
                 Err(e) => tracing::error!(error = %e, "reading the outbound queue failed"),
             }
             while tasks.try_join_next().is_some() {}
+            self.pool_prune().await;
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -588,8 +595,10 @@ impl Outbound {
         (all(Attempt::Retry(why, 0)), trail)
     }
 
-    /// One SMTP session with one server. Err: the server never took responsibility for any
-    /// recipient (no connection, no greeting, a failed handshake): the next one is tried.
+    /// One delivery to one server: over a connection left open by an earlier delivery when
+    /// one is (RFC 5321 4.1.4: after a transaction the session takes the next MAIL), else a
+    /// new one. Err: the server never took responsibility for any recipient (no connection,
+    /// no greeting, a failed handshake): the next one is tried.
     async fn try_server(
         &self,
         m: &QueuedMessage,
@@ -598,8 +607,100 @@ impl Outbound {
         rcpts: &[QueuedRcpt],
         content: &[u8],
     ) -> Result<ServerOutcome, String> {
+        let port = self
+            .config
+            .relay
+            .as_ref()
+            .map(|r| r.port)
+            .unwrap_or(self.config.port);
+        let key = (host.to_ascii_lowercase(), ip, port);
+        let outcome = |results, tls| ServerOutcome {
+            results,
+            host: host.to_string(),
+            ip,
+            tls,
+        };
+        if let Some(mut c) = self.pool_take(&key) {
+            // Err: it had gone stale (closed by the server while idle): a new one below.
+            if let Ok((results, reusable)) = self.transaction(&mut c, m, host, rcpts, content).await
+            {
+                let tls = c.tls.clone();
+                self.pool_return(key, c, reusable).await;
+                return Ok(outcome(results, tls));
+            }
+        }
+        let mut c = self.connect(host, ip, port).await?;
+        match self.transaction(&mut c, m, host, rcpts, content).await {
+            Ok((results, reusable)) => {
+                let tls = c.tls.clone();
+                self.pool_return(key, c, reusable).await;
+                Ok(outcome(results, tls))
+            }
+            Err(e) => {
+                c.quit().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// An idle connection to this server, younger than the idle limit.
+    fn pool_take(&self, key: &PoolKey) -> Option<Client> {
+        let mut pool = self.pool.lock().ok()?;
+        let idle = pool.get_mut(key)?;
+        while let Some((c, since, uses)) = idle.pop() {
+            if since.elapsed() < POOL_IDLE && uses < POOL_MAX_USES {
+                let mut c = c;
+                c.uses = uses;
+                return Some(c);
+            }
+            // Too old: closed without waiting (the server times it out anyway).
+            drop(c);
+        }
+        None
+    }
+
+    /// Keeps a connection for the next delivery to the same server, or says goodbye.
+    async fn pool_return(&self, key: PoolKey, mut c: Client, reusable: bool) {
+        c.uses += 1;
+        if reusable && c.uses < POOL_MAX_USES {
+            if let Ok(mut pool) = self.pool.lock() {
+                let idle = pool.entry(key).or_default();
+                if idle.len() < self.config.concurrency {
+                    let uses = c.uses;
+                    idle.push((c, std::time::Instant::now(), uses));
+                    return;
+                }
+            }
+        }
+        c.quit().await;
+    }
+
+    /// Closes connections idle for longer than the limit.
+    async fn pool_prune(&self) {
+        let old: Vec<Client> = match self.pool.lock() {
+            Ok(mut pool) => {
+                let mut old = Vec::new();
+                for idle in pool.values_mut() {
+                    let (keep, stale): (Vec<_>, Vec<_>) = idle
+                        .drain(..)
+                        .partition(|(_, since, _)| since.elapsed() < POOL_IDLE);
+                    *idle = keep;
+                    old.extend(stale.into_iter().map(|(c, _, _)| c));
+                }
+                pool.retain(|_, idle| !idle.is_empty());
+                old
+            }
+            Err(_) => Vec::new(),
+        };
+        for c in old {
+            c.quit().await;
+        }
+    }
+
+    /// A new session with a server, ready for MAIL: greeting, EHLO, STARTTLS (and EHLO
+    /// again), the relay's login.
+    async fn connect(&self, host: &str, ip: IpAddr, port: u16) -> Result<Client, String> {
         let relay = self.config.relay.as_ref();
-        let port = relay.map(|r| r.port).unwrap_or(self.config.port);
         let addr = SocketAddr::new(ip, port);
         let tcp = tokio::time::timeout(
             self.config.connect_timeout,
@@ -684,33 +785,36 @@ impl Outbound {
                 return Err(format!("relay login refused: {}", r.text()));
             }
         }
-        let tls = c.tls.clone();
-        let done = |results: Vec<(QueuedRcpt, Attempt)>, tls: Option<client::TlsDetails>| {
-            Ok(ServerOutcome {
-                results,
-                host: host.to_string(),
-                ip,
-                tls,
-            })
-        };
+        Ok(c)
+    }
+
+    /// One mail transaction on a ready session: the outcome for each recipient, and whether
+    /// the session can take another message. Err: the connection failed before MAIL was
+    /// answered (nothing was decided).
+    async fn transaction(
+        &self,
+        c: &mut Client,
+        m: &QueuedMessage,
+        host: &str,
+        rcpts: &[QueuedRcpt],
+        content: &[u8],
+    ) -> Result<(Vec<(QueuedRcpt, Attempt)>, bool), String> {
         let every = |a: Attempt| rcpts.iter().map(|r| (r.clone(), a.clone())).collect();
         // RFC 6531 3.4: a message that needs SMTPUTF8 cannot go to a server without it.
         if m.smtputf8 && !c.has("SMTPUTF8") {
-            c.quit().await;
             let why = format!(
                 "553 5.6.7 the message needs SMTPUTF8 (non-ASCII addresses), which {host} does not support"
             );
-            return done(every(Attempt::Failed(why)), tls);
+            return Ok((every(Attempt::Failed(why)), true));
         }
         // RFC 1870 6: a declared limit we exceed is a permanent failure.
         if let Some(limit) = c.param("SIZE").and_then(|v| v.trim().parse::<u64>().ok()) {
             if limit > 0 && m.size > limit {
-                c.quit().await;
                 let why = format!(
                     "552 5.3.4 the message ({} bytes) is over {host}'s limit of {limit}",
                     m.size
                 );
-                return done(every(Attempt::Failed(why)), tls);
+                return Ok((every(Attempt::Failed(why)), true));
             }
         }
         let mut mail = format!("MAIL FROM:<{}>", m.sender);
@@ -732,10 +836,9 @@ impl Outbound {
                 mail.push_str(&format!(" ENVID={envid}"));
             }
         }
-        let r = c.command(&mail).await.map_err(err)?;
+        let r = c.command(&mail).await.map_err(|e| e.to_string())?;
         if !r.ok() {
-            c.quit().await;
-            return done(every(verdict(&r)), tls);
+            return Ok((every(verdict(&r)), false));
         }
         let mut accepted = Vec::new();
         let mut results = Vec::new();
@@ -754,22 +857,24 @@ impl Outbound {
                 Ok(r) => results.push((rc.clone(), verdict(&r))),
                 Err(e) => {
                     // Lost mid-way: nothing was taken, all is retried.
-                    return done(
-                        every(Attempt::Retry(format!("451 4.4.2 {host}: {e}"), 0)),
-                        tls,
-                    );
+                    let why = format!("451 4.4.2 {host}: {e}");
+                    return Ok((every(Attempt::Retry(why, 0)), false));
                 }
             }
         }
         if accepted.is_empty() {
-            c.quit().await;
-            return done(results, tls);
+            return Ok((results, false));
         }
-        let r = c.command("DATA").await.map_err(err)?;
+        let r = match c.command("DATA").await {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("451 4.4.2 {host}: {e}");
+                return Ok((every(Attempt::Retry(why, 0)), false));
+            }
+        };
         if r.code != 354 {
-            c.quit().await;
             results.extend(accepted.into_iter().map(|rc| (rc, verdict(&r))));
-            return done(results, tls);
+            return Ok((results, false));
         }
         let final_reply = match c.data(content).await {
             Ok(r) => r,
@@ -782,19 +887,30 @@ impl Outbound {
                         .into_iter()
                         .map(|rc| (rc, Attempt::Retry(why.clone(), 0))),
                 );
-                return done(results, tls);
+                return Ok((results, false));
             }
         };
-        c.quit().await;
         let v = if final_reply.ok() {
             Attempt::Sent(final_reply.text())
         } else {
             verdict(&final_reply)
         };
         results.extend(accepted.into_iter().map(|rc| (rc, v.clone())));
-        done(results, tls)
+        // 421: the server is closing the session.
+        Ok((results, final_reply.code != 421))
     }
 }
+
+/// An idle connection's server: host, address, port.
+type PoolKey = (String, IpAddr, u16);
+/// An idle connection, since when, and how many messages it carried.
+type Idle = (Client, std::time::Instant, u32);
+
+/// How long a connection is kept idle for the next message to the same server (Postfix
+/// keeps them 2 s by default; servers time idle sessions out after minutes).
+const POOL_IDLE: Duration = Duration::from_secs(5);
+/// Messages over one connection before it is closed (spreads load across MX addresses).
+const POOL_MAX_USES: u32 = 100;
 
 /// A refusal: permanent for 5xx, else to be retried.
 fn verdict(r: &Reply) -> Attempt {
