@@ -8,8 +8,8 @@
 //! - Recipients are grouped by domain; each domain's MX hosts are tried in preference order
 //!   (equal preferences shuffled, RFC 5321 5.1), each host's addresses in turn; no MX means the
 //!   domain itself (implicit MX), a null MX (RFC 7505) fails at once.
-//! - A session is kept for [`POOL_IDLE`] after a delivery and carries the next message to the
-//!   same server (RFC 5321 4.1.4), at most [`POOL_MAX_USES`] of them; a stale one is replaced
+//! - A session is kept for `POOL_IDLE` (5 s) after a delivery and carries the next message to the
+//!   same server (RFC 5321 4.1.4), at most `POOL_MAX_USES` (100) of them; a stale one is replaced
 //!   by a new connection transparently.
 //! - STARTTLS whenever offered, opportunistically ([`client::Opportunistic`]); the TLS version
 //!   and cipher of every attempt are logged.
