@@ -96,11 +96,11 @@ pub enum QueueCmd {
     List,
     /// One message: its recipients with their state, attempts, next attempt and last reply.
     Show { id: String },
-    /// Try the message's pending recipients again at once.
+    /// Try the message's pending recipients again at once (ID `all`: every message).
     Retry { id: String },
-    /// Keep the message queued without trying it until it is released.
+    /// Keep the message queued without trying it until it is released (ID `all`: every one).
     Hold { id: String },
-    /// Release a held message.
+    /// Release a held message (ID `all`: every one), due at once.
     Release { id: String },
     /// Remove the message from the queue without sending it or telling the sender.
     Delete { id: String },
@@ -629,6 +629,19 @@ pub fn queue(config: &Path, cmd: QueueCmd) -> Result<()> {
                         r.last_reply.as_deref().unwrap_or("-")
                     );
                 }
+            }
+            QueueCmd::Retry { id } if id == "all" => {
+                let n = store.queue_retry_all(now).await?;
+                println!("{n} message(s) due now");
+            }
+            QueueCmd::Hold { id } if id == "all" => {
+                let n = store.queue_set_held_all(true).await?;
+                println!("{n} message(s) held");
+            }
+            QueueCmd::Release { id } if id == "all" => {
+                let n = store.queue_set_held_all(false).await?;
+                store.queue_retry_all(now).await?;
+                println!("{n} message(s) released, due now");
             }
             QueueCmd::Retry { id } => {
                 store

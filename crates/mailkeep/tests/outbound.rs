@@ -473,6 +473,12 @@ async fn the_queue_cli_lists_shows_holds_releases_bounces_and_deletes() {
         bounce[0]
     );
     assert!(bounce[0].contains("Action: failed"), "{}", bounce[0]);
+    let (ok, out, _) = a.cli(&["queue", "hold", "all"], "");
+    assert!(ok && out.contains("1 message(s) held"), "{out}");
+    let (ok, out, _) = a.cli(&["queue", "release", "all"], "");
+    assert!(ok && out.contains("1 message(s) released"), "{out}");
+    let (ok, out, _) = a.cli(&["queue", "retry", "all"], "");
+    assert!(ok && out.contains("1 message(s) due now"), "{out}");
     let (ok, _, _) = a.cli(&["queue", "delete", &ids[1]], "");
     assert!(ok);
     assert!(a.store().queue_list().await.unwrap().is_empty());

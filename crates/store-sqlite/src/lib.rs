@@ -2386,6 +2386,29 @@ impl QueueStore for SqliteStore {
         .await
     }
 
+    async fn queue_set_held_all(&self, held: bool) -> Result<u64> {
+        self.write(move |c| {
+            c.execute("UPDATE queue SET held = ?1 WHERE held != ?1", [held as i64])
+                .map(|n| n as u64)
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn queue_retry_all(&self, now: i64) -> Result<u64> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE queue_rcpt SET next_attempt = ?1 WHERE status = 'pending' AND next_attempt > ?1",
+                [now],
+            )
+            .map_err(backend)?;
+            c.query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(backend)
+        })
+        .await
+    }
+
     async fn queue_retry_now(&self, id: &str, now: i64) -> Result<()> {
         let id = id.to_string();
         self.write(move |c| {

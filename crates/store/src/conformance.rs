@@ -117,6 +117,11 @@ async fn queue(store: &SharedStore) {
     store.queue_set_held("Q1", true).await.unwrap();
     assert!(store.queue_due(5000, 10).await.unwrap().is_empty());
     store.queue_set_held("Q1", false).await.unwrap();
+    assert_eq!(store.queue_set_held_all(true).await.unwrap(), 1);
+    assert!(store.queue_due(5000, 10).await.unwrap().is_empty());
+    assert_eq!(store.queue_set_held_all(false).await.unwrap(), 1);
+    assert_eq!(store.queue_retry_all(1500).await.unwrap(), 1);
+    assert_eq!(store.queue_due(1500, 10).await.unwrap().len(), 1, "due now");
     store.queue_retry_now("Q1", 1600).await.unwrap();
     let due = store.queue_due(1600, 10).await.unwrap();
     assert_eq!(

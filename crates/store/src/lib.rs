@@ -712,6 +712,10 @@ pub trait QueueStore: Send + Sync {
     async fn queue_record(&self, id: &str, results: &[(String, Attempt)]) -> Result<bool>;
     /// Holds or releases a message.
     async fn queue_set_held(&self, id: &str, held: bool) -> Result<()>;
+    /// Holds or releases every queued message; returns how many changed.
+    async fn queue_set_held_all(&self, held: bool) -> Result<u64>;
+    /// Makes every pending recipient of every message due now; returns how many messages.
+    async fn queue_retry_all(&self, now: i64) -> Result<u64>;
     /// Makes every pending recipient of a message due now.
     async fn queue_retry_now(&self, id: &str, now: i64) -> Result<()>;
     /// Notes that the delay warning of a message was sent.
