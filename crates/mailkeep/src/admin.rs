@@ -578,8 +578,8 @@ fn ago(now: i64, then: i64) -> String {
     }
 }
 
-/// The outbound queue, as an admin. Changes reach a running server within seconds (it looks
-/// at the queue every 5 s).
+/// The outbound queue, as an admin. Changes reach a running server within a second (it looks
+/// at the queue every second).
 pub fn queue(config: &Path, cmd: QueueCmd) -> Result<()> {
     let (cfg, store) = open(config)?;
     runtime()?.block_on(async {

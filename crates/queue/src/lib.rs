@@ -169,8 +169,8 @@ impl Outbound {
         Ok(())
     }
 
-    /// Sends what is due until shutdown: at once when something is queued, else every few
-    /// seconds. At most `queue.concurrency` messages at a time.
+    /// Sends what is due until shutdown: at once when something is queued or a delivery ends,
+    /// else every second. At most `queue.concurrency` messages at a time.
     pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
         let permits = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency));
         let mut tasks = tokio::task::JoinSet::new();
@@ -197,6 +197,8 @@ impl Outbound {
                                 b.remove(&id);
                             }
                             drop(permit);
+                            // More may be due: look again now rather than at the next tick.
+                            me.wake.notify_one();
                         });
                     }
                 }
@@ -206,7 +208,8 @@ impl Outbound {
             self.pool_prune().await;
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                // Changes made by the CLI (`queue retry`) are seen within a second.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.wait() => break,
             }
         }
@@ -257,6 +260,25 @@ impl Outbound {
 
     async fn deliver_message(&self, m: QueuedMessage) {
         let now = now_secs();
+        // The list this came from may be older than a delivery of it that just ended (its
+        // task finished between the query and now): take the recipients that are still due
+        // from the store, so nothing is sent twice.
+        let m = match self.store.queue_get(&m.id).await {
+            Ok(Some(mut fresh)) if !fresh.held => {
+                fresh.recipients.retain(|r| {
+                    r.status == mailkeep_store::RcptStatus::Pending && r.next_attempt <= now
+                });
+                if fresh.recipients.is_empty() {
+                    return;
+                }
+                fresh
+            }
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(queue_id = %m.id, error = %e, "reading a queued message failed");
+                return;
+            }
+        };
         let content = match self.store.get_blob(&m.blob).await {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -836,40 +858,86 @@ impl Outbound {
                 mail.push_str(&format!(" ENVID={envid}"));
             }
         }
-        let r = c.command(&mail).await.map_err(|e| e.to_string())?;
-        if !r.ok() {
-            return Ok((every(verdict(&r)), false));
-        }
+        let lines: Vec<String> = rcpts
+            .iter()
+            .map(|rc| {
+                let mut line = format!("RCPT TO:<{}>", rc.recipient.address);
+                if dsn {
+                    if let Some(n) = &rc.recipient.notify {
+                        line.push_str(&format!(" NOTIFY={n}"));
+                    }
+                    if let Some(o) = &rc.recipient.orcpt {
+                        line.push_str(&format!(" ORCPT={o}"));
+                    }
+                }
+                line
+            })
+            .collect();
         let mut accepted = Vec::new();
         let mut results = Vec::new();
-        for rc in rcpts {
-            let mut line = format!("RCPT TO:<{}>", rc.recipient.address);
-            if dsn {
-                if let Some(n) = &rc.recipient.notify {
-                    line.push_str(&format!(" NOTIFY={n}"));
-                }
-                if let Some(o) = &rc.recipient.orcpt {
-                    line.push_str(&format!(" ORCPT={o}"));
+        let lost = |e: ClientError| {
+            // Lost mid-way: nothing was taken, all is retried.
+            let why = format!("451 4.4.2 {host}: {e}");
+            Ok((every(Attempt::Retry(why, 0)), false))
+        };
+        let r = if c.has("PIPELINING") {
+            // RFC 2920 3.1: MAIL, every RCPT and DATA in one go, then the replies in order.
+            let mut batch = format!("{mail}\r\n");
+            for l in &lines {
+                batch.push_str(l);
+                batch.push_str("\r\n");
+            }
+            batch.push_str("DATA\r\n");
+            c.send(batch.as_bytes()).await.map_err(|e| e.to_string())?;
+            let r = c.reply().await.map_err(|e| e.to_string())?;
+            let mail_ok = r.ok();
+            let mail_reply = r;
+            for rc in rcpts {
+                match c.reply().await {
+                    Ok(r) if r.ok() && mail_ok => accepted.push(rc.clone()),
+                    Ok(r) if mail_ok => results.push((rc.clone(), verdict(&r))),
+                    Ok(_) => {}
+                    Err(e) => return lost(e),
                 }
             }
-            match c.command(&line).await {
-                Ok(r) if r.ok() => accepted.push(rc.clone()),
-                Ok(r) => results.push((rc.clone(), verdict(&r))),
-                Err(e) => {
-                    // Lost mid-way: nothing was taken, all is retried.
-                    let why = format!("451 4.4.2 {host}: {e}");
-                    return Ok((every(Attempt::Retry(why, 0)), false));
+            let data = match c.reply().await {
+                Ok(r) => r,
+                Err(e) => return lost(e),
+            };
+            if !mail_ok {
+                if data.code == 354 {
+                    // A server that took DATA anyway: end it empty, and drop the session.
+                    let _ = c.send(b".\r\n").await;
+                    let _ = c.reply().await;
+                }
+                return Ok((every(verdict(&mail_reply)), false));
+            }
+            if accepted.is_empty() {
+                if data.code == 354 {
+                    let _ = c.send(b".\r\n").await;
+                    let _ = c.reply().await;
+                }
+                return Ok((results, false));
+            }
+            data
+        } else {
+            let r = c.command(&mail).await.map_err(|e| e.to_string())?;
+            if !r.ok() {
+                return Ok((every(verdict(&r)), false));
+            }
+            for (rc, line) in rcpts.iter().zip(&lines) {
+                match c.command(line).await {
+                    Ok(r) if r.ok() => accepted.push(rc.clone()),
+                    Ok(r) => results.push((rc.clone(), verdict(&r))),
+                    Err(e) => return lost(e),
                 }
             }
-        }
-        if accepted.is_empty() {
-            return Ok((results, false));
-        }
-        let r = match c.command("DATA").await {
-            Ok(r) => r,
-            Err(e) => {
-                let why = format!("451 4.4.2 {host}: {e}");
-                return Ok((every(Attempt::Retry(why, 0)), false));
+            if accepted.is_empty() {
+                return Ok((results, false));
+            }
+            match c.command("DATA").await {
+                Ok(r) => r,
+                Err(e) => return lost(e),
             }
         };
         if r.code != 354 {
