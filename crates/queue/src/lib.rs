@@ -175,13 +175,15 @@ impl Outbound {
         let permits = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency));
         let mut tasks = tokio::task::JoinSet::new();
         loop {
-            match self.store.queue_due(now_secs(), 500).await {
+            // A short list: a delivery ending wakes this loop, which asks again.
+            let limit = self.config.concurrency * 2;
+            match self.store.queue_due_ids(now_secs(), limit).await {
                 Ok(due) => {
-                    for m in due {
+                    for id in due {
                         let fresh = self
                             .busy
                             .lock()
-                            .map(|mut b| b.insert(m.id.clone()))
+                            .map(|mut b| b.insert(id.clone()))
                             .unwrap_or(false);
                         if !fresh {
                             continue;
@@ -191,8 +193,7 @@ impl Outbound {
                         };
                         let me = self.clone();
                         tasks.spawn(async move {
-                            let id = m.id.clone();
-                            me.deliver_message(m).await;
+                            me.deliver_message(&id).await;
                             if let Ok(mut b) = me.busy.lock() {
                                 b.remove(&id);
                             }
@@ -258,12 +259,12 @@ impl Outbound {
         wait.min(self.config.retry_max.as_secs().max(first)) as i64
     }
 
-    async fn deliver_message(&self, m: QueuedMessage) {
+    async fn deliver_message(&self, id: &str) {
         let now = now_secs();
         // The list this came from may be older than a delivery of it that just ended (its
         // task finished between the query and now): take the recipients that are still due
         // from the store, so nothing is sent twice.
-        let m = match self.store.queue_get(&m.id).await {
+        let m = match self.store.queue_get(id).await {
             Ok(Some(mut fresh)) if !fresh.held => {
                 fresh.recipients.retain(|r| {
                     r.status == mailkeep_store::RcptStatus::Pending && r.next_attempt <= now
@@ -275,7 +276,7 @@ impl Outbound {
             }
             Ok(_) => return,
             Err(e) => {
-                tracing::error!(queue_id = %m.id, error = %e, "reading a queued message failed");
+                tracing::error!(queue_id = %id, error = %e, "reading a queued message failed");
                 return;
             }
         };

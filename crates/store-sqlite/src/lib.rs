@@ -2314,6 +2314,30 @@ impl QueueStore for SqliteStore {
         .await
     }
 
+    async fn queue_due_ids(&self, now: i64, limit: usize) -> Result<Vec<String>> {
+        self.read(move |c| {
+            // The (status, next_attempt) index gives due recipients in order and stops at
+            // the limit, however long the queue.
+            let rows: Vec<String> = c
+                .prepare_cached(
+                    "SELECT r.queue_id FROM queue_rcpt r JOIN queue q ON q.id = r.queue_id \
+                     WHERE r.status = 'pending' AND r.next_attempt <= ?1 AND q.held = 0 \
+                     ORDER BY r.next_attempt LIMIT ?2",
+                )
+                .map_err(backend)?
+                .query_map(params![now, limit as i64], |r| r.get(0))
+                .map_err(backend)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(backend)?;
+            let mut seen = std::collections::HashSet::new();
+            Ok(rows
+                .into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .collect())
+        })
+        .await
+    }
+
     async fn queue_get(&self, id: &str) -> Result<Option<QueuedMessage>> {
         let id = id.to_string();
         self.read(move |c| Ok(queued_with_rcpts(c, &[id], None)?.pop()))

@@ -82,6 +82,11 @@ async fn queue(store: &SharedStore) {
         store.queue_due(999, 10).await.unwrap().is_empty(),
         "not due before"
     );
+    assert_eq!(
+        store.queue_due_ids(1000, 10).await.unwrap(),
+        vec!["Q1".to_string()]
+    );
+    assert!(store.queue_due_ids(999, 10).await.unwrap().is_empty());
     let left = store
         .queue_record(
             "Q1",

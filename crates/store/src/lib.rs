@@ -703,6 +703,9 @@ pub trait QueueStore: Send + Sync {
     /// Messages not held with recipients due at `now` (only those recipients), oldest
     /// first, at most `limit`.
     async fn queue_due(&self, now: i64, limit: usize) -> Result<Vec<QueuedMessage>>;
+    /// Ids of messages not held with a recipient due at `now`, soonest due first, at most
+    /// `limit` (cheap: what the sender asks every time a delivery ends).
+    async fn queue_due_ids(&self, now: i64, limit: usize) -> Result<Vec<String>>;
     /// One message with all its recipients.
     async fn queue_get(&self, id: &str) -> Result<Option<QueuedMessage>>;
     /// Every queued message with all its recipients, oldest first.
