@@ -2378,9 +2378,11 @@ impl QueueStore for SqliteStore {
                 up.execute(params![id, rcpt, status, next, reply])
                     .map_err(backend)?;
             }
+            // `+status`: by the primary key, not the (status, next_attempt) index, which would
+            // walk every pending recipient of the queue.
             let pending: i64 = c
                 .query_row(
-                    "SELECT count(*) FROM queue_rcpt WHERE queue_id = ?1 AND status = 'pending'",
+                    "SELECT count(*) FROM queue_rcpt WHERE queue_id = ?1 AND +status = 'pending'",
                     [&id],
                     |r| r.get(0),
                 )
@@ -2443,7 +2445,7 @@ impl QueueStore for SqliteStore {
                 return Err(StoreError::NotFound(format!("queued message {id}")));
             }
             c.execute(
-                "UPDATE queue_rcpt SET next_attempt = ?2 WHERE queue_id = ?1 AND status = 'pending'",
+                "UPDATE queue_rcpt SET next_attempt = ?2 WHERE queue_id = ?1 AND +status = 'pending'",
                 params![id, now],
             )
             .map_err(backend)?;
