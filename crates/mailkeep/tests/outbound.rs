@@ -664,3 +664,44 @@ async fn consecutive_messages_to_one_server_share_a_connection() {
     }
     assert_eq!((seen.0, seen.1), (1, 3), "{}", seen.2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_hears_once_when_mail_is_delayed_and_when_it_expires() {
+    // Nobody answers for b.test; the warning comes after 1 s, the bounce after 4 s.
+    let ip = "127.0.0.14";
+    let port = free_port(ip);
+    let dns = dns(ip);
+    let a = Server::start(&format!(
+        "servers = [\"{}\"]\nport = {port}\nretry_first = \"1s\"\nretry_max = \"1s\"\ndelay_warning = \"1s\"\nlifetime = \"4s\"\nfailure_delay = \"10ms\"",
+        dns.addr()
+    ));
+    submitter(&a)
+        .send(message(&["carol@b.test"], "never arrives"))
+        .await
+        .expect("submit");
+    let reports = wait_inbox(&a, "alice@example.test", 2).await;
+    let delayed: Vec<&String> = reports
+        .iter()
+        .filter(|t| t.contains("Action: delayed"))
+        .collect();
+    let failed: Vec<&String> = reports
+        .iter()
+        .filter(|t| t.contains("Action: failed"))
+        .collect();
+    assert_eq!((delayed.len(), failed.len()), (1, 1), "{reports:?}");
+    assert!(
+        delayed[0].contains("Subject: Delayed Mail (still being retried)"),
+        "{}",
+        delayed[0]
+    );
+    assert!(delayed[0].contains("Status: 4.4.1"), "{}", delayed[0]);
+    assert!(
+        failed[0].contains("gave up after 4 seconds"),
+        "{}",
+        failed[0]
+    );
+    assert!(a.store().queue_list().await.unwrap().is_empty());
+    // No more than those two: one warning, one bounce.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(a.inbox("alice@example.test").await.len(), 2);
+}

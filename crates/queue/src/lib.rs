@@ -333,8 +333,8 @@ impl Outbound {
             if let Attempt::Retry(reply, _) = a {
                 if expired {
                     *a = Attempt::Failed(format!(
-                        "gave up after {} days; last error: {reply}",
-                        self.config.lifetime.as_secs() / 86400
+                        "gave up after {}; last error: {reply}",
+                        human(self.config.lifetime)
                     ));
                 } else {
                     *a = Attempt::Retry(reply.clone(), now + self.backoff(r.attempts));
@@ -980,6 +980,18 @@ type Idle = (Client, std::time::Instant, u32);
 const POOL_IDLE: Duration = Duration::from_secs(5);
 /// Messages over one connection before it is closed (spreads load across MX addresses).
 const POOL_MAX_USES: u32 = 100;
+
+/// A duration as people say it: `5 days`, `4 hours`, `30 minutes`, `4 seconds`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    let (n, unit) = match s {
+        0..=119 => (s, "second"),
+        120..=7199 => (s / 60, "minute"),
+        7200..=172_799 => (s / 3600, "hour"),
+        _ => (s / 86400, "day"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
 
 /// A refusal: permanent for 5xx, else to be retried.
 fn verdict(r: &Reply) -> Attempt {
