@@ -214,9 +214,14 @@ impl Outbound {
                 _ = shutdown.wait() => break,
             }
         }
-        // Deliveries under way finish (each wait is bounded by the timeouts), so that their
-        // outcome is recorded and nothing is sent twice after a restart.
-        while tasks.join_next().await.is_some() {}
+        // Deliveries under way get a while to finish, so that their outcome is recorded and
+        // nothing is sent twice after a restart; one stuck on a slow server is abandoned
+        // (it is tried again after the restart: at worst a duplicate, never a loss).
+        let finish = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_WAIT, finish).await.is_err() {
+            tracing::warn!("deliveries still under way at shutdown were abandoned");
+        }
+        self.pool_prune_all().await;
     }
 
     /// Gives up on every pending recipient of a message now (an admin's decision) and sends
@@ -698,6 +703,20 @@ impl Outbound {
         c.quit().await;
     }
 
+    /// Closes every idle connection (at shutdown).
+    async fn pool_prune_all(&self) {
+        let all: Vec<Client> = match self.pool.lock() {
+            Ok(mut pool) => pool
+                .drain()
+                .flat_map(|(_, idle)| idle.into_iter().map(|(c, _, _)| c))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for c in all {
+            c.quit().await;
+        }
+    }
+
     /// Closes connections idle for longer than the limit.
     async fn pool_prune(&self) {
         let old: Vec<Client> = match self.pool.lock() {
@@ -978,6 +997,8 @@ type Idle = (Client, std::time::Instant, u32);
 /// How long a connection is kept idle for the next message to the same server (Postfix
 /// keeps them 2 s by default; servers time idle sessions out after minutes).
 const POOL_IDLE: Duration = Duration::from_secs(5);
+/// How long deliveries under way may take to finish at shutdown.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
 /// Messages over one connection before it is closed (spreads load across MX addresses).
 const POOL_MAX_USES: u32 = 100;
 
