@@ -263,6 +263,8 @@ pub struct QueueConfig {
     pub command_timeout: Duration,
     /// Messages being delivered at once.
     pub concurrency: usize,
+    /// Messages being delivered at once to one domain (or to the relay host).
+    pub destination_concurrency: usize,
     /// The port of remote servers: 25 (RFC 5321), another only for tests and odd networks.
     pub port: u16,
     /// Send everything through this server instead of the recipients' MX hosts.
@@ -736,6 +738,13 @@ impl Config {
             connect_timeout: qd("queue.connect_timeout", &qu.connect_timeout, "30s")?,
             command_timeout: qd("queue.command_timeout", &qu.command_timeout, "5m")?,
             concurrency: positive(&cx, "queue.concurrency", qu.concurrency, 20)?,
+            // Postfix's default_destination_concurrency_limit.
+            destination_concurrency: positive(
+                &cx,
+                "queue.destination_concurrency",
+                qu.destination_concurrency,
+                20,
+            )?,
             port: match qu.port {
                 None => 25,
                 Some(p) => u16::try_from(p)

@@ -195,6 +195,8 @@ pub struct RawQueue {
     pub command_timeout: Option<Size>,
     /// `concurrency`
     pub concurrency: Option<i64>,
+    /// `destination_concurrency`
+    pub destination_concurrency: Option<i64>,
     /// `port`
     pub port: Option<i64>,
     /// `relay`

@@ -228,6 +228,7 @@ delay_warning = "4h"         # tell the sender once when a message is still not 
 connect_timeout = "30s"
 command_timeout = "5m"       # RFC 5321 4.5.3.2: per reply of the remote server
 concurrency = 20             # messages being sent at once
+destination_concurrency = 20 # of them to one domain (or to the relay host)
 # port = 25                  # remote servers' port: 25, another only for tests
 # A relay host (smarthost) for networks that block port 25: it takes all outgoing mail.
 # relay = "smtp.provider.example:587"

@@ -705,3 +705,44 @@ async fn the_sender_hears_once_when_mail_is_delayed_and_when_it_expires() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(a.inbox("alice@example.test").await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_concurrency_limits_connections_to_one_domain() {
+    let ip = "127.0.0.15";
+    let port = free_port(ip);
+    let b = start_b(ip, port);
+    let dns = dns(ip);
+    let a = Server::start(&format!(
+        "servers = [\"{}\"]\nport = {port}\ndestination_concurrency = 1\nfailure_delay = \"10ms\"",
+        dns.addr()
+    ));
+    // Four messages queued at once: one at a time to b.test, so over one connection.
+    let t = submitter(&a);
+    let (r1, r2, r3, r4) = tokio::join!(
+        t.send(message(&["carol@b.test"], "c1")),
+        t.send(message(&["carol@b.test"], "c2")),
+        t.send(message(&["carol@b.test"], "c3")),
+        t.send(message(&["carol@b.test"], "c4")),
+    );
+    for r in [r1, r2, r3, r4] {
+        r.expect("submit");
+    }
+    wait_inbox(&b, "carol@b.test", 4).await;
+    let count = || {
+        let (ok, out, err) = b.cli(&["log", "search", "--ip", "127.0.0.1", "--json"], "");
+        assert!(ok, "{err}");
+        (
+            out.matches("\"kind\":\"smtp.connect\"").count(),
+            out.matches("\"kind\":\"smtp.data\"").count(),
+        )
+    };
+    let mut seen = count();
+    for _ in 0..100 {
+        if seen.1 >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = count();
+    }
+    assert_eq!(seen, (1, 4));
+}

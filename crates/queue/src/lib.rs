@@ -74,6 +74,8 @@ pub struct Outbound {
     wake: tokio::sync::Notify,
     /// Messages being delivered now, so a message is never sent twice at once.
     busy: Mutex<HashSet<String>>,
+    /// Deliveries under way per destination (domain, or the relay host).
+    destinations: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Idle connections by server, with when they went idle and how many messages they took.
     pool: Mutex<std::collections::HashMap<PoolKey, Vec<Idle>>>,
 }
@@ -129,6 +131,7 @@ impl Outbound {
             wake: tokio::sync::Notify::new(),
             busy: Mutex::new(HashSet::new()),
             pool: Mutex::new(std::collections::HashMap::new()),
+            destinations: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -579,6 +582,24 @@ impl Outbound {
             host: domain.to_string(),
             ip: none,
             tls: None,
+        };
+        // At most `queue.destination_concurrency` deliveries to one destination at once.
+        let dest = match &self.config.relay {
+            Some(r) => format!("[{}]:{}", r.host, r.port),
+            None => domain.to_string(),
+        };
+        let gate = self.destinations.lock().ok().map(|mut d| {
+            d.entry(dest)
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Semaphore::new(
+                        self.config.destination_concurrency,
+                    ))
+                })
+                .clone()
+        });
+        let _slot = match &gate {
+            Some(g) => g.clone().acquire_owned().await.ok(),
+            None => None,
         };
         let hosts = match &self.config.relay {
             // A relay host takes everything (no MX lookup).
