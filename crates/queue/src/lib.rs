@@ -1064,3 +1064,191 @@ fn report(r: &QueuedRcpt, a: &Attempt, server: &Server) -> dsn::RcptReport {
         diagnostic,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailkeep_config::Relay;
+    use mailkeep_store::RcptStatus;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    /// A minimal SMTP server without PIPELINING, SMTPUTF8 or STARTTLS, SIZE 1000: takes
+    /// `ok@` recipients, refuses the others with 550; records every command line.
+    async fn fake_server() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = s.into_split();
+                    let mut r = BufReader::new(r);
+                    w.write_all(b"220 fake ESMTP\r\n").await.unwrap();
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let cmd = line.trim_end().to_string();
+                        log.lock().unwrap().push(cmd.clone());
+                        let up = cmd.to_ascii_uppercase();
+                        let reply: &[u8] = if up.starts_with("EHLO") {
+                            b"250-fake\r\n250-SIZE 1000\r\n250 8BITMIME\r\n"
+                        } else if up.starts_with("MAIL") || up.starts_with("RSET") {
+                            b"250 2.1.0 ok\r\n"
+                        } else if up.starts_with("RCPT TO:<OK@") {
+                            b"250 2.1.5 ok\r\n"
+                        } else if up.starts_with("RCPT") {
+                            b"550 5.1.1 no such user\r\n"
+                        } else if up == "DATA" {
+                            w.write_all(b"354 go\r\n").await.unwrap();
+                            let mut data = Vec::new();
+                            while !data.ends_with(b"\r\n.\r\n") {
+                                let mut b = [0u8; 1];
+                                if r.read_exact(&mut b).await.is_err() {
+                                    return;
+                                }
+                                data.push(b[0]);
+                            }
+                            b"250 2.0.0 queued\r\n"
+                        } else if up == "QUIT" {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        } else {
+                            b"500 what\r\n"
+                        };
+                        w.write_all(reply).await.unwrap();
+                    }
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    async fn outbound(relay: SocketAddr) -> (Arc<Outbound>, SharedStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore =
+            Arc::new(mailkeep_store_sqlite::SqliteStore::open(dir.path()).unwrap());
+        let config = QueueConfig {
+            lifetime: Duration::from_secs(3600),
+            retry_first: Duration::from_secs(60),
+            retry_max: Duration::from_secs(600),
+            delay_warning: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            concurrency: 4,
+            destination_concurrency: 4,
+            port: 25,
+            relay: Some(Relay {
+                host: relay.ip().to_string(),
+                port: relay.port(),
+                tls: RelayTls::None,
+                verify_certificate: false,
+                credentials: None,
+            }),
+        };
+        let out = Outbound::new(
+            store.clone(),
+            Delivery::new(store.clone(), Some('+')),
+            mailkeep_net::resolver(&[], Duration::from_secs(1)).unwrap(),
+            "mail.example.test".into(),
+            config,
+            dkim::DkimKeys::default(),
+        )
+        .unwrap();
+        (Arc::new(out), store, dir)
+    }
+
+    async fn queue(store: &SharedStore, id: &str, body: &[u8], to: &[&str], utf8: bool) {
+        let blob = store.put_blob(body).await.unwrap();
+        let recipients = to
+            .iter()
+            .map(|a| QueueRecipient {
+                address: a.to_string(),
+                notify: None,
+                orcpt: None,
+            })
+            .collect();
+        let m = NewQueued {
+            id: id.into(),
+            sender: "a@example.test".into(),
+            blob,
+            size: body.len() as u64,
+            recipients,
+            envid: None,
+            ret: None,
+            smtputf8: utf8,
+        };
+        store.queue_insert(m, now_secs()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_command_at_a_time_without_pipelining_and_refusals_before_mail() {
+        let (addr, seen) = fake_server().await;
+        let (out, store, _dir) = outbound(addr).await;
+        let body = b"From: a@example.test\r\nSubject: x\r\n\r\n.dot\r\n";
+        queue(&store, "Q1", body, &["ok@x.test", "bad@x.test"], false).await;
+        out.deliver_message("Q1").await;
+        // One sent, one refused for good: the message left the queue, a bounce took its place
+        // (with a null sender, for the sender's remote domain).
+        assert!(store.queue_get("Q1").await.unwrap().is_none());
+        let left = store.queue_list().await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].sender, "");
+        assert_eq!(left[0].recipients[0].recipient.address, "a@example.test");
+        let cmds = seen.lock().unwrap().clone();
+        let verbs: Vec<&str> = cmds
+            .iter()
+            .map(|c| c.split([' ', ':']).next().unwrap_or(""))
+            .filter(|v| matches!(*v, "MAIL" | "RCPT" | "DATA"))
+            .collect();
+        assert_eq!(verbs, vec!["MAIL", "RCPT", "RCPT", "DATA"], "{cmds:?}");
+        assert!(cmds
+            .iter()
+            .any(|c| c.starts_with("MAIL FROM:<a@example.test> SIZE=")));
+
+        // Over the server's SIZE: refused before MAIL, for good.
+        let big = vec![b'x'; 2000];
+        queue(&store, "Q2", &big, &["ok@x.test"], false).await;
+        let before = seen.lock().unwrap().len();
+        out.deliver_message("Q2").await;
+        assert!(
+            store.queue_get("Q2").await.unwrap().is_none(),
+            "failed: gone"
+        );
+        // Needs SMTPUTF8, which the server lacks: refused the same way.
+        queue(&store, "Q3", body, &["ok@x.test"], true).await;
+        out.deliver_message("Q3").await;
+        assert!(store.queue_get("Q3").await.unwrap().is_none());
+        let after: Vec<String> = seen.lock().unwrap()[before..].to_vec();
+        assert!(!after.iter().any(|c| c.starts_with("MAIL")), "{after:?}");
+        // Their bounces say why.
+        let bounces: Vec<String> = {
+            let mut v = Vec::new();
+            for m in store.queue_list().await.unwrap() {
+                let data = store.get_blob(&m.blob).await.unwrap().unwrap();
+                v.push(String::from_utf8_lossy(&data).into_owned());
+            }
+            v
+        };
+        assert!(
+            bounces.iter().any(|b| b.contains("552 5.3.4")),
+            "{bounces:?}"
+        );
+        assert!(
+            bounces.iter().any(|b| b.contains("553 5.6.7")),
+            "{bounces:?}"
+        );
+        let statuses: Vec<RcptStatus> = store
+            .queue_list()
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.recipients[0].status)
+            .collect();
+        assert!(statuses.iter().all(|s| *s == RcptStatus::Pending));
+    }
+}
