@@ -78,6 +78,28 @@ fn message(to: &[&str], subject: &str) -> Message {
         .unwrap()
 }
 
+/// B's SMTP sessions and messages from A (127.0.0.1), once `messages` have been logged (log
+/// events land a moment after the replies): (connects, messages).
+async fn sessions_from_a(b: &Server, messages: usize) -> (usize, usize) {
+    let count = || {
+        let (ok, out, err) = b.cli(&["log", "search", "--ip", "127.0.0.1", "--json"], "");
+        assert!(ok, "{err}");
+        (
+            out.matches("\"kind\":\"smtp.connect\"").count(),
+            out.matches("\"kind\":\"smtp.data\"").count(),
+        )
+    };
+    let mut seen = count();
+    for _ in 0..100 {
+        if seen.1 >= messages {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen = count();
+    }
+    seen
+}
+
 /// Waits (up to 30 s) until `user` on `server` has `n` messages; returns their texts.
 async fn wait_inbox(server: &Server, user: &str, n: usize) -> Vec<String> {
     for _ in 0..300 {
@@ -646,23 +668,7 @@ async fn consecutive_messages_to_one_server_share_a_connection() {
     }
     // B saw one SMTP session carrying all three (RFC 5321 4.1.4: MAIL after a finished
     // transaction), over one STARTTLS.
-    let count = || {
-        let (ok, out, err) = b.cli(&["log", "search", "--ip", "127.0.0.1", "--json"], "");
-        assert!(ok, "{err}");
-        let connects = out.matches("\"kind\":\"smtp.connect\"").count();
-        let datas = out.matches("\"kind\":\"smtp.data\"").count();
-        (connects, datas, out)
-    };
-    // Log events land a moment after the replies: wait for the third.
-    let mut seen = count();
-    for _ in 0..100 {
-        if seen.1 >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        seen = count();
-    }
-    assert_eq!((seen.0, seen.1), (1, 3), "{}", seen.2);
+    assert_eq!(sessions_from_a(&b, 3).await, (1, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -728,21 +734,5 @@ async fn destination_concurrency_limits_connections_to_one_domain() {
         r.expect("submit");
     }
     wait_inbox(&b, "carol@b.test", 4).await;
-    let count = || {
-        let (ok, out, err) = b.cli(&["log", "search", "--ip", "127.0.0.1", "--json"], "");
-        assert!(ok, "{err}");
-        (
-            out.matches("\"kind\":\"smtp.connect\"").count(),
-            out.matches("\"kind\":\"smtp.data\"").count(),
-        )
-    };
-    let mut seen = count();
-    for _ in 0..100 {
-        if seen.1 >= 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        seen = count();
-    }
-    assert_eq!(seen, (1, 4));
+    assert_eq!(sessions_from_a(&b, 4).await, (1, 4));
 }

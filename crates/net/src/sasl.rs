@@ -29,6 +29,11 @@ pub fn decode_plain(b64: &str) -> Result<Plain, SaslError> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|_| SaslError::Base64)?;
+    parse_plain(raw)
+}
+
+/// Parses a PLAIN response already decoded from base64.
+pub fn parse_plain(raw: Vec<u8>) -> Result<Plain, SaslError> {
     let text = String::from_utf8(raw).map_err(|_| SaslError::Malformed)?;
     let mut parts = text.split('\0');
     let (Some(authzid), Some(authcid), Some(password), None) =

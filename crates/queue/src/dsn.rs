@@ -76,14 +76,6 @@ fn rfc2822(unix: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Header section length of a message (through the blank line), or all of it.
-fn header_len(raw: &[u8]) -> usize {
-    raw.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4)
-        .unwrap_or(raw.len())
-}
-
 /// Builds the report as a whole message, ready to deliver or queue with a null sender.
 pub fn build(r: &Report<'_>, now: i64) -> Vec<u8> {
     let boundary = format!("{:016x}/{}", rand::random::<u64>(), r.hostname);
@@ -173,7 +165,7 @@ pub fn build(r: &Report<'_>, now: i64) -> Vec<u8> {
     }
     let mut out = m.into_bytes();
     let returned = if r.headers_only {
-        &r.original[..header_len(r.original)]
+        &r.original[..mailkeep_delivery::ingest::header_len(r.original)]
     } else {
         r.original
     };

@@ -523,7 +523,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Submission: why the authenticated user may not send as `address`, as a reply, or
     /// None when they may (and always None on the MX).
-    async fn not_sendable(&mut self, address: &Address) -> Option<String> {
+    async fn not_sendable(&mut self, address: &Address, what: &str) -> Option<String> {
         self.server.submission.as_ref()?;
         let user = self.user.as_ref()?;
         let store = self.server.delivery.store();
@@ -537,7 +537,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         {
             Ok(true) => None,
             Ok(false) => Some(format!(
-                "553 5.7.1 Sender address {address} is not one {} may send as",
+                "553 5.7.1 {what} {address} is not one {} may send as",
                 user.address
             )),
             Err(e) => {
@@ -684,9 +684,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.sasl_line().await?
             }
         };
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&raw);
-        match mailkeep_net::sasl::decode_plain(&b64) {
+        match mailkeep_net::sasl::parse_plain(raw) {
             Ok(p) if p.authzid.is_empty() || p.authzid == p.authcid => Ok((p.authcid, p.password)),
             Ok(_) => {
                 self.error("535 5.7.8 Acting as another user is not allowed");
@@ -916,7 +914,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             };
             // RFC 6409 6.1: the submission server checks the sender it is given.
-            if let Some(reply) = self.not_sendable(&parsed).await {
+            if let Some(reply) = self.not_sendable(&parsed, "Sender address").await {
                 self.error(&reply);
                 self.log(
                     "smtp.mail",
@@ -1109,7 +1107,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Resolution::Targets { local, external } => (local, external),
         };
         if !external.is_empty() {
-            // Forwarding needs the outbound queue; until then the sender keeps the message.
+            // Forwarding needs SRS and an ARC seal (the trust issue) so the next hop's SPF and
+            // DMARC still pass; until then the sender keeps the message.
             self.rcpt_reply(
                 &raw,
                 "451 4.3.2 Forwarding to external addresses is not available yet, try again later"
@@ -1385,8 +1384,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     author.chars().take(100).collect::<String>()
                 ));
             };
-            if let Some(reply) = self.not_sendable(&address).await {
-                return Err(reply.replacen("Sender address", "From: address", 1));
+            if let Some(reply) = self.not_sendable(&address, "From: address").await {
+                return Err(reply);
             }
         }
         let has = |name: &[u8]| {

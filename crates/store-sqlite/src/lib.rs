@@ -298,6 +298,14 @@ fn in_read_txn<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -
     r
 }
 
+/// Ok when a statement touched a row; else NotFound naming `what`.
+fn found(rows: usize, what: String) -> Result<()> {
+    if rows == 0 {
+        return Err(StoreError::NotFound(what));
+    }
+    Ok(())
+}
+
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -460,10 +468,7 @@ impl DirectoryStore for SqliteStore {
             let n = c
                 .execute("DELETE FROM domains WHERE name = ?1", [&d])
                 .map_err(backend)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("domain {d}")));
-            }
-            Ok(())
+            found(n, format!("domain {d}"))
         })
         .await
     }
@@ -503,10 +508,7 @@ impl DirectoryStore for SqliteStore {
                     params![d, t],
                 )
                 .map_err(backend)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("domain {d}")));
-            }
-            Ok(())
+            found(n, format!("domain {d}"))
         })
         .await
     }
@@ -621,10 +623,7 @@ impl DirectoryStore for SqliteStore {
                     params![key, hash],
                 )
                 .map_err(backend)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("user {key}")));
-            }
-            Ok(())
+            found(n, format!("user {key}"))
         })
         .await
     }
@@ -638,10 +637,7 @@ impl DirectoryStore for SqliteStore {
                     params![key, quota as i64],
                 )
                 .map_err(backend)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("user {key}")));
-            }
-            Ok(())
+            found(n, format!("user {key}"))
         })
         .await
     }
@@ -704,10 +700,7 @@ impl DirectoryStore for SqliteStore {
                     params![key, sendable as i64],
                 )
                 .map_err(backend)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("alias {key}")));
-            }
-            Ok(())
+            found(n, format!("alias {key}"))
         })
         .await
     }
@@ -718,10 +711,7 @@ impl DirectoryStore for SqliteStore {
             let n = c
                 .execute("DELETE FROM aliases WHERE address_key = ?1", [&key])
                 .map_err(backend)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("alias {key}")));
-            }
-            Ok(())
+            found(n, format!("alias {key}"))
         })
         .await
     }
@@ -2404,10 +2394,7 @@ impl QueueStore for SqliteStore {
                     params![id, held as i64],
                 )
                 .map_err(backend)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("queued message {id}")));
-            }
-            Ok(())
+            found(n, format!("queued message {id}"))
         })
         .await
     }
@@ -2438,12 +2425,10 @@ impl QueueStore for SqliteStore {
     async fn queue_retry_now(&self, id: &str, now: i64) -> Result<()> {
         let id = id.to_string();
         self.write(move |c| {
-            let n = c
-                .execute("UPDATE queue SET held = held WHERE id = ?1", [&id])
+            let n: usize = c
+                .query_row("SELECT count(*) FROM queue WHERE id = ?1", [&id], |r| r.get(0))
                 .map_err(backend)?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("queued message {id}")));
-            }
+            found(n, format!("queued message {id}"))?;
             c.execute(
                 "UPDATE queue_rcpt SET next_attempt = ?2 WHERE queue_id = ?1 AND +status = 'pending'",
                 params![id, now],
