@@ -269,6 +269,15 @@ pub struct QueueConfig {
     pub port: u16,
     /// Send everything through this server instead of the recipients' MX hosts.
     pub relay: Option<Relay>,
+    /// Authenticate MX hosts with DANE (RFC 7672) where their TLSA records are
+    /// DNSSEC-validated by the resolver (default on).
+    pub dane: bool,
+    /// Fetch and apply MTA-STS policies (RFC 8461; default on).
+    pub mta_sts: bool,
+    /// The HTTPS port of MTA-STS policy hosts: 443, another only for tests.
+    pub mta_sts_port: u16,
+    /// More trusted root certificates (PEM), beside the web's, for MTA-STS and the relay.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A relay host (smarthost), for networks where port 25 is blocked.
@@ -752,6 +761,16 @@ impl Config {
                     .filter(|p| *p > 0)
                     .ok_or_else(|| cx.invalid("queue.port", "a port number", p))?,
             },
+            dane: qu.dane.unwrap_or(true),
+            mta_sts: qu.mta_sts.unwrap_or(true),
+            mta_sts_port: match qu.mta_sts_port {
+                None => 443,
+                Some(p) => u16::try_from(p)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| cx.invalid("queue.mta_sts_port", "a port number", p))?,
+            },
+            ca_file: qu.ca_file.as_deref().map(|p| cx.path(p)),
             relay: match &qu.relay {
                 None => None,
                 Some(r) if r.trim().is_empty() => None,

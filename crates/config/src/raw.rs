@@ -209,6 +209,14 @@ pub struct RawQueue {
     pub relay_username: Option<String>,
     /// `relay_password`
     pub relay_password: Option<String>,
+    /// `dane`
+    pub dane: Option<bool>,
+    /// `mta_sts`
+    pub mta_sts: Option<bool>,
+    /// `mta_sts_port`
+    pub mta_sts_port: Option<i64>,
+    /// `ca_file`
+    pub ca_file: Option<String>,
 }
 
 /// `[dns]`

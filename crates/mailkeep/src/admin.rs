@@ -158,6 +158,9 @@ pub enum LogCmd {
         /// accepted, rejected, tempfail, delivered, failed, abandoned.
         #[arg(long)]
         outcome: Option<String>,
+        /// The event kind starts with this: smtp.auth, queue.attempt, queue.mta_sts, queue.
+        #[arg(long)]
+        kind: Option<String>,
         /// Start: RFC 3339 time (2026-11-28T10:00:00Z) or an age (30m, 2h, 7d).
         #[arg(long)]
         since: Option<String>,
@@ -676,10 +679,11 @@ pub fn queue(config: &Path, cmd: QueueCmd) -> Result<()> {
                     store.clone(),
                     delivery,
                     mailkeep_net::resolver(&cfg.dns.servers, cfg.dns.timeout)?,
+                    mailkeep_queue::dnssec::SecureDns::new(&cfg.dns.servers, cfg.dns.timeout),
                     cfg.hostname.clone(),
                     cfg.queue.clone(),
-                    // Bounces are not DKIM-signed.
-                    mailkeep_queue::dkim::DkimKeys::default(),
+                    // A bounce to a remote sender is signed like any outgoing message.
+                    mailkeep_queue::dkim::DkimKeys::load(&cfg.data_dir.join("dkim"))?,
                 )?;
                 if store.queue_get(&id).await?.is_none() {
                     return Err(found(&id));
@@ -938,6 +942,7 @@ pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
         ip,
         queue_id,
         outcome,
+        kind,
         since,
         until,
         limit,
@@ -950,6 +955,7 @@ pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
         ip,
         queue_id,
         outcome,
+        kind,
         since: since.map(|s| time_arg(&s, "--since")).transpose()?,
         until: until.map(|s| time_arg(&s, "--until")).transpose()?,
         limit,

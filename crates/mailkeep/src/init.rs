@@ -230,6 +230,11 @@ command_timeout = "5m"       # RFC 5321 4.5.3.2: per reply of the remote server
 concurrency = 20             # messages being sent at once
 destination_concurrency = 20 # of them to one domain (or to the relay host)
 # port = 25                  # remote servers' port: 25, another only for tests
+# TLS towards MX hosts: DANE where the resolver validates DNSSEC (point [dns] servers at a
+# validating resolver such as unbound), else MTA-STS policies, else opportunistic STARTTLS.
+# dane = true
+# mta_sts = true
+# ca_file = "/etc/ssl/private-ca.pem"  # more trusted roots beside the web's (MTA-STS, relay)
 # A relay host (smarthost) for networks that block port 25: it takes all outgoing mail.
 # relay = "smtp.provider.example:587"
 # relay_tls = "starttls"     # "starttls" (required), "implicit" (465), "opportunistic", "none"

@@ -245,6 +245,7 @@ async fn serve_config(
         store.clone(),
         delivery.clone(),
         mailkeep_net::resolver(&config.dns.servers, config.dns.timeout)?,
+        mailkeep_queue::dnssec::SecureDns::new(&config.dns.servers, config.dns.timeout),
         config.hostname.clone(),
         config.queue.clone(),
         // Read after giving up root: the keys belong to the server's user.

@@ -6,114 +6,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::outbound::{
+    dns, free_port, message, sessions_from_a, start_a, start_b, submitter, wait_inbox,
+};
 use common::{code, Raw, Server, PASSWORD};
-use lettre::message::header::ContentType;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::AsyncTransport;
 use mailkeep_testkit::{Rr, TestDns};
-
-/// A port free on `ip` now (B is restarted on the same one).
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .expect("bind a free port")
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// B: the MX of b.test on `ip:port`, with the user carol@b.test.
-fn start_b(ip: &str, port: u16) -> Server {
-    let b = Server::start(&format!("address = \"{ip}:{port}\""));
-    assert_eq!(b.smtp.to_string(), format!("{ip}:{port}"));
-    let (ok, _, err) = b.cli(&["domain", "add", "b.test"], "");
-    assert!(ok, "{err}");
-    let (ok, _, err) = b.cli(&["user", "add", "carol@b.test"], PASSWORD);
-    assert!(ok, "{err}");
-    b
-}
-
-/// DNS for b.test (MX on `ip`), a domain with a null MX, and nothing else.
-fn dns(ip: &str) -> TestDns {
-    TestDns::start(vec![
-        ("b.test.", Rr::Mx(10, "mx.b.test.".into())),
-        ("mx.b.test.", Rr::A(ip.parse().unwrap())),
-        ("nomail.test.", Rr::Mx(0, ".".into())),
-    ])
-    .unwrap()
-}
-
-/// A: the sending server, asking `dns`, delivering to port `port`.
-fn start_a(dns: &TestDns, port: u16) -> Server {
-    Server::start(&format!(
-        "servers = [\"{}\"]\nport = {port}\nretry_first = \"1s\"\nretry_max = \"2s\"\nfailure_delay = \"10ms\"",
-        dns.addr()
-    ))
-}
-
-fn submitter(a: &Server) -> AsyncSmtpTransport<Tokio1Executor> {
-    let tls = TlsParameters::builder("mail.example.test".into())
-        .dangerous_accept_invalid_certs(true)
-        .build_rustls()
-        .unwrap();
-    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-        .port(a.listeners["submission"].port())
-        .tls(Tls::Required(tls))
-        .credentials(Credentials::new(
-            "alice@example.test".into(),
-            PASSWORD.into(),
-        ))
-        .build()
-}
-
-fn message(to: &[&str], subject: &str) -> Message {
-    let mut b = Message::builder()
-        .from("Alice <alice@example.test>".parse().unwrap())
-        .subject(subject)
-        .header(ContentType::TEXT_PLAIN);
-    for t in to {
-        b = b.to(t.parse().unwrap());
-    }
-    b.body(format!("{subject}\n.a line with a leading dot\n"))
-        .unwrap()
-}
-
-/// B's SMTP sessions and messages from A (127.0.0.1), once `messages` have been logged (log
-/// events land a moment after the replies): (connects, messages).
-async fn sessions_from_a(b: &Server, messages: usize) -> (usize, usize) {
-    let count = || {
-        let (ok, out, err) = b.cli(&["log", "search", "--ip", "127.0.0.1", "--json"], "");
-        assert!(ok, "{err}");
-        (
-            out.matches("\"kind\":\"smtp.connect\"").count(),
-            out.matches("\"kind\":\"smtp.data\"").count(),
-        )
-    };
-    let mut seen = count();
-    for _ in 0..100 {
-        if seen.1 >= messages {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        seen = count();
-    }
-    seen
-}
-
-/// Waits (up to 30 s) until `user` on `server` has `n` messages; returns their texts.
-async fn wait_inbox(server: &Server, user: &str, n: usize) -> Vec<String> {
-    for _ in 0..300 {
-        if server.inbox(user).await.len() >= n {
-            return server.inbox_texts(user).await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "{user} has {} messages, not {n}; log:\n{}",
-        server.inbox(user).await.len(),
-        server.log()
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submitted_mail_goes_to_the_mx_of_another_domain_over_starttls() {
@@ -542,6 +440,7 @@ async fn kill_9_during_a_queue_run_loses_nothing() {
                         envid: None,
                         ret: None,
                         smtputf8: false,
+                        requiretls: false,
                     },
                     mailkeep_queue::now_secs(),
                 )

@@ -67,6 +67,11 @@ pub struct TlsDetails {
     pub version: String,
     /// Cipher suite.
     pub cipher: String,
+    /// What decided how the server was checked: `opportunistic`, `mta-sts`, `dane`,
+    /// `requiretls`, `relay`.
+    pub policy: &'static str,
+    /// Whether the server's certificate was checked (DANE or PKIX).
+    pub authenticated: bool,
 }
 
 /// One connection to a remote SMTP server.
@@ -302,17 +307,37 @@ async fn handshake(
             .negotiated_cipher_suite()
             .map(|c| format!("{:?}", c.suite()))
             .unwrap_or_default(),
+        policy: "opportunistic",
+        authenticated: false,
     };
     Ok((Box::new(stream), details))
 }
 
 /// A client TLS configuration that checks certificates against the web's root authorities
-/// (webpki-roots), for a relay host given by name.
-pub fn verified_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+/// (webpki-roots) and the certificates in `ca_file` (PEM), for MTA-STS and the relay host.
+pub fn verified_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("{}: no PEM certificate in it", path.display()));
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -321,7 +346,8 @@ pub fn verified_config() -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
 /// Opportunistic TLS (RFC 7435, as Postfix's `may` level): encrypt whenever the server offers
 /// STARTTLS, whatever its certificate, since the alternative is plaintext. The handshake
 /// signatures are still checked, so the server holds the key of the certificate it shows.
-/// (MTA-STS and DANE, which authenticate the server, are later work.)
+/// Where MTA-STS or DANE apply, [`verified_config`] or [`crate::dane::DaneVerifier`] is used
+/// instead.
 #[derive(Debug)]
 pub struct Opportunistic(Arc<rustls::crypto::CryptoProvider>);
 

@@ -141,9 +141,20 @@ impl DkimKeys {
         let Some(domain) = from_domain(message) else {
             return Ok(Vec::new());
         };
-        let Some(keys) = self.keys.get(&domain) else {
-            return Ok(Vec::new());
+        // The From: domain's keys, else a parent domain's (a bounce from
+        // MAILER-DAEMON@mx.example.com signed by example.com aligns under DMARC's relaxed
+        // alignment, RFC 7489 3.1.1).
+        let mut name = domain.as_str();
+        let keys = loop {
+            if let Some(k) = self.keys.get(name) {
+                break k;
+            }
+            match name.split_once('.') {
+                Some((_, parent)) if parent.contains('.') => name = parent,
+                _ => return Ok(Vec::new()),
+            }
         };
+        let domain = name.to_string();
         let mut out = Vec::new();
         for (selector, key) in keys {
             let header = match key {
@@ -228,6 +239,16 @@ mod tests {
             .unwrap()
             .is_empty());
         assert!(keys.sign(b"Subject: none\r\n\r\nb\r\n").unwrap().is_empty());
+        // A subdomain (a bounce from MAILER-DAEMON@mx.example.org) takes its parent's keys;
+        // a different domain that merely ends the same way does not.
+        let sig = keys
+            .sign(b"From: MAILER-DAEMON@mx.Example.org\r\n\r\nb\r\n")
+            .unwrap();
+        assert!(String::from_utf8(sig).unwrap().contains("d=example.org"));
+        assert!(keys
+            .sign(b"From: x@notexample.org\r\n\r\nb\r\n")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -11,8 +11,19 @@
 //! - A session is kept for `POOL_IDLE` (5 s) after a delivery and carries the next message to the
 //!   same server (RFC 5321 4.1.4), at most `POOL_MAX_USES` (100) of them; a stale one is replaced
 //!   by a new connection transparently.
-//! - STARTTLS whenever offered, opportunistically ([`client::Opportunistic`]); the TLS version
-//!   and cipher of every attempt are logged.
+//! - TLS, per destination (the strongest that applies):
+//!   - DANE (RFC 7672, [`dane`]) when the domain's MX records and the host's TLSA records are
+//!     DNSSEC-validated ([`dnssec`]): STARTTLS required, the certificate must match a TLSA
+//!     record;
+//!   - else MTA-STS (RFC 8461, [`sts`]) in enforce mode: only the policy's MX hosts, STARTTLS
+//!     required, a certificate valid for the host name (web roots plus `queue.ca_file`);
+//!   - else opportunistic STARTTLS whenever offered ([`client::Opportunistic`]).
+//!   - REQUIRETLS (RFC 8689) messages go only over DANE or PKIX-checked TLS to servers that
+//!     offer REQUIRETLS, else they bounce; `TLS-Required: No` (RFC 8689 5) makes a message
+//!     skip DANE and MTA-STS.
+//!
+//!   The policy, version, cipher and whether the server was authenticated are logged for
+//!   every attempt.
 //! - 4xx and connection failures are retried with a doubling wait (`queue.retry_first` up to
 //!   `queue.retry_max`) until `queue.lifetime`; 5xx and expiry produce a bounce (RFC 3464) to
 //!   the sender, never for a null sender (no bounce loops). A delay warning goes out once after
@@ -22,14 +33,18 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod dane;
 pub mod dkim;
+pub mod dnssec;
 pub mod dsn;
+pub mod sts;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hickory_resolver::proto::rr::RecordType;
 use hickory_resolver::TokioResolver;
 use mailkeep_config::{QueueConfig, RelayTls};
 use mailkeep_delivery::{now_micros, Delivery, Incoming};
@@ -64,11 +79,16 @@ pub struct Outbound {
     store: SharedStore,
     delivery: Delivery,
     resolver: TokioResolver,
+    /// Asks the resolver whether answers are DNSSEC-validated (DANE, REQUIRETLS).
+    dns: dnssec::SecureDns,
     hostname: String,
     config: QueueConfig,
     tls: Arc<rustls::ClientConfig>,
-    /// TLS towards a relay host whose certificate is checked (web roots).
-    relay_tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS whose certificate is checked against the web's roots and `queue.ca_file`: MTA-STS
+    /// hosts, the relay host.
+    pkix: Arc<rustls::ClientConfig>,
+    /// MTA-STS policies looked up lately (RFC 8461 5.1), with when.
+    sts: Mutex<std::collections::HashMap<String, (Option<sts::Policy>, std::time::Instant)>>,
     /// Replaced whole on reload (SIGHUP after `mailkeep dkim rotate`).
     dkim: std::sync::RwLock<Arc<dkim::DkimKeys>>,
     wake: tokio::sync::Notify,
@@ -108,22 +128,20 @@ impl Outbound {
         store: SharedStore,
         delivery: Delivery,
         resolver: TokioResolver,
+        dns: dnssec::SecureDns,
         hostname: String,
         config: QueueConfig,
         dkim: dkim::DkimKeys,
     ) -> Result<Outbound, QueueError> {
         let tls = client::Opportunistic::config().map_err(|e| QueueError::Tls(e.to_string()))?;
-        let relay_tls = match &config.relay {
-            Some(r) if r.verify_certificate => {
-                Some(client::verified_config().map_err(|e| QueueError::Tls(e.to_string()))?)
-            }
-            _ => None,
-        };
+        let pkix = client::verified_config(config.ca_file.as_deref()).map_err(QueueError::Tls)?;
         Ok(Outbound {
-            relay_tls,
+            pkix,
+            sts: Mutex::new(std::collections::HashMap::new()),
             store,
             delivery,
             resolver,
+            dns,
             hostname,
             config,
             tls,
@@ -420,7 +438,10 @@ impl Outbound {
                 "host": host,
                 "attempt": r.attempts + 1,
                 "next_attempt": match a { Attempt::Retry(_, at) => Some(*at), _ => None },
-                "tls": tls.as_ref().map(|t| serde_json::json!({"version": t.version, "cipher": t.cipher})),
+                "tls": tls.as_ref().map(|t| serde_json::json!({
+                    "version": t.version, "cipher": t.cipher,
+                    "policy": t.policy, "authenticated": t.authenticated,
+                })),
                 "tried": trail,
             }),
             ..Default::default()
@@ -448,7 +469,10 @@ impl Outbound {
             kind,
             recipients,
             original: content,
-            headers_only: m.ret.as_deref() == Some("HDRS") || kind == dsn::Kind::Delayed,
+            // RFC 8689 5: a report on a REQUIRETLS message carries only its header.
+            headers_only: m.ret.as_deref() == Some("HDRS")
+                || kind == dsn::Kind::Delayed
+                || m.requiretls,
         };
         let data = dsn::build(&report, now_secs());
         let id = QueueId::new(now_micros() as u64, rand::random()).0;
@@ -482,27 +506,24 @@ impl Outbound {
                 }
             }
             Ok(Resolution::NotLocal) => {
-                let size = data.len() as u64;
-                match self.store.put_blob(&data).await {
-                    Ok(blob) => self
-                        .enqueue(NewQueued {
-                            id: id.clone(),
-                            sender: String::new(),
-                            blob,
-                            size,
-                            recipients: vec![QueueRecipient {
-                                address: m.sender.clone(),
-                                notify: None,
-                                orcpt: None,
-                            }],
-                            envid: None,
-                            ret: None,
-                            smtputf8: !m.sender.is_ascii(),
-                        })
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
+                // Signed like any outgoing message (with the keys of the hostname's domain).
+                let bounce = NewQueued {
+                    id: id.clone(),
+                    sender: String::new(),
+                    blob: mailkeep_store::BlobId(String::new()),
+                    size: data.len() as u64,
+                    recipients: vec![QueueRecipient {
+                        address: m.sender.clone(),
+                        notify: None,
+                        orcpt: None,
+                    }],
+                    envid: None,
+                    ret: None,
+                    smtputf8: !m.sender.is_ascii(),
+                    // RFC 8689 5: the report on a REQUIRETLS message is as protected.
+                    requiretls: m.requiretls,
+                };
+                self.submit(bounce, &data).await.map_err(|e| e.to_string())
             }
             Ok(_) => Err("the sender is a local address that no longer exists".into()),
             Err(e) => Err(e.to_string()),
@@ -622,7 +643,67 @@ impl Outbound {
             }
         };
         let mut trail = Vec::new();
+        let relayed = self.config.relay.is_some();
+        // RFC 8689 5: `TLS-Required: No` asks that DANE and MTA-STS be ignored (REQUIRETLS,
+        // when also given, wins).
+        let tls_optional = !m.requiretls && tls_required_no(content);
+        let policy = if relayed || tls_optional || !self.config.mta_sts {
+            None
+        } else {
+            self.sts_policy(domain).await
+        };
+        let enforce = policy
+            .as_ref()
+            .is_some_and(|p| p.mode == sts::Mode::Enforce);
+        // RFC 7672 2.2.1: DANE applies only where the MX records are DNSSEC-validated.
+        let mx_secure = if !relayed && ((self.config.dane && !tls_optional) || m.requiretls) {
+            match self.dns.query(domain, RecordType::MX).await {
+                Ok(a) => a.authentic,
+                Err(e) => {
+                    trail.push(format!(
+                        "{domain}: DNSSEC status of the MX records unknown: {e}"
+                    ));
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        // RFC 8689 4.1: REQUIRETLS mail goes only to MX hosts found securely (DNSSEC or an
+        // MTA-STS policy); a relay host must be checked by certificate.
+        if m.requiretls && !relayed && !mx_secure && !enforce {
+            let why = format!(
+                "550 5.7.10 REQUIRETLS: {domain} has neither DNSSEC-signed MX records nor an \
+                 MTA-STS policy in enforce mode, so its servers cannot be authenticated"
+            );
+            return (all(Attempt::Failed(why)), trail);
+        }
         for host in &hosts {
+            if let Some(p) = policy.as_ref().filter(|p| p.mode != sts::Mode::None) {
+                // RFC 8461 4.1: only the policy's MX hosts (enforce); testing only notes it.
+                if !p.allows(host) {
+                    if enforce {
+                        trail.push(format!(
+                            "{host}: not an mx of the MTA-STS policy of {domain}: skipped"
+                        ));
+                        continue;
+                    }
+                    trail.push(format!(
+                        "{host}: not an mx of the MTA-STS policy of {domain} (testing mode: tried anyway)"
+                    ));
+                }
+            }
+            let auth = if relayed {
+                Auth::Opportunistic
+            } else {
+                match self.host_auth(m, domain, host, mx_secure, enforce).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        trail.push(format!("{host}: {e}"));
+                        continue;
+                    }
+                }
+            };
             let ips = match self.addresses(host).await {
                 Ok(ips) if !ips.is_empty() => ips,
                 Ok(_) | Err(_) => {
@@ -631,7 +712,7 @@ impl Outbound {
                 }
             };
             for ip in ips {
-                match self.try_server(m, host, ip, &rcpts, content).await {
+                match self.try_server(m, host, ip, &rcpts, content, &auth).await {
                     Ok(outcome) => return (outcome, trail),
                     Err(e) => trail.push(format!("{host} [{ip}]: {e}")),
                 }
@@ -642,6 +723,166 @@ impl Outbound {
             None => format!("451 4.4.4 no mail exchanger of {domain} has an address"),
         };
         (all(Attempt::Retry(why, 0)), trail)
+    }
+
+    /// How a host must be checked: DANE from its TLSA records when its domain's MX records are
+    /// DNSSEC-validated, else PKIX under MTA-STS enforce or REQUIRETLS, else opportunistic.
+    /// Err: the host cannot be used now (its TLSA lookup failed).
+    async fn host_auth(
+        &self,
+        m: &QueuedMessage,
+        domain: &str,
+        host: &str,
+        mx_secure: bool,
+        enforce: bool,
+    ) -> Result<Auth, String> {
+        if mx_secure && self.config.dane {
+            // RFC 7672 2.2.2: the TLSA records of the MX host, at its port.
+            let name = format!("_{}._tcp.{host}", self.config.port);
+            match self.dns.query(&name, RecordType::TLSA).await {
+                Ok(a) if a.authentic && !a.records.is_empty() => {
+                    let usable = dane::Tlsa::usable(&a.records);
+                    if usable.is_empty() {
+                        // RFC 7672 2.2: only unusable records: TLS without authentication,
+                        // unless something else asks for authentication.
+                        if !enforce && !m.requiretls {
+                            return Ok(Auth::Encrypted("DANE (unusable TLSA records)"));
+                        }
+                    } else {
+                        let names = vec![host.to_string(), domain.to_string()];
+                        let config = dane::DaneVerifier::config(usable, names)
+                            .map_err(|e| format!("DANE: {e}"))?;
+                        return Ok(Auth::Dane(config));
+                    }
+                }
+                Ok(_) => {}
+                // RFC 7672 2.2: a failed lookup in a signed zone defers; it is not "no TLSA".
+                Err(e) => return Err(format!("TLSA lookup of {name} failed: {e}")),
+            }
+        }
+        if enforce {
+            Ok(Auth::Pkix("mta-sts"))
+        } else if m.requiretls {
+            Ok(Auth::Pkix("requiretls"))
+        } else {
+            Ok(Auth::Opportunistic)
+        }
+    }
+
+    /// The MTA-STS policy of a domain (RFC 8461 5.1): the cached one while the DNS record's
+    /// id is unchanged, else a fresh fetch; a cached one when DNS or the fetch fails. Looked
+    /// up at most once a minute per domain.
+    async fn sts_policy(&self, domain: &str) -> Option<sts::Policy> {
+        let key = domain.to_ascii_lowercase();
+        if let Ok(mem) = self.sts.lock() {
+            if let Some((p, at)) = mem.get(&key) {
+                if at.elapsed() < STS_RECHECK {
+                    return p.clone().filter(|p| p.mode != sts::Mode::None);
+                }
+            }
+        }
+        let policy = self.sts_discover(&key).await;
+        if let Ok(mut mem) = self.sts.lock() {
+            if mem.len() > 10_000 {
+                mem.clear();
+            }
+            mem.insert(key, (policy.clone(), std::time::Instant::now()));
+        }
+        policy.filter(|p| p.mode != sts::Mode::None)
+    }
+
+    async fn sts_discover(&self, domain: &str) -> Option<sts::Policy> {
+        let now = now_secs();
+        let cached = match self.store.sts_get(domain).await {
+            Ok(c) => c.filter(|c| c.expires > now),
+            Err(e) => {
+                tracing::warn!(%domain, error = %e, "reading the cached MTA-STS policy failed");
+                None
+            }
+        };
+        let parsed = |c: &mailkeep_store::StsCached| sts::Policy::parse(&c.policy).ok();
+        let txt = self
+            .resolver
+            .txt_lookup(format!("_mta-sts.{domain}."))
+            .await;
+        // RFC 8461 3.1: exactly one STS record; several or none mean no (new) policy.
+        let ids: Vec<String> = match &txt {
+            Ok(t) => t
+                .iter()
+                .filter_map(|r| {
+                    let text: String = r
+                        .txt_data()
+                        .iter()
+                        .map(|p| String::from_utf8_lossy(p).into_owned())
+                        .collect();
+                    sts::record_id(&text)
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let id = match ids.as_slice() {
+            [one] => one.clone(),
+            _ => return cached.as_ref().and_then(parsed),
+        };
+        if let Some(c) = cached.as_ref().filter(|c| c.id == id) {
+            return parsed(c);
+        }
+        let host = format!("mta-sts.{domain}");
+        let fetched = async {
+            let ip = self
+                .addresses(&host)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| format!("{host} has no address"))?;
+            let addr = SocketAddr::new(ip, self.config.mta_sts_port);
+            let text =
+                sts::fetch(domain, addr, self.pkix.clone(), self.config.connect_timeout).await?;
+            let policy = sts::Policy::parse(&text)?;
+            Ok::<_, String>((text, policy))
+        }
+        .await;
+        match fetched {
+            Ok((text, policy)) => {
+                let entry = mailkeep_store::StsCached {
+                    domain: domain.to_string(),
+                    id: id.clone(),
+                    policy: text,
+                    fetched: now,
+                    expires: now.saturating_add(policy.max_age as i64),
+                };
+                if let Err(e) = self.store.sts_put(entry).await {
+                    tracing::warn!(%domain, error = %e, "caching the MTA-STS policy failed");
+                }
+                self.store.log_submit(vec![LogEvent {
+                    ts: now_micros(),
+                    session: "queue".into(),
+                    kind: "queue.mta_sts".into(),
+                    outcome: Some("fetched".into()),
+                    detail: serde_json::json!({
+                        "domain": domain, "id": id, "mode": policy.mode.as_str(),
+                        "mx": policy.mx, "max_age": policy.max_age,
+                    }),
+                    ..Default::default()
+                }]);
+                Some(policy)
+            }
+            Err(e) => {
+                tracing::warn!(%domain, error = %e, "fetching the MTA-STS policy failed");
+                self.store.log_submit(vec![LogEvent {
+                    ts: now_micros(),
+                    session: "queue".into(),
+                    kind: "queue.mta_sts".into(),
+                    outcome: Some("failed".into()),
+                    reply: Some(e),
+                    detail: serde_json::json!({ "domain": domain, "id": id,
+                        "cached": cached.is_some() }),
+                    ..Default::default()
+                }]);
+                // RFC 8461 5.1: a valid cached policy still applies.
+                cached.as_ref().and_then(parsed)
+            }
+        }
     }
 
     /// One delivery to one server: over a connection left open by an earlier delivery when
@@ -655,6 +896,7 @@ impl Outbound {
         ip: IpAddr,
         rcpts: &[QueuedRcpt],
         content: &[u8],
+        auth: &Auth,
     ) -> Result<ServerOutcome, String> {
         let port = self
             .config
@@ -662,7 +904,8 @@ impl Outbound {
             .as_ref()
             .map(|r| r.port)
             .unwrap_or(self.config.port);
-        let key = (host.to_ascii_lowercase(), ip, port);
+        // A connection is reused only for mail that asks no more of it than it gave.
+        let key = (host.to_ascii_lowercase(), ip, port, auth.level());
         let outcome = |results, tls| ServerOutcome {
             results,
             host: host.to_string(),
@@ -678,7 +921,7 @@ impl Outbound {
                 return Ok(outcome(results, tls));
             }
         }
-        let mut c = self.connect(host, ip, port).await?;
+        let mut c = self.connect(host, ip, port, auth).await?;
         match self.transaction(&mut c, m, host, rcpts, content).await {
             Ok((results, reusable)) => {
                 let tls = c.tls.clone();
@@ -762,7 +1005,13 @@ impl Outbound {
 
     /// A new session with a server, ready for MAIL: greeting, EHLO, STARTTLS (and EHLO
     /// again), the relay's login.
-    async fn connect(&self, host: &str, ip: IpAddr, port: u16) -> Result<Client, String> {
+    async fn connect(
+        &self,
+        host: &str,
+        ip: IpAddr,
+        port: u16,
+        auth: &Auth,
+    ) -> Result<Client, String> {
         let relay = self.config.relay.as_ref();
         let addr = SocketAddr::new(ip, port);
         let tcp = tokio::time::timeout(
@@ -773,20 +1022,28 @@ impl Outbound {
         .map_err(|_| "connection timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
         let err = |e: ClientError| e.to_string();
-        let tls_config = match (relay, &self.relay_tls) {
-            (Some(_), Some(verified)) => verified.clone(),
-            _ => self.tls.clone(),
+        let tls_config = match (relay, auth) {
+            (Some(r), _) if r.verify_certificate => self.pkix.clone(),
+            (Some(_), _) => self.tls.clone(),
+            (None, Auth::Opportunistic) | (None, Auth::Encrypted(_)) => self.tls.clone(),
+            (None, Auth::Pkix(_)) => self.pkix.clone(),
+            (None, Auth::Dane(config)) => config.clone(),
         };
         let mut c = if relay.is_some_and(|r| r.tls == RelayTls::Implicit) {
             // RFC 8314 3.3: TLS from the first byte.
-            Client::tls_from_start(
+            let mut c = Client::tls_from_start(
                 Box::new(tcp),
                 tls_config.clone(),
                 host,
                 self.config.command_timeout,
             )
             .await
-            .map_err(err)?
+            .map_err(err)?;
+            if let Some(t) = c.tls.as_mut() {
+                t.policy = "relay";
+                t.authenticated = relay.is_some_and(|r| r.verify_certificate);
+            }
+            c
         } else {
             Client::new(Box::new(tcp), self.config.command_timeout)
         };
@@ -802,7 +1059,18 @@ impl Outbound {
             return Err(format!("EHLO {}", hello.text()));
         }
         let want_tls = match relay.map(|r| r.tls) {
-            None | Some(RelayTls::Opportunistic) => c.has("STARTTLS"),
+            None => {
+                if let Some(why) = auth.required_by() {
+                    if !c.has("STARTTLS") {
+                        c.quit().await;
+                        return Err(format!(
+                            "{host} does not offer STARTTLS, which {why} requires"
+                        ));
+                    }
+                }
+                c.has("STARTTLS")
+            }
+            Some(RelayTls::Opportunistic) => c.has("STARTTLS"),
             Some(RelayTls::StartTls) => {
                 if !c.has("STARTTLS") {
                     c.quit().await;
@@ -821,6 +1089,18 @@ impl Outbound {
                     None => e.to_string(),
                 })?;
             c = tls_client;
+            if let Some(t) = c.tls.as_mut() {
+                match relay {
+                    Some(r) => {
+                        t.policy = "relay";
+                        t.authenticated = r.verify_certificate;
+                    }
+                    None => {
+                        t.policy = auth.name();
+                        t.authenticated = matches!(auth, Auth::Pkix(_) | Auth::Dane(_));
+                    }
+                }
+            }
             let hello = c.hello(&self.hostname).await.map_err(err)?;
             if !hello.ok() {
                 c.quit().await;
@@ -880,6 +1160,21 @@ impl Outbound {
                 return Ok((every(Attempt::Failed(why)), true));
             }
         }
+        // RFC 8689 4.1: the next hop must carry REQUIRETLS on, over authenticated TLS.
+        if m.requiretls {
+            if !c.tls.as_ref().is_some_and(|t| t.authenticated) {
+                let why = format!(
+                    "451 4.7.10 REQUIRETLS: the connection to {host} is not authenticated TLS"
+                );
+                return Ok((every(Attempt::Retry(why, 0)), true));
+            }
+            if !c.has("REQUIRETLS") {
+                let why = format!(
+                    "550 5.7.10 REQUIRETLS: {host} does not support REQUIRETLS, which the sender asked for"
+                );
+                return Ok((every(Attempt::Failed(why)), true));
+            }
+        }
         let mut mail = format!("MAIL FROM:<{}>", m.sender);
         if c.has("SIZE") {
             mail.push_str(&format!(" SIZE={}", m.size));
@@ -889,6 +1184,9 @@ impl Outbound {
         }
         if m.smtputf8 {
             mail.push_str(" SMTPUTF8");
+        }
+        if m.requiretls {
+            mail.push_str(" REQUIRETLS");
         }
         let dsn = c.has("DSN");
         if dsn {
@@ -1010,8 +1308,89 @@ impl Outbound {
     }
 }
 
-/// An idle connection's server: host, address, port.
-type PoolKey = (String, IpAddr, u16);
+/// An idle connection's server: host, address, port, and how it was authenticated
+/// ([`Auth::level`]).
+type PoolKey = (String, IpAddr, u16, u8);
+
+/// How a server is checked.
+#[derive(Clone)]
+enum Auth {
+    /// STARTTLS when offered, any certificate.
+    Opportunistic,
+    /// STARTTLS required, any certificate; for this reason.
+    Encrypted(&'static str),
+    /// STARTTLS required, a certificate valid for the host name; for this reason
+    /// (`mta-sts`, `requiretls`).
+    Pkix(&'static str),
+    /// STARTTLS required, a certificate matching the host's TLSA records.
+    Dane(Arc<rustls::ClientConfig>),
+}
+
+impl Auth {
+    /// Connections are pooled per level: 0 opportunistic, 1 encrypted, 2 PKIX, 3 DANE.
+    fn level(&self) -> u8 {
+        match self {
+            Auth::Opportunistic => 0,
+            Auth::Encrypted(_) => 1,
+            Auth::Pkix(_) => 2,
+            Auth::Dane(_) => 3,
+        }
+    }
+
+    /// As the log shows it.
+    fn name(&self) -> &'static str {
+        match self {
+            Auth::Opportunistic => "opportunistic",
+            Auth::Encrypted(_) => "dane-unusable",
+            Auth::Pkix(why) => why,
+            Auth::Dane(_) => "dane",
+        }
+    }
+
+    /// What requires TLS, if anything.
+    fn required_by(&self) -> Option<String> {
+        match self {
+            Auth::Opportunistic => None,
+            Auth::Encrypted(why) => Some((*why).to_string()),
+            Auth::Pkix("mta-sts") => Some("the domain's MTA-STS policy".into()),
+            Auth::Pkix(_) => Some("the message's REQUIRETLS".into()),
+            Auth::Dane(_) => Some("DANE (the host's TLSA records)".into()),
+        }
+    }
+}
+
+/// Whether a message says `TLS-Required: No` (RFC 8689 5) in its header.
+fn tls_required_no(content: &[u8]) -> bool {
+    let end = memchr_header_end(content);
+    let header = String::from_utf8_lossy(&content[..end]);
+    let mut lines = header.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !name.trim().eq_ignore_ascii_case("TLS-Required") {
+            continue;
+        }
+        // Unfold (RFC 5322 2.2.3).
+        let mut value = value.trim().to_string();
+        while let Some(next) = lines.peek().filter(|l| l.starts_with([' ', '\t'])) {
+            value.push_str(next.trim());
+            lines.next();
+        }
+        return value.trim().eq_ignore_ascii_case("no");
+    }
+    false
+}
+
+/// Where the header section ends (after the blank line), or the whole message.
+fn memchr_header_end(content: &[u8]) -> usize {
+    content
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+        .or_else(|| content.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
+        .unwrap_or(content.len())
+}
 /// An idle connection, since when, and how many messages it carried.
 type Idle = (Client, std::time::Instant, u32);
 
@@ -1022,6 +1401,9 @@ const POOL_IDLE: Duration = Duration::from_secs(5);
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
 /// Messages over one connection before it is closed (spreads load across MX addresses).
 const POOL_MAX_USES: u32 = 100;
+/// How often a domain's MTA-STS record is checked again (the policy itself is cached for its
+/// max_age).
+const STS_RECHECK: Duration = Duration::from_secs(60);
 
 /// A duration as people say it: `5 days`, `4 hours`, `30 minutes`, `4 seconds`.
 fn human(d: Duration) -> String {
@@ -1149,11 +1531,16 @@ mod tests {
                 verify_certificate: false,
                 credentials: None,
             }),
+            dane: true,
+            mta_sts: true,
+            mta_sts_port: 443,
+            ca_file: None,
         };
         let out = Outbound::new(
             store.clone(),
             Delivery::new(store.clone(), Some('+')),
             mailkeep_net::resolver(&[], Duration::from_secs(1)).unwrap(),
+            dnssec::SecureDns::new(&[], Duration::from_secs(1)),
             "mail.example.test".into(),
             config,
             dkim::DkimKeys::default(),
@@ -1181,6 +1568,7 @@ mod tests {
             envid: None,
             ret: None,
             smtputf8: utf8,
+            requiretls: false,
         };
         store.queue_insert(m, now_secs()).await.unwrap();
     }

@@ -42,6 +42,8 @@ struct Transaction {
     queue_id: QueueId,
     sender: String,
     smtputf8: bool,
+    /// RFC 8689: relay only over authenticated TLS.
+    requiretls: bool,
     body: Option<&'static str>,
     declared_size: u64,
     dsn_ret: Option<&'static str>,
@@ -759,6 +761,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.server.tls.is_some() && self.tls.is_none() {
             lines.push("STARTTLS".into());
         }
+        // RFC 8689 3: REQUIRETLS is offered on TLS sessions only.
+        if self.tls.is_some() {
+            lines.push("REQUIRETLS".into());
+        }
         // RFC 4954 3: submission only, and only where a password may be sent.
         if self.server.submission.is_some() && self.auth_allowed() {
             lines.push("AUTH PLAIN LOGIN".into());
@@ -865,8 +871,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return;
         }
         // RFC 5321 4.1.1.11: parameters of extensions we did not advertise are refused.
+        let requiretls = from.flags & smtp_proto::MAIL_REQUIRETLS != 0;
+        if requiretls && self.tls.is_none() {
+            // RFC 5321 4.1.1.11: not advertised without TLS (RFC 8689 3), so refused as an
+            // unknown parameter, saying why.
+            self.error("555 5.7.10 REQUIRETLS is offered only over TLS");
+            return;
+        }
         let unadvertised = smtp_proto::MAIL_BODY_BINARYMIME
-            | smtp_proto::MAIL_REQUIRETLS
             | smtp_proto::MAIL_CONPERM
             | smtp_proto::MAIL_BY_NOTIFY
             | smtp_proto::MAIL_BY_RETURN
@@ -933,6 +945,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             queue_id,
             sender: sender.clone(),
             smtputf8,
+            requiretls,
             body: eightbit.then_some("8BITMIME"),
             declared_size: from.size as u64,
             dsn_ret: if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
@@ -956,7 +969,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 outcome: Some("accepted".into()),
                 reply: Some(r.into()),
                 detail: serde_json::json!({
-                    "size": from.size, "smtputf8": smtputf8, "body": eightbit.then_some("8BITMIME"),
+                    "size": from.size, "smtputf8": smtputf8, "requiretls": requiretls, "body": eightbit.then_some("8BITMIME"),
                     "ret": self.tx.as_ref().and_then(|t| t.dsn_ret), "envid": from.env_id,
                 }),
                 ..Default::default()
@@ -1508,6 +1521,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 envid: tx.dsn_envid.clone(),
                 ret: tx.dsn_ret.map(String::from),
                 smtputf8: tx.smtputf8,
+                requiretls: tx.requiretls,
             };
             if let Err(reply) = self.enqueue(queued, &data).await {
                 self.end_transaction(reply, "tempfail", None, size);

@@ -25,7 +25,7 @@ use mailkeep_store::{
     Contents, DirectoryStore, DomainInfo, Envelope, FlagMode, FlagUpdate, LogEvent, LogFilter,
     LogStore, MailStore, Mailbox, MailboxCounts, MessageCache, MessageFlags, MessageMeta,
     NewMessage, NewQueued, QueueRecipient, QueueStore, QueuedMessage, QueuedRcpt, RcptStatus,
-    Result, Rights, SharedMailbox, StoreError, Stored, Target, User,
+    Result, Rights, SharedMailbox, StoreError, Stored, StsCached, Target, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -2142,7 +2142,8 @@ impl BlobStore for SqliteStore {
     }
 }
 
-const QUEUE_COLS: &str = "id, sender, blob, size, created, held, envid, ret, smtputf8, warned";
+const QUEUE_COLS: &str =
+    "id, sender, blob, size, created, held, envid, ret, smtputf8, warned, requiretls";
 const RCPT_COLS: &str =
     "recipient, domain, status, attempts, next_attempt, last_reply, notify, orcpt";
 
@@ -2158,6 +2159,7 @@ fn row_queued(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMessage> {
         ret: r.get(7)?,
         smtputf8: r.get::<_, i64>(8)? != 0,
         warned: r.get::<_, i64>(9)? != 0,
+        requiretls: r.get::<_, i64>(10)? != 0,
         recipients: Vec::new(),
     })
 }
@@ -2238,8 +2240,8 @@ impl QueueStore for SqliteStore {
     async fn queue_insert(&self, m: NewQueued, now: i64) -> Result<()> {
         self.write(move |c| {
             c.execute(
-                "INSERT INTO queue (id, sender, blob, size, created, envid, ret, smtputf8) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO queue (id, sender, blob, size, created, envid, ret, smtputf8, \
+                 requiretls) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     m.id,
                     m.sender,
@@ -2248,7 +2250,8 @@ impl QueueStore for SqliteStore {
                     now,
                     m.envid,
                     m.ret,
-                    m.smtputf8 as i64
+                    m.smtputf8 as i64,
+                    m.requiretls as i64
                 ],
             )
             .map_err(|e| match e {
@@ -2459,6 +2462,47 @@ impl QueueStore for SqliteStore {
         })
         .await
     }
+
+    async fn sts_get(&self, domain: &str) -> Result<Option<StsCached>> {
+        let domain = domain.to_ascii_lowercase();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT domain, id, policy, fetched, expires FROM mta_sts WHERE domain = ?1",
+            )
+            .map_err(backend)?
+            .query_row([&domain], |r| {
+                Ok(StsCached {
+                    domain: r.get(0)?,
+                    id: r.get(1)?,
+                    policy: r.get(2)?,
+                    fetched: r.get(3)?,
+                    expires: r.get(4)?,
+                })
+            })
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn sts_put(&self, p: StsCached) -> Result<()> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO mta_sts (domain, id, policy, fetched, expires) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    p.domain.to_ascii_lowercase(),
+                    p.id,
+                    p.policy,
+                    p.fetched,
+                    p.expires
+                ],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 fn row_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEvent> {
@@ -2527,6 +2571,11 @@ impl LogStore for SqliteStore {
             }
             if let Some(s) = &f.outcome {
                 push("outcome = ?", s.clone().into());
+            }
+            if let Some(s) = &f.kind {
+                // The LIKE pattern of `like` without its leading %: a prefix match.
+                let prefix = like(s)[1..].to_string();
+                push("kind LIKE ? ESCAPE '\\'", prefix.into());
             }
             if let Some(t) = f.since {
                 push("ts >= ?", t.into());

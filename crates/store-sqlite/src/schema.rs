@@ -187,6 +187,19 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX queue_rcpt_due ON queue_rcpt(status, next_attempt);
     "#,
+    // 10: REQUIRETLS on queued messages (RFC 8689), and the MTA-STS policy cache (RFC 8461
+    // 5.1: a policy is remembered for its max_age, which is what protects against an attacker
+    // who strips the DNS record later).
+    r#"
+    ALTER TABLE queue ADD COLUMN requiretls INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE mta_sts (
+        domain TEXT PRIMARY KEY,
+        id TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        fetched INTEGER NOT NULL,
+        expires INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

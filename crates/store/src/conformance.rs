@@ -30,6 +30,33 @@ pub async fn run_all(store: SharedStore) {
     login(&store).await;
     acl(&store).await;
     queue(&store).await;
+    sts(&store).await;
+}
+
+/// The MTA-STS policy cache: one per domain, case-insensitive, replaced whole.
+async fn sts(store: &SharedStore) {
+    assert_eq!(store.sts_get("example.org").await.unwrap(), None);
+    let p = crate::StsCached {
+        domain: "Example.ORG".into(),
+        id: "20260101".into(),
+        policy: "version: STSv1\r\nmode: enforce\r\nmx: mx.example.org\r\nmax_age: 86400\r\n"
+            .into(),
+        fetched: 1000,
+        expires: 87400,
+    };
+    store.sts_put(p.clone()).await.unwrap();
+    let got = store.sts_get("example.org").await.unwrap().unwrap();
+    assert_eq!(got.id, "20260101");
+    assert_eq!(got.policy, p.policy);
+    assert_eq!((got.fetched, got.expires), (1000, 87400));
+    store
+        .sts_put(crate::StsCached {
+            id: "2".into(),
+            ..p
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.sts_get("EXAMPLE.org").await.unwrap().unwrap().id, "2");
 }
 
 /// The outbound queue: durable, per-recipient state, blob references, hold and release.
@@ -55,6 +82,7 @@ async fn queue(store: &SharedStore) {
         envid: Some("env-1".into()),
         ret: Some("HDRS".into()),
         smtputf8: false,
+        requiretls: true,
     };
     store
         .queue_insert(msg.clone(), 1000)
@@ -78,6 +106,7 @@ async fn queue(store: &SharedStore) {
         "domains are grouped lower-case"
     );
     assert_eq!(due[0].envid.as_deref(), Some("env-1"));
+    assert!(due[0].requiretls, "REQUIRETLS is kept");
     assert!(
         store.queue_due(999, 10).await.unwrap().is_empty(),
         "not due before"
@@ -164,6 +193,7 @@ async fn queue(store: &SharedStore) {
                 envid: None,
                 ret: None,
                 smtputf8: false,
+                requiretls: false,
             },
             1000,
         )
@@ -906,6 +936,28 @@ async fn log(store: &SharedStore) {
         .await
         .unwrap();
     assert_eq!(by_time.len(), 1);
+    let by_kind = store
+        .log_search(&LogFilter {
+            kind: Some("smtp.rc".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_kind.len(),
+        3,
+        "sessions s1 and s2 have an smtp.rc* event"
+    );
+    let none = store
+        .log_search(&LogFilter {
+            kind: Some("rcpt".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "a prefix, not a substring");
     let by_msgid = store
         .log_search(&LogFilter {
             message_id: Some("<abc@remote.test>".into()),

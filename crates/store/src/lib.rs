@@ -397,6 +397,8 @@ pub struct LogFilter {
     pub until: Option<i64>,
     /// Outcome equals this.
     pub outcome: Option<String>,
+    /// The event kind starts with this (`queue.`, `smtp.auth`).
+    pub kind: Option<String>,
     /// At most this many sessions.
     pub limit: usize,
 }
@@ -615,6 +617,8 @@ pub struct NewQueued {
     pub ret: Option<String>,
     /// Whether the content needs SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// REQUIRETLS (RFC 8689): only over authenticated TLS to servers that carry it on.
+    pub requiretls: bool,
 }
 
 /// One recipient of a queued message, as given.
@@ -679,6 +683,8 @@ pub struct QueuedMessage {
     pub smtputf8: bool,
     /// Whether a delay warning was sent already.
     pub warned: bool,
+    /// REQUIRETLS (RFC 8689).
+    pub requiretls: bool,
     /// Its recipients (all of them, or only the due ones from [`QueueStore::queue_due`]).
     pub recipients: Vec<QueuedRcpt>,
 }
@@ -692,6 +698,21 @@ pub enum Attempt {
     Retry(String, i64),
     /// Refused for good (or the queue lifetime is over), with the reply or reason.
     Failed(String),
+}
+
+/// A domain's MTA-STS policy as fetched (RFC 8461 5.1), kept until `expires`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StsCached {
+    /// The policy domain (lower case).
+    pub domain: String,
+    /// The `id` of the DNS record it was fetched for.
+    pub id: String,
+    /// The policy text as served.
+    pub policy: String,
+    /// When it was fetched (unix seconds).
+    pub fetched: i64,
+    /// When it expires: fetched + its max_age.
+    pub expires: i64,
 }
 
 /// The outbound queue: messages waiting to be sent to other servers. Durable: a message is
@@ -725,6 +746,10 @@ pub trait QueueStore: Send + Sync {
     async fn queue_set_warned(&self, id: &str) -> Result<()>;
     /// Removes a message from the queue without sending it.
     async fn queue_delete(&self, id: &str) -> Result<()>;
+    /// The cached MTA-STS policy of a domain, expired or not.
+    async fn sts_get(&self, domain: &str) -> Result<Option<StsCached>>;
+    /// Caches a domain's MTA-STS policy, replacing the one before.
+    async fn sts_put(&self, policy: StsCached) -> Result<()>;
 }
 
 /// The delivery log.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, TLSA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// One record to serve.
@@ -31,6 +31,8 @@ pub enum Rr {
     TxtParts(Vec<String>),
     /// Pointer (reverse DNS).
     Ptr(String),
+    /// TLSA (RFC 6698): usage, selector, matching type, data.
+    Tlsa(u8, u8, u8, Vec<u8>),
 }
 
 impl Rr {
@@ -41,6 +43,7 @@ impl Rr {
             Rr::Mx(..) => RecordType::MX,
             Rr::Txt(_) | Rr::TxtParts(_) => RecordType::TXT,
             Rr::Ptr(_) => RecordType::PTR,
+            Rr::Tlsa(..) => RecordType::TLSA,
         }
     }
 
@@ -52,6 +55,12 @@ impl Rr {
             Rr::Txt(t) => RData::TXT(TXT::new(vec![t.clone()])),
             Rr::TxtParts(parts) => RData::TXT(TXT::new(parts.clone())),
             Rr::Ptr(host) => RData::PTR(PTR(Name::from_str(host).ok()?)),
+            Rr::Tlsa(u, s, m, data) => RData::TLSA(TLSA::new(
+                (*u).into(),
+                (*s).into(),
+                (*m).into(),
+                data.clone(),
+            )),
         })
     }
 }
@@ -73,6 +82,17 @@ impl TestDns {
     /// Serves `records` (name, record); names are absolute, case-insensitive. Unknown names get
     /// NXDOMAIN, known names without the asked type an empty NOERROR answer.
     pub fn start(records: Vec<(&str, Rr)>) -> std::io::Result<TestDns> {
+        TestDns::start_signed(records, &[])
+    }
+
+    /// As [`TestDns::start`], acting as a validating resolver for the zones in `signed`: its
+    /// answers (and denials) for names in them carry the AD bit (RFC 4035 3.2.3) when the
+    /// query set AD or DO, as unbound's do for a DNSSEC-signed zone.
+    pub fn start_signed(records: Vec<(&str, Rr)>, signed: &[&str]) -> std::io::Result<TestDns> {
+        let signed: Vec<String> = signed
+            .iter()
+            .map(|z| z.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
         let mut table: HashMap<String, Vec<Rr>> = HashMap::new();
         for (name, rr) in records {
             let mut n = name.to_ascii_lowercase();
@@ -92,7 +112,7 @@ impl TestDns {
                 let Ok((n, peer)) = socket.recv_from(&mut buf) else {
                     continue;
                 };
-                if let Some(reply) = answer(&table, &buf[..n]) {
+                if let Some(reply) = answer(&table, &signed, &buf[..n]) {
                     let _ = socket.send_to(&reply, peer);
                 }
             }
@@ -119,7 +139,7 @@ impl Drop for TestDns {
     }
 }
 
-fn answer(table: &HashMap<String, Vec<Rr>>, query: &[u8]) -> Option<Vec<u8>> {
+fn answer(table: &HashMap<String, Vec<Rr>>, signed: &[String], query: &[u8]) -> Option<Vec<u8>> {
     let q = Message::from_vec(query).ok()?;
     let mut m = Message::new();
     m.set_id(q.id())
@@ -129,7 +149,15 @@ fn answer(table: &HashMap<String, Vec<Rr>>, query: &[u8]) -> Option<Vec<u8>> {
         .set_recursion_desired(q.recursion_desired())
         .set_recursion_available(true);
     let mut found_name = false;
+    let wants_ad =
+        q.authentic_data() || q.extensions().as_ref().is_some_and(|e| e.flags().dnssec_ok);
+    let mut authentic = wants_ad && !q.queries().is_empty();
     for question in q.queries() {
+        let qname = question.name().to_ascii().to_ascii_lowercase();
+        let qname = qname.trim_end_matches('.');
+        authentic &= signed
+            .iter()
+            .any(|z| qname == z || qname.ends_with(&format!(".{z}")));
         m.add_query(question.clone());
         let name = question.name().to_ascii().to_ascii_lowercase();
         if let Some(rrs) = table.get(&name) {
@@ -141,6 +169,7 @@ fn answer(table: &HashMap<String, Vec<Rr>>, query: &[u8]) -> Option<Vec<u8>> {
             }
         }
     }
+    m.set_authentic_data(authentic);
     m.set_response_code(if found_name {
         ResponseCode::NoError
     } else {

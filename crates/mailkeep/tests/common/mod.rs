@@ -2,6 +2,8 @@
 //! and gives raw SMTP access for the tests that attack the protocol.
 #![allow(dead_code)]
 
+pub mod outbound;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
