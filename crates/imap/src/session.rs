@@ -938,12 +938,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn login(&mut self, tag: &str, login: &str, password: &str, mechanism: &str) -> Res {
-        let user = self
+        let found = self
             .server
             .logins
-            .authenticate(self.server.store.as_ref(), login, password)
+            .login(self.server.store.as_ref(), login, password)
             .await?;
-        let ok = user.is_some();
+        let ok = found.is_some();
+        let app = found.as_ref().and_then(|l| l.app_password.clone());
+        let user = found.map(|l| l.user);
         self.server.store.log_submit(vec![LogEvent {
             ts: now_micros(),
             session: self.id.clone(),
@@ -951,7 +953,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ip: Some(self.peer.ip().to_string()),
             recipient: Some(login.chars().take(200).collect()),
             outcome: Some(if ok { "accepted" } else { "rejected" }.into()),
-            detail: serde_json::json!({ "mechanism": mechanism, "tls": self.tls }),
+            detail: serde_json::json!({
+                "mechanism": mechanism, "tls": self.tls, "app_password": app,
+            }),
             ..Default::default()
         }]);
         match user {

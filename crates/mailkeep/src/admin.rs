@@ -50,6 +50,20 @@ pub enum UserCmd {
     Passwd { address: String },
     /// Set a quota (e.g. 500M, 2G; 0 = unlimited).
     Quota { address: String, size: String },
+    /// App passwords: a generated password per mail client, accepted by SMTP submission,
+    /// IMAP and POP3 like the account's password and revocable on its own.
+    #[command(subcommand)]
+    AppPassword(AppPasswordCmd),
+}
+
+#[derive(Subcommand)]
+pub enum AppPasswordCmd {
+    /// Make one for a client ("phone", "thunderbird") and print it; it is shown only once.
+    Add { address: String, name: String },
+    /// A user's app passwords: name, made, last used.
+    List { address: String },
+    /// Revoke one: clients using it can no longer log in.
+    Remove { address: String, name: String },
 }
 
 #[derive(Subcommand)]
@@ -325,6 +339,46 @@ pub fn user(config_path: &Path, cmd: UserCmd) -> Result<()> {
                 mailkeep_store::password::hash_password(&password).map_err(|e| anyhow!(e))?;
             rt.block_on(store.user_set_password(&a, &hash))?;
             println!("password of {a} changed");
+        }
+        UserCmd::AppPassword(AppPasswordCmd::Add { address, name }) => {
+            let a = address_arg(&address, "address")?;
+            let name = name.trim();
+            if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+                bail!("name: 1 to 64 printable characters, not {name:?}");
+            }
+            let password = mailkeep_store::password::app_password_generate();
+            let digest = mailkeep_store::password::app_password_digest(&password)
+                .ok_or_else(|| anyhow!("a generated app password did not check"))?;
+            let now = mailkeep_queue::now_secs();
+            rt.block_on(store.app_password_add(&a, name, &digest, now))?;
+            println!("app password {name:?} of {a} (shown only this once; log in with it as {a}):");
+            println!("{password}");
+        }
+        UserCmd::AppPassword(AppPasswordCmd::List { address }) => {
+            let a = address_arg(&address, "address")?;
+            if rt.block_on(store.user_get(&a.key()))?.is_none() {
+                bail!("address: no user {a}");
+            }
+            let now = mailkeep_queue::now_secs();
+            println!("{:<30} {:>8} {:>10}", "NAME", "MADE", "LAST USED");
+            for p in rt.block_on(store.app_passwords(&a))? {
+                let used = p
+                    .last_used
+                    .map(|t| format!("{} ago", ago(now, t)))
+                    .unwrap_or_else(|| "never".into());
+                println!(
+                    "{:<30} {:>8} {:>10}",
+                    p.name,
+                    format!("{} ago", ago(now, p.created)),
+                    used
+                );
+            }
+        }
+        UserCmd::AppPassword(AppPasswordCmd::Remove { address, name }) => {
+            let a = address_arg(&address, "address")?;
+            rt.block_on(store.app_password_remove(&a, &name))
+                .map_err(|_| anyhow!("name: {a} has no app password {name:?}"))?;
+            println!("app password {name:?} of {a} revoked");
         }
         UserCmd::Quota { address, size } => {
             let a = address_arg(&address, "address")?;

@@ -293,3 +293,128 @@ async fn submission_closes_after_repeated_failed_logins() {
     let r = sub.cmd("MAIL FROM:<alice@example.test>").await;
     assert_eq!(code(&r), "250", "{r}");
 }
+
+/// Python's imaplib and poplib log in with `password` over TLS; Ok(()) or the error text.
+fn python_logins(server: &Server, password: &str) -> Result<(), String> {
+    let script = r#"
+import imaplib, poplib, ssl, sys
+imaps, pop3s, password = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+m = imaplib.IMAP4_SSL("127.0.0.1", imaps, ssl_context=ctx)
+m.login("alice@example.test", password)
+m.select("INBOX")
+m.logout()
+p = poplib.POP3_SSL("127.0.0.1", pop3s, context=ctx)
+p.user("alice@example.test")
+p.pass_(password)
+p.quit()
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &port(server, "imaps").to_string(),
+            &port(server, "pop3s").to_string(),
+            password,
+        ])
+        .output()
+        .expect("python3");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_passwords_work_wherever_passwords_do_until_revoked() {
+    let server = Server::start("");
+    let (ok, out, err) = server.cli(
+        &["user", "app-password", "add", "alice@example.test", "phone"],
+        "",
+    );
+    assert!(ok, "{err}");
+    let app = out.lines().last().unwrap().trim().to_string();
+    assert_eq!(app.len(), 29, "{out}");
+    let submit = |password: &str| {
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+            .port(port(&server, "submission"))
+            .tls(Tls::Required(tls_params()))
+            .credentials(Credentials::new(
+                "alice@example.test".into(),
+                password.into(),
+            ))
+            .build()
+    };
+    let msg = Message::builder()
+        .from("alice@example.test".parse().unwrap())
+        .to("bob@example.test".parse().unwrap())
+        .subject("from the phone")
+        .body("sent with an app password\n".to_string())
+        .unwrap();
+    submit(&app)
+        .send(msg.clone())
+        .await
+        .expect("submission with the app password");
+    python_logins(&server, &app).expect("IMAP and POP3 with the app password");
+    // Typed without its dashes, it is the same password.
+    python_logins(&server, &app.replace('-', "")).expect("without dashes");
+    // The account's own password still works.
+    python_logins(&server, PASSWORD).expect("the account password");
+    let log = server.log_search_until(
+        &["--recipient", "alice@example.test", "--json"],
+        "\"app_password\":\"phone\"",
+    );
+    for kind in ["smtp.auth", "imap.login", "pop3.login"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(kind) && l.contains("\"app_password\":\"phone\"")),
+            "{kind} names the app password: {log}"
+        );
+    }
+    let (ok, list, err) = server.cli(&["user", "app-password", "list", "alice@example.test"], "");
+    assert!(ok, "{err}");
+    assert!(list.contains("phone"), "{list}");
+    assert!(!list.contains("never"), "its use is recorded: {list}");
+    assert!(
+        !list.contains(&app),
+        "the list never shows the password: {list}"
+    );
+    // Revoked: refused everywhere.
+    let (ok, _, err) = server.cli(
+        &[
+            "user",
+            "app-password",
+            "remove",
+            "alice@example.test",
+            "phone",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(submit(&app).send(msg).await.is_err());
+    let e = python_logins(&server, &app).expect_err("revoked");
+    assert!(
+        e.contains("AUTHENTICATIONFAILED") || e.contains("authentication failed"),
+        "{e}"
+    );
+    // Bad input names the field.
+    let (ok, _, err) = server.cli(
+        &[
+            "user",
+            "app-password",
+            "remove",
+            "alice@example.test",
+            "phone",
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("name:"), "{err}");
+    let (ok, _, err) = server.cli(
+        &["user", "app-password", "add", "nobody@example.test", "x"],
+        "",
+    );
+    assert!(!ok, "{err}");
+}

@@ -617,11 +617,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         password: &str,
         mechanism: &str,
     ) -> Result<Flow, StoreError> {
-        let user = self
+        let found = self
             .server
             .logins
-            .authenticate(self.server.store.as_ref(), login, password)
+            .login(self.server.store.as_ref(), login, password)
             .await?;
+        let app = found.as_ref().and_then(|l| l.app_password.clone());
+        let user = found.map(|l| l.user);
         self.server.store.log_submit(vec![LogEvent {
             ts: now_micros(),
             session: self.id.clone(),
@@ -636,7 +638,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 .into(),
             ),
-            detail: serde_json::json!({ "mechanism": mechanism, "tls": self.tls }),
+            detail: serde_json::json!({
+                "mechanism": mechanism, "tls": self.tls, "app_password": app,
+            }),
             ..Default::default()
         }]);
         let Some(user) = user else {

@@ -630,11 +630,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         let store = self.server.delivery.store();
-        let user = match sub
-            .logins
-            .authenticate(store.as_ref(), &login, &password)
-            .await
-        {
+        let found = match sub.logins.login(store.as_ref(), &login, &password).await {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(session = %self.id, error = %e, "login check failed");
@@ -642,17 +638,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Flow::Continue;
             }
         };
-        let ok = user.is_some();
+        let ok = found.is_some();
+        let app = found.as_ref().and_then(|l| l.app_password.clone());
         self.log(
             "smtp.auth",
             LogEvent {
                 recipient: Some(login.chars().take(200).collect()),
                 outcome: Some(if ok { "accepted" } else { "rejected" }.into()),
-                detail: serde_json::json!({ "mechanism": mech, "tls": self.tls.is_some() }),
+                detail: serde_json::json!({
+                    "mechanism": mech, "tls": self.tls.is_some(), "app_password": app,
+                }),
                 ..Default::default()
             },
         );
-        match user {
+        match found.map(|l| l.user) {
             Some(u) => {
                 tracing::info!(session = %self.id, user = %u.address, "submission login");
                 self.user = Some(u);

@@ -21,11 +21,11 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
 use mailkeep_store::{
-    check_mailbox_name, AclChange, AclEntry, Alias, Attempt, BlobId, BlobStore, ChangeEvent,
-    Contents, DirectoryStore, DomainInfo, Envelope, FlagMode, FlagUpdate, LogEvent, LogFilter,
-    LogStore, MailStore, Mailbox, MailboxCounts, MessageCache, MessageFlags, MessageMeta,
-    NewMessage, NewQueued, QueueRecipient, QueueStore, QueuedMessage, QueuedRcpt, RcptStatus,
-    Result, Rights, SharedMailbox, StoreError, Stored, StsCached, Target, User,
+    check_mailbox_name, AclChange, AclEntry, Alias, AppPassword, Attempt, BlobId, BlobStore,
+    ChangeEvent, Contents, DirectoryStore, DomainInfo, Envelope, FlagMode, FlagUpdate, LogEvent,
+    LogFilter, LogStore, MailStore, Mailbox, MailboxCounts, MessageCache, MessageFlags,
+    MessageMeta, NewMessage, NewQueued, QueueRecipient, QueueStore, QueuedMessage, QueuedRcpt,
+    RcptStatus, Result, Rights, SharedMailbox, StoreError, Stored, StsCached, Target, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -626,6 +626,115 @@ impl DirectoryStore for SqliteStore {
             found(n, format!("user {key}"))
         })
         .await
+    }
+
+    async fn app_password_add(
+        &self,
+        address: &Address,
+        name: &str,
+        digest: &str,
+        now: i64,
+    ) -> Result<()> {
+        let (key, name, digest) = (address.key(), name.to_string(), digest.to_string());
+        self.write(move |c| {
+            let id: i64 = c
+                .query_row(
+                    "SELECT id FROM accounts WHERE address_key = ?1",
+                    [&key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?
+                .ok_or_else(|| StoreError::NotFound(format!("user {key}")))?;
+            c.execute(
+                "INSERT INTO app_passwords (account, name, digest, created) VALUES (?1, ?2, ?3, ?4)",
+                params![id, name, digest, now],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Exists(format!("app password {name} of {key}"))
+                }
+                e => backend(e),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn app_passwords(&self, address: &Address) -> Result<Vec<AppPassword>> {
+        let key = address.key();
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT p.name, p.created, p.last_used FROM app_passwords p \
+                     JOIN accounts a ON a.id = p.account WHERE a.address_key = ?1 ORDER BY p.name",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map([&key], |r| {
+                    Ok(AppPassword {
+                        name: r.get(0)?,
+                        created: r.get(1)?,
+                        last_used: r.get(2)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn app_password_remove(&self, address: &Address, name: &str) -> Result<()> {
+        let (key, name) = (address.key(), name.to_string());
+        self.write(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM app_passwords WHERE name = ?2 AND account = \
+                     (SELECT id FROM accounts WHERE address_key = ?1)",
+                    params![key, name],
+                )
+                .map_err(backend)?;
+            found(n, format!("app password {name} of {key}"))
+        })
+        .await
+    }
+
+    async fn app_password_check(
+        &self,
+        account: AccountId,
+        digest: &str,
+        now: i64,
+    ) -> Result<Option<String>> {
+        let digest = digest.to_string();
+        let name: Option<String> = self
+            .read({
+                let digest = digest.clone();
+                move |c| {
+                    c.prepare_cached(
+                        "SELECT name FROM app_passwords WHERE account = ?1 AND digest = ?2",
+                    )
+                    .map_err(backend)?
+                    .query_row(params![account.0, digest], |r| r.get(0))
+                    .optional()
+                    .map_err(backend)
+                }
+            })
+            .await?;
+        if let Some(n) = &name {
+            // When it was last used, for `app-password list` (not waited for).
+            let n = n.clone();
+            self.submit("app password use", move |c| {
+                c.execute(
+                    "UPDATE app_passwords SET last_used = ?3 WHERE account = ?1 AND name = ?2",
+                    params![account.0, n, now],
+                )
+                .map_err(backend)?;
+                Ok(())
+            });
+        }
+        Ok(name)
     }
 
     async fn user_set_quota(&self, address: &Address, quota: u64) -> Result<()> {

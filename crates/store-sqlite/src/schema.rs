@@ -200,6 +200,19 @@ const MIGRATIONS: &[&str] = &[
         expires INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 11: app passwords, stored as SHA-256 digests (they are random, 120 bits: a slow hash
+    // adds nothing, and a digest is looked up instead of trying each one).
+    r#"
+    CREATE TABLE app_passwords (
+        account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        last_used INTEGER,
+        PRIMARY KEY (account, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX app_passwords_digest ON app_passwords(account, digest);
+    "#,
 ];
 
 /// The schema version this build writes.

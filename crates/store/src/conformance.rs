@@ -509,6 +509,86 @@ async fn login(store: &SharedStore) {
         .unwrap();
     assert!(!check("right pw").await, "the old password after a change");
     assert!(check("new pw").await);
+
+    // App passwords: each works beside the account's password, by name, until revoked.
+    let dave = addr("dave@example.com");
+    let phone = crate::password::app_password_generate();
+    let laptop = crate::password::app_password_generate();
+    let digest = |p: &str| crate::password::app_password_digest(p).unwrap();
+    store
+        .app_password_add(&dave, "phone", &digest(&phone), 100)
+        .await
+        .unwrap();
+    store
+        .app_password_add(&dave, "laptop", &digest(&laptop), 200)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .app_password_add(&dave, "phone", &digest(&laptop), 300)
+            .await,
+        Err(StoreError::Exists(_))
+    ));
+    assert!(matches!(
+        store
+            .app_password_add(&addr("nobody@example.com"), "x", &digest(&phone), 1)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let login = auth
+        .login(store.as_ref(), "dave@example.com", &phone.to_uppercase())
+        .await
+        .unwrap()
+        .expect("the app password logs in");
+    assert_eq!(login.app_password.as_deref(), Some("phone"));
+    assert!(check("new pw").await, "the account's password still works");
+    let by_password = auth
+        .login(store.as_ref(), "dave@example.com", "new pw")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_password.app_password, None);
+    // Another user's app password is not this user's.
+    let hash = crate::password::hash_password("other pw").unwrap();
+    store
+        .user_add(&addr("appuser2@example.com"), &hash, 0)
+        .await
+        .unwrap();
+    assert!(auth
+        .login(store.as_ref(), "appuser2@example.com", &phone)
+        .await
+        .unwrap()
+        .is_none());
+    // The use is recorded (in the background).
+    let mut used = None;
+    for _ in 0..100 {
+        let list = store.app_passwords(&dave).await.unwrap();
+        assert_eq!(
+            list.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            vec!["laptop", "phone"]
+        );
+        used = list[1].last_used;
+        if used.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(used.is_some(), "last use recorded");
+    store.app_password_remove(&dave, "phone").await.unwrap();
+    assert!(matches!(
+        store.app_password_remove(&dave, "phone").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(auth
+        .login(store.as_ref(), "dave@example.com", &phone)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(auth
+        .login(store.as_ref(), "dave@example.com", &laptop)
+        .await
+        .unwrap()
+        .is_some());
 }
 
 async fn directory(store: &SharedStore) {

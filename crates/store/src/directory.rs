@@ -277,10 +277,43 @@ impl Authenticator {
         login: &str,
         password: &str,
     ) -> Result<Option<User>> {
+        Ok(self.login(store, login, password).await?.map(|l| l.user))
+    }
+
+    /// As [`Authenticator::authenticate`], saying which credential matched: the account's
+    /// password, or one of its app passwords (tried first: a digest lookup, no argon2).
+    pub async fn login<D: DirectoryStore + ?Sized>(
+        &self,
+        store: &D,
+        login: &str,
+        password: &str,
+    ) -> Result<Option<Login>> {
         let user = match Address::parse(login) {
             Ok(a) => store.user_get(&a.key()).await?,
             Err(_) => None,
         };
+        if let (Some(u), Some(digest)) = (&user, crate::password::app_password_digest(password)) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            if let Some(name) = store.app_password_check(u.id, &digest, now).await? {
+                return Ok(Some(Login {
+                    user: u.clone(),
+                    app_password: Some(name),
+                }));
+            }
+        }
+        Ok(self
+            .password_login(user, password)
+            .await?
+            .map(|user| Login {
+                user,
+                app_password: None,
+            }))
+    }
+
+    async fn password_login(&self, user: Option<User>, password: &str) -> Result<Option<User>> {
         let digest = self.digest(password);
         if let Some(u) = &user {
             let now = std::time::Instant::now();
@@ -327,6 +360,15 @@ impl Authenticator {
         }
         Ok(user)
     }
+}
+
+/// A successful login.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// Whose.
+    pub user: User,
+    /// The app password used, by name; None for the account's password.
+    pub app_password: Option<String>,
 }
 
 /// One login check without a cache (the CLI, tests); sessions use an [`Authenticator`].

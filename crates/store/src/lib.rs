@@ -78,6 +78,17 @@ pub struct User {
     pub used: u64,
 }
 
+/// An app password: a generated password for one client, revocable on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPassword {
+    /// What the user called it ("phone", "thunderbird").
+    pub name: String,
+    /// When it was made (unix seconds).
+    pub created: i64,
+    /// When it last logged in, if ever.
+    pub last_used: Option<i64>,
+}
+
 /// An alias: one address delivering to one or more others, local or external.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alias {
@@ -433,6 +444,26 @@ pub trait DirectoryStore: Send + Sync {
     async fn user_set_password(&self, address: &Address, password_hash: &str) -> Result<()>;
     /// Sets a user's quota in bytes (0 for none).
     async fn user_set_quota(&self, address: &Address, quota: u64) -> Result<()>;
+    /// Adds an app password to a user: `digest` is [`password::app_password_digest`] of it.
+    /// A name is used once per user ([`StoreError::Exists`]).
+    async fn app_password_add(
+        &self,
+        address: &Address,
+        name: &str,
+        digest: &str,
+        now: i64,
+    ) -> Result<()>;
+    /// A user's app passwords (without their digests).
+    async fn app_passwords(&self, address: &Address) -> Result<Vec<AppPassword>>;
+    /// Revokes one of a user's app passwords.
+    async fn app_password_remove(&self, address: &Address, name: &str) -> Result<()>;
+    /// The name of the user's app password with this digest, if one has it; records the use.
+    async fn app_password_check(
+        &self,
+        account: AccountId,
+        digest: &str,
+        now: i64,
+    ) -> Result<Option<String>>;
     /// Adds an alias; its domain must be hosted and it must not shadow a user.
     async fn alias_add(&self, address: &Address, targets: &[Address]) -> Result<()>;
     /// Looks an alias up by [`Address::key`].
