@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::outbound::{
-    dns, free_port, message, sessions_from_a, start_a, start_b, submitter, wait_inbox,
+    dkim_records, dkim_records_of, dns, free_port, message, sessions_from_a, start_a, start_b,
+    submitter, wait_inbox,
 };
 use common::{code, Raw, Server, PASSWORD};
 use lettre::AsyncTransport;
@@ -68,43 +69,6 @@ async fn submitted_mail_goes_to_the_mx_of_another_domain_over_starttls() {
 }
 
 /// The DNS TXT records of A's DKIM keys, computed from the key files init wrote.
-fn dkim_records(a: &Server) -> Vec<String> {
-    dkim_records_of(a, 1, "")
-}
-
-/// NAME=VALUE records of A's keys mk<n>e and mk<n>r (`suffix` `.pending` before the switch).
-fn dkim_records_of(a: &Server, n: u32, suffix: &str) -> Vec<String> {
-    use base64::Engine;
-    use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let dir = a.dir.path().join("dkim");
-    let ed = std::fs::read_to_string(dir.join(format!("example.test.mk{n}e.ed25519.pem{suffix}")))
-        .unwrap();
-    let der = b64
-        .decode(
-            ed.lines()
-                .filter(|l| !l.starts_with("-----"))
-                .collect::<String>(),
-        )
-        .unwrap();
-    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).unwrap();
-    use ring::signature::KeyPair;
-    let rsa_pem =
-        std::fs::read_to_string(dir.join(format!("example.test.mk{n}r.rsa.pem{suffix}"))).unwrap();
-    let rsa_key = rsa::RsaPrivateKey::from_pkcs8_pem(&rsa_pem).unwrap();
-    let rsa_pub = rsa_key.to_public_key().to_public_key_der().unwrap();
-    vec![
-        format!(
-            "mk{n}e._domainkey.example.test=v=DKIM1; k=ed25519; p={}",
-            b64.encode(pair.public_key().as_ref())
-        ),
-        format!(
-            "mk{n}r._domainkey.example.test=v=DKIM1; k=rsa; p={}",
-            b64.encode(rsa_pub.as_bytes())
-        ),
-    ]
-}
-
 /// Runs dkimpy over a message with the given NAME=VALUE key records; whether all verify.
 fn dkimpy(dir: &std::path::Path, message: &str, records: &[String]) -> Option<bool> {
     let have = std::process::Command::new("python3")

@@ -89,6 +89,16 @@ impl TestDns {
     /// answers (and denials) for names in them carry the AD bit (RFC 4035 3.2.3) when the
     /// query set AD or DO, as unbound's do for a DNSSEC-signed zone.
     pub fn start_signed(records: Vec<(&str, Rr)>, signed: &[&str]) -> std::io::Result<TestDns> {
+        TestDns::start_on("127.0.0.1:0".parse().expect("address"), records, signed)
+    }
+
+    /// As [`TestDns::start_signed`], on a given address (port 53, for programs that read
+    /// /etc/resolv.conf and cannot be given a port).
+    pub fn start_on(
+        at: SocketAddr,
+        records: Vec<(&str, Rr)>,
+        signed: &[&str],
+    ) -> std::io::Result<TestDns> {
         let signed: Vec<String> = signed
             .iter()
             .map(|z| z.trim_end_matches('.').to_ascii_lowercase())
@@ -101,7 +111,7 @@ impl TestDns {
             }
             table.entry(n).or_default().push(rr);
         }
-        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let socket = UdpSocket::bind(at)?;
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
         let addr = socket.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
