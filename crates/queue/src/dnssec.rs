@@ -41,7 +41,9 @@ pub struct Answer {
 pub struct SecureDns {
     servers: Vec<SocketAddr>,
     timeout: Duration,
-    cache: Mutex<HashMap<(String, RecordType), (Answer, Instant)>>,
+    /// Answers and failures (a resolver that does not answer is not asked again for each
+    /// message; a failure stays a failure, never "no records").
+    cache: Mutex<HashMap<(String, RecordType), (Result<Answer, String>, Instant)>>,
 }
 
 impl SecureDns {
@@ -72,31 +74,34 @@ impl SecureDns {
         if let Ok(cache) = self.cache.lock() {
             if let Some((a, until)) = cache.get(&key) {
                 if *until > Instant::now() {
-                    return Ok(a.clone());
+                    return a.clone();
                 }
             }
         }
         let fqdn = Name::from_ascii(format!("{}.", key.0)).map_err(|e| e.to_string())?;
-        let mut last = "no DNS server is configured".to_string();
+        let mut result = Err("no DNS server is configured".to_string());
+        let mut ttl = NEGATIVE_TTL;
         for server in &self.servers {
             match self.ask(*server, &fqdn, rtype).await {
-                Ok((answer, ttl)) => {
-                    if let Ok(mut cache) = self.cache.lock() {
-                        if cache.len() >= MAX_CACHED {
-                            let now = Instant::now();
-                            cache.retain(|_, (_, until)| *until > now);
-                            if cache.len() >= MAX_CACHED {
-                                cache.clear();
-                            }
-                        }
-                        cache.insert(key, (answer.clone(), Instant::now() + ttl));
-                    }
-                    return Ok(answer);
+                Ok((answer, t)) => {
+                    result = Ok(answer);
+                    ttl = t;
+                    break;
                 }
-                Err(e) => last = format!("{server}: {e}"),
+                Err(e) => result = Err(format!("{server}: {e}")),
             }
         }
-        Err(last)
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= MAX_CACHED {
+                let now = Instant::now();
+                cache.retain(|_, (_, until)| *until > now);
+                if cache.len() >= MAX_CACHED {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, (result.clone(), Instant::now() + ttl));
+        }
+        result
     }
 
     async fn ask(
@@ -197,4 +202,51 @@ async fn tcp(server: SocketAddr, wire: &[u8], id: u16) -> Result<Message, String
         return Err("the DNS server answered another query".into());
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mailkeep_testkit::{Rr, TestDns};
+
+    #[tokio::test]
+    async fn the_ad_bit_is_reported_per_zone() {
+        let dns = TestDns::start_signed(
+            vec![
+                ("s.test.", Rr::Mx(10, "mx.s.test.".into())),
+                ("u.test.", Rr::Mx(10, "mx.u.test.".into())),
+            ],
+            &["s.test"],
+        )
+        .unwrap();
+        let d = SecureDns::new(&[dns.addr()], Duration::from_secs(2));
+        let s = d.query("s.test", RecordType::MX).await.unwrap();
+        assert!(s.authentic);
+        assert_eq!(s.records.len(), 1);
+        let u = d.query("u.test.", RecordType::MX).await.unwrap();
+        assert!(!u.authentic);
+        assert_eq!(u.records.len(), 1);
+        let nx = d.query("nx.test", RecordType::MX).await.unwrap();
+        assert_eq!(nx.rcode, ResponseCode::NXDomain);
+        assert!(nx.records.is_empty());
+        // Cached: answered the same with the server gone.
+        drop(dns);
+        assert!(d.query("S.TEST", RecordType::MX).await.unwrap().authentic);
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_is_an_error_and_is_not_asked_again_at_once() {
+        // A socket that never answers.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let d = SecureDns::new(&[silent.local_addr().unwrap()], Duration::from_millis(300));
+        let t = Instant::now();
+        assert!(d.query("x.test", RecordType::TLSA).await.is_err());
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        let t = Instant::now();
+        assert!(d.query("x.test", RecordType::TLSA).await.is_err());
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "the failure is cached"
+        );
+    }
 }
