@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::outbound::{
-    dkim_records, dkim_records_of, dns, free_port, message, sessions_from_a, start_a, start_b,
-    submitter, wait_inbox,
+    dkim_records, dkim_records_of, dns, free_port, imap_fetch_all, message, sessions_from_a,
+    start_a, start_b, submitter, wait_inbox,
 };
 use common::{code, Raw, Server, PASSWORD};
 use lettre::AsyncTransport;
@@ -31,6 +31,8 @@ async fn submitted_mail_goes_to_the_mx_of_another_domain_over_starttls() {
         .expect("submit");
     let at_b = wait_inbox(&b, "carol@b.test", 1).await;
     assert!(at_b[0].contains("Subject: to two domains"), "{}", at_b[0]);
+    // Carol reads it over IMAP, byte for byte as stored.
+    assert_eq!(imap_fetch_all(&b, "carol@b.test"), at_b);
     // Dot-stuffing went both ways: the line is whole at B.
     assert!(
         at_b[0].contains("\r\n.a line with a leading dot\r\n"),

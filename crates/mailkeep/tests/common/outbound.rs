@@ -155,3 +155,43 @@ pub fn dkim_records_of(a: &Server, n: u32, suffix: &str) -> Vec<String> {
         ),
     ]
 }
+
+/// Every message in `user`'s INBOX on `server`, as Python's imaplib fetches them over IMAPS.
+pub fn imap_fetch_all(server: &Server, user: &str) -> Vec<String> {
+    let script = r#"
+import imaplib, ssl, sys
+port, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+m = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx)
+m.login(user, password)
+m.select("INBOX", readonly=True)
+typ, data = m.uid("FETCH", "1:*", "(BODY.PEEK[])")
+assert typ == "OK", data
+for item in data:
+    if isinstance(item, tuple):
+        sys.stdout.buffer.write(item[1] + b"\0")
+m.logout()
+"#;
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &server.listeners["imaps"].port().to_string(),
+            user,
+            PASSWORD,
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "imaplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split('\0')
+        .filter(|m| !m.is_empty())
+        .map(String::from)
+        .collect()
+}
