@@ -37,13 +37,16 @@ pub struct Answer {
     pub rcode: ResponseCode,
 }
 
+/// A cached answer or failure, and until when it holds.
+type Cached = (Result<Answer, String>, Instant);
+
 /// A stub resolver that reports the AD bit.
 pub struct SecureDns {
     servers: Vec<SocketAddr>,
     timeout: Duration,
     /// Answers and failures (a resolver that does not answer is not asked again for each
     /// message; a failure stays a failure, never "no records").
-    cache: Mutex<HashMap<(String, RecordType), (Result<Answer, String>, Instant)>>,
+    cache: Mutex<HashMap<(String, RecordType), Cached>>,
 }
 
 impl SecureDns {
