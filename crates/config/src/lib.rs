@@ -230,6 +230,26 @@ pub struct AuthConfig {
     pub max_failures: u32,
 }
 
+/// Sender authentication of inbound mail (`[verify]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyConfig {
+    /// SPF (RFC 7208) of HELO and MAIL FROM.
+    pub spf: bool,
+    /// DKIM (RFC 6376) signatures.
+    pub dkim: bool,
+    /// ARC (RFC 8617) chains.
+    pub arc: bool,
+    /// DMARC (RFC 7489).
+    pub dmarc: bool,
+    /// Reverse DNS (iprev, RFC 8601 3).
+    pub iprev: bool,
+    /// Apply the sender's DMARC policy: p=reject refused with 550 5.7.1, p=quarantine filed
+    /// to Junk (else results are only recorded).
+    pub dmarc_enforce: bool,
+    /// Signatures checked per message (more are ignored).
+    pub max_dkim_signatures: usize,
+}
+
 /// The delivery log.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -368,6 +388,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// The outbound queue.
     pub queue: QueueConfig,
+    /// Sender authentication of inbound mail.
+    pub verify: VerifyConfig,
     /// Domains listed in the config file (added to the directory at start).
     pub domains: Vec<Domain>,
     /// Warnings for deprecated keys.
@@ -817,6 +839,22 @@ impl Config {
             },
         };
 
+        let ve = raw.verify.unwrap_or_default();
+        let verify = VerifyConfig {
+            spf: ve.spf.unwrap_or(true),
+            dkim: ve.dkim.unwrap_or(true),
+            arc: ve.arc.unwrap_or(true),
+            dmarc: ve.dmarc.unwrap_or(true),
+            iprev: ve.iprev.unwrap_or(true),
+            dmarc_enforce: ve.dmarc_enforce.unwrap_or(true),
+            max_dkim_signatures: positive(
+                &cx,
+                "verify.max_dkim_signatures",
+                ve.max_dkim_signatures,
+                10,
+            )?,
+        };
+
         let mut domains = Vec::new();
         for (i, d) in raw.domains.iter().enumerate() {
             domains.push(Domain::parse(d).map_err(|e| {
@@ -844,6 +882,7 @@ impl Config {
             log,
             dns,
             queue,
+            verify,
             domains,
             warnings,
         })

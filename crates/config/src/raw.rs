@@ -59,6 +59,28 @@ pub struct RawConfig {
     pub dns: Option<RawDns>,
     /// `[queue]`
     pub queue: Option<RawQueue>,
+    /// `[verify]`
+    pub verify: Option<RawVerify>,
+}
+
+/// `[verify]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    /// `spf`
+    pub spf: Option<bool>,
+    /// `dkim`
+    pub dkim: Option<bool>,
+    /// `arc`
+    pub arc: Option<bool>,
+    /// `dmarc`
+    pub dmarc: Option<bool>,
+    /// `iprev`
+    pub iprev: Option<bool>,
+    /// `dmarc_enforce`
+    pub dmarc_enforce: Option<bool>,
+    /// `max_dkim_signatures`
+    pub max_dkim_signatures: Option<i64>,
 }
 
 /// `[[listener]]`

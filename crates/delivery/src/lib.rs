@@ -41,6 +41,8 @@ pub struct Incoming {
     pub session: String,
     /// Client IP, for the log.
     pub client_ip: Option<String>,
+    /// Where it goes: INBOX, or Junk (INBOX when the account has no Junk mailbox).
+    pub mailbox: MailboxRole,
 }
 
 /// What happened for one recipient.
@@ -116,7 +118,7 @@ impl Delivery {
             );
             batch.push(NewMessage {
                 account: t.account,
-                target: Target::Role(MailboxRole::Inbox),
+                target: Target::Role(msg.mailbox),
                 blob: blob.clone(),
                 blob_size: msg.data.len() as u64,
                 prefix: prefix.into_bytes(),
@@ -215,6 +217,7 @@ mod tests {
                 queue_id: "q".into(),
                 session: "s".into(),
                 client_ip: None,
+                mailbox: mailkeep_types::MailboxRole::Inbox,
             })
             .await
             .unwrap();

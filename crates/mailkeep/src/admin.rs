@@ -892,6 +892,7 @@ pub fn deliver(config_path: &Path, to: Vec<String>, from: String) -> Result<()> 
                 queue_id: queue_id.clone(),
                 session: format!("cli-{queue_id}"),
                 client_ip: None,
+                mailbox: mailkeep_types::MailboxRole::Inbox,
             })
             .await?;
         if let Err(e) = delivery.store().log_append(delivered.events).await {

@@ -216,6 +216,17 @@ default_quota = 0            # bytes for new users, 0 = unlimited; e.g. "2G"
 [log]
 retention = "30d"            # how long the delivery log keeps events
 
+[verify]
+# Sender authentication of mail arriving on the MX (not on the submission ports): the results
+# go into an Authentication-Results header and the delivery log (kind smtp.verify).
+spf = true                   # RFC 7208, HELO and MAIL FROM
+dkim = true                  # RFC 6376 (Ed25519 and RSA of 1024 bits or more)
+arc = true                   # RFC 8617
+dmarc = true                 # RFC 7489
+iprev = true                 # reverse DNS
+dmarc_enforce = true         # p=reject: refused with 550 5.7.1; p=quarantine: filed to Junk
+max_dkim_signatures = 10     # more are not checked
+
 [dns]
 # servers = ["127.0.0.1:53"] # default: the system's resolvers
 timeout = "5s"

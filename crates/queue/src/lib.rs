@@ -496,6 +496,7 @@ impl Outbound {
                     queue_id: id.clone(),
                     session: format!("queue-{}", m.id),
                     client_ip: None,
+                    mailbox: mailkeep_types::MailboxRole::Inbox,
                 };
                 match self.delivery.deliver(incoming).await {
                     Ok(d) => {

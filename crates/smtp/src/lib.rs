@@ -47,6 +47,8 @@ pub struct SmtpServer {
     pub submission: Option<Submission>,
     /// The outbound queue, for submitted mail to other domains.
     pub outbound: Option<Arc<mailkeep_queue::Outbound>>,
+    /// Sender authentication of inbound mail (the MX; never on the submission ports).
+    pub verifier: Option<Arc<mailkeep_verify::Verifier>>,
 }
 
 /// What message submission (RFC 6409) adds to an SMTP server.

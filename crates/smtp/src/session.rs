@@ -18,7 +18,7 @@ use mailkeep_delivery::{now_micros, Incoming};
 use mailkeep_net::{LimitExceeded, Shutdown};
 use mailkeep_store::directory::{LocalTarget, Resolution};
 use mailkeep_store::LogEvent;
-use mailkeep_types::{Address, QueueId};
+use mailkeep_types::{Address, MailboxRole, QueueId};
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -1488,8 +1488,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return;
             }
         };
+        // Sender authentication (the MX only): checked on the message as it came, then any
+        // Authentication-Results claiming our name is dropped and ours goes on top.
+        let mut mailbox = MailboxRole::Inbox;
+        let mut results_header = String::new();
+        let msg = match (self.server.verifier.clone(), self.tx.as_ref()) {
+            (Some(verifier), Some(tx)) => {
+                let env = mailkeep_verify::Envelope {
+                    ip: self.peer.ip(),
+                    helo: self.helo.as_deref().unwrap_or(""),
+                    mail_from: &tx.sender,
+                };
+                let verdict = verifier.verify(&msg, env).await;
+                let outcome = match &verdict.action {
+                    mailkeep_verify::Action::Accept => "accepted",
+                    mailkeep_verify::Action::Junk(_) => "junk",
+                    mailkeep_verify::Action::Reject(_) => "rejected",
+                };
+                self.log(
+                    "smtp.verify",
+                    LogEvent {
+                        outcome: Some(outcome.into()),
+                        detail: verdict.detail.clone(),
+                        ..Default::default()
+                    },
+                );
+                match verdict.action {
+                    mailkeep_verify::Action::Reject(reply) => {
+                        self.end_transaction(reply, "rejected", None, size);
+                        self.flush_log();
+                        return;
+                    }
+                    mailkeep_verify::Action::Junk(_) => mailbox = MailboxRole::Junk,
+                    mailkeep_verify::Action::Accept => {}
+                }
+                results_header = verdict.header;
+                mailkeep_verify::strip_own_results(&msg, verifier.authserv_id())
+            }
+            _ => msg,
+        };
         let Some(tx) = self.tx.as_ref() else { return };
-        let mut data = self.received_header(tx).into_bytes();
+        let mut data = results_header.into_bytes();
+        data.extend_from_slice(self.received_header(tx).as_bytes());
         data.extend_from_slice(&msg);
         // One account reached through several recipients gets one copy.
         let mut targets: Vec<LocalTarget> = tx
@@ -1552,6 +1592,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             queue_id: tx.queue_id.0.clone(),
             session: self.id.clone(),
             client_ip: Some(self.peer.ip().to_string()),
+            mailbox,
         };
         let queue_id = tx.queue_id.clone();
         let envelope_detail = serde_json::json!({

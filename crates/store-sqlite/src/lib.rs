@@ -843,10 +843,13 @@ fn row_mailbox(r: &rusqlite::Row<'_>) -> rusqlite::Result<Mailbox> {
 fn insert_message(c: &Connection, m: &NewMessage) -> Result<Stored> {
     let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
     let found: Option<(i64, i64, i64)> = match m.target {
+        // A role the account has no mailbox for (Junk deleted by the user) falls back to
+        // INBOX: the message is never lost for want of a folder.
         Target::Role(role) => c
             .prepare_cached(
                 "SELECT id, uid_next, highest_modseq + 1 FROM mailboxes \
-                 WHERE account = ?1 AND role = ?2",
+                 WHERE account = ?1 AND role IN (?2, 'inbox') \
+                 ORDER BY role = 'inbox' LIMIT 1",
             )
             .map_err(backend)?
             .query_row(params![m.account.0, role.as_str()], row)

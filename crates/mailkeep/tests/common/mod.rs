@@ -91,6 +91,12 @@ pub fn init_dir(extra_config: &str) -> (tempfile::TempDir, PathBuf) {
     let config = dir.path().join("mailkeep.toml");
     let mut text = std::fs::read_to_string(&config).expect("config written");
     text = text.replace("reverse_dns = true", "reverse_dns = false");
+    // Never the system's resolvers: a DNS server with no records (every name NXDOMAIN), so
+    // sender authentication runs and ends at once; tests that publish records set servers.
+    text = text.replace(
+        "# servers = [\"127.0.0.1:53\"] # default: the system's resolvers",
+        &format!("servers = [\"{}\"]", empty_dns()),
+    );
     text = apply_overrides(&text, extra_config);
     std::fs::write(&config, text).expect("rewrite config");
     (dir, config)
@@ -121,6 +127,13 @@ fn apply_overrides(text: &str, extra: &str) -> String {
         }
     }
     text
+}
+
+/// One DNS server without records for the whole test process.
+fn empty_dns() -> SocketAddr {
+    static DNS: std::sync::OnceLock<mailkeep_testkit::TestDns> = std::sync::OnceLock::new();
+    DNS.get_or_init(|| mailkeep_testkit::TestDns::start(vec![]).expect("DNS server"))
+        .addr()
 }
 
 impl Server {
@@ -313,6 +326,21 @@ pub struct Raw {
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
         let s = TcpStream::connect(addr).await.expect("connect");
+        let (r, w) = s.into_split();
+        let mut raw = Raw {
+            r: TokioBufReader::new(r),
+            w,
+        };
+        let greeting = raw.reply().await;
+        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
+        raw
+    }
+
+    /// Connects from a given loopback address (to be another client IP for SPF).
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(local, 0)).expect("bind");
+        let s = socket.connect(addr).await.expect("connect");
         let (r, w) = s.into_split();
         let mut raw = Raw {
             r: TokioBufReader::new(r),

@@ -1,0 +1,225 @@
+//! Sender authentication of inbound mail end to end: A (127.0.0.1) signs and sends to B, which
+//! checks SPF, DKIM and DMARC against records served by a DNS server the test starts; forged
+//! mail from another loopback address is refused or filed to Junk by the DMARC policy, and an
+//! Authentication-Results header claiming to be B's is removed.
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::outbound::{dkim_records, free_port, message, start_a, start_b, submitter};
+use common::{code, Raw, Server};
+use lettre::AsyncTransport;
+use mailkeep_store::SharedStore;
+use mailkeep_testkit::{Rr, TestDns};
+use mailkeep_types::MailboxRole;
+
+/// The forger's address: not in example.test's SPF record.
+const FORGER: &str = "127.0.0.66";
+
+/// Records B asks: example.test's SPF (127.0.0.1 only), DMARC p=reject and A's DKIM keys;
+/// q.test's DMARC p=quarantine; A's MX for b.test.
+fn trust_dns(a: &Server, b_ip: &str) -> TestDns {
+    let mut records: Vec<(String, Rr)> = vec![
+        ("b.test.".into(), Rr::Mx(10, "mx.b.test.".into())),
+        ("mx.b.test.".into(), Rr::A(b_ip.parse().unwrap())),
+        (
+            "example.test.".into(),
+            Rr::Txt("v=spf1 ip4:127.0.0.1 -all".into()),
+        ),
+        (
+            "_dmarc.example.test.".into(),
+            Rr::Txt("v=DMARC1; p=reject; rua=mailto:dmarc@example.test".into()),
+        ),
+        ("q.test.".into(), Rr::Txt("v=spf1 -all".into())),
+        (
+            "_dmarc.q.test.".into(),
+            Rr::Txt("v=DMARC1; p=quarantine".into()),
+        ),
+    ];
+    for r in dkim_records(a) {
+        let (name, value) = r.split_once('=').unwrap();
+        let parts: Vec<String> = value
+            .as_bytes()
+            .chunks(250)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        records.push((format!("{name}."), Rr::TxtParts(parts)));
+    }
+    TestDns::start(
+        records
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.clone()))
+            .collect(),
+    )
+    .unwrap()
+}
+
+async fn mailbox_texts(store: &SharedStore, user: &str, role: MailboxRole) -> Vec<String> {
+    let u = store.user_get(user).await.unwrap().unwrap();
+    let boxes = store.mailboxes(u.id).await.unwrap();
+    let mb = boxes.iter().find(|m| m.role == Some(role)).unwrap();
+    let mut out = Vec::new();
+    for m in store.messages(mb.id).await.unwrap() {
+        let c = store
+            .message_content(m.mailbox, m.uid)
+            .await
+            .unwrap()
+            .unwrap();
+        out.push(String::from_utf8_lossy(&c).into_owned());
+    }
+    out
+}
+
+/// Sends `data` to B from the forger's address; returns the final reply.
+async fn forge(b: &Server, from: &str, data: &str) -> String {
+    let mut c = Raw::connect_from(FORGER.parse::<IpAddr>().unwrap(), b.smtp).await;
+    c.envelope(from, &["carol@b.test"]).await;
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    c.send(data.as_bytes()).await;
+    c.send(b".\r\n").await;
+    let r = c.reply().await;
+    c.cmd("QUIT").await;
+    r
+}
+
+/// A DKIM signature for example.test made with a key that is not example.test's (dkimpy).
+fn signed_with_another_key(message: &str) -> String {
+    let script = r#"
+import dkim, nacl.signing, base64, sys
+msg = sys.stdin.buffer.read()
+k = nacl.signing.SigningKey.generate()
+sig = dkim.sign(msg, b"mk1e", b"example.test", base64.b64encode(bytes(k)),
+                signature_algorithm=b"ed25519-sha256", include_headers=[b"from", b"to", b"subject"])
+sys.stdout.buffer.write(sig.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n") + msg)
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "dkimpy signing failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_mail_passes_and_forged_mail_is_refused() {
+    let ip = "127.0.0.41";
+    let port = free_port(ip);
+    // A's DNS only routes (MX); A's keys exist once A is made, then B's DNS publishes them.
+    let route = TestDns::start(vec![
+        ("b.test.", Rr::Mx(10, "mx.b.test.".into())),
+        ("mx.b.test.", Rr::A(ip.parse().unwrap())),
+    ])
+    .unwrap();
+    let a = start_a(&route, port);
+    let dns = trust_dns(&a, ip);
+    let mut b = start_b(ip, port);
+    let config = std::fs::read_to_string(&b.config).unwrap();
+    let config = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("servers = ") {
+                format!("servers = [\"{}\"]", dns.addr())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&b.config, config).unwrap();
+    b.restart();
+    let (ok, _, err) = b.cli(&["domain", "add", "q.test"], "");
+    assert!(ok, "{err}");
+
+    // 1. Signed by A, from A's address: every check passes.
+    submitter(&a)
+        .send(message(&["carol@b.test"], "authentic"))
+        .await
+        .expect("submit");
+    let got = common::outbound::wait_inbox(&b, "carol@b.test", 1).await;
+    let m = &got[0];
+    for want in [
+        "Authentication-Results: mail.example.test;",
+        "dkim=pass header.d=example.test header.s=mk1e",
+        "dkim=pass header.d=example.test header.s=mk1r",
+        "spf=pass",
+        "smtp.mailfrom=alice@example.test",
+        "dmarc=pass header.from=example.test",
+    ] {
+        assert!(m.contains(want), "{want:?} in:\n{m}");
+    }
+    let log = b.log_search_until(&["--recipient", "carol@b.test", "--json"], "smtp.verify");
+    assert!(log.contains("\"kind\":\"smtp.verify\""), "{log}");
+    assert!(log.contains("\"dkim_aligned\":\"pass\""), "{log}");
+
+    // 2. Forged From: alice@example.test from another address, signed with a wrong key:
+    // SPF fails, DKIM fails, DMARC fails, p=reject: refused at the end of DATA.
+    let forged = signed_with_another_key(
+        "From: alice@example.test\r\nTo: carol@b.test\r\nSubject: pay this invoice\r\n\r\nplease\r\n",
+    );
+    let r = forge(&b, "alice@example.test", &forged).await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    assert!(r.contains("DMARC policy of example.test"), "{r}");
+    let log = b.log_search_until(&["--ip", FORGER, "--json"], "\"outcome\":\"rejected\"");
+    assert!(log.contains("\"dmarc\":{"), "{log}");
+    assert!(log.contains("\"result\":\"fail\""), "{log}");
+    assert_eq!(
+        b.inbox("carol@b.test").await.len(),
+        1,
+        "nothing more stored"
+    );
+
+    // 3. p=quarantine: filed to Junk, not refused.
+    let r = forge(
+        &b,
+        "boss@q.test",
+        "From: boss@q.test\r\nTo: carol@b.test\r\nSubject: quarantined\r\n\r\nhi\r\n",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let junk = mailbox_texts(&b.store(), "carol@b.test", MailboxRole::Junk).await;
+    assert_eq!(junk.len(), 1);
+    assert!(junk[0].contains("Subject: quarantined"));
+    assert!(junk[0].contains("dmarc=fail"), "{}", junk[0]);
+
+    // 4. An Authentication-Results claiming B's name is removed; another server's stays.
+    let r = forge(
+        &b,
+        "someone@other.test",
+        "Authentication-Results: mail.example.test; dkim=pass; spf=pass; dmarc=pass\r\n\
+Authentication-Results: elsewhere.test; spf=fail\r\n\
+From: someone@other.test\r\nTo: carol@b.test\r\nSubject: trust me\r\n\r\nhi\r\n",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let got = common::outbound::wait_inbox(&b, "carol@b.test", 2).await;
+    let m = got
+        .iter()
+        .find(|m| m.contains("Subject: trust me"))
+        .unwrap();
+    assert_eq!(
+        m.matches("Authentication-Results: mail.example.test;")
+            .count(),
+        1,
+        "{m}"
+    );
+    assert!(
+        !m.contains("dkim=pass; spf=pass"),
+        "the forged one is gone: {m}"
+    );
+    assert!(
+        m.contains("Authentication-Results: elsewhere.test; spf=fail"),
+        "{m}"
+    );
+    assert!(m.contains("spf=none"), "{m}");
+}

@@ -1,0 +1,437 @@
+//! Sender authentication of inbound mail, with mail-auth: SPF (RFC 7208) of HELO and MAIL
+//! FROM, DKIM (RFC 6376, Ed25519 per RFC 8463), ARC (RFC 8617), DMARC (RFC 7489, with the
+//! DMARCbis tree walk mail-auth implements) and iprev, summed up in one
+//! Authentication-Results header (RFC 8601) with our host name as authserv-id.
+//!
+//! Implementation notes:
+//! - DNS goes through mail-auth's own hickory resolver (0.26), asking the configured servers
+//!   (the system's by default); its cache honours TTLs.
+//! - At most `verify.max_dkim_signatures` signatures are checked; RSA keys under 1024 bits
+//!   fail (ring's verifier refuses them).
+//! - DMARC's verdict is applied by the caller through [`Action`]: `p=reject` refuses the
+//!   message, `p=quarantine` files it to Junk, when `verify.dmarc_enforce` is on.
+#![warn(missing_docs)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::hickory_resolver::config::{
+    NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, IprevResult,
+    MessageAuthenticator, SpfResult,
+};
+use mailkeep_config::VerifyConfig;
+
+/// Setting the verifier up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The resolver could not be made.
+    #[error("DNS resolver for sender authentication: {0}")]
+    Resolver(String),
+}
+
+/// What to do with a message after its checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Deliver to the inbox.
+    Accept,
+    /// Deliver to Junk; why.
+    Junk(String),
+    /// Refuse at the end of DATA with this reply.
+    Reject(String),
+}
+
+/// The outcome of the checks on one message.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// `Authentication-Results: ...\r\n`, to prepend.
+    pub header: String,
+    /// What the sender's DMARC policy asks for, as configured.
+    pub action: Action,
+    /// Every result, for the delivery log.
+    pub detail: serde_json::Value,
+}
+
+/// The message's envelope and connection, as the SMTP session saw them.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The name it gave in HELO/EHLO.
+    pub helo: &'a str,
+    /// MAIL FROM (empty for the null sender).
+    pub mail_from: &'a str,
+}
+
+/// Runs the checks of inbound mail.
+pub struct Verifier {
+    auth: MessageAuthenticator,
+    hostname: String,
+    config: VerifyConfig,
+}
+
+impl Verifier {
+    /// A verifier asking `servers` (the system's resolvers when empty), as `hostname` (the
+    /// authserv-id of its Authentication-Results).
+    pub fn new(
+        servers: &[SocketAddr],
+        timeout: Duration,
+        hostname: &str,
+        config: VerifyConfig,
+    ) -> Result<Verifier, VerifyError> {
+        let auth = if servers.is_empty() {
+            MessageAuthenticator::new_system_conf()
+        } else {
+            let name_servers = servers
+                .iter()
+                .map(|s| {
+                    let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+                    for c in ns.connections.iter_mut() {
+                        c.port = s.port();
+                    }
+                    ns
+                })
+                .collect();
+            let mut opts = ResolverOpts::default();
+            opts.timeout = timeout;
+            opts.attempts = 1;
+            // Configured servers are the whole truth (as for the queue's resolver).
+            opts.use_hosts_file = ResolveHosts::Never;
+            MessageAuthenticator::new(ResolverConfig::from_name_servers(name_servers), opts)
+        }
+        .map_err(|e| VerifyError::Resolver(e.to_string()))?;
+        Ok(Verifier {
+            auth,
+            hostname: hostname.to_string(),
+            config,
+        })
+    }
+
+    /// Our authserv-id.
+    pub fn authserv_id(&self) -> &str {
+        &self.hostname
+    }
+
+    /// Checks a message as received (before our own trace fields).
+    pub async fn verify(&self, message: &[u8], env: Envelope<'_>) -> Verdict {
+        let c = &self.config;
+        let helo_domain = env.helo.trim_start_matches('[').trim_end_matches(']');
+        let mut ar = AuthenticationResults::new(&self.hostname);
+        let mut detail = serde_json::Map::new();
+
+        // SPF (RFC 7208 2.3, 2.4): HELO, then MAIL FROM (the HELO identity for the null
+        // sender, RFC 7208 2.4).
+        let spf_helo = if c.spf {
+            let o = self
+                .auth
+                .verify_spf(SpfParameters::verify_ehlo(
+                    env.ip,
+                    helo_domain,
+                    &self.hostname,
+                ))
+                .await;
+            ar = ar.with_spf_ehlo_result(&o, env.ip, helo_domain);
+            detail.insert("spf_helo".into(), spf_json(&o));
+            Some(o)
+        } else {
+            None
+        };
+        let spf_from = if c.spf {
+            let o = if env.mail_from.is_empty() {
+                spf_helo.clone().unwrap_or_default()
+            } else {
+                self.auth
+                    .verify_spf(SpfParameters::verify_mail_from(
+                        env.ip,
+                        helo_domain,
+                        &self.hostname,
+                        env.mail_from,
+                    ))
+                    .await
+            };
+            ar = ar.with_spf_mailfrom_result(&o, env.ip, env.mail_from, helo_domain);
+            detail.insert("spf_mailfrom".into(), spf_json(&o));
+            Some(o)
+        } else {
+            None
+        };
+
+        let parsed = AuthenticatedMessage::parse(message);
+        let Some(mut msg) = parsed else {
+            // No header at all: nothing else can be checked.
+            detail.insert("error".into(), "the message has no header".into());
+            return Verdict {
+                header: ar.to_header(),
+                action: Action::Accept,
+                detail: detail.into(),
+            };
+        };
+
+        // DKIM (RFC 6376 6): every signature, up to the limit.
+        let dkim = if c.dkim {
+            let total = msg.dkim_headers.len();
+            msg.dkim_headers.truncate(c.max_dkim_signatures);
+            let out = self.auth.verify_dkim(&msg).await;
+            ar = ar.with_dkim_results(&out, msg.from());
+            detail.insert(
+                "dkim".into(),
+                out.iter()
+                    .map(|o| {
+                        serde_json::json!({
+                            "d": o.signature().map(|s| s.d.clone()),
+                            "s": o.signature().map(|s| s.s.clone()),
+                            "result": dkim_word(o.result()),
+                            "reason": dkim_reason(o.result()),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            if total > c.max_dkim_signatures {
+                detail.insert(
+                    "dkim_ignored".into(),
+                    (total - c.max_dkim_signatures).into(),
+                );
+            }
+            out
+        } else {
+            Vec::new()
+        };
+
+        // ARC (RFC 8617 5.2).
+        if c.arc {
+            let arc = self.auth.verify_arc(&msg).await;
+            ar = ar.with_arc_result(&arc, env.ip);
+            detail.insert("arc".into(), dkim_word(arc.result()).into());
+        }
+
+        // DMARC (RFC 7489 6.6): alignment of SPF (MAIL FROM, or HELO for the null sender)
+        // and DKIM with the From: domain.
+        let mut action = Action::Accept;
+        if c.dmarc {
+            if let Some(spf) = &spf_from {
+                let from_domain = match env.mail_from.rsplit_once('@') {
+                    Some((_, d)) => d,
+                    None => helo_domain,
+                };
+                let dmarc = self
+                    .auth
+                    .verify_dmarc(DmarcParameters::new(&msg, &dkim, from_domain, spf))
+                    .await;
+                ar = ar.with_dmarc_result(&dmarc);
+                let policy = dmarc.policy();
+                let failed = matches!(dmarc.result(), DmarcResult::Fail(_));
+                detail.insert(
+                    "dmarc".into(),
+                    serde_json::json!({
+                        "result": dmarc_word(&dmarc.result()),
+                        "domain": dmarc.domain(),
+                        "policy": format!("{policy:?}").to_ascii_lowercase(),
+                        "spf_aligned": dmarc_word(dmarc.spf_result()),
+                        "dkim_aligned": dmarc_word(dmarc.dkim_result()),
+                    }),
+                );
+                // RFC 7489 6.7: the policy applies only when DMARC fails.
+                if failed && c.dmarc_enforce {
+                    let domain = dmarc.domain().to_string();
+                    action = match policy {
+                        mail_auth::dmarc::Policy::Reject => Action::Reject(format!(
+                            "550 5.7.1 Rejected by the DMARC policy of {domain}: the message \
+                             is not authenticated as coming from it"
+                        )),
+                        mail_auth::dmarc::Policy::Quarantine => {
+                            Action::Junk(format!("the DMARC policy of {domain} (quarantine)"))
+                        }
+                        _ => Action::Accept,
+                    };
+                }
+            }
+        }
+
+        // iprev (RFC 8601 3).
+        if c.iprev {
+            let o = self.auth.verify_iprev(env.ip).await;
+            ar = ar.with_iprev_result(&o, env.ip);
+            detail.insert("iprev".into(), iprev_word(o.result()).into());
+        }
+
+        Verdict {
+            header: ar.to_header(),
+            action,
+            detail: detail.into(),
+        }
+    }
+}
+
+fn spf_json(o: &mail_auth::SpfOutput) -> serde_json::Value {
+    serde_json::json!({
+        "result": spf_word(o.result()),
+        "domain": o.domain(),
+        "explanation": o.explanation(),
+    })
+}
+
+/// RFC 8601 2.7.2 result words.
+pub fn spf_word(r: SpfResult) -> &'static str {
+    match r {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
+    }
+}
+
+/// RFC 8601 2.7.1 result words.
+pub fn dkim_word(r: &DkimResult) -> &'static str {
+    match r {
+        DkimResult::Pass => "pass",
+        DkimResult::Neutral(_) => "neutral",
+        DkimResult::Fail(_) => "fail",
+        DkimResult::PermError(_) => "permerror",
+        DkimResult::TempError(_) => "temperror",
+        DkimResult::None => "none",
+    }
+}
+
+fn dkim_reason(r: &DkimResult) -> Option<String> {
+    match r {
+        DkimResult::Neutral(e)
+        | DkimResult::Fail(e)
+        | DkimResult::PermError(e)
+        | DkimResult::TempError(e) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+fn dmarc_word(r: &DmarcResult) -> &'static str {
+    match r {
+        DmarcResult::Pass => "pass",
+        DmarcResult::Fail(_) => "fail",
+        DmarcResult::TempError(_) => "temperror",
+        DmarcResult::PermError(_) => "permerror",
+        DmarcResult::None => "none",
+    }
+}
+
+fn iprev_word(r: &IprevResult) -> &'static str {
+    match r {
+        IprevResult::Pass => "pass",
+        IprevResult::Fail(_) => "fail",
+        IprevResult::TempError(_) => "temperror",
+        IprevResult::PermError(_) => "permerror",
+        IprevResult::None => "none",
+    }
+}
+
+/// The message without Authentication-Results fields that claim to be ours (RFC 8601 5:
+/// a receiver removes them, since anyone can write one before the message reaches us).
+/// Fields of other authserv-ids stay.
+pub fn strip_own_results(message: &[u8], authserv_id: &str) -> Vec<u8> {
+    let end = header_end(message);
+    let (head, body) = message.split_at(end);
+    let mut out = Vec::with_capacity(message.len());
+    let mut dropping = false;
+    for line in head.split_inclusive(|b| *b == b'\n') {
+        let continuation = matches!(line.first(), Some(b' ') | Some(b'\t'));
+        if continuation {
+            if !dropping {
+                out.extend_from_slice(line);
+            }
+            continue;
+        }
+        dropping = is_own_result(line, head, authserv_id);
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// Whether the field starting with `line` is an Authentication-Results for `authserv_id`
+/// (its value, unfolded, starts with the id, case-insensitively, RFC 8601 2.5).
+fn is_own_result(line: &[u8], head: &[u8], authserv_id: &str) -> bool {
+    const NAME: &[u8] = b"authentication-results:";
+    if line.len() < NAME.len() || !line[..NAME.len()].eq_ignore_ascii_case(NAME) {
+        return false;
+    }
+    // The field's whole value: this line and its continuations.
+    let start = line.as_ptr() as usize - head.as_ptr() as usize;
+    let mut value = Vec::new();
+    for (i, l) in head[start..].split_inclusive(|b| *b == b'\n').enumerate() {
+        if i > 0 && !matches!(l.first(), Some(b' ') | Some(b'\t')) {
+            break;
+        }
+        value.extend_from_slice(if i == 0 { &l[NAME.len()..] } else { l });
+    }
+    let text = String::from_utf8_lossy(&value);
+    // Comments before the id are allowed (RFC 8601 2.2 CFWS); take the first word.
+    let mut rest = text.trim_start();
+    while let Some(after) = rest.strip_prefix('(') {
+        rest = after
+            .split_once(')')
+            .map(|(_, r)| r)
+            .unwrap_or("")
+            .trim_start();
+    }
+    let id: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ';' && *c != '(')
+        .collect();
+    id.eq_ignore_ascii_case(authserv_id)
+}
+
+fn header_end(message: &[u8]) -> usize {
+    let mut i = 0;
+    let mut at_line_start = true;
+    while i < message.len() {
+        if at_line_start {
+            if message[i..].starts_with(b"\r\n") {
+                return i;
+            }
+            if message[i] == b'\n' {
+                return i;
+            }
+        }
+        at_line_start = message[i] == b'\n';
+        i += 1;
+    }
+    message.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_our_authentication_results_are_removed() {
+        let msg = b"Authentication-Results: mx.example.org; dkim=pass\r\n\
+Received: from x\r\n\
+Authentication-Results: (forged) MX.EXAMPLE.ORG;\r\n\tspf=pass smtp.mailfrom=a@b\r\n\
+Authentication-Results: other.example; dmarc=pass\r\n\
+Authentication-Results:\r\n mx.example.org; arc=pass\r\n\
+Subject: hi\r\n\
+\r\n\
+Authentication-Results: mx.example.org; in the body stays\r\n";
+        let out = String::from_utf8(strip_own_results(msg, "mx.example.org")).unwrap();
+        assert_eq!(
+            out,
+            "Received: from x\r\n\
+Authentication-Results: other.example; dmarc=pass\r\n\
+Subject: hi\r\n\
+\r\n\
+Authentication-Results: mx.example.org; in the body stays\r\n"
+        );
+        // A name that merely starts with ours is someone else's.
+        let msg = b"Authentication-Results: mx.example.org.evil; x=y\r\n\r\n";
+        assert_eq!(strip_own_results(msg, "mx.example.org"), msg.to_vec());
+    }
+}
