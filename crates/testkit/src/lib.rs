@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, TLSA, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TLSA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// One record to serve.
@@ -33,6 +33,12 @@ pub enum Rr {
     Ptr(String),
     /// TLSA (RFC 6698): usage, selector, matching type, data.
     Tlsa(u8, u8, u8, Vec<u8>),
+    /// Text as raw bytes (strings that are not UTF-8, as test suites publish).
+    TxtBytes(Vec<Vec<u8>>),
+    /// Canonical name: queries for other types follow it (as a recursive resolver answers).
+    Cname(String),
+    /// No answer at all for types this name has no record of (a DNS timeout).
+    Timeout,
 }
 
 impl Rr {
@@ -41,7 +47,9 @@ impl Rr {
             Rr::A(_) => RecordType::A,
             Rr::Aaaa(_) => RecordType::AAAA,
             Rr::Mx(..) => RecordType::MX,
-            Rr::Txt(_) | Rr::TxtParts(_) => RecordType::TXT,
+            Rr::Txt(_) | Rr::TxtParts(_) | Rr::TxtBytes(_) => RecordType::TXT,
+            Rr::Cname(_) => RecordType::CNAME,
+            Rr::Timeout => RecordType::Unknown(0),
             Rr::Ptr(_) => RecordType::PTR,
             Rr::Tlsa(..) => RecordType::TLSA,
         }
@@ -55,6 +63,11 @@ impl Rr {
             Rr::Txt(t) => RData::TXT(TXT::new(vec![t.clone()])),
             Rr::TxtParts(parts) => RData::TXT(TXT::new(parts.clone())),
             Rr::Ptr(host) => RData::PTR(PTR(Name::from_str(host).ok()?)),
+            Rr::TxtBytes(parts) => RData::TXT(TXT::from_bytes(
+                parts.iter().map(|p| p.as_slice()).collect(),
+            )),
+            Rr::Cname(host) => RData::CNAME(CNAME(Name::from_str(host).ok()?)),
+            Rr::Timeout => return None,
             Rr::Tlsa(u, s, m, data) => RData::TLSA(TLSA::new(
                 (*u).into(),
                 (*s).into(),
@@ -169,13 +182,40 @@ fn answer(table: &HashMap<String, Vec<Rr>>, signed: &[String], query: &[u8]) -> 
             .iter()
             .any(|z| qname == z || qname.ends_with(&format!(".{z}")));
         m.add_query(question.clone());
-        let name = question.name().to_ascii().to_ascii_lowercase();
-        if let Some(rrs) = table.get(&name) {
-            found_name = true;
-            for rr in rrs.iter().filter(|r| r.kind() == question.query_type()) {
+        let qtype = question.query_type();
+        let mut name = question.name().clone();
+        // Follow CNAMEs as a recursive resolver would (at most 8, loops stop).
+        for hop in 0..8 {
+            let key = name.to_ascii().to_ascii_lowercase();
+            let Some(rrs) = table.get(&key) else {
+                break;
+            };
+            if hop == 0 {
+                found_name = true;
+            }
+            let of_type: Vec<&Rr> = rrs.iter().filter(|r| r.kind() == qtype).collect();
+            if of_type.is_empty() && rrs.iter().any(|r| matches!(r, Rr::Timeout)) {
+                return None;
+            }
+            for rr in &of_type {
                 if let Some(rdata) = rr.rdata() {
-                    m.add_answer(Record::from_rdata(question.name().clone(), 60, rdata));
+                    m.add_answer(Record::from_rdata(name.clone(), 60, rdata));
                 }
+            }
+            let cname = rrs.iter().find_map(|r| match r {
+                Rr::Cname(target) if qtype != RecordType::CNAME => Name::from_str(target).ok(),
+                _ => None,
+            });
+            match cname {
+                Some(target) if of_type.is_empty() => {
+                    m.add_answer(Record::from_rdata(
+                        name.clone(),
+                        60,
+                        RData::CNAME(CNAME(target.clone())),
+                    ));
+                    name = target;
+                }
+                _ => break,
             }
         }
     }

@@ -117,6 +117,20 @@ impl Verifier {
         &self.hostname
     }
 
+    /// SPF of the MAIL FROM identity (RFC 7208 2.4), or of `postmaster@HELO` for the null
+    /// sender: the check inbound SMTP makes, also run by the OpenSPF suite.
+    pub async fn check_spf(&self, ip: IpAddr, helo: &str, mail_from: &str) -> mail_auth::SpfOutput {
+        let helo = helo.trim_start_matches('[').trim_end_matches(']');
+        self.auth
+            .verify_spf(SpfParameters::verify_mail_from(
+                ip,
+                helo,
+                &self.hostname,
+                mail_from,
+            ))
+            .await
+    }
+
     /// Checks a message as received (before our own trace fields).
     pub async fn verify(&self, message: &[u8], env: Envelope<'_>) -> Verdict {
         let c = &self.config;
@@ -142,17 +156,9 @@ impl Verifier {
             None
         };
         let spf_from = if c.spf {
-            let o = if env.mail_from.is_empty() {
-                spf_helo.clone().unwrap_or_default()
-            } else {
-                self.auth
-                    .verify_spf(SpfParameters::verify_mail_from(
-                        env.ip,
-                        helo_domain,
-                        &self.hostname,
-                        env.mail_from,
-                    ))
-                    .await
+            let o = match &spf_helo {
+                Some(h) if env.mail_from.is_empty() => h.clone(),
+                _ => self.check_spf(env.ip, helo_domain, env.mail_from).await,
             };
             ar = ar.with_spf_mailfrom_result(&o, env.ip, env.mail_from, helo_domain);
             detail.insert("spf_mailfrom".into(), spf_json(&o));
