@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,14 +58,14 @@ impl Rr {
         Some(match self {
             Rr::A(ip) => RData::A(A(*ip)),
             Rr::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
-            Rr::Mx(p, host) => RData::MX(MX::new(*p, Name::from_str(host).ok()?)),
+            Rr::Mx(p, host) => RData::MX(MX::new(*p, raw_name(host)?)),
             Rr::Txt(t) => RData::TXT(TXT::new(vec![t.clone()])),
             Rr::TxtParts(parts) => RData::TXT(TXT::new(parts.clone())),
-            Rr::Ptr(host) => RData::PTR(PTR(Name::from_str(host).ok()?)),
+            Rr::Ptr(host) => RData::PTR(PTR(raw_name(host)?)),
             Rr::TxtBytes(parts) => RData::TXT(TXT::from_bytes(
                 parts.iter().map(|p| p.as_slice()).collect(),
             )),
-            Rr::Cname(host) => RData::CNAME(CNAME(Name::from_str(host).ok()?)),
+            Rr::Cname(host) => RData::CNAME(CNAME(raw_name(host)?)),
             Rr::Timeout => return None,
             Rr::Tlsa(u, s, m, data) => RData::TLSA(TLSA::new(
                 (*u).into(),
@@ -76,6 +75,17 @@ impl Rr {
             )),
         })
     }
+}
+
+/// A name from its text, each label as it is (test suites use names with ':' and '/').
+fn raw_name(text: &str) -> Option<Name> {
+    let t = text.trim_end_matches('.');
+    if t.is_empty() {
+        return Some(Name::root());
+    }
+    let mut n = Name::from_labels(t.split('.').map(|l| l.as_bytes())).ok()?;
+    n.set_fqdn(true);
+    Some(n)
 }
 
 /// The reverse-DNS name of an IPv4 address (`1.0.0.127.in-addr.arpa.`).
@@ -186,7 +196,14 @@ fn answer(table: &HashMap<String, Vec<Rr>>, signed: &[String], query: &[u8]) -> 
         let mut name = question.name().clone();
         // Follow CNAMEs as a recursive resolver would (at most 8, loops stop).
         for hop in 0..8 {
-            let key = name.to_ascii().to_ascii_lowercase();
+            // The raw labels (names from test suites may hold spaces and other octets).
+            let key = format!(
+                "{}.",
+                name.iter()
+                    .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(".")
+            );
             let Some(rrs) = table.get(&key) else {
                 break;
             };
@@ -203,7 +220,7 @@ fn answer(table: &HashMap<String, Vec<Rr>>, signed: &[String], query: &[u8]) -> 
                 }
             }
             let cname = rrs.iter().find_map(|r| match r {
-                Rr::Cname(target) if qtype != RecordType::CNAME => Name::from_str(target).ok(),
+                Rr::Cname(target) if qtype != RecordType::CNAME => raw_name(target),
                 _ => None,
             });
             match cname {

@@ -1,7 +1,8 @@
 //! The OpenSPF RFC 7208 test suite (pyspf's `rfc7208-tests.yml`, 203 cases in
 //! `tests/suites/openspf/`) through the SPF check inbound SMTP makes
-//! ([`Verifier::check_spf`]), with each scenario's zone data served by a DNS server on
-//! loopback.
+//! ([`Verifier::check_spf`], our `spf` module), with each scenario's zone data served by a
+//! DNS server on loopback. 202 of 203 pass; the other is explained in `KNOWN`. (mail-auth's
+//! own SPF evaluator passed 139.)
 //!
 //! Zone data as pyspf's driver (`test/testspf.py`) reads it: `SPF` records are served as TXT
 //! unless the name has a TXT entry of its own (`TXT: NONE` meaning none); `TIMEOUT` makes
@@ -22,78 +23,14 @@ use mailkeep_testkit::{Rr, TestDns};
 use mailkeep_verify::{spf_word, Verifier};
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// Cases that do not give the suite's answer with mail-auth 0.13's SPF evaluator, with what
-/// it gave. Triaged by symptom: records RFC 7208 4.6 makes a permerror that mail-auth accepts
-/// (bad CIDR, numeric top labels, non-ASCII, unknown or empty modifiers, several records, the
-/// void-lookup limit); invalid domains handed to the resolver, whose refusal becomes
-/// temperror; IPv4 clients matched against ip6/AAAA; %{p} and upper-case macros in
-/// explanations; the ptr mechanism with several PTR names.
-const KNOWN: &[(&str, &str)] = &[
-    ("a-bad-cidr4", "got fail, want permerror"),
-    ("a-bad-cidr6", "got fail, want permerror"),
-    ("a-bad-domain", "got temperror, want permerror"),
-    ("a-bad-toplabel", "got temperror, want permerror"),
-    ("a-cidr6-0-ip4mapped", "got pass, want fail"),
-    ("a-colon-domain", "got permerror, want pass"),
-    ("a-colon-domain-ip4mapped", "got permerror, want pass"),
-    ("a-dual-cidr-ip4-err", "got pass, want permerror"),
-    ("a-null", "got temperror, want permerror"),
-    ("a-numeric", "got neutral, want permerror"),
-    ("a-numeric-toplabel", "got neutral, want permerror"),
-    ("a-only-toplabel", "got neutral, want permerror"),
-    ("a-only-toplabel-trailing-dot", "got neutral, want permerror"),
-    ("badip4", "got pass, want permerror"),
-    ("cidr4-032", "got pass, want permerror"),
-    ("cidr4-33", "got pass, want permerror"),
-    ("cidr6-0-ip4", "got pass, want neutral"),
-    ("cidr6-129", "got neutral, want permerror"),
-    ("cidr6-ip4", "got pass, want neutral"),
-    ("control-char-policy", "got pass, want permerror"),
-    ("domain-literal", "got permerror, want none"),
-    ("domain-name-truncation", "explanation 'DEFAULT', want 'Congratulations!  That was tricky.'"),
-    ("empty-modifier-name", "got neutral, want permerror"),
-    ("emptylabel", "got permerror, want none"),
-    ("exists-ip6only", "got pass, want fail"),
-    ("exp-multiple-txt", "explanation 'Answer a fool according to his folly.', want 'DEFAULT'"),
-    ("exp-syntax-error", "got neutral, want permerror"),
-    ("invalid-domain", "got fail, want permerror"),
-    ("invalid-domain-empty-label", "got temperror, want fail or permerror"),
-    ("invalid-domain-long", "got temperror, want fail or permerror"),
-    ("invalid-domain-long-via-macro", "got temperror, want fail or permerror"),
-    ("invalid-hello-macro", "got temperror, want fail"),
-    ("invalid-modifier", "got neutral, want permerror"),
-    ("macro-mania-in-domain", "got temperror, want pass"),
-    ("modifier-charset-good", "got permerror, want pass"),
-    ("multitxt1", "got fail, want permerror"),
-    ("multitxt2", "got fail, want permerror"),
-    ("mx-bad-cidr4", "got fail, want permerror"),
-    ("mx-bad-cidr6", "got fail, want permerror"),
-    ("mx-bad-domain", "got temperror, want permerror"),
-    ("mx-bad-toplab", "got temperror, want permerror"),
-    ("mx-cidr6-0-ip4mapped", "got pass, want fail"),
-    ("mx-colon-domain", "got permerror, want pass"),
-    ("mx-colon-domain-ip4mapped", "got permerror, want pass"),
-    ("mx-null", "got temperror, want permerror"),
-    ("mx-numeric-top-label", "got neutral, want permerror"),
-    ("nolocalpart", "explanation '', want 'postmaster'"),
-    ("non-ascii-exp", "explanation '\u{feff}Explanation', want 'DEFAULT'"),
-    ("non-ascii-mech", "got fail, want permerror"),
-    ("non-ascii-policy", "got fail, want permerror"),
-    ("null-text", "got temperror, want pass"),
-    ("p-macro-ip4-novalid", "explanation 'connect from ', want 'connect from unknown'"),
-    ("p-macro-ip4-valid", "explanation 'connect from ', want 'connect from mx.example.com'"),
-    ("p-macro-ip6-novalid", "explanation 'connect from ', want 'connect from unknown'"),
-    ("p-macro-ip6-valid", "explanation 'connect from ', want 'connect from mx.example.com'"),
-    ("p-macro-multiple", "got temperror, want pass or softfail"),
-    ("ptr-match-implicit", "got fail, want pass"),
-    ("ptr-match-ip6", "got fail, want pass"),
-    ("redirect-after-mechanisms2", "got permerror, want fail"),
-    ("redirect-syntax-error", "got neutral, want permerror"),
-    ("two-exp-records", "explanation 'one', want 'DEFAULT'"),
-    ("upper-macro", "explanation 'http://example.com/why.html?l=~jack%26jill%3dup-a_b3.c', want 'http://example.com/why.html?l=~jack%26jill%3Dup-a_b3.c'"),
-    ("v-macro-ip6", "explanation 'cafe:babe::1 is queried as 1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.e.b.a.b.e.f.a.c.ip6.arpa', want 'cafe:babe::1 is queried as 1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.E.B.A.B.E.F.A.C.ip6.arpa'"),
-    ("void-over-limit", "got neutral, want permerror"),
-];
+/// Cases that do not give the suite's answer, and why.
+const KNOWN: &[(&str, &str)] = &[(
+    "null-text",
+    "null.example.com publishes a TXT record with no strings, which RFC 1035 3.3.14 forbids \
+     (a zone with it does not load in BIND); the DNS answer holding it cannot be exchanged \
+     (the test server or hickory's decoder refuses it), so the lookup fails and the result is \
+     temperror where pyspf skips the record and passes",
+)];
 
 fn bytes(s: &str) -> Vec<u8> {
     // The suite writes raw octets as \xNN escapes: code points up to U+00FF are bytes.
