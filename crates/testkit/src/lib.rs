@@ -38,6 +38,8 @@ pub enum Rr {
     Cname(String),
     /// No answer at all for types this name has no record of (a DNS timeout).
     Timeout,
+    /// SERVFAIL for types this name has no record of.
+    ServFail,
 }
 
 impl Rr {
@@ -48,7 +50,7 @@ impl Rr {
             Rr::Mx(..) => RecordType::MX,
             Rr::Txt(_) | Rr::TxtParts(_) | Rr::TxtBytes(_) => RecordType::TXT,
             Rr::Cname(_) => RecordType::CNAME,
-            Rr::Timeout => RecordType::Unknown(0),
+            Rr::Timeout | Rr::ServFail => RecordType::Unknown(0),
             Rr::Ptr(_) => RecordType::PTR,
             Rr::Tlsa(..) => RecordType::TLSA,
         }
@@ -66,7 +68,7 @@ impl Rr {
                 parts.iter().map(|p| p.as_slice()).collect(),
             )),
             Rr::Cname(host) => RData::CNAME(CNAME(raw_name(host)?)),
-            Rr::Timeout => return None,
+            Rr::Timeout | Rr::ServFail => return None,
             Rr::Tlsa(u, s, m, data) => RData::TLSA(TLSA::new(
                 (*u).into(),
                 (*s).into(),
@@ -182,6 +184,7 @@ fn answer(table: &HashMap<String, Vec<Rr>>, signed: &[String], query: &[u8]) -> 
         .set_recursion_desired(q.recursion_desired())
         .set_recursion_available(true);
     let mut found_name = false;
+    let mut servfail = false;
     let wants_ad =
         q.authentic_data() || q.extensions().as_ref().is_some_and(|e| e.flags().dnssec_ok);
     let mut authentic = wants_ad && !q.queries().is_empty();
@@ -214,6 +217,9 @@ fn answer(table: &HashMap<String, Vec<Rr>>, signed: &[String], query: &[u8]) -> 
             if of_type.is_empty() && rrs.iter().any(|r| matches!(r, Rr::Timeout)) {
                 return None;
             }
+            if of_type.is_empty() && rrs.iter().any(|r| matches!(r, Rr::ServFail)) {
+                servfail = true;
+            }
             for rr in &of_type {
                 if let Some(rdata) = rr.rdata() {
                     m.add_answer(Record::from_rdata(name.clone(), 60, rdata));
@@ -237,7 +243,9 @@ fn answer(table: &HashMap<String, Vec<Rr>>, signed: &[String], query: &[u8]) -> 
         }
     }
     m.set_authentic_data(authentic);
-    m.set_response_code(if found_name {
+    m.set_response_code(if servfail {
+        ResponseCode::ServFail
+    } else if found_name {
         ResponseCode::NoError
     } else {
         ResponseCode::NXDomain

@@ -61,6 +61,19 @@ pub struct Verdict {
     pub detail: serde_json::Value,
 }
 
+/// One DKIM signature's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimVerdict {
+    /// d=, when the signature could be read.
+    pub domain: Option<String>,
+    /// s=, when the signature could be read.
+    pub selector: Option<String>,
+    /// RFC 8601 result word: pass, fail, neutral, permerror, temperror, none.
+    pub result: &'static str,
+    /// Why it did not pass.
+    pub reason: Option<String>,
+}
+
 /// The message's envelope and connection, as the SMTP session saw them.
 #[derive(Debug, Clone, Copy)]
 pub struct Envelope<'a> {
@@ -139,6 +152,26 @@ impl Verifier {
             Some(e) => o.with_explanation(e),
             None => o,
         }
+    }
+
+    /// The DKIM signatures of a message checked as inbound SMTP checks them (at most
+    /// `max_dkim_signatures`), one verdict each, in header order.
+    pub async fn check_dkim(&self, message: &[u8]) -> Vec<DkimVerdict> {
+        let Some(mut msg) = AuthenticatedMessage::parse(message) else {
+            return Vec::new();
+        };
+        msg.dkim_headers.truncate(self.config.max_dkim_signatures);
+        self.auth
+            .verify_dkim(&msg)
+            .await
+            .iter()
+            .map(|o| DkimVerdict {
+                domain: o.signature().map(|s| s.d.clone()),
+                selector: o.signature().map(|s| s.s.clone()),
+                result: dkim_word(o.result()),
+                reason: dkim_reason(o.result()),
+            })
+            .collect()
     }
 
     /// Checks a message as received (before our own trace fields).
