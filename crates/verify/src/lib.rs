@@ -12,6 +12,7 @@
 //!   message, `p=quarantine` files it to Junk, when `verify.dmarc_enforce` is on.
 #![warn(missing_docs)]
 
+pub mod arc;
 pub mod spf;
 
 use std::net::{IpAddr, SocketAddr};
@@ -174,6 +175,24 @@ impl Verifier {
             .collect()
     }
 
+    /// The ARC chain of a message checked as inbound SMTP checks it (RFC 8617 5.2): the
+    /// chain validation result, `pass`, `fail` or `none`, and why it is not pass.
+    pub async fn check_arc(&self, message: &[u8]) -> (&'static str, Option<String>) {
+        let Some(msg) = AuthenticatedMessage::parse(message) else {
+            return ("none", None);
+        };
+        if let Some(why) = arc::strict_failure(message) {
+            return ("fail", Some(why));
+        }
+        let out = self.auth.verify_arc(&msg).await;
+        let word = match out.result() {
+            DkimResult::Pass => "pass",
+            DkimResult::None => "none",
+            _ => "fail",
+        };
+        (word, dkim_reason(out.result()))
+    }
+
     /// Checks a message as received (before our own trace fields).
     pub async fn verify(&self, message: &[u8], env: Envelope<'_>) -> Verdict {
         let c = &self.config;
@@ -246,11 +265,21 @@ impl Verifier {
             Vec::new()
         };
 
-        // ARC (RFC 8617 5.2).
+        // ARC (RFC 8617 5.2), with the rules mail-auth leaves out checked first.
+        let mut arc_broken = None;
         if c.arc {
             let arc = self.auth.verify_arc(&msg).await;
             ar = ar.with_arc_result(&arc, env.ip);
-            detail.insert("arc".into(), dkim_word(arc.result()).into());
+            arc_broken = arc::strict_failure(message);
+            let word = if arc_broken.is_some() {
+                "fail"
+            } else {
+                dkim_word(arc.result())
+            };
+            detail.insert("arc".into(), word.into());
+            if let Some(why) = &arc_broken {
+                detail.insert("arc_reason".into(), why.clone().into());
+            }
         }
 
         // DMARC (RFC 7489 6.6): alignment of SPF (MAIL FROM, or HELO for the null sender)
@@ -303,8 +332,14 @@ impl Verifier {
             detail.insert("iprev".into(), iprev_word(o.result()).into());
         }
 
+        let mut header = ar.to_header();
+        if arc_broken.is_some() {
+            header = header
+                .replacen("arc=pass", "arc=fail", 1)
+                .replacen("arc=none", "arc=fail", 1);
+        }
         Verdict {
-            header: ar.to_header(),
+            header,
             action,
             detail: detail.into(),
         }
