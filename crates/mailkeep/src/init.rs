@@ -338,6 +338,14 @@ pub fn run(opts: InitOptions) -> Result<()> {
         config_path.display()
     );
     println!("      mailkeep serve --config {}", config_path.display());
+    println!(
+        "      mailkeep dns records {domain} --config {}   (also MTA-STS and TLS-RPT)",
+        config_path.display()
+    );
+    println!(
+        "      mailkeep dns check {domain} --config {}     (once the records are published)",
+        config_path.display()
+    );
     Ok(())
 }
 

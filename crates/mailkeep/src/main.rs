@@ -1,6 +1,7 @@
 //! The `mailkeep` binary: command line and wiring. All mail logic lives in the library crates.
 
 mod admin;
+mod dns;
 mod init;
 mod privileges;
 mod serve;
@@ -102,6 +103,13 @@ enum Command {
         #[command(subcommand)]
         action: admin::UserCmd,
     },
+    /// DNS: the records a domain needs, and a check of what is published.
+    Dns {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: dns::DnsCmd,
+    },
     /// DKIM signing keys: list, rotate.
     Dkim {
         #[command(flatten)]
@@ -200,6 +208,7 @@ fn run() -> Result<()> {
         Command::Alias { config, action } => admin::alias(&config.config, action),
         Command::Queue { config, action } => admin::queue(&config.config, action),
         Command::Dkim { config, action } => admin::dkim(&config.config, action),
+        Command::Dns { config, action } => dns::dns(&config.config, action),
         Command::Acl { config, action } => admin::acl(&config.config, action),
         Command::Deliver { config, to, from } => admin::deliver(&config.config, to, from),
         Command::Log { config, action } => admin::log(&config.config, action),
