@@ -250,6 +250,19 @@ pub struct VerifyConfig {
     pub max_dkim_signatures: usize,
 }
 
+/// Reports mailkeep sends (`[reports]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportsConfig {
+    /// Send DMARC aggregate reports (RFC 7489 7.2) to domains that ask for them.
+    pub dmarc: bool,
+    /// How long a report covers.
+    pub interval: Duration,
+    /// The address reports come from (and the envelope sender); its domain should sign.
+    pub from: String,
+    /// The reporting organisation's name (our host name).
+    pub org: String,
+}
+
 /// The delivery log.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -390,6 +403,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// Sender authentication of inbound mail.
     pub verify: VerifyConfig,
+    /// Reports mailkeep sends.
+    pub reports: ReportsConfig,
     /// Domains listed in the config file (added to the directory at start).
     pub domains: Vec<Domain>,
     /// Warnings for deprecated keys.
@@ -865,6 +880,26 @@ impl Config {
                 )
             })?);
         }
+        let re = raw.reports.unwrap_or_default();
+        let reports = ReportsConfig {
+            dmarc: re.dmarc.unwrap_or(true),
+            interval: cx.duration(
+                "reports.interval",
+                re.interval.as_ref().unwrap_or(&default("24h".into())),
+            )?,
+            from: match re.from {
+                Some(f) if f.contains('@') && !f.contains(char::is_whitespace) => f,
+                Some(f) => return Err(cx.invalid("reports.from", "an address", format!("{f:?}"))),
+                None => format!(
+                    "postmaster@{}",
+                    domains
+                        .first()
+                        .map(|d| d.to_string())
+                        .unwrap_or_else(|| hostname.clone())
+                ),
+            },
+            org: hostname.clone(),
+        };
 
         Ok(Config {
             file: None,
@@ -883,6 +918,7 @@ impl Config {
             dns,
             queue,
             verify,
+            reports,
             domains,
             warnings,
         })

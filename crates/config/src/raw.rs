@@ -61,6 +61,20 @@ pub struct RawConfig {
     pub queue: Option<RawQueue>,
     /// `[verify]`
     pub verify: Option<RawVerify>,
+    /// `[reports]`
+    pub reports: Option<RawReports>,
+}
+
+/// `[reports]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReports {
+    /// `dmarc`
+    pub dmarc: Option<bool>,
+    /// `interval`
+    pub interval: Option<Size>,
+    /// `from`
+    pub from: Option<String>,
 }
 
 /// `[verify]`

@@ -89,6 +89,23 @@ pub enum AliasCmd {
 }
 
 #[derive(Subcommand)]
+pub enum DmarcCmd {
+    /// Queue the DMARC aggregate reports recorded so far now, instead of at the end of
+    /// reports.interval; a running server sends them.
+    Send,
+    /// Who sends mail as our domains, from the aggregate reports others sent us: per domain
+    /// and source address, messages, how many passed DMARC, and who reported them.
+    Summary {
+        /// Only this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Reports covering time since: RFC 3339 time or an age (7d, 24h).
+        #[arg(long, default_value = "30d")]
+        since: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum DkimCmd {
     /// The signing keys of every domain (or one), with the DNS record each needs.
     List { domain: Option<String> },
@@ -1056,6 +1073,87 @@ pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
         println!("{indent}{} {:<16} {}", format_ts(e.ts), e.kind, describe(e));
     }
     Ok(())
+}
+
+/// DMARC aggregate reports: send ours now; sum up what others reported about our domains.
+pub fn dmarc(config: &Path, cmd: DmarcCmd) -> Result<()> {
+    let (cfg, store) = open(config)?;
+    runtime()?.block_on(async {
+        match cmd {
+            DmarcCmd::Send => {
+                let delivery =
+                    mailkeep_delivery::Delivery::new(store.clone(), cfg.directory.plus_separator);
+                let outbound = mailkeep_queue::Outbound::new(
+                    store.clone(),
+                    delivery,
+                    mailkeep_net::resolver(&cfg.dns.servers, cfg.dns.timeout)?,
+                    mailkeep_queue::dnssec::SecureDns::new(&cfg.dns.servers, cfg.dns.timeout),
+                    cfg.hostname.clone(),
+                    cfg.queue.clone(),
+                    mailkeep_queue::dkim::DkimKeys::load(&cfg.data_dir.join("dkim"))?,
+                )?;
+                outbound.set_reports(cfg.reports.clone());
+                let n = outbound.send_dmarc_reports(true).await?;
+                store.log_flush().await?;
+                println!("{n} DMARC report(s) queued");
+            }
+            DmarcCmd::Summary { domain, since } => {
+                let since = time_arg(&since, "--since")? / 1_000_000;
+                let domain = domain.map(|d| domain_arg(&d, "--domain")).transpose()?;
+                let reports = store
+                    .received_reports(
+                        "dmarc",
+                        domain.as_ref().map(|d| d.to_string()).as_deref(),
+                        since,
+                    )
+                    .await?;
+                // (domain, source) -> (messages, passed, reporters)
+                let mut rows: std::collections::BTreeMap<
+                    (String, String),
+                    (u64, u64, std::collections::BTreeSet<String>),
+                > = Default::default();
+                for r in &reports {
+                    let Ok(report) = serde_json::from_str::<mail_auth::report::Report>(&r.data)
+                    else {
+                        continue;
+                    };
+                    for rec in report.records() {
+                        let source = rec
+                            .source_ip()
+                            .map(|i| i.to_string())
+                            .unwrap_or_else(|| "?".into());
+                        let e = rows.entry((r.domain.clone(), source)).or_default();
+                        let n = u64::from(rec.count());
+                        e.0 += n;
+                        // RFC 7489 3.1: DMARC passes when DKIM or SPF passes aligned.
+                        if rec.dmarc_dkim_result() == mail_auth::report::DmarcResult::Pass
+                            || rec.dmarc_spf_result() == mail_auth::report::DmarcResult::Pass
+                        {
+                            e.1 += n;
+                        }
+                        e.2.insert(r.org.clone());
+                    }
+                }
+                println!(
+                    "{} report(s) received since {}",
+                    reports.len(),
+                    format_ts(since * 1_000_000)
+                );
+                println!(
+                    "{:<28} {:<40} {:>8} {:>8} {:>8}  REPORTED BY",
+                    "DOMAIN", "SOURCE", "MESSAGES", "PASS", "FAIL"
+                );
+                for ((d, source), (n, pass, orgs)) in rows {
+                    println!(
+                        "{d:<28} {source:<40} {n:>8} {pass:>8} {:>8}  {}",
+                        n - pass,
+                        orgs.into_iter().collect::<Vec<_>>().join(", ")
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

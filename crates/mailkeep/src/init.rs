@@ -227,6 +227,11 @@ iprev = true                 # reverse DNS
 dmarc_enforce = true         # p=reject: refused with 550 5.7.1; p=quarantine: filed to Junk
 max_dkim_signatures = 10     # more are not checked
 
+[reports]
+dmarc = true                 # send DMARC aggregate reports to domains whose record asks (rua=)
+interval = "24h"             # each report covers a day
+# from = "postmaster@example.com"  # default: postmaster@ the first domain
+
 [dns]
 # servers = ["127.0.0.1:53"] # default: the system's resolvers
 timeout = "5s"

@@ -110,6 +110,13 @@ enum Command {
         #[command(subcommand)]
         action: dns::DnsCmd,
     },
+    /// DMARC aggregate reports: send ours now, sum up those received.
+    Dmarc {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: admin::DmarcCmd,
+    },
     /// DKIM signing keys: list, rotate.
     Dkim {
         #[command(flatten)]
@@ -209,6 +216,7 @@ fn run() -> Result<()> {
         Command::Queue { config, action } => admin::queue(&config.config, action),
         Command::Dkim { config, action } => admin::dkim(&config.config, action),
         Command::Dns { config, action } => dns::dns(&config.config, action),
+        Command::Dmarc { config, action } => admin::dmarc(&config.config, action),
         Command::Acl { config, action } => admin::acl(&config.config, action),
         Command::Deliver { config, to, from } => admin::deliver(&config.config, to, from),
         Command::Log { config, action } => admin::log(&config.config, action),

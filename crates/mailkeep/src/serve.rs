@@ -264,6 +264,7 @@ async fn serve_config(
             keys
         },
     )?);
+    outbound.set_reports(config.reports.clone());
     let submission = Arc::new(submission_server(
         &config,
         delivery.clone(),

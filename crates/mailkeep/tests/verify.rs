@@ -223,3 +223,129 @@ From: someone@other.test\r\nTo: carol@b.test\r\nSubject: trust me\r\n\r\nhi\r\n"
     );
     assert!(m.contains("spf=none"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dmarc_aggregate_reports_reach_the_domain_and_are_summed_up() {
+    // A (example.test) sends to B; B's DMARC rows for example.test go, as a signed report, to
+    // example.test's rua (postmaster@example.test, at A), where `dmarc summary` shows them.
+    let ip = "127.0.0.42";
+    let port = free_port(ip);
+    let route = TestDns::start(vec![
+        ("b.test.", Rr::Mx(10, "mx.b.test.".into())),
+        ("mx.b.test.", Rr::A(ip.parse().unwrap())),
+    ])
+    .unwrap();
+    let a = start_a(&route, port);
+    let (ok, _, err) = a.cli(
+        &["user", "add", "postmaster@example.test"],
+        common::PASSWORD,
+    );
+    assert!(ok, "{err}");
+    let mut records = vec![
+        (
+            "example.test.".to_string(),
+            Rr::Txt("v=spf1 ip4:127.0.0.1 -all".into()),
+        ),
+        (
+            "_dmarc.example.test.".to_string(),
+            Rr::Txt("v=DMARC1; p=reject; rua=mailto:postmaster@example.test".into()),
+        ),
+        // B's queue reaches example.test's MX: A, on its SMTP port.
+        (
+            "example.test.".to_string(),
+            Rr::Mx(10, "a-mx.example.test.".into()),
+        ),
+        (
+            "a-mx.example.test.".to_string(),
+            Rr::A("127.0.0.1".parse().unwrap()),
+        ),
+    ];
+    for r in dkim_records(&a) {
+        let (name, value) = r.split_once('=').unwrap();
+        let parts: Vec<String> = value
+            .as_bytes()
+            .chunks(250)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        records.push((format!("{name}."), Rr::TxtParts(parts)));
+    }
+    let dns = TestDns::start(
+        records
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.clone()))
+            .collect(),
+    )
+    .unwrap();
+    let mut b = start_b(ip, port);
+    let config = std::fs::read_to_string(&b.config).unwrap();
+    let config = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("servers = ") {
+                format!("servers = [\"{}\"]", dns.addr())
+            } else if l.starts_with("# port = 25") {
+                format!("port = {}", a.smtp.port())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&b.config, config).unwrap();
+    b.restart();
+    // Two messages from A (pass), one forgery (fail, rejected): all in the report.
+    for n in 0..2 {
+        submitter(&a)
+            .send(message(&["carol@b.test"], &format!("report me {n}")))
+            .await
+            .expect("submit");
+    }
+    common::outbound::wait_inbox(&b, "carol@b.test", 2).await;
+    let r = forge(
+        &b,
+        "alice@example.test",
+        "From: alice@example.test\r\nTo: carol@b.test\r\nSubject: forged\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    // B sends its reports now (instead of after a day); its queue delivers them to A.
+    let (ok, out, err) = b.cli(&["dmarc", "send"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("1 DMARC report(s) queued"), "{out}");
+    let got = common::outbound::wait_inbox(&a, "postmaster@example.test", 1).await;
+    // RFC 7489 7.2.1.1: "Report Domain: example.test Submitter: ..." (RFC 2047-encoded).
+    assert!(got[0].contains("Report_Domain:_example.test"), "{}", got[0]);
+    assert!(got[0].contains("application/gzip"), "{}", got[0]);
+    assert!(got[0].contains("DKIM-Signature:"), "signed: {}", got[0]);
+    // A kept the report; the summary shows who sends as example.test.
+    let mut summary = String::new();
+    for _ in 0..50 {
+        let (ok, out, err) = a.cli(&["dmarc", "summary"], "");
+        assert!(ok, "{err}");
+        summary = out;
+        if summary.contains("127.0.0.66") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let line = |source: &str| {
+        summary
+            .lines()
+            .find(|l| l.starts_with("example.test") && l.contains(source))
+            .unwrap_or_else(|| panic!("{source} in:\n{summary}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(
+        line("127.0.0.1 "),
+        "example.test 127.0.0.1 2 2 0 mail.example.test"
+    );
+    assert_eq!(
+        line("127.0.0.66"),
+        "example.test 127.0.0.66 1 0 1 mail.example.test"
+    );
+    // Nothing is left to report at B.
+    let (_, out, _) = b.cli(&["dmarc", "send"], "");
+    assert!(out.contains("0 DMARC report(s) queued"), "{out}");
+}

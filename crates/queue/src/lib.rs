@@ -37,6 +37,7 @@ pub mod dane;
 pub mod dkim;
 pub mod dnssec;
 pub mod dsn;
+pub mod reports;
 pub mod sts;
 
 use std::collections::{BTreeMap, HashSet};
@@ -91,6 +92,8 @@ pub struct Outbound {
     sts: Mutex<std::collections::HashMap<String, (Option<sts::Policy>, std::time::Instant)>>,
     /// Replaced whole on reload (SIGHUP after `mailkeep dkim rotate`).
     dkim: std::sync::RwLock<Arc<dkim::DkimKeys>>,
+    /// DMARC aggregate reports to send, when set.
+    reports: std::sync::RwLock<Option<mailkeep_config::ReportsConfig>>,
     wake: tokio::sync::Notify,
     /// Messages being delivered now, so a message is never sent twice at once.
     busy: Mutex<HashSet<String>>,
@@ -146,6 +149,7 @@ impl Outbound {
             config,
             tls,
             dkim: std::sync::RwLock::new(Arc::new(dkim)),
+            reports: std::sync::RwLock::new(None),
             wake: tokio::sync::Notify::new(),
             busy: Mutex::new(HashSet::new()),
             pool: Mutex::new(std::collections::HashMap::new()),
@@ -176,6 +180,13 @@ impl Outbound {
         self.enqueue(message).await
     }
 
+    /// Sends the reports this configuration asks for (checked every few minutes by `run`).
+    pub fn set_reports(&self, config: mailkeep_config::ReportsConfig) {
+        if let Ok(mut r) = self.reports.write() {
+            *r = Some(config);
+        }
+    }
+
     /// Signs with these keys from now on.
     pub fn set_dkim(&self, keys: dkim::DkimKeys) {
         if let Ok(mut k) = self.dkim.write() {
@@ -195,7 +206,15 @@ impl Outbound {
     pub async fn run(self: Arc<Self>, mut shutdown: Shutdown) {
         let permits = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency));
         let mut tasks = tokio::task::JoinSet::new();
+        let mut reports_checked = std::time::Instant::now();
         loop {
+            // Reports due are sent from here (they go through the queue like any message).
+            if reports_checked.elapsed() >= REPORTS_CHECK {
+                reports_checked = std::time::Instant::now();
+                if let Err(e) = self.send_dmarc_reports(false).await {
+                    tracing::warn!(error = %e, "sending DMARC reports failed");
+                }
+            }
             // A short list: a delivery ending wakes this loop, which asks again.
             let limit = self.config.concurrency * 2;
             match self.store.queue_due_ids(now_secs(), limit).await {
@@ -1402,6 +1421,8 @@ const POOL_IDLE: Duration = Duration::from_secs(5);
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
 /// Messages over one connection before it is closed (spreads load across MX addresses).
 const POOL_MAX_USES: u32 = 100;
+/// How often reports are looked at to see whether some are due.
+const REPORTS_CHECK: Duration = Duration::from_secs(600);
 /// How often a domain's MTA-STS record is checked again (the policy itself is cached for its
 /// max_age).
 const STS_RECHECK: Duration = Duration::from_secs(60);

@@ -18,7 +18,7 @@ use mailkeep_delivery::{now_micros, Incoming};
 use mailkeep_net::{LimitExceeded, Shutdown};
 use mailkeep_store::directory::{LocalTarget, Resolution};
 use mailkeep_store::LogEvent;
-use mailkeep_types::{Address, MailboxRole, QueueId};
+use mailkeep_types::{Address, Domain, MailboxRole, QueueId};
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -1433,6 +1433,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(added)
     }
 
+    /// Keeps a DMARC report about a domain we host.
+    async fn keep_report(&mut self, r: mailkeep_verify::ReceivedDmarc) {
+        let store = self.server.delivery.store();
+        let hosted = match Domain::parse(&r.domain) {
+            Ok(d) => matches!(store.domain_get(&d).await, Ok(Some(_))),
+            Err(_) => false,
+        };
+        if !hosted {
+            return;
+        }
+        let received = mailkeep_store::ReceivedReport {
+            kind: "dmarc".into(),
+            domain: r.domain.clone(),
+            org: r.org.clone(),
+            report_id: r.report_id.clone(),
+            begin: r.begin,
+            end: r.end,
+            received: now_micros() / 1_000_000,
+            data: r.json,
+        };
+        match store.received_report_add(received).await {
+            Ok(new) => self.log(
+                "report.received",
+                LogEvent {
+                    outcome: Some(if new { "accepted" } else { "duplicate" }.into()),
+                    detail: serde_json::json!({
+                        "kind": "dmarc", "domain": r.domain, "org": r.org, "report_id": r.report_id,
+                    }),
+                    ..Default::default()
+                },
+            ),
+            Err(e) => {
+                tracing::warn!(session = %self.id, error = %e, "keeping a DMARC report failed")
+            }
+        }
+    }
+
     /// Queues a submitted message for its recipients in other domains, durably. Err: the
     /// reply (the client keeps the message and retries).
     async fn enqueue(
@@ -1513,6 +1550,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         ..Default::default()
                     },
                 );
+                // This message's row in the sender domain's DMARC aggregate report (RFC 7489
+                // 7.2), rejected ones included.
+                if let Some(entry) = &verdict.report {
+                    if let Ok(json) = serde_json::to_string(entry) {
+                        let store = self.server.delivery.store();
+                        let now = now_micros() / 1_000_000;
+                        if let Err(e) = store
+                            .report_event_add("dmarc", &entry.domain, now, &json)
+                            .await
+                        {
+                            tracing::warn!(session = %self.id, error = %e, "recording a DMARC report row failed");
+                        }
+                    }
+                }
                 match verdict.action {
                     mailkeep_verify::Action::Reject(reply) => {
                         self.end_transaction(reply, "rejected", None, size);
@@ -1606,8 +1657,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // recipient can only fail alone when its account vanished after RCPT (removed by an
         // admin); the others keep their copy, that recipient's `delivery.stored` event says
         // `failed`, and a 451 would only duplicate the mail of the rest on retry.
+        // A DMARC aggregate report about one of our domains (RFC 7489 7.2) is kept for
+        // `mailkeep dmarc summary` once delivered.
+        let report = if self.server.verifier.is_some() {
+            mailkeep_verify::parse_dmarc_report(&incoming.data)
+        } else {
+            None
+        };
         match self.server.delivery.deliver(incoming).await {
             Ok(delivered) if delivered.outcomes.iter().any(|o| o.result.is_ok()) => {
+                if let Some(r) = report {
+                    self.keep_report(r).await;
+                }
                 let message_id = delivered.message_id.clone();
                 self.events.extend(delivered.events);
                 self.messages += 1;

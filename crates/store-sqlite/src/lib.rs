@@ -25,7 +25,8 @@ use mailkeep_store::{
     ChangeEvent, Contents, DirectoryStore, DomainInfo, Envelope, FlagMode, FlagUpdate, LogEvent,
     LogFilter, LogStore, MailStore, Mailbox, MailboxCounts, MessageCache, MessageFlags,
     MessageMeta, NewMessage, NewQueued, QueueRecipient, QueueStore, QueuedMessage, QueuedRcpt,
-    RcptStatus, Result, Rights, SharedMailbox, StoreError, Stored, StsCached, Target, User,
+    RcptStatus, ReceivedReport, ReportEvent, ReportStore, Result, Rights, SharedMailbox,
+    StoreError, Stored, StsCached, Target, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -2771,6 +2772,125 @@ fn like(s: &str) -> String {
         .replace('%', "\\%")
         .replace('_', "\\_");
     format!("%{escaped}%")
+}
+
+#[async_trait]
+impl ReportStore for SqliteStore {
+    async fn report_event_add(&self, kind: &str, domain: &str, ts: i64, data: &str) -> Result<()> {
+        let (kind, domain, data) = (
+            kind.to_string(),
+            domain.to_ascii_lowercase(),
+            data.to_string(),
+        );
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO report_events (kind, domain, ts, data) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(backend)?
+            .execute(params![kind, domain, ts, data])
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn report_events(&self, kind: &str, until: i64) -> Result<Vec<ReportEvent>> {
+        let kind = kind.to_string();
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT id, kind, domain, ts, data FROM report_events \
+                     WHERE kind = ?1 AND ts <= ?2 ORDER BY ts, id",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![kind, until], |r| {
+                    Ok(ReportEvent {
+                        id: r.get(0)?,
+                        kind: r.get(1)?,
+                        domain: r.get(2)?,
+                        ts: r.get(3)?,
+                        data: r.get(4)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn report_events_delete(&self, kind: &str, ids: &[i64]) -> Result<u64> {
+        let (kind, ids) = (kind.to_string(), ids.to_vec());
+        self.write(move |c| {
+            let mut st = c
+                .prepare_cached("DELETE FROM report_events WHERE kind = ?1 AND id = ?2")
+                .map_err(backend)?;
+            let mut n = 0;
+            for id in ids {
+                n += st.execute(params![kind, id]).map_err(backend)? as u64;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn received_report_add(&self, r: ReceivedReport) -> Result<bool> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO received_reports (kind, org, report_id, domain, \
+                     begin_ts, end_ts, received, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(backend)?
+                .execute(params![
+                    r.kind,
+                    r.org,
+                    r.report_id,
+                    r.domain.to_ascii_lowercase(),
+                    r.begin,
+                    r.end,
+                    r.received,
+                    r.data
+                ])
+                .map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn received_reports(
+        &self,
+        kind: &str,
+        domain: Option<&str>,
+        since: i64,
+    ) -> Result<Vec<ReceivedReport>> {
+        let (kind, domain) = (kind.to_string(), domain.map(|d| d.to_ascii_lowercase()));
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT kind, domain, org, report_id, begin_ts, end_ts, received, data \
+                     FROM received_reports WHERE kind = ?1 AND (?2 IS NULL OR domain = ?2) \
+                     AND end_ts >= ?3 ORDER BY end_ts DESC, org",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![kind, domain, since], |r| {
+                    Ok(ReceivedReport {
+                        kind: r.get(0)?,
+                        domain: r.get(1)?,
+                        org: r.get(2)?,
+                        report_id: r.get(3)?,
+                        begin: r.get(4)?,
+                        end: r.get(5)?,
+                        received: r.get(6)?,
+                        data: r.get(7)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -213,6 +213,30 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX app_passwords_digest ON app_passwords(account, digest);
     "#,
+    // 12: reports: what we will send (one row per message until its report goes out) and
+    // what others sent us.
+    r#"
+    CREATE TABLE report_events (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX report_events_kind_ts ON report_events(kind, ts);
+    CREATE TABLE received_reports (
+        kind TEXT NOT NULL,
+        org TEXT NOT NULL,
+        report_id TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        begin_ts INTEGER NOT NULL,
+        end_ts INTEGER NOT NULL,
+        received INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (kind, org, report_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX received_reports_domain ON received_reports(kind, domain, end_ts);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -31,6 +31,64 @@ pub async fn run_all(store: SharedStore) {
     acl(&store).await;
     queue(&store).await;
     sts(&store).await;
+    reports(&store).await;
+}
+
+/// Reports: events kept until sent, received reports de-duplicated.
+async fn reports(store: &SharedStore) {
+    store
+        .report_event_add("dmarc", "Example.COM", 100, "{\"a\":1}")
+        .await
+        .unwrap();
+    store
+        .report_event_add("dmarc", "example.com", 200, "{\"a\":2}")
+        .await
+        .unwrap();
+    store
+        .report_event_add("tlsrpt", "example.com", 150, "{}")
+        .await
+        .unwrap();
+    let due = store.report_events("dmarc", 150).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].domain, "example.com");
+    assert_eq!(due[0].data, "{\"a\":1}");
+    let all = store.report_events("dmarc", 1000).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        store
+            .report_events_delete("dmarc", &[all[0].id])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.report_events("dmarc", 1000).await.unwrap().len(), 1);
+    assert_eq!(store.report_events("tlsrpt", 1000).await.unwrap().len(), 1);
+    let r = crate::ReceivedReport {
+        kind: "dmarc".into(),
+        domain: "Example.com".into(),
+        org: "google.com".into(),
+        report_id: "123".into(),
+        begin: 1000,
+        end: 2000,
+        received: 2100,
+        data: "{}".into(),
+    };
+    assert!(store.received_report_add(r.clone()).await.unwrap());
+    assert!(
+        !store.received_report_add(r.clone()).await.unwrap(),
+        "the same report twice is kept once"
+    );
+    let got = store
+        .received_reports("dmarc", Some("EXAMPLE.com"), 1500)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].domain, "example.com");
+    assert!(store
+        .received_reports("dmarc", None, 2001)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// The MTA-STS policy cache: one per domain, case-insensitive, replaced whole.

@@ -801,9 +801,69 @@ pub trait LogStore: Send + Sync {
 }
 
 /// A complete storage backend.
-pub trait Store: DirectoryStore + MailStore + BlobStore + LogStore + QueueStore {}
+pub trait Store:
+    DirectoryStore + MailStore + BlobStore + LogStore + QueueStore + ReportStore
+{
+}
 
-impl<T: DirectoryStore + MailStore + BlobStore + LogStore + QueueStore> Store for T {}
+impl<T: DirectoryStore + MailStore + BlobStore + LogStore + QueueStore + ReportStore> Store for T {}
+
+/// One message's part in a report we will send (DMARC aggregate, TLS-RPT), kept until the
+/// report goes out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportEvent {
+    /// Its id.
+    pub id: i64,
+    /// `dmarc` or `tlsrpt`.
+    pub kind: String,
+    /// The domain the report is about.
+    pub domain: String,
+    /// When (unix seconds).
+    pub ts: i64,
+    /// What the report needs, as JSON.
+    pub data: String,
+}
+
+/// A report someone sent us about one of our domains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedReport {
+    /// `dmarc` or `tlsrpt`.
+    pub kind: String,
+    /// Our domain it is about.
+    pub domain: String,
+    /// Who sent it.
+    pub org: String,
+    /// Their id for it.
+    pub report_id: String,
+    /// The period covered (unix seconds).
+    pub begin: i64,
+    /// End of the period.
+    pub end: i64,
+    /// When we got it.
+    pub received: i64,
+    /// The report, as JSON.
+    pub data: String,
+}
+
+/// Reports: what we will send, and what others sent us.
+#[async_trait]
+pub trait ReportStore: Send + Sync {
+    /// Keeps one message's part of a future report.
+    async fn report_event_add(&self, kind: &str, domain: &str, ts: i64, data: &str) -> Result<()>;
+    /// Everything of `kind` kept up to `until` (inclusive), oldest first.
+    async fn report_events(&self, kind: &str, until: i64) -> Result<Vec<ReportEvent>>;
+    /// Forgets what a sent report covered; returns how many.
+    async fn report_events_delete(&self, kind: &str, ids: &[i64]) -> Result<u64>;
+    /// Keeps a report someone sent; the same (kind, org, report_id) again is ignored.
+    async fn received_report_add(&self, report: ReceivedReport) -> Result<bool>;
+    /// Reports received about `domain` (or all) covering time since `since`, newest first.
+    async fn received_reports(
+        &self,
+        kind: &str,
+        domain: Option<&str>,
+        since: i64,
+    ) -> Result<Vec<ReceivedReport>>;
+}
 
 /// A shared handle to a backend.
 pub type SharedStore = Arc<dyn Store>;

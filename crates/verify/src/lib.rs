@@ -60,6 +60,21 @@ pub struct Verdict {
     pub action: Action,
     /// Every result, for the delivery log.
     pub detail: serde_json::Value,
+    /// For the domain's DMARC aggregate report, when its record asks for one (rua).
+    pub report: Option<DmarcEntry>,
+}
+
+/// What a DMARC aggregate report (RFC 7489 7.2) says of one message.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DmarcEntry {
+    /// The From: domain whose policy applied.
+    pub domain: String,
+    /// Where the domain wants its reports (the addresses of its mailto: URIs).
+    pub rua: Vec<String>,
+    /// The policy as published.
+    pub policy: mail_auth::report::PolicyPublished,
+    /// The message's row (count 1).
+    pub record: mail_auth::report::Record,
 }
 
 /// One DKIM signature's outcome.
@@ -231,6 +246,7 @@ impl Verifier {
                 header: ar.to_header(),
                 action: Action::Accept,
                 detail: detail.into(),
+                report: None,
             };
         };
 
@@ -267,6 +283,7 @@ impl Verifier {
 
         // ARC (RFC 8617 5.2), with the rules mail-auth leaves out checked first.
         let mut arc_broken = None;
+        let mut arc_out = None;
         if c.arc {
             let arc = self.auth.verify_arc(&msg).await;
             ar = ar.with_arc_result(&arc, env.ip);
@@ -280,11 +297,13 @@ impl Verifier {
             if let Some(why) = &arc_broken {
                 detail.insert("arc_reason".into(), why.clone().into());
             }
+            arc_out = Some(arc);
         }
 
         // DMARC (RFC 7489 6.6): alignment of SPF (MAIL FROM, or HELO for the null sender)
         // and DKIM with the From: domain.
         let mut action = Action::Accept;
+        let mut report = None;
         if c.dmarc {
             if let Some(spf) = &spf_from {
                 let from_domain = match env.mail_from.rsplit_once('@') {
@@ -308,6 +327,44 @@ impl Verifier {
                         "dkim_aligned": dmarc_word(dmarc.dkim_result()),
                     }),
                 );
+                // RFC 7489 7.2: the row of this message in the domain's aggregate report.
+                if let Some(record) = dmarc.dmarc_record() {
+                    // mail-auth keeps the mailto: URIs as bare addresses.
+                    let rua: Vec<String> = record
+                        .rua()
+                        .iter()
+                        .map(|u| u.uri().to_string())
+                        .filter(|u| u.contains('@'))
+                        .collect();
+                    if !rua.is_empty() {
+                        let mut row = mail_auth::report::Record::new()
+                            .with_source_ip(env.ip)
+                            .with_count(1)
+                            .with_header_from(dmarc.domain())
+                            .with_envelope_from(from_domain)
+                            .with_dkim_output(&dkim)
+                            .with_spf_output(spf, mail_auth::report::SPFDomainScope::MailFrom)
+                            .with_dmarc_output(&dmarc);
+                        if let Some(arc) = &arc_out {
+                            row = row.with_arc_output(arc);
+                        }
+                        if failed && !c.dmarc_enforce {
+                            // Not applied here: the disposition is what we did.
+                            row = row.with_action_disposition(
+                                mail_auth::report::ActionDisposition::None,
+                            );
+                        }
+                        report = Some(DmarcEntry {
+                            domain: dmarc.domain().to_string(),
+                            rua,
+                            policy: mail_auth::report::PolicyPublished::from_record(
+                                dmarc.domain(),
+                                record,
+                            ),
+                            record: row,
+                        });
+                    }
+                }
                 // RFC 7489 6.7: the policy applies only when DMARC fails.
                 if failed && c.dmarc_enforce {
                     let domain = dmarc.domain().to_string();
@@ -342,6 +399,7 @@ impl Verifier {
             header,
             action,
             detail: detail.into(),
+            report,
         }
     }
 }
@@ -351,6 +409,55 @@ fn spf_json(o: &mail_auth::SpfOutput) -> serde_json::Value {
         "result": spf_word(o.result()),
         "domain": o.domain(),
         "explanation": o.explanation(),
+    })
+}
+
+/// A DMARC aggregate report (RFC 7489 7.2) someone sent us, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedDmarc {
+    /// The policy domain it is about.
+    pub domain: String,
+    /// Who reports.
+    pub org: String,
+    /// Their id of the report.
+    pub report_id: String,
+    /// The period covered (unix seconds).
+    pub begin: i64,
+    /// End of the period.
+    pub end: i64,
+    /// The whole report, as JSON.
+    pub json: String,
+}
+
+/// Largest decompressed report read.
+const MAX_REPORT: usize = 20 * 1024 * 1024;
+
+/// The DMARC aggregate report a message carries, if it is one (its Subject says
+/// "Report Domain:", RFC 7489 7.2.1.1, or it has a zip or gzip attachment).
+pub fn parse_dmarc_report(message: &[u8]) -> Option<ReceivedDmarc> {
+    let head_end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(message.len().min(64 * 1024));
+    let head = String::from_utf8_lossy(&message[..head_end]).to_ascii_lowercase();
+    let body = &message[head_end.min(message.len())..];
+    let looks = head.contains("report domain:")
+        || head.contains("report-domain:")
+        || body.windows(15).take(1 << 20).any(|w| {
+            w.eq_ignore_ascii_case(b"application/gzi") || w.eq_ignore_ascii_case(b"application/zip")
+        });
+    if !looks {
+        return None;
+    }
+    let r = mail_auth::report::Report::parse_rfc5322(message, MAX_REPORT).ok()?;
+    let json = serde_json::to_string(&r).ok()?;
+    Some(ReceivedDmarc {
+        domain: r.policy_published.domain.to_ascii_lowercase(),
+        org: r.report_metadata.org_name.clone(),
+        report_id: r.report_metadata.report_id.clone(),
+        begin: r.report_metadata.date_range.begin as i64,
+        end: r.report_metadata.date_range.end as i64,
+        json,
     })
 }
 
