@@ -255,6 +255,8 @@ pub struct VerifyConfig {
 pub struct ReportsConfig {
     /// Send DMARC aggregate reports (RFC 7489 7.2) to domains that ask for them.
     pub dmarc: bool,
+    /// Send SMTP TLS reports (RFC 8460) to domains that ask for them.
+    pub tlsrpt: bool,
     /// How long a report covers.
     pub interval: Duration,
     /// The address reports come from (and the envelope sender); its domain should sign.
@@ -883,6 +885,7 @@ impl Config {
         let re = raw.reports.unwrap_or_default();
         let reports = ReportsConfig {
             dmarc: re.dmarc.unwrap_or(true),
+            tlsrpt: re.tlsrpt.unwrap_or(true),
             interval: cx.duration(
                 "reports.interval",
                 re.interval.as_ref().unwrap_or(&default("24h".into())),

@@ -71,6 +71,8 @@ pub struct RawConfig {
 pub struct RawReports {
     /// `dmarc`
     pub dmarc: Option<bool>,
+    /// `tlsrpt`
+    pub tlsrpt: Option<bool>,
     /// `interval`
     pub interval: Option<Size>,
     /// `from`

@@ -106,6 +106,23 @@ pub enum DmarcCmd {
 }
 
 #[derive(Subcommand)]
+pub enum TlsRptCmd {
+    /// Queue the SMTP TLS reports (RFC 8460) recorded so far now, instead of at the end of
+    /// reports.interval; a running server sends them.
+    Send,
+    /// How other servers fare delivering to our domains over TLS, from the TLS reports they
+    /// sent: per domain and policy, successful and failed sessions, failure types, reporters.
+    Summary {
+        /// Only this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Reports covering time since: RFC 3339 time or an age (7d, 24h).
+        #[arg(long, default_value = "30d")]
+        since: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum DkimCmd {
     /// The signing keys of every domain (or one), with the DNS record each needs.
     List { domain: Option<String> },
@@ -1075,24 +1092,117 @@ pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
     Ok(())
 }
 
+/// The queue, set up to send reports from the CLI (a running server delivers them).
+fn report_sender(cfg: &Config, store: &SharedStore) -> Result<mailkeep_queue::Outbound> {
+    let delivery = mailkeep_delivery::Delivery::new(store.clone(), cfg.directory.plus_separator);
+    let outbound = mailkeep_queue::Outbound::new(
+        store.clone(),
+        delivery,
+        mailkeep_net::resolver(&cfg.dns.servers, cfg.dns.timeout)?,
+        mailkeep_queue::dnssec::SecureDns::new(&cfg.dns.servers, cfg.dns.timeout),
+        cfg.hostname.clone(),
+        cfg.queue.clone(),
+        mailkeep_queue::dkim::DkimKeys::load(&cfg.data_dir.join("dkim"))?,
+    )?;
+    outbound.set_reports(cfg.reports.clone());
+    Ok(outbound)
+}
+
+/// SMTP TLS reports: send ours now; sum up what others reported about our domains.
+pub fn tlsrpt(config: &Path, cmd: TlsRptCmd) -> Result<()> {
+    let (cfg, store) = open(config)?;
+    runtime()?.block_on(async {
+        match cmd {
+            TlsRptCmd::Send => {
+                let outbound = report_sender(&cfg, &store)?;
+                let n = outbound.send_tls_reports(true).await?;
+                store.log_flush().await?;
+                println!("{n} TLS report(s) queued");
+            }
+            TlsRptCmd::Summary { domain, since } => {
+                let since = time_arg(&since, "--since")? / 1_000_000;
+                let domain = domain.map(|d| domain_arg(&d, "--domain")).transpose()?;
+                let reports = store
+                    .received_reports(
+                        "tlsrpt",
+                        domain.as_ref().map(|d| d.to_string()).as_deref(),
+                        since,
+                    )
+                    .await?;
+                // (domain, policy) -> (success, failure, failure types, reporters)
+                type Row = (
+                    u64,
+                    u64,
+                    std::collections::BTreeMap<String, u64>,
+                    std::collections::BTreeSet<String>,
+                );
+                let mut rows: std::collections::BTreeMap<(String, String), Row> =
+                    Default::default();
+                for r in &reports {
+                    let Ok(report) =
+                        serde_json::from_str::<mail_auth::report::tlsrpt::TlsReport>(&r.data)
+                    else {
+                        continue;
+                    };
+                    for p in &report.policies {
+                        let kind = match p.policy.policy_type {
+                            mail_auth::report::tlsrpt::PolicyType::Sts => "sts",
+                            mail_auth::report::tlsrpt::PolicyType::Tlsa => "tlsa",
+                            mail_auth::report::tlsrpt::PolicyType::NoPolicyFound => {
+                                "no-policy-found"
+                            }
+                            mail_auth::report::tlsrpt::PolicyType::Other => "other",
+                        };
+                        let e = rows
+                            .entry((r.domain.clone(), kind.to_string()))
+                            .or_default();
+                        e.0 += u64::from(p.summary.total_success);
+                        e.1 += u64::from(p.summary.total_failure);
+                        for f in &p.failure_details {
+                            let t = serde_json::to_value(f.result_type)
+                                .ok()
+                                .and_then(|v| v.as_str().map(String::from))
+                                .unwrap_or_else(|| "other".into());
+                            *e.2.entry(t).or_default() += u64::from(f.failed_session_count);
+                        }
+                        e.3.insert(r.org.clone());
+                    }
+                }
+                println!(
+                    "{} report(s) received since {}",
+                    reports.len(),
+                    format_ts(since * 1_000_000)
+                );
+                println!(
+                    "{:<28} {:<16} {:>8} {:>8}  FAILURES / REPORTED BY",
+                    "DOMAIN", "POLICY", "SUCCESS", "FAILURE"
+                );
+                for ((d, kind), (ok, failed, types, orgs)) in rows {
+                    let types: Vec<String> =
+                        types.into_iter().map(|(t, n)| format!("{t}={n}")).collect();
+                    println!(
+                        "{d:<28} {kind:<16} {ok:>8} {failed:>8}  {} / {}",
+                        if types.is_empty() {
+                            "-".into()
+                        } else {
+                            types.join(", ")
+                        },
+                        orgs.into_iter().collect::<Vec<_>>().join(", ")
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 /// DMARC aggregate reports: send ours now; sum up what others reported about our domains.
 pub fn dmarc(config: &Path, cmd: DmarcCmd) -> Result<()> {
     let (cfg, store) = open(config)?;
     runtime()?.block_on(async {
         match cmd {
             DmarcCmd::Send => {
-                let delivery =
-                    mailkeep_delivery::Delivery::new(store.clone(), cfg.directory.plus_separator);
-                let outbound = mailkeep_queue::Outbound::new(
-                    store.clone(),
-                    delivery,
-                    mailkeep_net::resolver(&cfg.dns.servers, cfg.dns.timeout)?,
-                    mailkeep_queue::dnssec::SecureDns::new(&cfg.dns.servers, cfg.dns.timeout),
-                    cfg.hostname.clone(),
-                    cfg.queue.clone(),
-                    mailkeep_queue::dkim::DkimKeys::load(&cfg.data_dir.join("dkim"))?,
-                )?;
-                outbound.set_reports(cfg.reports.clone());
+                let outbound = report_sender(&cfg, &store)?;
                 let n = outbound.send_dmarc_reports(true).await?;
                 store.log_flush().await?;
                 println!("{n} DMARC report(s) queued");

@@ -229,6 +229,7 @@ max_dkim_signatures = 10     # more are not checked
 
 [reports]
 dmarc = true                 # send DMARC aggregate reports to domains whose record asks (rua=)
+tlsrpt = true                # send SMTP TLS reports (RFC 8460) to domains that publish _smtp._tls
 interval = "24h"             # each report covers a day
 # from = "postmaster@example.com"  # default: postmaster@ the first domain
 

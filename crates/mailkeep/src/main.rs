@@ -117,6 +117,13 @@ enum Command {
         #[command(subcommand)]
         action: admin::DmarcCmd,
     },
+    /// SMTP TLS reports (RFC 8460): send ours now, sum up those received.
+    Tlsrpt {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: admin::TlsRptCmd,
+    },
     /// DKIM signing keys: list, rotate.
     Dkim {
         #[command(flatten)]
@@ -217,6 +224,7 @@ fn run() -> Result<()> {
         Command::Dkim { config, action } => admin::dkim(&config.config, action),
         Command::Dns { config, action } => dns::dns(&config.config, action),
         Command::Dmarc { config, action } => admin::dmarc(&config.config, action),
+        Command::Tlsrpt { config, action } => admin::tlsrpt(&config.config, action),
         Command::Acl { config, action } => admin::acl(&config.config, action),
         Command::Deliver { config, to, from } => admin::deliver(&config.config, to, from),
         Command::Log { config, action } => admin::log(&config.config, action),

@@ -56,9 +56,18 @@ pub fn give_tree(dir: &Path, name: &str) -> Result<()> {
     let u = lookup(name)?;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {
-        std::os::unix::fs::lchown(&p, Some(u.uid.as_raw()), Some(u.gid.as_raw()))
-            .with_context(|| format!("chown {}", p.display()))?;
-        let meta = std::fs::symlink_metadata(&p)?;
+        match std::os::unix::fs::lchown(&p, Some(u.uid.as_raw()), Some(u.gid.as_raw())) {
+            Ok(()) => {}
+            // A file removed meanwhile (SQLite's -shm or -journal as the store closes) needs
+            // no owner.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("chown {}", p.display())),
+        }
+        let meta = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("stat {}", p.display())),
+        };
         if meta.is_dir() {
             for e in std::fs::read_dir(&p)? {
                 stack.push(e?.path());

@@ -203,6 +203,10 @@ async fn mta_sts_enforce_needs_starttls_and_a_valid_certificate_from_a_listed_mx
         ("mx.b.test.", Rr::A(ip.parse().unwrap())),
         ("_mta-sts.b.test.", Rr::Txt("v=STSv1; id=20261129".into())),
         ("mta-sts.b.test.", Rr::A("127.0.0.1".parse().unwrap())),
+        (
+            "_smtp._tls.b.test.",
+            Rr::Txt("v=TLSRPTv1; rua=mailto:postmaster@b.test".into()),
+        ),
     ])
     .unwrap();
     let a = start_a_with(
@@ -240,8 +244,10 @@ async fn mta_sts_enforce_needs_starttls_and_a_valid_certificate_from_a_listed_mx
     let mut b = Server::start(&format!("address = \"{ip}:{port}\""));
     let (ok, _, err) = b.cli(&["domain", "add", "b.test"], "");
     assert!(ok, "{err}");
-    let (ok, _, err) = b.cli(&["user", "add", "carol@b.test"], PASSWORD);
-    assert!(ok, "{err}");
+    for u in ["carol@b.test", "postmaster@b.test"] {
+        let (ok, _, err) = b.cli(&["user", "add", u], PASSWORD);
+        assert!(ok, "{err}");
+    }
     attempts_until(&a, "carol@b.test", "invalid peer certificate");
     assert!(b.inbox("carol@b.test").await.is_empty());
 
@@ -270,6 +276,36 @@ async fn mta_sts_enforce_needs_starttls_and_a_valid_certificate_from_a_listed_mx
     assert_eq!(served.load(Ordering::SeqCst), 1);
     let cached = a.store().sts_get("b.test").await.unwrap().unwrap();
     assert_eq!(cached.id, "20261129");
+
+    // 4. TLS reporting (RFC 8460): A reports its sessions to b.test's TLS-RPT address; B
+    // keeps the report and sums it up.
+    let (ok, out, err) = a.cli(&["tlsrpt", "send"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("1 TLS report(s) queued"), "{out}");
+    let got = wait_inbox(&b, "postmaster@b.test", 1).await;
+    assert!(got[0].contains("TLS-Report-Domain: b.test"), "{}", got[0]);
+    assert!(got[0].contains("DKIM-Signature:"), "{}", got[0]);
+    let mut summary = String::new();
+    for _ in 0..50 {
+        let (ok, out, err) = b.cli(&["tlsrpt", "summary"], "");
+        assert!(ok, "{err}");
+        summary = out;
+        if summary.contains("b.test") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("b.test"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&cols[..3], &["b.test", "sts", "1"], "{summary}");
+    assert!(
+        line.contains("starttls-not-supported=") && line.contains("certificate-not-trusted="),
+        "{summary}"
+    );
+    assert!(line.ends_with("/ mail.example.test"), "{summary}");
 }
 
 /// Python's smtplib submits to A with `MAIL FROM ... REQUIRETLS` (RFC 8689).

@@ -39,6 +39,7 @@ pub mod dnssec;
 pub mod dsn;
 pub mod reports;
 pub mod sts;
+pub mod tlsrpt;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -94,6 +95,8 @@ pub struct Outbound {
     dkim: std::sync::RwLock<Arc<dkim::DkimKeys>>,
     /// DMARC aggregate reports to send, when set.
     reports: std::sync::RwLock<Option<mailkeep_config::ReportsConfig>>,
+    /// Domains' TLS-RPT addresses, with when they were looked up.
+    tlsrpt: Mutex<std::collections::HashMap<String, (Vec<String>, std::time::Instant)>>,
     wake: tokio::sync::Notify,
     /// Messages being delivered now, so a message is never sent twice at once.
     busy: Mutex<HashSet<String>>,
@@ -150,6 +153,7 @@ impl Outbound {
             tls,
             dkim: std::sync::RwLock::new(Arc::new(dkim)),
             reports: std::sync::RwLock::new(None),
+            tlsrpt: Mutex::new(std::collections::HashMap::new()),
             wake: tokio::sync::Notify::new(),
             busy: Mutex::new(HashSet::new()),
             pool: Mutex::new(std::collections::HashMap::new()),
@@ -213,6 +217,9 @@ impl Outbound {
                 reports_checked = std::time::Instant::now();
                 if let Err(e) = self.send_dmarc_reports(false).await {
                     tracing::warn!(error = %e, "sending DMARC reports failed");
+                }
+                if let Err(e) = self.send_tls_reports(false).await {
+                    tracing::warn!(error = %e, "sending TLS reports failed");
                 }
             }
             // A short list: a delivery ending wakes this loop, which asks again.
@@ -732,7 +739,10 @@ impl Outbound {
                 }
             };
             for ip in ips {
-                match self.try_server(m, host, ip, &rcpts, content, &auth).await {
+                match self
+                    .try_server(m, domain, host, ip, &rcpts, content, &auth)
+                    .await
+                {
                     Ok(outcome) => return (outcome, trail),
                     Err(e) => trail.push(format!("{host} [{ip}]: {e}")),
                 }
@@ -770,9 +780,18 @@ impl Outbound {
                         }
                     } else {
                         let names = vec![host.to_string(), domain.to_string()];
+                        // RFC 8460 4.4: the policy as TLS-RPT reports it.
+                        let strings: Vec<String> = usable
+                            .iter()
+                            .map(|t| {
+                                let hex: String =
+                                    t.data.iter().map(|b| format!("{b:02x}")).collect();
+                                format!("{} {} {} {hex}", t.usage, t.selector, t.matching)
+                            })
+                            .collect();
                         let config = dane::DaneVerifier::config(usable, names)
                             .map_err(|e| format!("DANE: {e}"))?;
-                        return Ok(Auth::Dane(config));
+                        return Ok(Auth::Dane(config, strings));
                     }
                 }
                 Ok(_) => {}
@@ -909,9 +928,11 @@ impl Outbound {
     /// one is (RFC 5321 4.1.4: after a transaction the session takes the next MAIL), else a
     /// new one. Err: the server never took responsibility for any recipient (no connection,
     /// no greeting, a failed handshake): the next one is tried.
+    #[allow(clippy::too_many_arguments)]
     async fn try_server(
         &self,
         m: &QueuedMessage,
+        domain: &str,
         host: &str,
         ip: IpAddr,
         rcpts: &[QueuedRcpt],
@@ -941,7 +962,14 @@ impl Outbound {
                 return Ok(outcome(results, tls));
             }
         }
-        let mut c = self.connect(host, ip, port, auth).await?;
+        let connected = self.connect(host, ip, port, auth).await;
+        // RFC 8460: every new session's TLS outcome, for the domain's TLS report.
+        if self.config.relay.is_none() {
+            let tls = connected.as_ref().map(|c| c.tls.is_some());
+            self.record_tls(domain, auth, host, ip, tls.map_err(|e| e.as_str()))
+                .await;
+        }
+        let mut c = connected?;
         match self.transaction(&mut c, m, host, rcpts, content).await {
             Ok((results, reusable)) => {
                 let tls = c.tls.clone();
@@ -1047,7 +1075,7 @@ impl Outbound {
             (Some(_), _) => self.tls.clone(),
             (None, Auth::Opportunistic) | (None, Auth::Encrypted(_)) => self.tls.clone(),
             (None, Auth::Pkix(_)) => self.pkix.clone(),
-            (None, Auth::Dane(config)) => config.clone(),
+            (None, Auth::Dane(config, _)) => config.clone(),
         };
         let mut c = if relay.is_some_and(|r| r.tls == RelayTls::Implicit) {
             // RFC 8314 3.3: TLS from the first byte.
@@ -1117,7 +1145,7 @@ impl Outbound {
                     }
                     None => {
                         t.policy = auth.name();
-                        t.authenticated = matches!(auth, Auth::Pkix(_) | Auth::Dane(_));
+                        t.authenticated = matches!(auth, Auth::Pkix(_) | Auth::Dane(..));
                     }
                 }
             }
@@ -1342,8 +1370,9 @@ enum Auth {
     /// STARTTLS required, a certificate valid for the host name; for this reason
     /// (`mta-sts`, `requiretls`).
     Pkix(&'static str),
-    /// STARTTLS required, a certificate matching the host's TLSA records.
-    Dane(Arc<rustls::ClientConfig>),
+    /// STARTTLS required, a certificate matching the host's TLSA records (given as text,
+    /// for TLS-RPT).
+    Dane(Arc<rustls::ClientConfig>, Vec<String>),
 }
 
 impl Auth {
@@ -1353,7 +1382,7 @@ impl Auth {
             Auth::Opportunistic => 0,
             Auth::Encrypted(_) => 1,
             Auth::Pkix(_) => 2,
-            Auth::Dane(_) => 3,
+            Auth::Dane(..) => 3,
         }
     }
 
@@ -1363,7 +1392,7 @@ impl Auth {
             Auth::Opportunistic => "opportunistic",
             Auth::Encrypted(_) => "dane-unusable",
             Auth::Pkix(why) => why,
-            Auth::Dane(_) => "dane",
+            Auth::Dane(..) => "dane",
         }
     }
 
@@ -1374,7 +1403,7 @@ impl Auth {
             Auth::Encrypted(why) => Some((*why).to_string()),
             Auth::Pkix("mta-sts") => Some("the domain's MTA-STS policy".into()),
             Auth::Pkix(_) => Some("the message's REQUIRETLS".into()),
-            Auth::Dane(_) => Some("DANE (the host's TLSA records)".into()),
+            Auth::Dane(..) => Some("DANE (the host's TLSA records)".into()),
         }
     }
 }

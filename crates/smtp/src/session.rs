@@ -1433,8 +1433,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(added)
     }
 
-    /// Keeps a DMARC report about a domain we host.
-    async fn keep_report(&mut self, r: mailkeep_verify::ReceivedDmarc) {
+    /// Keeps a DMARC or TLS report about a domain we host.
+    async fn keep_report(&mut self, r: mailkeep_verify::ReceivedReport) {
         let store = self.server.delivery.store();
         let hosted = match Domain::parse(&r.domain) {
             Ok(d) => matches!(store.domain_get(&d).await, Ok(Some(_))),
@@ -1444,7 +1444,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return;
         }
         let received = mailkeep_store::ReceivedReport {
-            kind: "dmarc".into(),
+            kind: r.kind.into(),
             domain: r.domain.clone(),
             org: r.org.clone(),
             report_id: r.report_id.clone(),
@@ -1459,13 +1459,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 LogEvent {
                     outcome: Some(if new { "accepted" } else { "duplicate" }.into()),
                     detail: serde_json::json!({
-                        "kind": "dmarc", "domain": r.domain, "org": r.org, "report_id": r.report_id,
+                        "kind": r.kind, "domain": r.domain, "org": r.org, "report_id": r.report_id,
                     }),
                     ..Default::default()
                 },
             ),
             Err(e) => {
-                tracing::warn!(session = %self.id, error = %e, "keeping a DMARC report failed")
+                tracing::warn!(session = %self.id, error = %e, "keeping a report failed")
             }
         }
     }
@@ -1657,10 +1657,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // recipient can only fail alone when its account vanished after RCPT (removed by an
         // admin); the others keep their copy, that recipient's `delivery.stored` event says
         // `failed`, and a 451 would only duplicate the mail of the rest on retry.
-        // A DMARC aggregate report about one of our domains (RFC 7489 7.2) is kept for
-        // `mailkeep dmarc summary` once delivered.
+        // A DMARC aggregate report (RFC 7489 7.2) or TLS report (RFC 8460) about one of our
+        // domains is kept for `mailkeep dmarc|tlsrpt summary` once delivered.
         let report = if self.server.verifier.is_some() {
-            mailkeep_verify::parse_dmarc_report(&incoming.data)
+            mailkeep_verify::parse_report(&incoming.data)
         } else {
             None
         };

@@ -412,9 +412,12 @@ fn spf_json(o: &mail_auth::SpfOutput) -> serde_json::Value {
     })
 }
 
-/// A DMARC aggregate report (RFC 7489 7.2) someone sent us, parsed.
+/// A report someone sent us, parsed: a DMARC aggregate report (RFC 7489 7.2) or an SMTP TLS
+/// report (RFC 8460).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReceivedDmarc {
+pub struct ReceivedReport {
+    /// `dmarc` or `tlsrpt`.
+    pub kind: &'static str,
     /// The policy domain it is about.
     pub domain: String,
     /// Who reports.
@@ -432,15 +435,35 @@ pub struct ReceivedDmarc {
 /// Largest decompressed report read.
 const MAX_REPORT: usize = 20 * 1024 * 1024;
 
-/// The DMARC aggregate report a message carries, if it is one (its Subject says
-/// "Report Domain:", RFC 7489 7.2.1.1, or it has a zip or gzip attachment).
-pub fn parse_dmarc_report(message: &[u8]) -> Option<ReceivedDmarc> {
+/// The report a message carries, if it is one: an SMTP TLS report (a TLS-Report-Domain
+/// field, RFC 8460 5.3), or a DMARC aggregate report (its Subject says "Report Domain:", RFC
+/// 7489 7.2.1.1, or it has a zip or gzip attachment).
+pub fn parse_report(message: &[u8]) -> Option<ReceivedReport> {
     let head_end = message
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or(message.len().min(64 * 1024));
     let head = String::from_utf8_lossy(&message[..head_end]).to_ascii_lowercase();
     let body = &message[head_end.min(message.len())..];
+    if head.contains("\ntls-report-domain:") {
+        let r = mail_auth::report::tlsrpt::TlsReport::parse_rfc5322(message, MAX_REPORT).ok()?;
+        let json = serde_json::to_string(&r).ok()?;
+        let domain = r
+            .policies
+            .first()?
+            .policy
+            .policy_domain
+            .to_ascii_lowercase();
+        return Some(ReceivedReport {
+            kind: "tlsrpt",
+            domain,
+            org: r.organization_name.clone().unwrap_or_default(),
+            report_id: r.report_id.clone(),
+            begin: r.date_range.start_datetime.to_timestamp(),
+            end: r.date_range.end_datetime.to_timestamp(),
+            json,
+        });
+    }
     let looks = head.contains("report domain:")
         || head.contains("report-domain:")
         || body.windows(15).take(1 << 20).any(|w| {
@@ -451,7 +474,8 @@ pub fn parse_dmarc_report(message: &[u8]) -> Option<ReceivedDmarc> {
     }
     let r = mail_auth::report::Report::parse_rfc5322(message, MAX_REPORT).ok()?;
     let json = serde_json::to_string(&r).ok()?;
-    Some(ReceivedDmarc {
+    Some(ReceivedReport {
+        kind: "dmarc",
         domain: r.policy_published.domain.to_ascii_lowercase(),
         org: r.report_metadata.org_name.clone(),
         report_id: r.report_metadata.report_id.clone(),
