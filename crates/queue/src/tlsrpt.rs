@@ -33,7 +33,12 @@ struct Session {
 
 /// Per policy: successful and failed sessions, failures by (type, MX host, address), and the
 /// MX hosts seen.
-type Counts = (u32, u32, BTreeMap<(String, String, IpAddr), u32>, Vec<String>);
+type Counts = (
+    u32,
+    u32,
+    BTreeMap<(String, String, IpAddr), u32>,
+    Vec<String>,
+);
 
 /// RFC 8460 4.3 result types, from what a failed connection said.
 fn result_type(error: &str) -> Option<&'static str> {

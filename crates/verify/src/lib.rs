@@ -177,17 +177,29 @@ impl Verifier {
             return Vec::new();
         };
         msg.dkim_headers.truncate(self.config.max_dkim_signatures);
-        self.auth
-            .verify_dkim(&msg)
-            .await
-            .iter()
-            .map(|o| DkimVerdict {
-                domain: o.signature().map(|s| s.d.clone()),
-                selector: o.signature().map(|s| s.s.clone()),
-                result: dkim_word(o.result()),
-                reason: dkim_reason(o.result()),
+        let refused = drop_sha1(&mut msg);
+        let mut out: Vec<DkimVerdict> = refused
+            .into_iter()
+            .map(|(d, s)| DkimVerdict {
+                domain: Some(d),
+                selector: Some(s),
+                result: "permerror",
+                reason: Some(SHA1_REFUSED.into()),
             })
-            .collect()
+            .collect();
+        out.extend(
+            self.auth
+                .verify_dkim(&msg)
+                .await
+                .iter()
+                .map(|o| DkimVerdict {
+                    domain: o.signature().map(|s| s.d.clone()),
+                    selector: o.signature().map(|s| s.s.clone()),
+                    result: dkim_word(o.result()),
+                    reason: dkim_reason(o.result()),
+                }),
+        );
+        out
     }
 
     /// The ARC chain of a message checked as inbound SMTP checks it (RFC 8617 5.2): the
@@ -254,22 +266,26 @@ impl Verifier {
         let dkim = if c.dkim {
             let total = msg.dkim_headers.len();
             msg.dkim_headers.truncate(c.max_dkim_signatures);
+            let refused = drop_sha1(&mut msg);
             let out = self.auth.verify_dkim(&msg).await;
             ar = ar.with_dkim_results(&out, msg.from());
-            detail.insert(
-                "dkim".into(),
-                out.iter()
-                    .map(|o| {
-                        serde_json::json!({
-                            "d": o.signature().map(|s| s.d.clone()),
-                            "s": o.signature().map(|s| s.s.clone()),
-                            "result": dkim_word(o.result()),
-                            "reason": dkim_reason(o.result()),
-                        })
+            let mut rows: Vec<serde_json::Value> = refused
+                .iter()
+                .map(|(d, s)| {
+                    serde_json::json!({
+                        "d": d, "s": s, "result": "permerror", "reason": SHA1_REFUSED,
                     })
-                    .collect::<Vec<_>>()
-                    .into(),
-            );
+                })
+                .collect();
+            rows.extend(out.iter().map(|o| {
+                serde_json::json!({
+                    "d": o.signature().map(|s| s.d.clone()),
+                    "s": o.signature().map(|s| s.s.clone()),
+                    "result": dkim_word(o.result()),
+                    "reason": dkim_reason(o.result()),
+                })
+            }));
+            detail.insert("dkim".into(), rows.into());
             if total > c.max_dkim_signatures {
                 detail.insert(
                     "dkim_ignored".into(),
@@ -483,6 +499,23 @@ pub fn parse_report(message: &[u8]) -> Option<ReceivedReport> {
         end: r.report_metadata.date_range.end as i64,
         json,
     })
+}
+
+/// Why an rsa-sha1 signature is not checked.
+const SHA1_REFUSED: &str = "rsa-sha1 signatures are not accepted (RFC 8301 3.1)";
+
+/// Takes rsa-sha1 signatures out of the message's list (RFC 8301 3.1: verifiers must not
+/// accept them), so that they count for nothing, DMARC included; returns their d= and s=.
+fn drop_sha1(msg: &mut AuthenticatedMessage<'_>) -> Vec<(String, String)> {
+    let mut refused = Vec::new();
+    msg.dkim_headers.retain(|h| {
+        let sha1 = h.header.a == mail_auth::common::crypto::Algorithm::RsaSha1;
+        if sha1 {
+            refused.push((h.header.d.clone(), h.header.s.clone()));
+        }
+        !sha1
+    });
+    refused
 }
 
 /// RFC 8601 2.7.2 result words.
