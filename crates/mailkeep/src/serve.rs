@@ -99,6 +99,7 @@ fn smtp_server(
         config.dns.timeout,
         config.smtp.reverse_dns,
     )?;
+    let v = &config.verify;
     Ok(SmtpServer {
         hostname: config.hostname.clone(),
         config: config.smtp.clone(),
@@ -108,12 +109,17 @@ fn smtp_server(
         primary_domain: config.domains.first().cloned(),
         submission: None,
         outbound: None,
-        verifier: Some(Arc::new(mailkeep_verify::Verifier::new(
-            &config.dns.servers,
-            config.dns.timeout,
-            &config.hostname,
-            config.verify.clone(),
-        )?)),
+        // With every check off, nothing is verified (and no Authentication-Results added).
+        verifier: if [v.spf, v.dkim, v.arc, v.dmarc, v.iprev].contains(&true) {
+            Some(Arc::new(mailkeep_verify::Verifier::new(
+                &config.dns.servers,
+                config.dns.timeout,
+                &config.hostname,
+                v.clone(),
+            )?))
+        } else {
+            None
+        },
     })
 }
 
