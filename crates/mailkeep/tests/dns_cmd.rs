@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::outbound::point_dns;
 use common::{cli, init_dir};
 use mailkeep_testkit::{reverse_name, Rr, TestDns};
 
@@ -41,22 +42,6 @@ fn parse_zone(text: &str) -> Vec<(String, Rr)> {
     out
 }
 
-fn use_dns(config: &std::path::Path, dns: &TestDns) {
-    let text = std::fs::read_to_string(config).unwrap();
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("servers = ") {
-                format!("servers = [\"{}\"]", dns.addr())
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(config, text).unwrap();
-}
-
 #[test]
 fn records_as_printed_check_out_and_missing_or_wrong_ones_are_named() {
     let (_dir, config) = init_dir("");
@@ -86,7 +71,7 @@ fn records_as_printed_check_out_and_missing_or_wrong_ones_are_named() {
             .collect(),
     )
     .unwrap();
-    use_dns(&config, &dns);
+    point_dns(&config, &dns);
     let (ok, out, err) = cli(
         &config,
         &["dns", "check", "example.test", "--ip", SERVER],
@@ -122,7 +107,7 @@ fn records_as_printed_check_out_and_missing_or_wrong_ones_are_named() {
             .collect(),
     )
     .unwrap();
-    use_dns(&config, &dns);
+    point_dns(&config, &dns);
     let (ok, out, _) = cli(
         &config,
         &["dns", "check", "example.test", "--ip", SERVER],

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::outbound::{dkim_records, free_port, message, start_a_with, wait_inbox};
+use common::outbound::{dkim_txt, free_port, message, start_a_with, wait_inbox};
 use lettre::AsyncTransport;
 use mailkeep_testkit::{Rr, TestDns};
 
@@ -302,16 +302,7 @@ async fn postfix_receives_what_mailkeep_sends_and_sends_what_mailkeep_receives()
 
     // OpenDKIM verifies both signatures with the keys' records in DNS, and refuses a changed
     // message.
-    let mut records = vec![];
-    for r in dkim_records(&a) {
-        let (name, value) = r.split_once('=').unwrap();
-        let parts: Vec<String> = value
-            .as_bytes()
-            .chunks(250)
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect();
-        records.push((format!("{name}."), Rr::TxtParts(parts)));
-    }
+    let records = dkim_txt(&a);
     let resolver = TestDns::start_on(
         format!("{RESOLVER_IP}:53").parse().unwrap(),
         records

@@ -7,7 +7,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::outbound::{dkim_records, free_port, message, start_a, start_b, submitter};
+use common::outbound::{dkim_txt, free_port, message, point_dns, start_a, start_b, submitter};
 use common::{code, Raw, Server};
 use lettre::AsyncTransport;
 use mailkeep_store::SharedStore;
@@ -37,15 +37,7 @@ fn trust_dns(a: &Server, b_ip: &str) -> TestDns {
             Rr::Txt("v=DMARC1; p=quarantine".into()),
         ),
     ];
-    for r in dkim_records(a) {
-        let (name, value) = r.split_once('=').unwrap();
-        let parts: Vec<String> = value
-            .as_bytes()
-            .chunks(250)
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect();
-        records.push((format!("{name}."), Rr::TxtParts(parts)));
-    }
+    records.extend(dkim_txt(a));
     TestDns::start(
         records
             .iter()
@@ -124,19 +116,7 @@ async fn authenticated_mail_passes_and_forged_mail_is_refused() {
     let a = start_a(&route, port);
     let dns = trust_dns(&a, ip);
     let mut b = start_b(ip, port);
-    let config = std::fs::read_to_string(&b.config).unwrap();
-    let config = config
-        .lines()
-        .map(|l| {
-            if l.starts_with("servers = ") {
-                format!("servers = [\"{}\"]", dns.addr())
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&b.config, config).unwrap();
+    point_dns(&b.config, &dns);
     b.restart();
     let (ok, _, err) = b.cli(&["domain", "add", "q.test"], "");
     assert!(ok, "{err}");
@@ -260,15 +240,7 @@ async fn dmarc_aggregate_reports_reach_the_domain_and_are_summed_up() {
             Rr::A("127.0.0.1".parse().unwrap()),
         ),
     ];
-    for r in dkim_records(&a) {
-        let (name, value) = r.split_once('=').unwrap();
-        let parts: Vec<String> = value
-            .as_bytes()
-            .chunks(250)
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect();
-        records.push((format!("{name}."), Rr::TxtParts(parts)));
-    }
+    records.extend(dkim_txt(&a));
     let dns = TestDns::start(
         records
             .iter()

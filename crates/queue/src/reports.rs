@@ -17,6 +17,26 @@ use mailkeep_verify::DmarcEntry;
 use crate::{now_secs, Outbound};
 use mailkeep_delivery::now_micros;
 
+/// A report about to be queued.
+pub(crate) struct SentReport<'a> {
+    /// `dmarc` or `tlsrpt`.
+    pub kind: &'static str,
+    /// The domain it is about.
+    pub domain: &'a str,
+    /// Its id.
+    pub report_id: &'a str,
+    /// Its sender.
+    pub from: &'a str,
+    /// Its recipients.
+    pub to: &'a [String],
+    /// The rows it covers (forgotten once queued).
+    pub rows: &'a [i64],
+    /// The period covered.
+    pub begin: i64,
+    /// End of the period.
+    pub end: i64,
+}
+
 impl Outbound {
     /// Sends the DMARC aggregate reports that are due (all of them with `force`); returns how
     /// many were queued.
@@ -101,44 +121,66 @@ impl Outbound {
                     continue;
                 }
             };
-            let queued = NewQueued {
-                id: QueueId::new(now_micros() as u64, rand::random()).0,
-                sender: cfg.from.clone(),
-                blob: mailkeep_store::BlobId(String::new()),
-                size: message.len() as u64,
-                recipients: to
-                    .iter()
-                    .map(|a| QueueRecipient {
-                        address: a.clone(),
-                        notify: Some("NEVER".into()),
-                        orcpt: None,
-                    })
-                    .collect(),
-                envid: None,
-                ret: Some("HDRS".into()),
-                smtputf8: false,
-                requiretls: false,
+            let sent_report = SentReport {
+                kind: "dmarc",
+                domain: &domain,
+                report_id: &report_id,
+                from: &cfg.from,
+                to: &to,
+                rows: &ids,
+                begin,
+                end: now,
             };
-            let qid = queued.id.clone();
-            self.submit(queued, message.as_bytes()).await?;
-            self.store.report_events_delete("dmarc", &ids).await?;
-            self.store.log_submit(vec![LogEvent {
-                ts: now_micros(),
-                session: "reports".into(),
-                queue_id: Some(qid),
-                kind: "report.sent".into(),
-                sender: Some(cfg.from.clone()),
-                recipient: Some(to.join(", ")),
-                outcome: Some("accepted".into()),
-                detail: serde_json::json!({
-                    "kind": "dmarc", "domain": domain, "report_id": report_id,
-                    "rows": ids.len(), "begin": begin, "end": now,
-                }),
-                ..Default::default()
-            }]);
+            self.queue_report(sent_report, message.as_bytes()).await?;
             sent += 1;
         }
         Ok(sent)
+    }
+
+    /// Queues a report (signed like any outgoing message, NOTIFY=NEVER), forgets the rows it
+    /// covers, and logs `report.sent`.
+    pub(crate) async fn queue_report(
+        &self,
+        r: SentReport<'_>,
+        message: &[u8],
+    ) -> Result<(), StoreError> {
+        let queued = NewQueued {
+            id: QueueId::new(now_micros() as u64, rand::random()).0,
+            sender: r.from.to_string(),
+            blob: mailkeep_store::BlobId(String::new()),
+            size: message.len() as u64,
+            recipients: r
+                .to
+                .iter()
+                .map(|a| QueueRecipient {
+                    address: a.clone(),
+                    notify: Some("NEVER".into()),
+                    orcpt: None,
+                })
+                .collect(),
+            envid: None,
+            ret: Some("HDRS".into()),
+            smtputf8: false,
+            requiretls: false,
+        };
+        let qid = queued.id.clone();
+        self.submit(queued, message).await?;
+        self.store.report_events_delete(r.kind, r.rows).await?;
+        self.store.log_submit(vec![LogEvent {
+            ts: now_micros(),
+            session: "reports".into(),
+            queue_id: Some(qid),
+            kind: "report.sent".into(),
+            sender: Some(r.from.to_string()),
+            recipient: Some(r.to.join(", ")),
+            outcome: Some("accepted".into()),
+            detail: serde_json::json!({
+                "kind": r.kind, "domain": r.domain, "report_id": r.report_id,
+                "rows": r.rows.len(), "begin": r.begin, "end": r.end,
+            }),
+            ..Default::default()
+        }]);
+        Ok(())
     }
 
     /// The address of a `rua=` URI if it may receive reports about `domain` (RFC 7489 7.1).

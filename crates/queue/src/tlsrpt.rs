@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use mail_auth::report::tlsrpt::{
     DateRange, FailureDetails, Policy, PolicyDetails, PolicyType, ResultType, Summary, TlsReport,
 };
-use mailkeep_delivery::now_micros;
-use mailkeep_store::{LogEvent, NewQueued, QueueRecipient, StoreError};
-use mailkeep_types::QueueId;
+use mailkeep_store::StoreError;
 
 use crate::{now_secs, Auth, Outbound};
 
@@ -296,41 +294,17 @@ impl Outbound {
                 tracing::warn!(%domain, error = %e, "building a TLS report failed");
                 continue;
             }
-            let queued = NewQueued {
-                id: QueueId::new(now_micros() as u64, rand::random()).0,
-                sender: cfg.from.clone(),
-                blob: mailkeep_store::BlobId(String::new()),
-                size: message.len() as u64,
-                recipients: rua
-                    .iter()
-                    .map(|a| QueueRecipient {
-                        address: a.clone(),
-                        notify: Some("NEVER".into()),
-                        orcpt: None,
-                    })
-                    .collect(),
-                envid: None,
-                ret: Some("HDRS".into()),
-                smtputf8: false,
-                requiretls: false,
+            let sent_report = crate::reports::SentReport {
+                kind: "tlsrpt",
+                domain: &domain,
+                report_id: &report_id,
+                from: &cfg.from,
+                to: &rua,
+                rows: &ids,
+                begin,
+                end: now,
             };
-            let qid = queued.id.clone();
-            self.submit(queued, &message).await?;
-            self.store.report_events_delete("tlsrpt", &ids).await?;
-            self.store.log_submit(vec![LogEvent {
-                ts: now_micros(),
-                session: "reports".into(),
-                queue_id: Some(qid),
-                kind: "report.sent".into(),
-                sender: Some(cfg.from.clone()),
-                recipient: Some(rua.join(", ")),
-                outcome: Some("accepted".into()),
-                detail: serde_json::json!({
-                    "kind": "tlsrpt", "domain": domain, "report_id": report_id,
-                    "sessions": ids.len(), "begin": begin, "end": now,
-                }),
-                ..Default::default()
-            }]);
+            self.queue_report(sent_report, &message).await?;
             sent += 1;
         }
         Ok(sent)

@@ -6,6 +6,8 @@
 //!
 //! Cases whose answer differs are listed in `KNOWN` with the reason.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -133,20 +135,13 @@ async fn arc_validation_suite() {
             }
         }
     }
-    eprintln!(
-        "ARC validation suite: {} of {total} pass",
-        total - differ.len()
+    common::check_known(
+        &format!(
+            "ARC validation suite: {} of {total} pass",
+            total - differ.len()
+        ),
+        &differ,
+        KNOWN,
     );
-    for (n, w) in &differ {
-        eprintln!("  {n}: {w}");
-    }
-    let known: BTreeMap<&str, &str> = KNOWN.iter().copied().collect();
-    let unexpected: Vec<&String> = differ
-        .keys()
-        .filter(|n| !known.contains_key(n.as_str()))
-        .collect();
-    let fixed: Vec<&&str> = known.keys().filter(|n| !differ.contains_key(**n)).collect();
     assert_eq!(total, 175, "171 names, 4 of them used twice");
-    assert!(unexpected.is_empty(), "new failures: {unexpected:?}");
-    assert!(fixed.is_empty(), "now passing, update KNOWN: {fixed:?}");
 }

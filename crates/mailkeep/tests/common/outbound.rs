@@ -195,3 +195,36 @@ m.logout()
         .map(String::from)
         .collect()
 }
+
+/// A's DKIM keys as TXT records to serve (long values in several strings).
+pub fn dkim_txt(a: &Server) -> Vec<(String, Rr)> {
+    dkim_records(a)
+        .into_iter()
+        .map(|r| {
+            let (name, value) = r.split_once('=').expect("NAME=VALUE");
+            let parts: Vec<String> = value
+                .as_bytes()
+                .chunks(250)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect();
+            (format!("{name}."), Rr::TxtParts(parts))
+        })
+        .collect()
+}
+
+/// Points a server's config at `dns` (takes effect at its next start or CLI run).
+pub fn point_dns(config: &std::path::Path, dns: &TestDns) {
+    let text = std::fs::read_to_string(config).expect("config");
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("servers = ") {
+                format!("servers = [\"{}\"]", dns.addr())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(config, text).expect("config");
+}
