@@ -498,9 +498,9 @@ pub fn demo(data: Option<PathBuf>, run: RunArgs) -> Result<()> {
         let text = crate::init::config_text(hostname, &domain, &listeners)
             .replace("reverse_dns = true", "reverse_dns = false")
             // The demo's mail comes from loopback, where SPF and DMARC say nothing.
-            .replace("spf = true", "spf = false")
-            .replace("dmarc = true", "dmarc = false")
-            .replace("iprev = true", "iprev = false");
+            .replace("\nspf = true ", "\nspf = false")
+            .replace("\ndmarc = true                 # RFC 7489", "\ndmarc = false                # RFC 7489")
+            .replace("\niprev = true ", "\niprev = false");
         std::fs::write(&config_path, text)?;
     }
     let config = load_config(&config_path, &run)?;
