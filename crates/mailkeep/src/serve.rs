@@ -499,7 +499,10 @@ pub fn demo(data: Option<PathBuf>, run: RunArgs) -> Result<()> {
             .replace("reverse_dns = true", "reverse_dns = false")
             // The demo's mail comes from loopback, where SPF and DMARC say nothing.
             .replace("\nspf = true ", "\nspf = false")
-            .replace("\ndmarc = true                 # RFC 7489", "\ndmarc = false                # RFC 7489")
+            .replace(
+                "\ndmarc = true                 # RFC 7489",
+                "\ndmarc = false                # RFC 7489",
+            )
             .replace("\niprev = true ", "\niprev = false");
         std::fs::write(&config_path, text)?;
     }
