@@ -761,18 +761,8 @@ pub fn queue(config: &Path, cmd: QueueCmd) -> Result<()> {
                 println!("{id}: deleted");
             }
             QueueCmd::Bounce { id } => {
-                let delivery =
-                    mailkeep_delivery::Delivery::new(store.clone(), cfg.directory.plus_separator);
-                let outbound = mailkeep_queue::Outbound::new(
-                    store.clone(),
-                    delivery,
-                    mailkeep_net::resolver(&cfg.dns.servers, cfg.dns.timeout)?,
-                    mailkeep_queue::dnssec::SecureDns::new(&cfg.dns.servers, cfg.dns.timeout),
-                    cfg.hostname.clone(),
-                    cfg.queue.clone(),
-                    // A bounce to a remote sender is signed like any outgoing message.
-                    mailkeep_queue::dkim::DkimKeys::load(&cfg.data_dir.join("dkim"))?,
-                )?;
+                // A bounce to a remote sender is signed like any outgoing message.
+                let outbound = cli_outbound(&cfg, &store)?;
                 if store.queue_get(&id).await?.is_none() {
                     return Err(found(&id));
                 }
@@ -1092,8 +1082,8 @@ pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
     Ok(())
 }
 
-/// The queue, set up to send reports from the CLI (a running server delivers them).
-fn report_sender(cfg: &Config, store: &SharedStore) -> Result<mailkeep_queue::Outbound> {
+/// The queue as the CLI uses it (bounces, reports): what it queues, a running server sends.
+fn cli_outbound(cfg: &Config, store: &SharedStore) -> Result<mailkeep_queue::Outbound> {
     let delivery = mailkeep_delivery::Delivery::new(store.clone(), cfg.directory.plus_separator);
     let outbound = mailkeep_queue::Outbound::new(
         store.clone(),
@@ -1108,27 +1098,35 @@ fn report_sender(cfg: &Config, store: &SharedStore) -> Result<mailkeep_queue::Ou
     Ok(outbound)
 }
 
+/// The reports of `kind` received about `domain` (or all) since `--since`.
+async fn received(
+    store: &SharedStore,
+    kind: &str,
+    domain: Option<String>,
+    since: &str,
+) -> Result<(i64, Vec<mailkeep_store::ReceivedReport>)> {
+    let since = time_arg(since, "--since")? / 1_000_000;
+    let domain = domain.map(|d| domain_arg(&d, "--domain")).transpose()?;
+    let domain = domain.map(|d| d.to_string());
+    let reports = store
+        .received_reports(kind, domain.as_deref(), since)
+        .await?;
+    Ok((since, reports))
+}
+
 /// SMTP TLS reports: send ours now; sum up what others reported about our domains.
 pub fn tlsrpt(config: &Path, cmd: TlsRptCmd) -> Result<()> {
     let (cfg, store) = open(config)?;
     runtime()?.block_on(async {
         match cmd {
             TlsRptCmd::Send => {
-                let outbound = report_sender(&cfg, &store)?;
+                let outbound = cli_outbound(&cfg, &store)?;
                 let n = outbound.send_tls_reports(true).await?;
                 store.log_flush().await?;
                 println!("{n} TLS report(s) queued");
             }
             TlsRptCmd::Summary { domain, since } => {
-                let since = time_arg(&since, "--since")? / 1_000_000;
-                let domain = domain.map(|d| domain_arg(&d, "--domain")).transpose()?;
-                let reports = store
-                    .received_reports(
-                        "tlsrpt",
-                        domain.as_ref().map(|d| d.to_string()).as_deref(),
-                        since,
-                    )
-                    .await?;
+                let (since, reports) = received(&store, "tlsrpt", domain, &since).await?;
                 // (domain, policy) -> (success, failure, failure types, reporters)
                 type Row = (
                     u64,
@@ -1202,21 +1200,13 @@ pub fn dmarc(config: &Path, cmd: DmarcCmd) -> Result<()> {
     runtime()?.block_on(async {
         match cmd {
             DmarcCmd::Send => {
-                let outbound = report_sender(&cfg, &store)?;
+                let outbound = cli_outbound(&cfg, &store)?;
                 let n = outbound.send_dmarc_reports(true).await?;
                 store.log_flush().await?;
                 println!("{n} DMARC report(s) queued");
             }
             DmarcCmd::Summary { domain, since } => {
-                let since = time_arg(&since, "--since")? / 1_000_000;
-                let domain = domain.map(|d| domain_arg(&d, "--domain")).transpose()?;
-                let reports = store
-                    .received_reports(
-                        "dmarc",
-                        domain.as_ref().map(|d| d.to_string()).as_deref(),
-                        since,
-                    )
-                    .await?;
+                let (since, reports) = received(&store, "dmarc", domain, &since).await?;
                 // (domain, source) -> (messages, passed, reporters)
                 let mut rows: std::collections::BTreeMap<
                     (String, String),
