@@ -73,11 +73,13 @@ pub enum Protocol {
     ManageSieve,
     /// HTTP (admin, webmail, MTA-STS, autoconfig).
     Http,
+    /// HTTPS, port 443: the MTA-STS policy of our domains.
+    Https,
 }
 
 impl Protocol {
     /// Every protocol, with its config name.
-    pub const ALL: [(Protocol, &'static str); 9] = [
+    pub const ALL: [(Protocol, &'static str); 10] = [
         (Protocol::Smtp, "smtp"),
         (Protocol::Submission, "submission"),
         (Protocol::Submissions, "submissions"),
@@ -87,6 +89,7 @@ impl Protocol {
         (Protocol::Pop3s, "pop3s"),
         (Protocol::ManageSieve, "managesieve"),
         (Protocol::Http, "http"),
+        (Protocol::Https, "https"),
     ];
 
     /// Parses a protocol name (`smtp`, `imaps`...).
@@ -119,6 +122,7 @@ impl Protocol {
                 | Protocol::Imaps
                 | Protocol::Pop3
                 | Protocol::Pop3s
+                | Protocol::Https
         )
     }
 }
@@ -248,6 +252,42 @@ pub struct VerifyConfig {
     pub dmarc_enforce: bool,
     /// Signatures checked per message (more are ignored).
     pub max_dkim_signatures: usize,
+}
+
+/// Mail the MX passes on to addresses elsewhere: aliases with external targets
+/// (`[forwarding]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardingConfig {
+    /// Forward at all (off: such recipients get 550 5.7.1 at RCPT).
+    pub enabled: bool,
+    /// Rewrite the envelope sender with SRS so SPF passes at the next hop and bounces come
+    /// back through us.
+    pub srs: bool,
+    /// How long an SRS address is accepted back (bounces arrive within the sender's queue
+    /// lifetime).
+    pub srs_max_age: Duration,
+    /// Add an ARC set (RFC 8617) to forwarded mail, signed with the alias domain's RSA key.
+    pub arc_seal: bool,
+}
+
+/// What the policy we publish asks of senders (RFC 8461 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtaStsMode {
+    /// Only our MX, only over TLS with a valid certificate.
+    Enforce,
+    /// Senders report failures (TLS-RPT) but deliver anyway.
+    Testing,
+    /// No policy in force (for withdrawing one).
+    None,
+}
+
+/// The MTA-STS policy the `https` listener serves for our domains (`[mta_sts]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtaStsConfig {
+    /// `enforce`, `testing` or `none`.
+    pub mode: MtaStsMode,
+    /// How long senders keep the policy (RFC 8461 3.2: at most a year).
+    pub max_age: Duration,
 }
 
 /// Reports mailkeep sends (`[reports]`).
@@ -407,6 +447,10 @@ pub struct Config {
     pub verify: VerifyConfig,
     /// Reports mailkeep sends.
     pub reports: ReportsConfig,
+    /// Forwarding to external addresses.
+    pub forwarding: ForwardingConfig,
+    /// The MTA-STS policy we serve.
+    pub mta_sts: MtaStsConfig,
     /// Domains listed in the config file (added to the directory at start).
     pub domains: Vec<Domain>,
     /// Warnings for deprecated keys.
@@ -903,6 +947,54 @@ impl Config {
             },
             org: hostname.clone(),
         };
+        let fw = raw.forwarding.unwrap_or_default();
+        let srs_max_age = cx.duration(
+            "forwarding.srs_max_age",
+            fw.srs_max_age.as_ref().unwrap_or(&default("21d".into())),
+        )?;
+        // SRS timestamps count days modulo 1024.
+        if srs_max_age < Duration::from_secs(86_400)
+            || srs_max_age > Duration::from_secs(1000 * 86_400)
+        {
+            return Err(cx.invalid(
+                "forwarding.srs_max_age",
+                "between 1 day and 1000 days",
+                format!("{srs_max_age:?}"),
+            ));
+        }
+        let ms = raw.mta_sts.unwrap_or_default();
+        let mta_sts = MtaStsConfig {
+            mode: match ms.mode.as_deref().unwrap_or("testing") {
+                "enforce" => MtaStsMode::Enforce,
+                "testing" => MtaStsMode::Testing,
+                "none" => MtaStsMode::None,
+                other => {
+                    return Err(cx.invalid(
+                        "mta_sts.mode",
+                        "enforce, testing or none",
+                        format!("{other:?}"),
+                    ))
+                }
+            },
+            max_age: cx.duration(
+                "mta_sts.max_age",
+                ms.max_age.as_ref().unwrap_or(&default("7d".into())),
+            )?,
+        };
+        // RFC 8461 3.2: max_age is at most 31557600 seconds.
+        if mta_sts.max_age > Duration::from_secs(31_557_600) || mta_sts.max_age.is_zero() {
+            return Err(cx.invalid(
+                "mta_sts.max_age",
+                "more than 0 and at most a year (31557600 s)",
+                format!("{:?}", mta_sts.max_age),
+            ));
+        }
+        let forwarding = ForwardingConfig {
+            enabled: fw.enabled.unwrap_or(true),
+            srs: fw.srs.unwrap_or(true),
+            srs_max_age,
+            arc_seal: fw.arc_seal.unwrap_or(true),
+        };
 
         Ok(Config {
             file: None,
@@ -922,6 +1014,8 @@ impl Config {
             queue,
             verify,
             reports,
+            forwarding,
+            mta_sts,
             domains,
             warnings,
         })
@@ -993,6 +1087,42 @@ mod tests {
 
         let e = parse("").unwrap_err().to_string();
         assert!(e.contains("`hostname`"), "{e}");
+    }
+
+    #[test]
+    fn forwarding_defaults_and_limits() {
+        let c = parse("hostname = \"m.example\"\n").unwrap();
+        assert!(c.forwarding.enabled && c.forwarding.srs && c.forwarding.arc_seal);
+        assert_eq!(c.forwarding.srs_max_age, Duration::from_secs(21 * 86_400));
+        let c =
+            parse("hostname = \"m.example\"\n[forwarding]\nsrs = false\nsrs_max_age = \"30d\"\n")
+                .unwrap();
+        assert!(!c.forwarding.srs);
+        assert_eq!(c.forwarding.srs_max_age, Duration::from_secs(30 * 86_400));
+        // SRS timestamps wrap after 1024 days; less than a day cannot be told apart.
+        for bad in ["\"2000d\"", "\"1h\""] {
+            let e = parse(&format!(
+                "hostname = \"m.example\"\n[forwarding]\nsrs_max_age = {bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("forwarding.srs_max_age"), "{e}");
+        }
+    }
+
+    #[test]
+    fn mta_sts_policy_settings() {
+        let c = parse("hostname = \"m.example\"\n").unwrap();
+        assert_eq!(c.mta_sts.mode, MtaStsMode::Testing);
+        assert_eq!(c.mta_sts.max_age, Duration::from_secs(7 * 86_400));
+        let c = parse("hostname = \"m.example\"\n[mta_sts]\nmode = \"enforce\"\n").unwrap();
+        assert_eq!(c.mta_sts.mode, MtaStsMode::Enforce);
+        for bad in ["mode = \"strict\"", "max_age = \"400d\"", "max_age = 0"] {
+            let e = parse(&format!("hostname = \"m.example\"\n[mta_sts]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("mta_sts."), "{e}");
+        }
     }
 
     #[test]

@@ -63,6 +63,34 @@ pub struct RawConfig {
     pub verify: Option<RawVerify>,
     /// `[reports]`
     pub reports: Option<RawReports>,
+    /// `[forwarding]`
+    pub forwarding: Option<RawForwarding>,
+    /// `[mta_sts]`
+    pub mta_sts: Option<RawMtaSts>,
+}
+
+/// `[mta_sts]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMtaSts {
+    /// `mode`
+    pub mode: Option<String>,
+    /// `max_age`
+    pub max_age: Option<Size>,
+}
+
+/// `[forwarding]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwarding {
+    /// `enabled`
+    pub enabled: Option<bool>,
+    /// `srs`
+    pub srs: Option<bool>,
+    /// `srs_max_age`
+    pub srs_max_age: Option<Size>,
+    /// `arc_seal`
+    pub arc_seal: Option<bool>,
 }
 
 /// `[reports]`

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -41,12 +42,7 @@ fn reports_to(domain: &Domain) -> String {
     format!("postmaster@{domain}")
 }
 
-/// The MTA-STS policy this server's domains should publish (RFC 8461 3.2).
-pub fn sts_policy(hostname: &str) -> String {
-    format!("version: STSv1\nmode: enforce\nmx: {hostname}\nmax_age: 604800\n")
-}
-
-fn needed(hostname: &str, domain: &Domain, dkim: &[(String, String)]) -> Vec<Needed> {
+fn needed(hostname: &str, domain: &Domain, dkim: &[(String, String)], policy: &str) -> Vec<Needed> {
     let d = domain.to_string();
     let mut out = vec![
         Needed {
@@ -90,10 +86,8 @@ fn needed(hostname: &str, domain: &Domain, dkim: &[(String, String)]) -> Vec<Nee
     out.push(Needed {
         name: format!("_mta-sts.{d}"),
         kind: "TXT",
-        value: format!(
-            "v=STSv1; id={}",
-            time::OffsetDateTime::now_utc().unix_timestamp()
-        ),
+        // The id follows the policy's text: it changes exactly when the policy does.
+        value: format!("v=STSv1; id={}", mailkeep_web::sts_policy_id(policy)),
         why: "MTA-STS (RFC 8461): senders must use TLS; change the id whenever the policy changes",
         required: false,
     });
@@ -165,7 +159,8 @@ pub fn dns(config: &Path, cmd: DnsCmd) -> Result<()> {
             let domain = Domain::parse(&domain).map_err(|e| anyhow::anyhow!("DOMAIN: {e}"))?;
             let dkim = dkim_records(&cfg.data_dir, &domain)?;
             println!("; the records {domain} needs (zone-file lines; TTLs are suggestions)");
-            for n in needed(&cfg.hostname, &domain, &dkim) {
+            let policy = mailkeep_web::sts_policy(&cfg.hostname, &cfg.mta_sts);
+            for n in needed(&cfg.hostname, &domain, &dkim, &policy) {
                 println!(
                     "; {}{}",
                     n.why,
@@ -178,9 +173,9 @@ pub fn dns(config: &Path, cmd: DnsCmd) -> Result<()> {
                 cfg.hostname
             );
             println!(
-                "; the MTA-STS policy to serve at https://mta-sts.{domain}/.well-known/mta-sts.txt:"
+                "; the MTA-STS policy the https listener serves at https://mta-sts.{domain}/.well-known/mta-sts.txt:"
             );
-            for l in sts_policy(&cfg.hostname).lines() {
+            for l in policy.lines() {
                 println!(";   {l}");
             }
             Ok(())
@@ -199,6 +194,13 @@ pub fn dns(config: &Path, cmd: DnsCmd) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("tokio runtime")?;
+            let sts = StsCheck {
+                policy: mailkeep_web::sts_policy(&cfg.hostname, &cfg.mta_sts),
+                tls: mailkeep_queue::client::verified_config(cfg.queue.ca_file.as_deref())
+                    .map_err(|e| anyhow::anyhow!("queue.ca_file: {e}"))?,
+                port: cfg.queue.mta_sts_port,
+                timeout: cfg.dns.timeout.max(Duration::from_secs(10)),
+            };
             let bad = rt.block_on(check(
                 &resolver,
                 &verifier,
@@ -206,6 +208,7 @@ pub fn dns(config: &Path, cmd: DnsCmd) -> Result<()> {
                 &domain,
                 &dkim,
                 ip,
+                &sts,
             ));
             if bad > 0 {
                 std::process::exit(1);
@@ -260,6 +263,14 @@ fn txts(a: &Answer) -> Vec<String> {
 }
 
 /// Prints one line per record; returns how many required ones are not right.
+/// How `dns check` fetches the MTA-STS policy, and what it should say.
+struct StsCheck {
+    policy: String,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    port: u16,
+    timeout: Duration,
+}
+
 async fn check(
     resolver: &TokioResolver,
     verifier: &mailkeep_verify::Verifier,
@@ -267,6 +278,7 @@ async fn check(
     domain: &Domain,
     dkim: &[(String, String)],
     ips: Vec<IpAddr>,
+    sts: &StsCheck,
 ) -> usize {
     let mut bad = 0;
     let mut report = |state: &str, n: &Needed, detail: String| {
@@ -299,7 +311,7 @@ async fn check(
             }
         }
     }
-    for n in needed(hostname, domain, dkim) {
+    for n in needed(hostname, domain, dkim, &sts.policy) {
         match (n.kind, n.name.as_str()) {
             ("MX", _) => match ask(resolver, &n.name, RecordType::MX).await {
                 Answer::Records(r) => {
@@ -456,14 +468,55 @@ async fn check(
                 }
             }
             ("CNAME", name) => {
-                // Any address for the policy host will do (a CNAME or its own A).
-                match ask(resolver, name, RecordType::A).await {
-                    Answer::Records(_) => report("ok", &n, "the policy host resolves".into()),
-                    _ => report(
+                // Any address for the policy host will do (a CNAME or its own A); the policy
+                // fetched from it (RFC 8461 3.3, with a checked certificate) must be ours.
+                let addr = match ask(resolver, name, RecordType::A).await {
+                    Answer::Records(r) => r.iter().find_map(|d| match d {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        _ => None,
+                    }),
+                    _ => None,
+                };
+                let Some(addr) = addr else {
+                    report(
                         "missing",
                         &n,
                         "the MTA-STS policy host does not resolve".into(),
-                    ),
+                    );
+                    continue;
+                };
+                let at = std::net::SocketAddr::new(addr, sts.port);
+                match mailkeep_queue::sts::fetch(
+                    &domain.to_string(),
+                    at,
+                    sts.tls.clone(),
+                    sts.timeout,
+                )
+                .await
+                {
+                    Ok(text) => {
+                        let ours = mailkeep_queue::sts::Policy::parse(&sts.policy);
+                        match mailkeep_queue::sts::Policy::parse(&text) {
+                            Ok(p) if Ok(&p) == ours.as_ref() => {
+                                report("ok", &n, format!("serves our policy ({})", p.mode.as_str()))
+                            }
+                            Ok(p) if p.allows(hostname) => report(
+                                "ok",
+                                &n,
+                                format!(
+                                    "serves a policy naming {hostname} ({}), not the one configured here",
+                                    p.mode.as_str()
+                                ),
+                            ),
+                            Ok(_) => report(
+                                "wrong",
+                                &n,
+                                format!("the policy it serves does not name {hostname}"),
+                            ),
+                            Err(e) => report("wrong", &n, format!("the policy it serves: {e}")),
+                        }
+                    }
+                    Err(e) => report("wrong", &n, format!("the policy could not be fetched: {e}")),
                 }
             }
             _ => {}

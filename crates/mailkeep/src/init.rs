@@ -131,11 +131,12 @@ pub fn dkim_keys_as(
     Ok(records)
 }
 
-/// Writes a self-signed certificate for `hostname` (until ACME is configured).
-pub fn self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf)> {
+/// Writes a self-signed certificate for `hostname` and the MTA-STS policy host of `domain`
+/// (until ACME is configured).
+pub fn self_signed(dir: &Path, hostname: &str, domain: &Domain) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let cert = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
-        .context("self-signed certificate")?;
+    let names = vec![hostname.to_string(), format!("mta-sts.{domain}")];
+    let cert = rcgen::generate_simple_self_signed(names).context("self-signed certificate")?;
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem())
@@ -233,6 +234,18 @@ tlsrpt = true                # send SMTP TLS reports (RFC 8460) to domains that 
 interval = "24h"             # each report covers a day
 # from = "postmaster@example.com"  # default: postmaster@ the first domain
 
+[mta_sts]
+# The MTA-STS policy (RFC 8461) the https listener serves at
+# https://mta-sts.DOMAIN/.well-known/mta-sts.txt; the [tls] certificate must name mta-sts.DOMAIN.
+mode = "testing"             # "enforce" once the certificate is one senders trust
+max_age = "7d"               # how long senders keep the policy
+
+[forwarding]
+enabled = true               # aliases may forward to addresses in other domains
+srs = true                   # rewrite the envelope sender (SRS) so SPF passes at the next hop
+srs_max_age = "21d"          # bounces to an SRS address are accepted this long
+arc_seal = true              # add an ARC seal (RFC 8617) with the alias domain's RSA key
+
 [dns]
 # servers = ["127.0.0.1:53"] # default: the system's resolvers
 timeout = "5s"
@@ -282,7 +295,7 @@ pub fn run(opts: InitOptions) -> Result<()> {
         .with_context(|| format!("create {}", opts.data.display()))?;
     let data = opts.data.canonicalize()?;
     let records = dkim_keys(&data.join("dkim"), &domain)?;
-    self_signed(&data.join("tls"), &hostname)?;
+    self_signed(&data.join("tls"), &hostname, &domain)?;
     let mut text = config_text(&hostname, &domain, &opts.listeners);
     if let Some(u) = &opts.user {
         text = text.replace("# user = \"mailkeep\"", &format!("user = {u:?}"));

@@ -69,6 +69,9 @@ enum Command {
         /// The POP3 implicit-TLS listener address ("none" for no listener).
         #[arg(long, default_value = "0.0.0.0:995")]
         pop3s_listen: String,
+        /// The HTTPS listener address (the MTA-STS policy; "none" for no listener).
+        #[arg(long, default_value = "0.0.0.0:443")]
+        https_listen: String,
         /// The system user `serve` switches to after binding its ports; the data directory is
         /// given to that user (needs root).
         #[arg(long)]
@@ -194,6 +197,7 @@ fn run() -> Result<()> {
             imaps_listen,
             pop3_listen,
             pop3s_listen,
+            https_listen,
             user,
         } => init::run(init::InitOptions {
             hostname,
@@ -208,6 +212,7 @@ fn run() -> Result<()> {
                 ("imaps", imaps_listen),
                 ("pop3", pop3_listen),
                 ("pop3s", pop3s_listen),
+                ("https", https_listen),
             ]
             .into_iter()
             .filter(|(_, a)| a != "none")

@@ -93,6 +93,7 @@ fn smtp_server(
     config: &Config,
     delivery: Delivery,
     tls: Option<Arc<rustls::ServerConfig>>,
+    outbound: &Arc<Outbound>,
 ) -> Result<SmtpServer> {
     let rdns = ReverseDns::new(
         &config.dns.servers,
@@ -100,6 +101,26 @@ fn smtp_server(
         config.smtp.reverse_dns,
     )?;
     let v = &config.verify;
+    let fw = &config.forwarding;
+    // With every check off, nothing is verified (and no Authentication-Results added).
+    let verifier = if [v.spf, v.dkim, v.arc, v.dmarc, v.iprev].contains(&true) {
+        let verifier = mailkeep_verify::Verifier::new(
+            &config.dns.servers,
+            config.dns.timeout,
+            &config.hostname,
+            v.clone(),
+        )?;
+        // Read after giving up root, like the DKIM keys: the files belong to the server's user.
+        Some(Arc::new(if fw.enabled && fw.arc_seal {
+            verifier.with_sealers(mailkeep_verify::seal::ArcSealKeys::load(
+                &config.data_dir.join("dkim"),
+            )?)
+        } else {
+            verifier
+        }))
+    } else {
+        None
+    };
     Ok(SmtpServer {
         hostname: config.hostname.clone(),
         config: config.smtp.clone(),
@@ -108,18 +129,10 @@ fn smtp_server(
         rdns,
         primary_domain: config.domains.first().cloned(),
         submission: None,
-        outbound: None,
-        // With every check off, nothing is verified (and no Authentication-Results added).
-        verifier: if [v.spf, v.dkim, v.arc, v.dmarc, v.iprev].contains(&true) {
-            Some(Arc::new(mailkeep_verify::Verifier::new(
-                &config.dns.servers,
-                config.dns.timeout,
-                &config.hostname,
-                v.clone(),
-            )?))
-        } else {
-            None
-        },
+        // The MX queues only what it forwards; it never relays (RCPT needs a local domain).
+        outbound: fw.enabled.then(|| outbound.clone()),
+        verifier,
+        forwarding: fw.clone(),
     })
 }
 
@@ -132,7 +145,7 @@ fn submission_server(
     logins: Arc<Authenticator>,
     outbound: Arc<Outbound>,
 ) -> Result<SmtpServer> {
-    let mut s = smtp_server(config, delivery, tls)?;
+    let mut s = smtp_server(config, delivery, tls, &outbound)?;
     s.submission = Some(Submission {
         logins,
         auth: config.auth.clone(),
@@ -141,6 +154,35 @@ fn submission_server(
     // Submitted mail is authenticated by its login, not by SPF/DKIM/DMARC.
     s.verifier = None;
     Ok(s)
+}
+
+/// The HTTPS server (MTA-STS policies); None without a certificate (then no `https`
+/// listener can start).
+fn web_server(
+    config: &Config,
+    store: SharedStore,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Option<Arc<mailkeep_web::WebServer>> {
+    Some(Arc::new(mailkeep_web::WebServer {
+        hostname: config.hostname.clone(),
+        tls: tls?,
+        store,
+        mta_sts: config.mta_sts.clone(),
+    }))
+}
+
+/// The sender rewriting of forwarded mail, with its secret (`DATA/srs.secret`, made at the
+/// first start); None when forwarding or SRS is off.
+fn srs_of(config: &Config) -> Result<Option<mailkeep_queue::srs::Srs>> {
+    let fw = &config.forwarding;
+    if !(fw.enabled && fw.srs) {
+        return Ok(None);
+    }
+    let days = (fw.srs_max_age.as_secs() / 86_400) as u32;
+    Ok(Some(mailkeep_queue::srs::Srs::load_or_create(
+        &config.data_dir.join("srs.secret"),
+        days,
+    )?))
 }
 
 fn imap_server(
@@ -225,7 +267,7 @@ async fn serve_config(
     for l in &config.listeners {
         if matches!(
             l.protocol,
-            Protocol::Imaps | Protocol::Pop3s | Protocol::Submissions
+            Protocol::Imaps | Protocol::Pop3s | Protocol::Submissions | Protocol::Https
         ) && tls.is_none()
         {
             bail!(
@@ -271,6 +313,7 @@ async fn serve_config(
         },
     )?);
     outbound.set_reports(config.reports.clone());
+    outbound.set_srs(srs_of(&config)?);
     let submission = Arc::new(submission_server(
         &config,
         delivery.clone(),
@@ -278,7 +321,8 @@ async fn serve_config(
         logins.clone(),
         outbound.clone(),
     )?);
-    let server = Arc::new(smtp_server(&config, delivery.clone(), tls)?);
+    let tls_for_web = tls.clone();
+    let server = Arc::new(smtp_server(&config, delivery.clone(), tls, &outbound)?);
     let (trigger, shutdown) = shutdown_pair();
     let limiter = ConnLimiter::new(
         config.smtp.max_connections,
@@ -301,6 +345,10 @@ async fn serve_config(
     let (submission_tx, _) = tokio::sync::watch::channel(submission);
     let (imap_tx, _) = tokio::sync::watch::channel(imap);
     let (pop3_tx, _) = tokio::sync::watch::channel(pop3);
+    let web_tx =
+        web_server(&config, store.clone(), tls_for_web).map(|w| tokio::sync::watch::channel(w).0);
+    // The web answers few, short requests: its own small limits.
+    let web_limiter = ConnLimiter::new(256, 16);
     let imap_limiter = ConnLimiter::new(
         config.imap.max_connections,
         config.imap.max_connections_per_ip,
@@ -348,6 +396,18 @@ async fn serve_config(
                     pop3_tx.subscribe(),
                     protocol == Protocol::Pop3s,
                     imap_limiter.clone(),
+                    shutdown.clone(),
+                    grace,
+                ));
+            }
+            Protocol::Https => {
+                let Some(web_tx) = &web_tx else {
+                    bail!("listener https: needs [tls] cert and key");
+                };
+                tasks.spawn(mailkeep_web::serve(
+                    listener,
+                    web_tx.subscribe(),
+                    web_limiter.clone(),
                     shutdown.clone(),
                     grace,
                 ));
@@ -415,10 +475,12 @@ async fn serve_config(
                         logins.clone(),
                         outbound.clone(),
                     )?;
-                    let s = smtp_server(&c, delivery.clone(), tls)?;
-                    Ok((c, s, sub, i, p))
+                    let web = web_server(&c, store.clone(), tls.clone());
+                    let s = smtp_server(&c, delivery.clone(), tls, &outbound)?;
+                    outbound.set_srs(srs_of(&c)?);
+                    Ok((c, s, sub, i, p, web))
                 }) {
-                    Ok((c, s, sub, i, p)) => {
+                    Ok((c, s, sub, i, p, web)) => {
                         let _ = submission_tx.send(Arc::new(sub));
                         match mailkeep_queue::dkim::DkimKeys::load(&c.data_dir.join("dkim")) {
                             Ok(keys) => {
@@ -430,6 +492,9 @@ async fn serve_config(
                         }
                         let _ = imap_tx.send(Arc::new(i));
                         let _ = pop3_tx.send(Arc::new(p));
+                        if let (Some(tx), Some(w)) = (&web_tx, web) {
+                            let _ = tx.send(w);
+                        }
                         if c.listeners != config.listeners {
                             tracing::warn!("SIGHUP: listener changes take effect after a restart");
                         }
@@ -487,12 +552,13 @@ pub fn demo(data: Option<PathBuf>, run: RunArgs) -> Result<()> {
     let config_path = dir.join("mailkeep.toml");
     if !config_path.exists() {
         std::fs::create_dir_all(&dir)?;
-        crate::init::self_signed(&dir.join("tls"), hostname)?;
+        crate::init::self_signed(&dir.join("tls"), hostname, &domain)?;
         let listeners = [
             ("smtp", "127.0.0.1:2525"),
             ("submission", "127.0.0.1:1587"),
             ("imap", "127.0.0.1:1143"),
             ("pop3", "127.0.0.1:1110"),
+            ("https", "127.0.0.1:1443"),
         ]
         .map(|(p, a)| (p.to_string(), a.to_string()));
         let text = crate::init::config_text(hostname, &domain, &listeners)

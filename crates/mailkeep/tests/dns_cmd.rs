@@ -1,11 +1,12 @@
 //! `mailkeep dns records` and `mailkeep dns check` against a DNS server the test starts:
-//! published as printed, every record checks out; with DMARC missing and a DKIM key that is
-//! not ours, the check names both with the fix and exits 1.
+//! published as printed, every record checks out (the MTA-STS policy fetched over HTTPS from
+//! the running server); with DMARC missing and a DKIM key that is not ours, the check names
+//! both with the fix and exits 1.
 
 mod common;
 
 use common::outbound::point_dns;
-use common::{cli, init_dir};
+use common::{cli, init_dir, Server};
 use mailkeep_testkit::{reverse_name, Rr, TestDns};
 
 /// The server's public address in this test: only DNS data, never connected to (the
@@ -44,7 +45,7 @@ fn parse_zone(text: &str) -> Vec<(String, Rr)> {
 
 #[test]
 fn records_as_printed_check_out_and_missing_or_wrong_ones_are_named() {
-    let (_dir, config) = init_dir("");
+    let (dir, config) = init_dir("");
     let (ok, zone, err) = cli(&config, &["dns", "records", "example.test"], "");
     assert!(ok, "{err}");
     for want in [
@@ -55,11 +56,29 @@ fn records_as_printed_check_out_and_missing_or_wrong_ones_are_named() {
         "_dmarc.example.test.",
         "_mta-sts.example.test.",
         "_smtp._tls.example.test.",
-        "mode: enforce",
+        "mode: testing",
     ] {
         assert!(zone.contains(want), "{want:?} in:\n{zone}");
     }
-    let mut records = parse_zone(&zone);
+    // The server serves the policy; `dns check` fetches it from there (on loopback, trusting
+    // the server's own certificate).
+    let cert = dir.path().join("tls/cert.pem");
+    let server = Server::boot(dir, config.clone());
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "# ca_file = ",
+        &format!("ca_file = {:?} #", cert.display().to_string()),
+    ) + &format!("\nmta_sts_port = {}\n", server.listeners["https"].port());
+    std::fs::write(&config, text).unwrap();
+    let mut records: Vec<(String, Rr)> = parse_zone(&zone)
+        .into_iter()
+        .map(|(n, r)| {
+            if n.starts_with("mta-sts.") {
+                (n, Rr::A("127.0.0.1".parse().unwrap()))
+            } else {
+                (n, r)
+            }
+        })
+        .collect();
     records.push((
         reverse_name(SERVER.parse().unwrap()),
         Rr::Ptr("mail.example.test.".into()),
@@ -79,6 +98,7 @@ fn records_as_printed_check_out_and_missing_or_wrong_ones_are_named() {
     );
     assert!(ok, "{out}{err}");
     assert!(out.contains("every required record is in place"), "{out}");
+    assert!(out.contains("serves our policy (testing)"), "{out}");
     assert!(!out.contains("missing") && !out.contains("wrong"), "{out}");
     assert_eq!(
         out.matches("\nok ").count() + usize::from(out.starts_with("ok ")),

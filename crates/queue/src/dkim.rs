@@ -62,66 +62,27 @@ pub struct DkimKeys {
     keys: BTreeMap<String, Vec<(String, Key)>>,
 }
 
-/// A key file that could not be used.
-#[derive(Debug, thiserror::Error)]
-#[error("DKIM key {file}: {reason}")]
-pub struct KeyError {
-    /// The file.
-    pub file: String,
-    /// Why.
-    pub reason: String,
-}
+pub use mailkeep_verify::keys::KeyError;
+use mailkeep_verify::keys::{key_files, KeyKind};
 
 impl DkimKeys {
     /// Loads every `<domain>.<selector>.<ed25519|rsa>.pem` in `dir` (none: nothing is signed).
     pub fn load(dir: &Path) -> Result<DkimKeys, KeyError> {
         let mut keys: BTreeMap<String, Vec<(String, Key)>> = BTreeMap::new();
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DkimKeys::default()),
-            Err(e) => {
-                return Err(KeyError {
-                    file: dir.display().to_string(),
-                    reason: e.to_string(),
-                })
-            }
-        };
-        let mut files: Vec<_> = entries.flatten().map(|e| e.path()).collect();
-        files.sort();
-        for path in files {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let Some(stem) = name.strip_suffix(".pem") else {
-                continue;
-            };
-            let Some((rest, kind)) = stem.rsplit_once('.') else {
-                continue;
-            };
-            let Some((domain, selector)) = rest.rsplit_once('.') else {
-                continue;
-            };
-            let err = |reason: String| KeyError {
-                file: path.display().to_string(),
-                reason,
-            };
-            let pem = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
-            let der = rustls_pemfile::private_key(&mut pem.as_slice())
-                .map_err(|e| err(e.to_string()))?
-                .ok_or_else(|| err("no private key in it".into()))?;
-            let key = match kind {
-                "ed25519" => {
-                    let k = Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_der())
-                        .map_err(|e| err(e.to_string()))?;
-                    Key::Ed25519(Box::new(signer(k, domain, selector)))
+        for file in key_files(dir)? {
+            let key = match file.kind {
+                KeyKind::Ed25519 => Key::Ed25519(Box::new(signer(
+                    file.ed25519()?,
+                    &file.domain,
+                    &file.selector,
+                ))),
+                KeyKind::Rsa => {
+                    Key::Rsa(Box::new(signer(file.rsa()?, &file.domain, &file.selector)))
                 }
-                "rsa" => {
-                    let k = RsaKey::<Sha256>::from_key_der(der).map_err(|e| err(e.to_string()))?;
-                    Key::Rsa(Box::new(signer(k, domain, selector)))
-                }
-                _ => continue,
             };
-            keys.entry(domain.to_ascii_lowercase())
+            keys.entry(file.domain.clone())
                 .or_default()
-                .push((selector.to_string(), key));
+                .push((file.selector.clone(), key));
         }
         for list in keys.values_mut() {
             // Ed25519 first: the newer, shorter signature leads.

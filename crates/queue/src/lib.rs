@@ -30,6 +30,9 @@
 //!   `queue.delay_warning`.
 //! - Every attempt is in the delivery log (`queue.attempt`, one event per recipient, with the
 //!   host, address, TLS details and the whole reply).
+//! - Forwarded mail ([`Outbound::forward`]) is queued as it came, never DKIM-signed by us (a
+//!   forgery of one of our domains must not leave signed); its sender is an SRS address
+//!   ([`srs`]), and a bounce to such an address is sent to the original sender.
 #![warn(missing_docs)]
 
 pub mod client;
@@ -38,6 +41,7 @@ pub mod dkim;
 pub mod dnssec;
 pub mod dsn;
 pub mod reports;
+pub mod srs;
 pub mod sts;
 pub mod tlsrpt;
 
@@ -95,6 +99,8 @@ pub struct Outbound {
     dkim: std::sync::RwLock<Arc<dkim::DkimKeys>>,
     /// DMARC aggregate reports to send, when set.
     reports: std::sync::RwLock<Option<mailkeep_config::ReportsConfig>>,
+    /// The sender rewriting of forwarded mail, when on.
+    srs: std::sync::RwLock<Option<Arc<srs::Srs>>>,
     /// Domains' TLS-RPT addresses, with when they were looked up.
     tlsrpt: Mutex<std::collections::HashMap<String, (Vec<String>, std::time::Instant)>>,
     wake: tokio::sync::Notify,
@@ -153,6 +159,7 @@ impl Outbound {
             tls,
             dkim: std::sync::RwLock::new(Arc::new(dkim)),
             reports: std::sync::RwLock::new(None),
+            srs: std::sync::RwLock::new(None),
             tlsrpt: Mutex::new(std::collections::HashMap::new()),
             wake: tokio::sync::Notify::new(),
             busy: Mutex::new(HashSet::new()),
@@ -189,6 +196,27 @@ impl Outbound {
         if let Ok(mut r) = self.reports.write() {
             *r = Some(config);
         }
+    }
+
+    /// Rewrites forwarded senders with this (and reverses bounces to them); None: off.
+    pub fn set_srs(&self, srs: Option<srs::Srs>) {
+        if let Ok(mut s) = self.srs.write() {
+            *s = srs.map(Arc::new);
+        }
+    }
+
+    /// The sender rewriting in use, if any.
+    pub fn srs(&self) -> Option<Arc<srs::Srs>> {
+        self.srs.read().ok().and_then(|s| s.clone())
+    }
+
+    /// Queues a message the MX forwards (an alias with external targets, a bounce to an SRS
+    /// address): stored as it is, never signed by us, queued durably. `message.blob` is set
+    /// here.
+    pub async fn forward(&self, mut message: NewQueued, data: &[u8]) -> Result<(), StoreError> {
+        message.blob = self.store.put_blob(data).await?;
+        message.size = data.len() as u64;
+        self.enqueue(message).await
     }
 
     /// Signs with these keys from now on.
@@ -486,9 +514,17 @@ impl Outbound {
         if m.sender.is_empty() {
             return;
         }
+        let what = match kind {
+            dsn::Kind::Failed => "bounce",
+            dsn::Kind::Delayed => "delay warning",
+        };
+        // A forwarded message's sender is our SRS address: the report goes to the original
+        // sender (or the first forwarder's SRS address) it stands for.
+        let reversed = self.srs_original(&m.sender);
+        let to = reversed.clone().unwrap_or_else(|| m.sender.clone());
         let report = dsn::Report {
             hostname: &self.hostname,
-            to: &m.sender,
+            to: &to,
             queue_id: &m.id,
             envid: m.envid.as_deref(),
             arrival: m.created,
@@ -502,18 +538,16 @@ impl Outbound {
         };
         let data = dsn::build(&report, now_secs());
         let id = QueueId::new(now_micros() as u64, rand::random()).0;
-        let what = match kind {
-            dsn::Kind::Failed => "bounce",
-            dsn::Kind::Delayed => "delay warning",
-        };
-        let sender = match Address::parse(&m.sender) {
-            Ok(a) => a,
+        let resolved = match Address::parse(&to) {
+            Ok(a) => self.delivery.resolve(&a).await,
+            // Another forwarder's SRS address may exceed 64 octets; it is theirs to check.
+            Err(_) if reversed.is_some() => Ok(Resolution::NotLocal),
             Err(e) => {
                 tracing::warn!(queue_id = %m.id, error = %e, "no {what}: the sender address is invalid");
                 return;
             }
         };
-        let sent = match self.delivery.resolve(&sender).await {
+        let sent = match resolved {
             Ok(Resolution::Targets { local, .. }) if !local.is_empty() => {
                 let incoming = Incoming {
                     data,
@@ -540,13 +574,13 @@ impl Outbound {
                     blob: mailkeep_store::BlobId(String::new()),
                     size: data.len() as u64,
                     recipients: vec![QueueRecipient {
-                        address: m.sender.clone(),
+                        address: to.clone(),
                         notify: None,
                         orcpt: None,
                     }],
                     envid: None,
                     ret: None,
-                    smtputf8: !m.sender.is_ascii(),
+                    smtputf8: !to.is_ascii(),
                     // RFC 8689 5: the report on a REQUIRETLS message is as protected.
                     requiretls: m.requiretls,
                 };
@@ -560,7 +594,7 @@ impl Outbound {
             session: format!("queue-{}", m.id),
             queue_id: Some(m.id.clone()),
             kind: "queue.dsn".into(),
-            recipient: Some(m.sender.clone()),
+            recipient: Some(to.clone()),
             outcome: Some(if sent.is_ok() { "accepted" } else { "failed" }.into()),
             detail: serde_json::json!({ "kind": what, "dsn_queue_id": id, "error": sent.as_ref().err() }),
             ..Default::default()
@@ -568,6 +602,23 @@ impl Outbound {
         self.store.log_submit(vec![ev]);
         if let Err(e) = sent {
             tracing::warn!(queue_id = %m.id, error = %e, "sending the {what} failed");
+        }
+    }
+
+    /// The address an SRS sender of ours stands for (None: not SRS, SRS off, or not ours:
+    /// a bad hash or an expired address is reported to nobody, as the MX would refuse it).
+    fn srs_original(&self, sender: &str) -> Option<String> {
+        let srs = self.srs()?;
+        let (local, _) = sender.rsplit_once('@')?;
+        if !srs::is_srs(local) {
+            return None;
+        }
+        match srs.reverse(local, srs::day(now_secs())) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(sender, error = %e, "a report to an SRS address that does not reverse");
+                None
+            }
         }
     }
 

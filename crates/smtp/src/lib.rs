@@ -49,6 +49,9 @@ pub struct SmtpServer {
     pub outbound: Option<Arc<mailkeep_queue::Outbound>>,
     /// Sender authentication of inbound mail (the MX; never on the submission ports).
     pub verifier: Option<Arc<mailkeep_verify::Verifier>>,
+    /// How the MX forwards mail to aliases' external targets (through `outbound`, which the
+    /// MX has only when forwarding is on).
+    pub forwarding: mailkeep_config::ForwardingConfig,
 }
 
 /// What message submission (RFC 6409) adds to an SMTP server.

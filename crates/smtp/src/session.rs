@@ -36,6 +36,11 @@ struct Rcpt {
     orcpt: Option<String>,
     /// In another domain: goes to the outbound queue (submission only).
     remote: bool,
+    /// Addresses in other domains this recipient forwards to (an alias's external targets,
+    /// or the original sender behind an SRS address of ours).
+    forward: Vec<String>,
+    /// Our domain that forwards (the alias's): the SRS address and the ARC seal are its.
+    forward_as: Option<String>,
 }
 
 struct Transaction {
@@ -94,6 +99,19 @@ enum SaslEnd {
     Replied,
     /// The connection is gone.
     Lost(ReadError),
+}
+
+/// RFC 3461 4: an address as xtext (`+`, `=` and bytes outside `!`..`~` as `+HH`).
+fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The Message-ID of a message (without angle brackets), for the log.
@@ -1042,6 +1060,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             );
             return;
         }
+        // A bounce to an SRS address of ours (which may exceed the 64 octets of a local
+        // part) goes back to the sender it stands for.
+        if self.srs_recipient(&raw, &to).await.is_some() {
+            return;
+        }
         let address = match Address::parse(&raw) {
             Ok(a) => a,
             Err(e) => {
@@ -1085,6 +1108,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     notify: rcpt_notify(&to),
                     orcpt: to.orcpt.clone(),
                     remote: true,
+                    forward: Vec::new(),
+                    forward_as: None,
                 };
                 if let Some(tx) = self.tx.as_mut() {
                     tx.rcpts.push(rcpt);
@@ -1118,16 +1143,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Resolution::Targets { local, external } => (local, external),
         };
-        if !external.is_empty() {
-            // Forwarding needs SRS and an ARC seal (the trust issue) so the next hop's SPF and
-            // DMARC still pass; until then the sender keeps the message.
+        // Aliases with targets elsewhere: submitted mail goes there like any mail to other
+        // domains; on the MX the message is forwarded (SRS, ARC seal) when forwarding is on.
+        let forward: Vec<String> = if external.is_empty() {
+            Vec::new()
+        } else if self.server.outbound.is_some() {
+            external.iter().map(|a| a.to_string()).collect()
+        } else if local.is_empty() {
             self.rcpt_reply(
                 &raw,
-                "451 4.3.2 Forwarding to external addresses is not available yet, try again later"
-                    .into(),
-                "tempfail",
-                false,
+                "550 5.7.1 Forwarding to other domains is turned off here".into(),
+                "rejected",
+                true,
             );
+            return;
+        } else {
+            Vec::new()
+        };
+        if !forward.is_empty() && local.is_empty() {
+            self.accept_forward(&raw, &to, forward, address.domain().to_string());
             return;
         }
         // Quota (RFC 3463 4.2.2 mailbox full): refuse when every target is full.
@@ -1135,6 +1169,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .into_iter()
             .filter(|t| !t.over_quota(declared))
             .collect();
+        if room.is_empty() && !forward.is_empty() {
+            // Every local copy is over quota; the forwarded ones still go.
+            self.accept_forward(&raw, &to, forward, address.domain().to_string());
+            return;
+        }
         if room.is_empty() {
             let reply = match self.server.config.quota_reply {
                 QuotaReply::Temporary => "452 4.2.2 Mailbox full",
@@ -1148,12 +1187,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return;
         }
         let notify = rcpt_notify(&to);
+        let forward_as = (!forward.is_empty()).then(|| address.domain().to_string());
         let rcpt = Rcpt {
             address: address.to_string(),
             targets: room,
             notify: notify.clone(),
             orcpt: to.orcpt.clone(),
             remote: false,
+            forward,
+            forward_as,
         };
         if let Some(tx) = self.tx.as_mut() {
             tx.rcpts.push(rcpt);
@@ -1166,10 +1208,86 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 recipient: Some(address.to_string()),
                 outcome: Some("accepted".into()),
                 reply: Some(reply),
-                detail: serde_json::json!({ "notify": notify, "orcpt": to.orcpt }),
+                detail: serde_json::json!({
+                    "notify": notify, "orcpt": to.orcpt,
+                    "forward": self.tx.as_ref().and_then(|t| t.rcpts.last()).map(|r| r.forward.clone()),
+                }),
                 ..Default::default()
             },
         );
+    }
+
+    /// Accepts a recipient whose mail is only forwarded to `targets` (by our domain
+    /// `forward_as`).
+    fn accept_forward(
+        &mut self,
+        raw: &str,
+        to: &smtp_proto::RcptTo<String>,
+        targets: Vec<String>,
+        forward_as: String,
+    ) {
+        let notify = rcpt_notify(to);
+        let reply = "250 2.1.5 Recipient OK (forwarded)".to_string();
+        self.reply(&reply);
+        self.log(
+            "smtp.rcpt",
+            LogEvent {
+                recipient: Some(raw.to_string()),
+                outcome: Some("accepted".into()),
+                reply: Some(reply),
+                detail: serde_json::json!({
+                    "notify": notify, "orcpt": to.orcpt, "forward": targets, "forward_as": forward_as,
+                }),
+                ..Default::default()
+            },
+        );
+        let rcpt = Rcpt {
+            address: raw.to_string(),
+            targets: Vec::new(),
+            notify,
+            orcpt: to.orcpt.clone(),
+            remote: false,
+            forward: targets,
+            forward_as: Some(forward_as),
+        };
+        if let Some(tx) = self.tx.as_mut() {
+            tx.rcpts.push(rcpt);
+        }
+    }
+
+    /// A recipient that is an SRS address of one of our domains (a bounce or reply to mail
+    /// we forwarded) is answered here: Some. None when `raw` is not such an address (or
+    /// forwarding or SRS is off), so normal resolution goes on.
+    async fn srs_recipient(&mut self, raw: &str, to: &smtp_proto::RcptTo<String>) -> Option<()> {
+        let outbound = self.server.outbound.as_ref()?;
+        let srs = outbound.srs()?;
+        let (local, domain) = raw.rsplit_once('@')?;
+        if !mailkeep_queue::srs::is_srs(local) {
+            return None;
+        }
+        let domain = Domain::parse(domain).ok()?;
+        let hosted = matches!(
+            self.server.delivery.store().domain_get(&domain).await,
+            Ok(Some(_))
+        );
+        if !hosted {
+            return None;
+        }
+        let today = mailkeep_queue::srs::day(now_micros() / 1_000_000);
+        match srs.reverse(local, today) {
+            Ok(original) => {
+                self.accept_forward(raw, to, vec![original], domain.to_string());
+            }
+            Err(e) => {
+                self.rcpt_reply(
+                    raw,
+                    format!("550 5.1.1 No such user here ({e})"),
+                    "rejected",
+                    true,
+                );
+            }
+        }
+        Some(())
     }
 
     async fn data(&mut self) -> Flow {
@@ -1499,6 +1617,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(())
     }
 
+    /// Queues the copy the MX forwards, durably: the envelope sender rewritten with SRS (by
+    /// the forwarding domain; the null sender stays null), our ARC set on top, never signed
+    /// by us. Err: the reply (the client keeps the message and retries).
+    async fn forward(
+        &mut self,
+        recipients: Vec<mailkeep_store::QueueRecipient>,
+        arc_set: Option<String>,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let Some(outbound) = self.server.outbound.clone() else {
+            return Err("451 4.3.2 Forwarding is not available here".into());
+        };
+        let Some(tx) = self.tx.as_ref() else {
+            return Err("503 5.5.1 No transaction".into());
+        };
+        let forward_as = tx
+            .rcpts
+            .iter()
+            .find_map(|r| r.forward_as.clone())
+            .unwrap_or_default();
+        let sender = match outbound.srs() {
+            Some(srs) if !tx.sender.is_empty() => srs.forward(
+                &tx.sender,
+                &forward_as,
+                mailkeep_queue::srs::day(now_micros() / 1_000_000),
+            ),
+            _ => tx.sender.clone(),
+        };
+        let mut content = arc_set.unwrap_or_default().into_bytes();
+        let sealed = !content.is_empty();
+        content.extend_from_slice(data);
+        let queued = mailkeep_store::NewQueued {
+            id: tx.queue_id.0.clone(),
+            sender: sender.clone(),
+            blob: mailkeep_store::BlobId(String::new()),
+            size: content.len() as u64,
+            recipients,
+            envid: tx.dsn_envid.clone(),
+            ret: tx.dsn_ret.map(String::from),
+            smtputf8: tx.smtputf8,
+            requiretls: tx.requiretls,
+        };
+        if let Err(e) = outbound.forward(queued.clone(), &content).await {
+            tracing::error!(session = %self.id, error = %e, "queueing a forwarded message failed");
+            return Err("451 4.3.0 Could not queue the message, try again later".into());
+        }
+        for r in &queued.recipients {
+            self.log(
+                "queue.forwarded",
+                LogEvent {
+                    recipient: Some(r.address.clone()),
+                    outcome: Some("accepted".into()),
+                    detail: serde_json::json!({
+                        "size": queued.size, "sender": sender, "orcpt": r.orcpt,
+                        "forward_as": forward_as, "arc_sealed": sealed,
+                    }),
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
     async fn finish_message(&mut self, msg: Vec<u8>, via: &str) {
         // RFC 5321 6.3: too many Received headers means a mail loop.
         let header_end = mailkeep_delivery::ingest::header_len(&msg);
@@ -1529,6 +1710,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // Authentication-Results claiming our name is dropped and ours goes on top.
         let mut mailbox = MailboxRole::Inbox;
         let mut results_header = String::new();
+        let mut arc_set: Option<String> = None;
         let msg = match (self.server.verifier.clone(), self.tx.as_ref()) {
             (Some(verifier), Some(tx)) => {
                 let env = mailkeep_verify::Envelope {
@@ -1536,7 +1718,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     helo: self.helo.as_deref().unwrap_or(""),
                     mail_from: &tx.sender,
                 };
-                let verdict = verifier.verify(&msg, env).await;
+                // The domain forwarding this message seals it (RFC 8617 5.1), when told to.
+                let seal_as = if self.server.forwarding.arc_seal && self.user.is_none() {
+                    tx.rcpts.iter().find_map(|r| r.forward_as.clone())
+                } else {
+                    None
+                };
+                let verdict = verifier.verify(&msg, env, seal_as.as_deref()).await;
+                arc_set = verdict.arc_set.clone();
                 let outcome = match &verdict.action {
                     mailkeep_verify::Action::Accept => "accepted",
                     mailkeep_verify::Action::Junk(_) => "junk",
@@ -1591,7 +1780,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         targets.sort_by_key(|t| t.account);
         targets.dedup_by_key(|t| t.account);
         let size = data.len();
-        let remote: Vec<mailkeep_store::QueueRecipient> = tx
+        // Forwarded recipients (RFC 3461 4.2: each keeps its original recipient as ORCPT).
+        let mut forwards: Vec<mailkeep_store::QueueRecipient> = Vec::new();
+        for r in &tx.rcpts {
+            for target in &r.forward {
+                if forwards
+                    .iter()
+                    .any(|f| f.address.eq_ignore_ascii_case(target))
+                {
+                    continue;
+                }
+                forwards.push(mailkeep_store::QueueRecipient {
+                    address: target.clone(),
+                    notify: r.notify.clone(),
+                    orcpt: Some(
+                        r.orcpt
+                            .clone()
+                            .unwrap_or_else(|| format!("rfc822;{}", xtext(&r.address))),
+                    ),
+                });
+            }
+        }
+        let mut remote: Vec<mailkeep_store::QueueRecipient> = tx
             .rcpts
             .iter()
             .filter(|r| r.remote)
@@ -1601,6 +1811,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 orcpt: r.orcpt.clone(),
             })
             .collect();
+        // Submitted mail reaches an alias's targets elsewhere as it reaches any other domain:
+        // signed by us, from the user's own address.
+        if self.user.is_some() {
+            remote.append(&mut forwards);
+        }
         if !remote.is_empty() {
             let queued = mailkeep_store::NewQueued {
                 id: tx.queue_id.0.clone(),
@@ -1618,22 +1833,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.flush_log();
                 return;
             }
-            if targets.is_empty() {
-                let message_id = header_message_id(&data);
-                self.messages += 1;
-                let queue_id = self.tx.as_ref().map(|t| t.queue_id.clone());
-                self.end_transaction(
-                    format!(
-                        "250 2.0.0 OK: queued as {}",
-                        queue_id.map(|q| q.0).unwrap_or_default()
-                    ),
-                    "accepted",
-                    message_id,
-                    size,
-                );
+        }
+        if !forwards.is_empty() {
+            if let Err(reply) = self.forward(forwards, arc_set, &data).await {
+                self.end_transaction(reply, "tempfail", None, size);
                 self.flush_log();
                 return;
             }
+        }
+        if targets.is_empty() {
+            let message_id = header_message_id(&data);
+            self.messages += 1;
+            let queue_id = self.tx.as_ref().map(|t| t.queue_id.clone());
+            self.end_transaction(
+                format!(
+                    "250 2.0.0 OK: queued as {}",
+                    queue_id.map(|q| q.0).unwrap_or_default()
+                ),
+                "accepted",
+                message_id,
+                size,
+            );
+            self.flush_log();
+            return;
         }
         let Some(tx) = self.tx.as_ref() else { return };
         let incoming = Incoming {

@@ -13,6 +13,8 @@
 #![warn(missing_docs)]
 
 pub mod arc;
+pub mod keys;
+pub mod seal;
 pub mod spf;
 
 use std::net::{IpAddr, SocketAddr};
@@ -62,6 +64,8 @@ pub struct Verdict {
     pub detail: serde_json::Value,
     /// For the domain's DMARC aggregate report, when its record asks for one (rua).
     pub report: Option<DmarcEntry>,
+    /// The ARC set to prepend to the copy we forward, when a seal was asked for and made.
+    pub arc_set: Option<String>,
 }
 
 /// What a DMARC aggregate report (RFC 7489 7.2) says of one message.
@@ -106,6 +110,8 @@ pub struct Verifier {
     auth: MessageAuthenticator,
     hostname: String,
     config: VerifyConfig,
+    /// Keys to seal forwarded mail with (RFC 8617), when forwarding seals.
+    sealers: Option<seal::ArcSealKeys>,
 }
 
 impl Verifier {
@@ -142,7 +148,14 @@ impl Verifier {
             auth,
             hostname: hostname.to_string(),
             config,
+            sealers: None,
         })
+    }
+
+    /// Seals forwarded mail with these keys (see [`Verifier::verify`]'s `seal_as`).
+    pub fn with_sealers(mut self, keys: seal::ArcSealKeys) -> Verifier {
+        self.sealers = Some(keys);
+        self
     }
 
     /// Our authserv-id.
@@ -220,8 +233,16 @@ impl Verifier {
         (word, dkim_reason(out.result()))
     }
 
-    /// Checks a message as received (before our own trace fields).
-    pub async fn verify(&self, message: &[u8], env: Envelope<'_>) -> Verdict {
+    /// Checks a message as received (before our own trace fields). With `seal_as` (a domain
+    /// of ours that forwards the message), the verdict also carries the ARC set for the
+    /// forwarded copy, signed with that domain's key, the chain checked even when `verify.arc`
+    /// is off.
+    pub async fn verify(
+        &self,
+        message: &[u8],
+        env: Envelope<'_>,
+        seal_as: Option<&str>,
+    ) -> Verdict {
         let c = &self.config;
         let helo_domain = env.helo.trim_start_matches('[').trim_end_matches(']');
         let mut ar = AuthenticationResults::new(&self.hostname);
@@ -259,6 +280,7 @@ impl Verifier {
                 action: Action::Accept,
                 detail: detail.into(),
                 report: None,
+                arc_set: None,
             };
         };
 
@@ -298,20 +320,22 @@ impl Verifier {
         };
 
         // ARC (RFC 8617 5.2), with the rules mail-auth leaves out checked first.
-        let mut arc_broken = None;
+        let sealing = seal_as.is_some() && self.sealers.is_some();
         let mut arc_out = None;
-        if c.arc {
-            let arc = self.auth.verify_arc(&msg).await;
-            ar = ar.with_arc_result(&arc, env.ip);
-            arc_broken = arc::strict_failure(message);
-            let word = if arc_broken.is_some() {
-                "fail"
-            } else {
-                dkim_word(arc.result())
-            };
-            detail.insert("arc".into(), word.into());
-            if let Some(why) = &arc_broken {
-                detail.insert("arc_reason".into(), why.clone().into());
+        if c.arc || sealing {
+            let mut arc = self.auth.verify_arc(&msg).await;
+            let broken = arc::strict_failure(message);
+            if broken.is_some() {
+                arc = arc.with_result(DkimResult::Fail(mail_auth::Error::Arc(
+                    mail_auth::arc::ArcError::BrokenChain,
+                )));
+            }
+            if c.arc {
+                ar = ar.with_arc_result(&arc, env.ip);
+                detail.insert("arc".into(), dkim_word(arc.result()).into());
+                if let Some(why) = &broken {
+                    detail.insert("arc_reason".into(), why.clone().into());
+                }
             }
             arc_out = Some(arc);
         }
@@ -405,18 +429,61 @@ impl Verifier {
             detail.insert("iprev".into(), iprev_word(o.result()).into());
         }
 
-        let mut header = ar.to_header();
-        if arc_broken.is_some() {
-            header = header
-                .replacen("arc=pass", "arc=fail", 1)
-                .replacen("arc=none", "arc=fail", 1);
+        // RFC 8617 5.1: the forwarded copy gets our ARC set, over the message as it came.
+        let mut arc_set = None;
+        if let (Some(domain), Some(keys), Some(arc)) = (seal_as, &self.sealers, &arc_out) {
+            let (result, set) = seal_message(keys, domain, &msg, &ar, arc);
+            detail.insert("arc_seal".into(), result);
+            arc_set = set;
         }
+
         Verdict {
-            header,
+            header: ar.to_header(),
             action,
             detail: detail.into(),
             report,
+            arc_set,
         }
+    }
+}
+
+/// The ARC set for a message we forward as `domain`, and what happened, for the log.
+fn seal_message(
+    keys: &seal::ArcSealKeys,
+    domain: &str,
+    msg: &AuthenticatedMessage<'_>,
+    results: &AuthenticationResults<'_>,
+    arc: &mail_auth::ArcOutput<'_>,
+) -> (serde_json::Value, Option<String>) {
+    let Some((signer, selector, sealer)) = keys.for_domain(domain) else {
+        return (
+            serde_json::json!({ "error": format!("no RSA key for {domain}") }),
+            None,
+        );
+    };
+    // RFC 8617 5.1.1: a chain that already has 50 sets is not sealed again.
+    if msg.as_headers.len() >= seal::MAX_SETS as usize {
+        return (
+            serde_json::json!({ "error": "the chain has 50 ARC sets already" }),
+            None,
+        );
+    }
+    // RFC 8617 5.1.2: a chain whose last set says cv=fail gets no more sets.
+    if !arc.can_be_sealed() {
+        return (
+            serde_json::json!({ "error": "the chain's last set says cv=fail" }),
+            None,
+        );
+    }
+    match sealer.seal(msg, results, arc) {
+        Ok(set) => (
+            serde_json::json!({
+                "d": signer, "s": selector, "i": set.seal.i,
+                "cv": format!("{:?}", set.seal.cv).to_ascii_lowercase(),
+            }),
+            Some(set.to_header()),
+        ),
+        Err(e) => (serde_json::json!({ "error": e.to_string() }), None),
     }
 }
 

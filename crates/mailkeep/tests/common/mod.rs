@@ -78,6 +78,8 @@ pub fn init_dir(extra_config: &str) -> (tempfile::TempDir, PathBuf) {
             "127.0.0.1:0",
             "--pop3s-listen",
             "127.0.0.1:0",
+            "--https-listen",
+            "127.0.0.1:0",
             "--data",
         ])
         .arg(dir.path())

@@ -1,0 +1,302 @@
+//! Forwarding end to end, between two mailkeep servers and a DNS server the test starts:
+//! dave@sender.test (an outside server on 127.0.0.66, signing with dkimpy) writes to aliases of
+//! A (example.test) that forward to B (b.test, sender.test).
+//! - The forwarded copy reaches B with an SRS envelope sender of example.test and A's ARC
+//!   seal: B finds spf=pass (A sends for example.test), dkim=pass for sender.test (the message
+//!   is unchanged), arc=pass and dmarc=pass.
+//! - A forward that B refuses bounces back to dave through the SRS address; a bounce sent to
+//!   that address over SMTP is passed on to dave, and an altered one is refused.
+//! - Mail submitted to such an alias is sent like any other: from the user, signed by A.
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::outbound::{dkim_txt, free_port, point_dns, submitter, wait_inbox};
+use common::{code, Raw, Server, PASSWORD};
+use lettre::AsyncTransport;
+use mailkeep_testkit::{Rr, TestDns};
+
+const A_IP: &str = "127.0.0.45";
+const B_IP: &str = "127.0.0.46";
+/// dave@sender.test's own server: in sender.test's SPF record.
+const SENDER_IP: &str = "127.0.0.66";
+/// sender.test's Ed25519 DKIM key (a test seed).
+const SEED: &str = "6b1f0e0c3d4a5b6c7d8e9fa0b1c2d3e4f5061728394a5b6c7d8e9fa0b1c2d3e4";
+
+/// Runs dkimpy: `pub` prints sender.test's public key; `sign` signs stdin.
+fn dkimpy(mode: &str, input: &str) -> String {
+    let script = r#"
+import dkim, nacl.signing, base64, sys
+k = nacl.signing.SigningKey(bytes.fromhex(sys.argv[1]))
+if sys.argv[2] == "pub":
+    sys.stdout.write(base64.b64encode(bytes(k.verify_key)).decode())
+else:
+    msg = sys.stdin.buffer.read()
+    sig = dkim.sign(msg, b"s1", b"sender.test", base64.b64encode(bytes(k)),
+                    signature_algorithm=b"ed25519-sha256",
+                    include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+    sys.stdout.buffer.write(sig.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + msg)
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script, SEED, mode])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("dkimpy");
+    assert!(out.status.success(), "dkimpy {mode} failed");
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// Sends a message from dave's server to A; returns the RCPT replies and the final reply.
+async fn from_dave(a: &Server, from: &str, rcpts: &[&str], data: &str) -> (Vec<String>, String) {
+    let mut c = Raw::connect_from(SENDER_IP.parse::<IpAddr>().unwrap(), a.smtp).await;
+    assert_eq!(code(&c.cmd("EHLO mail.sender.test").await), "250");
+    assert_eq!(code(&c.cmd(&format!("MAIL FROM:<{from}>")).await), "250");
+    let mut replies = Vec::new();
+    for r in rcpts {
+        replies.push(c.cmd(&format!("RCPT TO:<{r}>")).await);
+    }
+    if !replies.iter().any(|r| r.starts_with("250")) {
+        c.cmd("QUIT").await;
+        return (replies, String::new());
+    }
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    c.send(data.as_bytes()).await;
+    c.send(b".\r\n").await;
+    let end = c.reply().await;
+    c.cmd("QUIT").await;
+    (replies, end)
+}
+
+/// The value of the first `name:` header field of a message (unfolded).
+fn header(message: &str, name: &str) -> Option<String> {
+    let head = message.split("\r\n\r\n").next().unwrap_or("");
+    let mut out: Option<String> = None;
+    for line in head.split("\r\n") {
+        match &mut out {
+            Some(v) if line.starts_with([' ', '\t']) => v.push_str(line),
+            Some(_) => break,
+            None => {
+                if let Some((n, v)) = line.split_once(':') {
+                    if n.eq_ignore_ascii_case(name) {
+                        out = Some(v.trim().to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn cli_ok(server: &Server, args: &[&str], stdin: &str) {
+    let (ok, _, err) = server.cli(args, stdin);
+    assert!(ok, "{args:?}: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_mail_is_rewritten_sealed_and_bounces_come_back() {
+    let port = free_port(A_IP);
+    let queue = format!(
+        "port = {port}\nretry_first = \"1s\"\nretry_max = \"2s\"\nfailure_delay = \"10ms\"\n"
+    );
+    let mut a = Server::start(&format!("address = \"{A_IP}:{port}\"\n{queue}"));
+    let mut b = Server::start(&format!(
+        "address = \"{B_IP}:{port}\"\nhostname = \"mx.b.test\"\n{queue}"
+    ));
+    assert_eq!(a.smtp.to_string(), format!("{A_IP}:{port}"));
+    assert_eq!(b.smtp.to_string(), format!("{B_IP}:{port}"));
+
+    // Both servers send from 127.0.0.1 (the loopback source address).
+    let mut records: Vec<(String, Rr)> = vec![
+        (
+            "example.test.".into(),
+            Rr::Mx(10, "mx.example.test.".into()),
+        ),
+        ("mx.example.test.".into(), Rr::A(A_IP.parse().unwrap())),
+        (
+            "example.test.".into(),
+            Rr::Txt("v=spf1 ip4:127.0.0.1 -all".into()),
+        ),
+        ("b.test.".into(), Rr::Mx(10, "mx.b.test.".into())),
+        ("sender.test.".into(), Rr::Mx(10, "mx.b.test.".into())),
+        ("mx.b.test.".into(), Rr::A(B_IP.parse().unwrap())),
+        (
+            "sender.test.".into(),
+            Rr::Txt(format!("v=spf1 ip4:{SENDER_IP} -all")),
+        ),
+        (
+            "_dmarc.sender.test.".into(),
+            Rr::Txt("v=DMARC1; p=reject".into()),
+        ),
+        (
+            "s1._domainkey.sender.test.".into(),
+            Rr::Txt(format!("v=DKIM1; k=ed25519; p={}", dkimpy("pub", ""))),
+        ),
+    ];
+    records.extend(dkim_txt(&a));
+    let dns = TestDns::start(
+        records
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.clone()))
+            .collect(),
+    )
+    .unwrap();
+    for s in [&mut a, &mut b] {
+        point_dns(&s.config, &dns);
+        s.restart();
+    }
+    for d in ["b.test", "sender.test"] {
+        cli_ok(&b, &["domain", "add", d], "");
+    }
+    cli_ok(&b, &["user", "add", "carol@b.test"], PASSWORD);
+    cli_ok(&b, &["user", "add", "dave@sender.test"], PASSWORD);
+    cli_ok(
+        &a,
+        &["alias", "add", "fwd@example.test", "carol@b.test"],
+        "",
+    );
+    cli_ok(
+        &a,
+        &[
+            "alias",
+            "add",
+            "both@example.test",
+            "bob@example.test",
+            "carol@b.test",
+        ],
+        "",
+    );
+    cli_ok(
+        &a,
+        &["alias", "add", "gone@example.test", "nobody@b.test"],
+        "",
+    );
+
+    // 1. dave writes to two aliases of A that forward to carol: one copy goes to B, one to
+    // bob at A.
+    let signed = dkimpy(
+        "sign",
+        "From: Dave <dave@sender.test>\r\nTo: fwd@example.test\r\nSubject: forwarded\r\n\
+Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <fw1@sender.test>\r\n\r\nhello carol\r\n",
+    );
+    let (rcpts, end) = from_dave(
+        &a,
+        "dave@sender.test",
+        &["fwd@example.test", "both@example.test"],
+        &signed,
+    )
+    .await;
+    assert!(rcpts[0].contains("(forwarded)"), "{rcpts:?}");
+    assert!(rcpts[1].starts_with("250"), "{rcpts:?}");
+    assert!(end.starts_with("250"), "{end}");
+    assert_eq!(wait_inbox(&a, "bob@example.test", 1).await.len(), 1);
+    let got = wait_inbox(&b, "carol@b.test", 1).await;
+    assert_eq!(got.len(), 1, "one forwarded copy for two aliases");
+    let m = &got[0];
+    let return_path = header(m, "Return-Path").expect("Return-Path");
+    let srs = return_path.trim_matches(['<', '>']).to_string();
+    assert!(
+        srs.starts_with("SRS0=") && srs.ends_with("=sender.test=dave@example.test"),
+        "{srs}"
+    );
+    let seal = header(m, "ARC-Seal").expect("ARC-Seal");
+    for want in ["i=1", "cv=none", "d=example.test", "s=mk1r", "a=rsa-sha256"] {
+        assert!(seal.contains(want), "{want} in {seal}");
+    }
+    let aar = header(m, "ARC-Authentication-Results").expect("AAR");
+    assert!(aar.starts_with("i=1; mail.example.test;"), "{aar}");
+    assert!(aar.contains("dmarc=pass"), "{aar}");
+    let results = header(m, "Authentication-Results").expect("B's results");
+    assert!(results.starts_with("mx.b.test;"), "{results}");
+    for want in [
+        "spf=pass",
+        // Quoted: SRS addresses hold '=' (RFC 8601 2.2 pvalue).
+        "smtp.mailfrom=\"SRS0=",
+        "dkim=pass header.i=@sender.test",
+        "arc=pass",
+        "dmarc=pass header.from=sender.test",
+    ] {
+        assert!(results.contains(want), "{want} in {results}");
+    }
+    assert!(m.contains("\r\n\r\nhello carol\r\n"), "{m}");
+    let log = a.log_search_until(
+        &["--recipient", "carol@b.test", "--json"],
+        "queue.forwarded",
+    );
+    assert!(log.contains("\"arc_sealed\":true"), "{log}");
+
+    // 2. A forward B refuses: A's bounce goes to the SRS address, which stands for dave.
+    let (_, end) = from_dave(
+        &a,
+        "dave@sender.test",
+        &["gone@example.test"],
+        "From: dave@sender.test\r\nTo: gone@example.test\r\nSubject: to nobody\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(end.starts_with("250"), "{end}");
+    let got = wait_inbox(&b, "dave@sender.test", 1).await;
+    let bounce = &got[0];
+    assert!(
+        header(bounce, "Return-Path").as_deref() == Some("<>"),
+        "{bounce}"
+    );
+    assert!(bounce.contains("nobody@b.test"), "{bounce}");
+    assert!(
+        bounce.contains("Original-Recipient: rfc822;gone@example.test"),
+        "{bounce}"
+    );
+
+    // 3. A bounce sent to the SRS address over SMTP is passed on to dave; an altered address
+    // is refused.
+    let mut c = Raw::connect_from("127.0.0.77".parse::<IpAddr>().unwrap(), a.smtp).await;
+    assert_eq!(code(&c.cmd("EHLO bouncer.test").await), "250");
+    assert_eq!(code(&c.cmd("MAIL FROM:<>").await), "250");
+    let (local, _) = srs.rsplit_once('@').unwrap();
+    let hash = &local[5..9];
+    let altered = srs.replacen(hash, if hash == "AAAA" { "BBBB" } else { "AAAA" }, 1);
+    let r = c.cmd(&format!("RCPT TO:<{altered}>")).await;
+    assert!(r.starts_with("550 5.1.1"), "{r}");
+    let r = c.cmd(&format!("RCPT TO:<{srs}>")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    c.send(b"From: MAILER-DAEMON@b.test\r\nSubject: Undelivered Mail Returned to Sender\r\n\r\nlate bounce\r\n.\r\n")
+        .await;
+    let r = c.reply().await;
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT").await;
+    let got = wait_inbox(&b, "dave@sender.test", 2).await;
+    assert!(got.iter().any(|m| m.contains("late bounce")), "{got:?}");
+
+    // 4. Submitted mail to the alias goes out as the user's, signed by A, no SRS.
+    submitter(&a)
+        .send(common::outbound::message(
+            &["fwd@example.test"],
+            "from alice",
+        ))
+        .await
+        .expect("submit");
+    let got = wait_inbox(&b, "carol@b.test", 2).await;
+    let m = got
+        .iter()
+        .find(|m| m.contains("Subject: from alice"))
+        .expect("alice's message");
+    assert_eq!(
+        header(m, "Return-Path").as_deref(),
+        Some("<alice@example.test>")
+    );
+    assert!(header(m, "ARC-Seal").is_none(), "{m}");
+    let results = header(m, "Authentication-Results").unwrap_or_default();
+    assert!(
+        results.contains("dkim=pass header.d=example.test"),
+        "{results}"
+    );
+}
