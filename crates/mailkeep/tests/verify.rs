@@ -228,7 +228,11 @@ async fn dmarc_aggregate_reports_reach_the_domain_and_are_summed_up() {
         ),
         (
             "_dmarc.example.test.".to_string(),
-            Rr::Txt("v=DMARC1; p=reject; rua=mailto:postmaster@example.test".into()),
+            // tiny@ takes reports of at most 1 KiB (RFC 7489 6.4 `!size`): this one is larger.
+            Rr::Txt(
+                "v=DMARC1; p=reject; rua=mailto:postmaster@example.test,mailto:tiny@example.test!1k"
+                    .into(),
+            ),
         ),
         // B's queue reaches example.test's MX: A, on its SMTP port.
         (
@@ -289,6 +293,12 @@ async fn dmarc_aggregate_reports_reach_the_domain_and_are_summed_up() {
     assert!(got[0].contains("Report_Domain:_example.test"), "{}", got[0]);
     assert!(got[0].contains("application/gzip"), "{}", got[0]);
     assert!(got[0].contains("DKIM-Signature:"), "signed: {}", got[0]);
+    assert!(got[0].len() > 1024, "the report is over tiny@'s limit");
+    assert!(
+        !got[0].contains("tiny@example.test"),
+        "not sent to an address whose limit it exceeds: {}",
+        got[0]
+    );
     // A kept the report; the summary shows who sends as example.test.
     let mut summary = String::new();
     for _ in 0..50 {

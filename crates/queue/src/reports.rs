@@ -110,17 +110,42 @@ impl Outbound {
                 self.store.report_events_delete("dmarc", &ids).await?;
                 continue;
             }
-            let message = match report.to_rfc5322(
-                &self.hostname,
-                cfg.from.as_str(),
-                to.iter().map(String::as_str),
-            ) {
+            let build = |to: &[String]| {
+                report.to_rfc5322(
+                    &self.hostname,
+                    cfg.from.as_str(),
+                    to.iter().map(String::as_str),
+                )
+            };
+            let mut message = match build(&to) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(%domain, error = %e, "building a DMARC report failed");
                     continue;
                 }
             };
+            // RFC 7489 7.1: no report larger than an address's `!size` goes to it.
+            let fits = |a: &String| {
+                last.rua_limits
+                    .get(a)
+                    .is_none_or(|limit| message.len() as u64 <= *limit)
+            };
+            let too_big: Vec<String> = to.iter().filter(|a| !fits(a)).cloned().collect();
+            if !too_big.is_empty() {
+                tracing::info!(%domain, ?too_big, size = message.len(), "the DMARC report is larger than these addresses take");
+                to.retain(|a| !too_big.contains(a));
+                if to.is_empty() {
+                    self.store.report_events_delete("dmarc", &ids).await?;
+                    continue;
+                }
+                message = match build(&to) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(%domain, error = %e, "building a DMARC report failed");
+                        continue;
+                    }
+                };
+            }
             let sent_report = SentReport {
                 kind: "dmarc",
                 domain: &domain,

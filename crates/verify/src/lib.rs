@@ -75,6 +75,10 @@ pub struct DmarcEntry {
     pub domain: String,
     /// Where the domain wants its reports (the addresses of its mailto: URIs).
     pub rua: Vec<String>,
+    /// The largest report (bytes) an address takes, when its URI says `!size` (RFC 7489
+    /// 6.4). Rows kept by older versions have none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rua_limits: std::collections::BTreeMap<String, u64>,
     /// The policy as published.
     pub policy: mail_auth::report::PolicyPublished,
     /// The message's row (count 1).
@@ -376,6 +380,12 @@ impl Verifier {
                         .map(|u| u.uri().to_string())
                         .filter(|u| u.contains('@'))
                         .collect();
+                    let rua_limits = record
+                        .rua()
+                        .iter()
+                        .filter(|u| u.uri().contains('@') && u.max_size() > 0)
+                        .map(|u| (u.uri().to_string(), u.max_size() as u64))
+                        .collect();
                     if !rua.is_empty() {
                         let mut row = mail_auth::report::Record::new()
                             .with_source_ip(env.ip)
@@ -397,6 +407,7 @@ impl Verifier {
                         report = Some(DmarcEntry {
                             domain: dmarc.domain().to_string(),
                             rua,
+                            rua_limits,
                             policy: mail_auth::report::PolicyPublished::from_record(
                                 dmarc.domain(),
                                 record,
