@@ -6,6 +6,7 @@
 //!   is unchanged), arc=pass and dmarc=pass.
 //! - A forward that B refuses bounces back to dave through the SRS address; a bounce sent to
 //!   that address over SMTP is passed on to dave, and an altered one is refused.
+//! - A forgery of A's own domain is not forwarded (SPF and DMARC would pass after us).
 //! - Mail submitted to such an alias is sent like any other: from the user, signed by A.
 
 mod common;
@@ -125,6 +126,10 @@ async fn forwarded_mail_is_rewritten_sealed_and_bounces_come_back() {
         (
             "example.test.".into(),
             Rr::Txt("v=spf1 ip4:127.0.0.1 -all".into()),
+        ),
+        (
+            "_dmarc.example.test.".into(),
+            Rr::Txt("v=DMARC1; p=none".into()),
         ),
         ("b.test.".into(), Rr::Mx(10, "mx.b.test.".into())),
         ("sender.test.".into(), Rr::Mx(10, "mx.b.test.".into())),
@@ -276,7 +281,27 @@ Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <fw1@sender.test>\r\n\r\nhe
     let got = wait_inbox(&b, "dave@sender.test", 2).await;
     assert!(got.iter().any(|m| m.contains("late bounce")), "{got:?}");
 
-    // 4. Submitted mail to the alias goes out as the user's, signed by A, no SRS.
+    // 4. A forgery of A's own domain (DMARC fails, p=none: delivered locally) is not
+    // forwarded: from A's address, SPF and DMARC would pass at the next hop.
+    let forged =
+        "From: ceo@example.test\r\nTo: both@example.test\r\nSubject: wire the money\r\n\r\nnow\r\n";
+    let (_, end) = from_dave(&a, "ceo@example.test", &["fwd@example.test"], forged).await;
+    assert!(end.starts_with("550 5.7.1 Not forwarded"), "{end}");
+    let (_, end) = from_dave(&a, "ceo@example.test", &["both@example.test"], forged).await;
+    assert!(end.starts_with("250"), "{end}");
+    let bob = wait_inbox(&a, "bob@example.test", 2).await;
+    assert!(bob.iter().any(|m| m.contains("wire the money")));
+    let refused = a.log_search_until(
+        &["--kind", "smtp.forward_refused", "--json"],
+        "carol@b.test",
+    );
+    assert_eq!(
+        refused.matches("\"kind\":\"smtp.forward_refused\"").count(),
+        2,
+        "{refused}"
+    );
+
+    // 5. Submitted mail to the alias goes out as the user's, signed by A, no SRS.
     submitter(&a)
         .send(common::outbound::message(
             &["fwd@example.test"],

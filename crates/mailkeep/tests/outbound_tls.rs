@@ -72,9 +72,16 @@ impl Pki {
     }
 }
 
-/// An HTTPS server on `ip` serving `policy` at /.well-known/mta-sts.txt; returns its port and
-/// how many policies it served.
-async fn policy_server(ip: &str, pki: &Pki, policy: &'static str) -> (u16, Arc<AtomicUsize>) {
+/// Requests (header and body) POSTed to /tlsrpt.
+type Posts = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An HTTPS server on `ip` serving `policy` at /.well-known/mta-sts.txt and taking TLS reports
+/// POSTed to /tlsrpt; returns its port, how many policies it served, and the reports.
+async fn policy_server(
+    ip: &str,
+    pki: &Pki,
+    policy: &'static str,
+) -> (u16, Arc<AtomicUsize>, Posts) {
     let certs = vec![
         rustls::pki_types::CertificateDer::from(pki.leaf_der.clone()),
         rustls::pki_types::CertificateDer::from(pki.ca_der.clone()),
@@ -93,6 +100,8 @@ async fn policy_server(ip: &str, pki: &Pki, policy: &'static str) -> (u16, Arc<A
     let port = listener.local_addr().unwrap().port();
     let served = Arc::new(AtomicUsize::new(0));
     let count = served.clone();
+    let posts: Posts = Arc::default();
+    let posted = posts.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -100,6 +109,7 @@ async fn policy_server(ip: &str, pki: &Pki, policy: &'static str) -> (u16, Arc<A
             };
             let acceptor = acceptor.clone();
             let count = count.clone();
+            let posted = posted.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
@@ -112,8 +122,30 @@ async fn policy_server(ip: &str, pki: &Pki, policy: &'static str) -> (u16, Arc<A
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
-                let text = String::from_utf8_lossy(&request);
-                let response = if text.starts_with("GET /.well-known/mta-sts.txt HTTP/1.1\r\n")
+                let text = String::from_utf8_lossy(&request).into_owned();
+                let head_len = text.find("\r\n\r\n").map_or(0, |i| i + 4);
+                let response = if text.starts_with("POST /tlsrpt HTTP/1.1\r\n") {
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    let mut body = request[head_len..].to_vec();
+                    while body.len() < length {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => body.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    posted
+                        .lock()
+                        .unwrap()
+                        .push((text[..head_len].to_string(), body));
+                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                } else if text.starts_with("GET /.well-known/mta-sts.txt HTTP/1.1\r\n")
                     && text
                         .to_ascii_lowercase()
                         .contains("\r\nhost: mta-sts.b.test\r\n")
@@ -132,7 +164,7 @@ async fn policy_server(ip: &str, pki: &Pki, policy: &'static str) -> (u16, Arc<A
             });
         }
     });
-    (port, served)
+    (port, served, posts)
 }
 
 /// A plaintext SMTP server that does not offer STARTTLS (or an attacker who strips it);
@@ -189,7 +221,7 @@ async fn mta_sts_enforce_needs_starttls_and_a_valid_certificate_from_a_listed_mx
     let ip = "127.0.0.21";
     let port = free_port(ip);
     let pki = Pki::new(&["mx.b.test", "mta-sts.b.test"]);
-    let (https_port, served) = policy_server(
+    let (https_port, served, posts) = policy_server(
         "127.0.0.1",
         &pki,
         "version: STSv1\r\nmode: enforce\r\nmx: mx.b.test\r\nmax_age: 86400\r\n",
@@ -205,7 +237,9 @@ async fn mta_sts_enforce_needs_starttls_and_a_valid_certificate_from_a_listed_mx
         ("mta-sts.b.test.", Rr::A("127.0.0.1".parse().unwrap())),
         (
             "_smtp._tls.b.test.",
-            Rr::Txt("v=TLSRPTv1; rua=mailto:postmaster@b.test".into()),
+            Rr::Txt(format!(
+                "v=TLSRPTv1; rua=mailto:postmaster@b.test,https://mta-sts.b.test:{https_port}/tlsrpt"
+            )),
         ),
     ])
     .unwrap();
@@ -284,6 +318,29 @@ async fn mta_sts_enforce_needs_starttls_and_a_valid_certificate_from_a_listed_mx
     assert!(out.contains("1 TLS report(s) queued"), "{out}");
     let got = wait_inbox(&b, "postmaster@b.test", 1).await;
     assert!(got[0].contains("TLS-Report-Domain: b.test"), "{}", got[0]);
+    // The same report was POSTed to the https: address (RFC 8460 6.4), gzipped JSON.
+    let (head, body) = posts
+        .lock()
+        .unwrap()
+        .first()
+        .cloned()
+        .expect("a POSTed report");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/tlsrpt+gzip"),
+        "{head}"
+    );
+    let mut json = String::new();
+    use std::io::Read;
+    flate2::read::GzDecoder::new(body.as_slice())
+        .read_to_string(&mut json)
+        .expect("gzip");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(
+        report["policies"][0]["policy"]["policy-domain"], "b.test",
+        "{json}"
+    );
+    assert_eq!(report["organization-name"], "mail.example.test", "{json}");
     assert!(got[0].contains("DKIM-Signature:"), "{}", got[0]);
     let mut summary = String::new();
     for _ in 0..50 {

@@ -144,26 +144,100 @@ pub async fn fetch(
         .map_err(|_| format!("fetching https://{host}/ timed out"))?
 }
 
-async fn fetch_inner(
+/// An HTTP/1.1 session over TLS with `host` at `addr`, the certificate checked for `host`.
+async fn https_session<B>(
     host: &str,
     addr: SocketAddr,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<String, String> {
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<B>,
+        tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    ),
+    String,
+>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect to {host} [{addr}]: {e}"))?;
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| format!("{host}: {e}"))?;
-    // RFC 8461 3.3: the policy host's certificate must be valid for its name.
     let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS with {host}: {e}"))?;
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| format!("HTTP with {host}: {e}"))?;
-    let conn = tokio::spawn(conn);
+    Ok((sender, tokio::spawn(conn)))
+}
+
+/// POSTs `body` to the https URL `url` (its host reached at `ip`, the certificate checked);
+/// Ok when the answer is 2xx.
+pub async fn post(
+    url: &str,
+    ip: std::net::IpAddr,
+    body: Vec<u8>,
+    content_type: &str,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("{url}: not an https URL"));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{url}: no host"))?
+        .to_string();
+    let addr = SocketAddr::new(ip, uri.port_u16().unwrap_or(443));
+    let authority = uri
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| host.clone());
+    let path = uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "/".into());
+    let run = async {
+        let (mut sender, conn) =
+            https_session::<http_body_util::Full<Bytes>>(&host, addr, tls).await?;
+        let request = hyper::Request::post(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::USER_AGENT, "mailkeep")
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .header(hyper::header::CONNECTION, "close")
+            .body(http_body_util::Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let result = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("HTTP with {host}: {e}"));
+        conn.abort();
+        let status = result?.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("{url} answered {status}"))
+        }
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| format!("posting to {url} timed out"))?
+}
+
+async fn fetch_inner(
+    host: &str,
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<String, String> {
+    // RFC 8461 3.3: the policy host's certificate must be valid for its name.
+    let (mut sender, conn) = https_session::<Empty<Bytes>>(host, addr, tls).await?;
     let request = hyper::Request::get("/.well-known/mta-sts.txt")
         .header(hyper::header::HOST, host)
         .header(hyper::header::USER_AGENT, "mailkeep")

@@ -1,7 +1,9 @@
 //! SMTP TLS reports we send (RFC 8460): for each domain that publishes
-//! `_smtp._tls.DOMAIN` with `rua=mailto:`, every new session to its MX hosts is counted as a
-//! TLS success or failure (with the failure's type), under the policy that applied (MTA-STS,
-//! DANE or none); once a day the counts go to the domain as a signed, gzipped JSON report.
+//! `_smtp._tls.DOMAIN` with a `rua=` (mailto: or https:), every new session to its MX hosts
+//! is counted as a TLS success or failure (with the failure's type), under the policy that
+//! applied (MTA-STS, DANE or none); once a day the counts go to the domain as gzipped JSON:
+//! by mail, signed, to the mailto: addresses, and POSTed (`application/tlsrpt+gzip`, RFC
+//! 8460 6.4) to the https: URLs, whose certificates are checked.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -16,6 +18,8 @@ use crate::{now_secs, Auth, Outbound};
 
 /// How long a domain's TLS-RPT record is remembered.
 const RUA_CACHE: Duration = Duration::from_secs(3600);
+/// How long a report POST may take.
+const POST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One session's outcome, as kept until the report.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -101,11 +105,14 @@ impl Outbound {
                 }
                 for field in text.split(';') {
                     if let Some(list) = field.trim().strip_prefix("rua=") {
-                        rua.extend(
-                            list.split(',')
-                                .filter_map(|u| u.trim().strip_prefix("mailto:"))
-                                .map(String::from),
-                        );
+                        // RFC 8460 3: mailto: addresses are kept bare, https: URLs whole.
+                        rua.extend(list.split(',').filter_map(|u| {
+                            let u = u.trim();
+                            match u.strip_prefix("mailto:") {
+                                Some(addr) => Some(addr.to_string()),
+                                None => u.starts_with("https://").then(|| u.to_string()),
+                            }
+                        }));
                     }
                 }
             }
@@ -283,6 +290,17 @@ impl Outbound {
                     })
                     .collect(),
             };
+            let (urls, mail): (Vec<String>, Vec<String>) =
+                rua.into_iter().partition(|u| u.starts_with("https://"));
+            let posted = self.post_tls_report(&domain, &report, &urls).await;
+            if mail.is_empty() {
+                self.store.report_events_delete("tlsrpt", &ids).await?;
+                if posted > 0 {
+                    sent += 1;
+                }
+                continue;
+            }
+            let rua = mail;
             let mut message = Vec::new();
             if let Err(e) = report.write_rfc5322(
                 &domain,
@@ -309,6 +327,88 @@ impl Outbound {
         }
         Ok(sent)
     }
+}
+
+impl Outbound {
+    /// POSTs a report to each https: URL (RFC 8460 3, 6.4); logs each as `report.sent` and
+    /// returns how many were taken (2xx).
+    async fn post_tls_report(&self, domain: &str, report: &TlsReport, urls: &[String]) -> usize {
+        if urls.is_empty() {
+            return 0;
+        }
+        let body = match serde_json::to_vec(report).map(|json| gzip(&json)) {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::warn!(%domain, error = %e, "compressing a TLS report failed");
+                return 0;
+            }
+            Err(e) => {
+                tracing::warn!(%domain, error = %e, "writing a TLS report failed");
+                return 0;
+            }
+        };
+        let mut taken = 0;
+        for url in urls {
+            let result = match self.url_address(url).await {
+                Ok(ip) => {
+                    crate::sts::post(
+                        url,
+                        ip,
+                        body.clone(),
+                        "application/tlsrpt+gzip",
+                        self.pkix.clone(),
+                        POST_TIMEOUT,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            if result.is_ok() {
+                taken += 1;
+            } else if let Err(e) = &result {
+                tracing::warn!(%domain, %url, error = %e, "posting a TLS report failed");
+            }
+            self.store.log_submit(vec![mailkeep_store::LogEvent {
+                ts: mailkeep_delivery::now_micros(),
+                session: "reports".into(),
+                kind: "report.sent".into(),
+                recipient: Some(url.clone()),
+                outcome: Some(if result.is_ok() { "accepted" } else { "failed" }.into()),
+                detail: serde_json::json!({
+                    "kind": "tlsrpt", "domain": domain, "report_id": report.report_id,
+                    "error": result.err(),
+                }),
+                ..Default::default()
+            }]);
+        }
+        taken
+    }
+
+    /// An address of an https: URL's host.
+    async fn url_address(&self, url: &str) -> Result<IpAddr, String> {
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(ip);
+        }
+        let name = format!("{}.", host.trim_end_matches('.'));
+        self.resolver
+            .lookup_ip(name.as_str())
+            .await
+            .map_err(|e| format!("{host}: {e}"))?
+            .iter()
+            .next()
+            .ok_or_else(|| format!("{host}: no address"))
+    }
+}
+
+/// gzip (RFC 1952) of `data`.
+fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data)?;
+    enc.finish()
 }
 
 #[cfg(test)]

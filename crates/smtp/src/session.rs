@@ -1711,6 +1711,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut mailbox = MailboxRole::Inbox;
         let mut results_header = String::new();
         let mut arc_set: Option<String> = None;
+        let mut forward_refused: Option<String> = None;
         let msg = match (self.server.verifier.clone(), self.tx.as_ref()) {
             (Some(verifier), Some(tx)) => {
                 let env = mailkeep_verify::Envelope {
@@ -1726,6 +1727,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 };
                 let verdict = verifier.verify(&msg, env, seal_as.as_deref()).await;
                 arc_set = verdict.arc_set.clone();
+                // Forwarded from our servers, a forgery of one of our own domains would pass
+                // SPF (and so DMARC) at the next hop: mail failing our own DMARC is not
+                // forwarded.
+                let forwards_here =
+                    self.user.is_none() && tx.rcpts.iter().any(|r| !r.forward.is_empty());
+                if let (true, Some(d)) = (forwards_here, &verdict.dmarc_failed) {
+                    let hosted = match Domain::parse(d) {
+                        Ok(dom) => matches!(
+                            self.server.delivery.store().domain_get(&dom).await,
+                            Ok(Some(_))
+                        ),
+                        Err(_) => false,
+                    };
+                    if hosted {
+                        forward_refused = Some(d.clone());
+                    }
+                }
                 let outcome = match &verdict.action {
                     mailkeep_verify::Action::Accept => "accepted",
                     mailkeep_verify::Action::Junk(_) => "junk",
@@ -1816,7 +1834,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.user.is_some() {
             remote.append(&mut forwards);
         }
-        if !remote.is_empty() {
+        let had_remote = !remote.is_empty();
+        if had_remote {
             let queued = mailkeep_store::NewQueued {
                 id: tx.queue_id.0.clone(),
                 sender: tx.sender.clone(),
@@ -1830,6 +1849,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             };
             if let Err(reply) = self.enqueue(queued, &data).await {
                 self.end_transaction(reply, "tempfail", None, size);
+                self.flush_log();
+                return;
+            }
+        }
+        if let (Some(d), false) = (&forward_refused, forwards.is_empty()) {
+            let reply = format!(
+                "550 5.7.1 Not forwarded: the message fails the DMARC check of {d}, a domain of ours"
+            );
+            self.log(
+                "smtp.forward_refused",
+                LogEvent {
+                    outcome: Some("rejected".into()),
+                    reply: Some(reply.clone()),
+                    detail: serde_json::json!({
+                        "domain": d,
+                        "targets": forwards.iter().map(|f| f.address.clone()).collect::<Vec<_>>(),
+                    }),
+                    ..Default::default()
+                },
+            );
+            forwards.clear();
+            if targets.is_empty() && !had_remote {
+                self.errors += 1;
+                self.end_transaction(reply, "rejected", None, size);
                 self.flush_log();
                 return;
             }
@@ -1880,8 +1923,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // admin); the others keep their copy, that recipient's `delivery.stored` event says
         // `failed`, and a 451 would only duplicate the mail of the rest on retry.
         // A DMARC aggregate report (RFC 7489 7.2) or TLS report (RFC 8460) about one of our
-        // domains is kept for `mailkeep dmarc|tlsrpt summary` once delivered.
-        let report = if self.server.verifier.is_some() {
+        // domains is kept for `mailkeep dmarc|tlsrpt summary` once delivered (on the MX, with
+        // or without sender authentication).
+        let report = if self.user.is_none() {
             mailkeep_verify::parse_report(&incoming.data)
         } else {
             None

@@ -66,6 +66,8 @@ pub struct Verdict {
     pub report: Option<DmarcEntry>,
     /// The ARC set to prepend to the copy we forward, when a seal was asked for and made.
     pub arc_set: Option<String>,
+    /// The From: domain, when DMARC was checked and failed.
+    pub dmarc_failed: Option<String>,
 }
 
 /// What a DMARC aggregate report (RFC 7489 7.2) says of one message.
@@ -285,6 +287,7 @@ impl Verifier {
                 detail: detail.into(),
                 report: None,
                 arc_set: None,
+                dmarc_failed: None,
             };
         };
 
@@ -348,6 +351,7 @@ impl Verifier {
         // and DKIM with the From: domain.
         let mut action = Action::Accept;
         let mut report = None;
+        let mut dmarc_failed = None;
         if c.dmarc {
             if let Some(spf) = &spf_from {
                 let from_domain = match env.mail_from.rsplit_once('@') {
@@ -361,6 +365,9 @@ impl Verifier {
                 ar = ar.with_dmarc_result(&dmarc);
                 let policy = dmarc.policy();
                 let failed = matches!(dmarc.result(), DmarcResult::Fail(_));
+                if failed {
+                    dmarc_failed = Some(dmarc.domain().to_ascii_lowercase());
+                }
                 detail.insert(
                     "dmarc".into(),
                     serde_json::json!({
@@ -454,6 +461,7 @@ impl Verifier {
             detail: detail.into(),
             report,
             arc_set,
+            dmarc_failed,
         }
     }
 }
