@@ -25,37 +25,12 @@ const SENDER_IP: &str = "127.0.0.66";
 /// sender.test's Ed25519 DKIM key (a test seed).
 const SEED: &str = "6b1f0e0c3d4a5b6c7d8e9fa0b1c2d3e4f5061728394a5b6c7d8e9fa0b1c2d3e4";
 
-/// Runs dkimpy: `pub` prints sender.test's public key; `sign` signs stdin.
-fn dkimpy(mode: &str, input: &str) -> String {
-    let script = r#"
-import dkim, nacl.signing, base64, sys
-k = nacl.signing.SigningKey(bytes.fromhex(sys.argv[1]))
-if sys.argv[2] == "pub":
-    sys.stdout.write(base64.b64encode(bytes(k.verify_key)).decode())
-else:
-    msg = sys.stdin.buffer.read()
-    sig = dkim.sign(msg, b"s1", b"sender.test", base64.b64encode(bytes(k)),
-                    signature_algorithm=b"ed25519-sha256",
-                    include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
-    sys.stdout.buffer.write(sig.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + msg)
-"#;
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", script, SEED, mode])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("dkimpy");
-    assert!(out.status.success(), "dkimpy {mode} failed");
-    String::from_utf8(out.stdout).expect("UTF-8")
-}
+/// dave's server signs for sender.test.
+const DAVE_KEY: common::Dkimpy = common::Dkimpy {
+    seed: SEED,
+    domain: "sender.test",
+    selector: "s1",
+};
 
 /// Sends a message from dave's server to A; returns the RCPT replies and the final reply.
 async fn from_dave(a: &Server, from: &str, rcpts: &[&str], data: &str) -> (Vec<String>, String) {
@@ -144,7 +119,7 @@ async fn forwarded_mail_is_rewritten_sealed_and_bounces_come_back() {
         ),
         (
             "s1._domainkey.sender.test.".into(),
-            Rr::Txt(format!("v=DKIM1; k=ed25519; p={}", dkimpy("pub", ""))),
+            Rr::Txt(format!("v=DKIM1; k=ed25519; p={}", DAVE_KEY.public())),
         ),
     ];
     records.extend(dkim_txt(&a));
@@ -188,8 +163,7 @@ async fn forwarded_mail_is_rewritten_sealed_and_bounces_come_back() {
 
     // 1. dave writes to two aliases of A that forward to carol: one copy goes to B, one to
     // bob at A.
-    let signed = dkimpy(
-        "sign",
+    let signed = DAVE_KEY.sign(
         "From: Dave <dave@sender.test>\r\nTo: fwd@example.test\r\nSubject: forwarded\r\n\
 Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <fw1@sender.test>\r\n\r\nhello carol\r\n",
     );

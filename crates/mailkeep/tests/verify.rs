@@ -77,30 +77,12 @@ async fn forge(b: &Server, from: &str, data: &str) -> String {
 
 /// A DKIM signature for example.test made with a key that is not example.test's (dkimpy).
 fn signed_with_another_key(message: &str) -> String {
-    let script = r#"
-import dkim, nacl.signing, base64, sys
-msg = sys.stdin.buffer.read()
-k = nacl.signing.SigningKey.generate()
-sig = dkim.sign(msg, b"mk1e", b"example.test", base64.b64encode(bytes(k)),
-                signature_algorithm=b"ed25519-sha256", include_headers=[b"from", b"to", b"subject"])
-sys.stdout.buffer.write(sig.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n") + msg)
-"#;
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(message.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "dkimpy signing failed");
-    String::from_utf8(out.stdout).unwrap()
+    common::Dkimpy {
+        seed: "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        domain: "example.test",
+        selector: "mk1e",
+    }
+    .sign(message)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,21 +8,13 @@
 //! - the sealed message passes ARC validation (mail-auth's verifier, DNS on loopback), or
 //!   fails it exactly when the suite's new set says cv=fail.
 
-use std::time::Duration;
+mod common;
 
-use mailkeep_config::VerifyConfig;
-use mailkeep_testkit::{Rr, TestDns};
+use common::{arc_txt_records, dns_and_verifier, yaml_text as text};
+use mailkeep_testkit::Rr;
 use mailkeep_verify::seal::ArcSealKeys;
-use mailkeep_verify::{Envelope, Verifier};
+use mailkeep_verify::Envelope;
 use yaml_rust2::{Yaml, YamlLoader};
-
-fn text(v: &Yaml) -> String {
-    match v {
-        Yaml::String(s) | Yaml::Real(s) => s.clone(),
-        Yaml::Integer(i) => i.to_string(),
-        _ => String::new(),
-    }
-}
 
 /// The tags of a header value (unfolded, whitespace removed).
 fn tag(value: &str, name: &str) -> Option<String> {
@@ -80,15 +72,6 @@ async fn arc_sign_suite_through_our_sealer() {
         YamlLoader::load_from_str(&std::fs::read_to_string(path).expect("suite")).expect("YAML");
     let keys = tempfile::tempdir().expect("tempdir");
     let our_key = make_key(keys.path());
-    let config = VerifyConfig {
-        spf: false,
-        dkim: false,
-        arc: true,
-        dmarc: false,
-        iprev: false,
-        dmarc_enforce: false,
-        max_dkim_signatures: 10,
-    };
     let mut total = 0;
     let mut failures = Vec::new();
     for doc in &docs {
@@ -96,29 +79,9 @@ async fn arc_sign_suite_through_our_sealer() {
             "mk._domainkey.example.org.".to_string(),
             Rr::TxtBytes(our_key.as_bytes().chunks(255).map(|c| c.to_vec()).collect()),
         )];
-        if let Yaml::Hash(h) = &doc["txt-records"] {
-            for (name, value) in h {
-                let name = format!("{}.", text(name).trim_end_matches('.').to_ascii_lowercase());
-                let value: String = text(value).split_whitespace().collect::<Vec<_>>().join(" ");
-                let parts = value.as_bytes().chunks(255).map(|c| c.to_vec()).collect();
-                records.push((name, Rr::TxtBytes(parts)));
-            }
-        }
-        let dns = TestDns::start(
-            records
-                .iter()
-                .map(|(n, r)| (n.as_str(), r.clone()))
-                .collect(),
-        )
-        .expect("DNS server");
-        let verifier = Verifier::new(
-            &[dns.addr()],
-            Duration::from_millis(700),
-            "lists.example.org",
-            config.clone(),
-        )
-        .expect("verifier")
-        .with_sealers(ArcSealKeys::load(keys.path()).expect("keys"));
+        records.extend(arc_txt_records(doc));
+        let (_dns, verifier) = dns_and_verifier(&records, &["arc"], "lists.example.org");
+        let verifier = verifier.with_sealers(ArcSealKeys::load(keys.path()).expect("keys"));
         let Yaml::Hash(tests) = &doc["tests"] else {
             continue;
         };

@@ -9,11 +9,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use mailkeep_config::VerifyConfig;
-use mailkeep_testkit::{Rr, TestDns};
-use mailkeep_verify::Verifier;
+use common::{arc_txt_records, dns_and_verifier, yaml_text as text};
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Cases whose answer differs, and why.
@@ -30,14 +27,6 @@ const KNOWN: &[(&str, &str)] = &[
          it, mail-auth reports the chain broken",
     ),
 ];
-
-fn text(v: &Yaml) -> String {
-    match v {
-        Yaml::String(s) | Yaml::Real(s) => s.clone(),
-        Yaml::Integer(i) => i.to_string(),
-        _ => String::new(),
-    }
-}
 
 /// The suite names four cases twice in a scenario (`as_fields_b_head_case`,
 /// `as_fields_b_head_unfold`, `as_fields_b_eol_wsp`, `as_fields_b_inl_wsp`), which a strict
@@ -74,42 +63,11 @@ async fn arc_validation_suite() {
         &std::fs::read_to_string(path).expect("suite"),
     ))
     .expect("YAML");
-    let config = VerifyConfig {
-        spf: false,
-        dkim: false,
-        arc: true,
-        dmarc: false,
-        iprev: false,
-        dmarc_enforce: false,
-        max_dkim_signatures: 10,
-    };
     let mut total = 0;
     let mut differ: BTreeMap<String, String> = BTreeMap::new();
     for doc in &docs {
-        let mut records = Vec::new();
-        if let Yaml::Hash(h) = &doc["txt-records"] {
-            for (name, value) in h {
-                let name = format!("{}.", text(name).trim_end_matches('.').to_ascii_lowercase());
-                let value = text(value);
-                // TXT strings are at most 255 octets (RFC 1035 3.3.14): longer keys are split.
-                let parts = value.as_bytes().chunks(255).map(|c| c.to_vec()).collect();
-                records.push((name, Rr::TxtBytes(parts)));
-            }
-        }
-        let dns = TestDns::start(
-            records
-                .iter()
-                .map(|(n, r)| (n.as_str(), r.clone()))
-                .collect(),
-        )
-        .expect("DNS server");
-        let verifier = Verifier::new(
-            &[dns.addr()],
-            Duration::from_millis(700),
-            "receiver.example",
-            config.clone(),
-        )
-        .expect("verifier");
+        let (_dns, verifier) =
+            dns_and_verifier(&arc_txt_records(doc), &["arc"], "receiver.example");
         let Yaml::Hash(tests) = &doc["tests"] else {
             continue;
         };

@@ -14,11 +14,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use mailkeep_config::VerifyConfig;
-use mailkeep_testkit::{Rr, TestDns};
-use mailkeep_verify::Verifier;
+use mailkeep_testkit::Rr;
 
 const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/suites/mail-dkim");
 
@@ -118,29 +115,7 @@ fn overall(verdicts: &[mailkeep_verify::DkimVerdict]) -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_dkim_corpus() {
     let records = fake_dns();
-    let dns = TestDns::start(
-        records
-            .iter()
-            .map(|(n, r)| (n.as_str(), r.clone()))
-            .collect(),
-    )
-    .expect("DNS server");
-    let config = VerifyConfig {
-        spf: false,
-        dkim: true,
-        arc: false,
-        dmarc: false,
-        iprev: false,
-        dmarc_enforce: false,
-        max_dkim_signatures: 10,
-    };
-    let verifier = Verifier::new(
-        &[dns.addr()],
-        Duration::from_millis(700),
-        "receiver.example",
-        config,
-    )
-    .expect("verifier");
+    let (_dns, verifier) = common::dns_and_verifier(&records, &["dkim"], "receiver.example");
     let expected = std::fs::read_to_string(format!("{SUITE}/expected.tsv")).expect("tsv");
     let mut total = 0;
     let mut domainkeys = 0;

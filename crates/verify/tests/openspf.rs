@@ -18,11 +18,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
-use mailkeep_config::VerifyConfig;
-use mailkeep_testkit::{Rr, TestDns};
-use mailkeep_verify::{spf_word, Verifier};
+use common::dns_and_verifier;
+use mailkeep_testkit::Rr;
+use mailkeep_verify::spf_word;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Cases that do not give the suite's answer, and why.
@@ -141,33 +140,11 @@ async fn openspf_rfc7208_suite() {
     );
     let text = std::fs::read_to_string(path).expect("the suite");
     let docs = YamlLoader::load_from_str(&text).expect("YAML");
-    let config = VerifyConfig {
-        spf: true,
-        dkim: false,
-        arc: false,
-        dmarc: false,
-        iprev: false,
-        dmarc_enforce: false,
-        max_dkim_signatures: 10,
-    };
     let mut total = 0;
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     for doc in &docs {
         let records = zone(&doc["zonedata"]);
-        let dns = TestDns::start(
-            records
-                .iter()
-                .map(|(n, r)| (n.as_str(), r.clone()))
-                .collect(),
-        )
-        .expect("DNS server");
-        let verifier = Verifier::new(
-            &[dns.addr()],
-            Duration::from_millis(700),
-            "receiver.example",
-            config.clone(),
-        )
-        .expect("verifier");
+        let (_dns, verifier) = dns_and_verifier(&records, &["spf"], "receiver.example");
         let Yaml::Hash(tests) = &doc["tests"] else {
             continue;
         };

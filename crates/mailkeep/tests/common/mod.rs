@@ -443,3 +443,58 @@ where
         .await
         .expect("TLS handshake")
 }
+
+/// dkimpy (Python) with the Ed25519 key of `seed` (64 hex digits): `Dkimpy::public` is the
+/// key's DNS `p=` value, `sign` prepends a DKIM-Signature for `domain`/`selector` over From,
+/// To, Subject, Date and Message-ID (CRLF line ends).
+#[allow(dead_code)]
+pub struct Dkimpy<'a> {
+    pub seed: &'a str,
+    pub domain: &'a str,
+    pub selector: &'a str,
+}
+
+#[allow(dead_code)]
+impl Dkimpy<'_> {
+    fn run(&self, mode: &str, input: &str) -> String {
+        let script = r#"
+import dkim, nacl.signing, base64, sys
+seed, mode, domain, selector = sys.argv[1:5]
+k = nacl.signing.SigningKey(bytes.fromhex(seed))
+if mode == "pub":
+    sys.stdout.write(base64.b64encode(bytes(k.verify_key)).decode())
+else:
+    msg = sys.stdin.buffer.read()
+    sig = dkim.sign(msg, selector.encode(), domain.encode(), base64.b64encode(bytes(k)),
+                    signature_algorithm=b"ed25519-sha256",
+                    include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+    sys.stdout.buffer.write(sig.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + msg)
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", script, self.seed, mode, self.domain, self.selector])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("dkimpy");
+        assert!(out.status.success(), "dkimpy {mode} failed");
+        String::from_utf8(out.stdout).expect("UTF-8")
+    }
+
+    /// The public key, base64 (the `p=` of the DKIM record).
+    pub fn public(&self) -> String {
+        self.run("pub", "")
+    }
+
+    /// `message` with a signature on top.
+    pub fn sign(&self, message: &str) -> String {
+        self.run("sign", message)
+    }
+}
