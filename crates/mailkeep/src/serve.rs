@@ -129,8 +129,9 @@ fn smtp_server(
         rdns,
         primary_domain: config.domains.first().cloned(),
         submission: None,
-        // The MX queues only what it forwards; it never relays (RCPT needs a local domain).
-        outbound: fw.enabled.then(|| outbound.clone()),
+        // The MX queues only what it forwards (and bounces to SRS addresses); it never relays
+        // (RCPT needs a local domain).
+        outbound: Some(outbound.clone()),
         verifier,
         forwarding: fw.clone(),
     })
@@ -172,17 +173,25 @@ fn web_server(
 }
 
 /// The sender rewriting of forwarded mail, with its secret (`DATA/srs.secret`, made at the
-/// first start); None when forwarding or SRS is off.
-fn srs_of(config: &Config) -> Result<Option<mailkeep_queue::srs::Srs>> {
+/// first start), and whether new forwards are rewritten. With forwarding or SRS off, an
+/// existing secret is still used to pass on bounces to addresses made before.
+fn srs_of(config: &Config) -> Result<(Option<mailkeep_queue::srs::Srs>, bool)> {
     let fw = &config.forwarding;
-    if !(fw.enabled && fw.srs) {
-        return Ok(None);
-    }
+    let path = config.data_dir.join("srs.secret");
     let days = (fw.srs_max_age.as_secs() / 86_400) as u32;
-    Ok(Some(mailkeep_queue::srs::Srs::load_or_create(
-        &config.data_dir.join("srs.secret"),
-        days,
-    )?))
+    if fw.enabled && fw.srs {
+        return Ok((
+            Some(mailkeep_queue::srs::Srs::load_or_create(&path, days)?),
+            true,
+        ));
+    }
+    if path.exists() {
+        return Ok((
+            Some(mailkeep_queue::srs::Srs::load_or_create(&path, days)?),
+            false,
+        ));
+    }
+    Ok((None, false))
 }
 
 fn imap_server(
@@ -313,7 +322,8 @@ async fn serve_config(
         },
     )?);
     outbound.set_reports(config.reports.clone());
-    outbound.set_srs(srs_of(&config)?);
+    let (srs, rewrite) = srs_of(&config)?;
+    outbound.set_srs(srs, rewrite);
     let submission = Arc::new(submission_server(
         &config,
         delivery.clone(),
@@ -477,7 +487,8 @@ async fn serve_config(
                     )?;
                     let web = web_server(&c, store.clone(), tls.clone());
                     let s = smtp_server(&c, delivery.clone(), tls, &outbound)?;
-                    outbound.set_srs(srs_of(&c)?);
+                    let (srs, rewrite) = srs_of(&c)?;
+                    outbound.set_srs(srs, rewrite);
                     Ok((c, s, sub, i, p, web))
                 }) {
                     Ok((c, s, sub, i, p, web)) => {

@@ -261,17 +261,34 @@ Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <fw1@sender.test>\r\n\r\nhe
         "From: ceo@example.test\r\nTo: both@example.test\r\nSubject: wire the money\r\n\r\nnow\r\n";
     let (_, end) = from_dave(&a, "ceo@example.test", &["fwd@example.test"], forged).await;
     assert!(end.starts_with("550 5.7.1 Not forwarded"), "{end}");
+    // A subdomain of ours aligns with our SRS address just as well.
+    let (_, end) = from_dave(
+        &a,
+        "x@mail.example.test",
+        &["fwd@example.test"],
+        "From: x@mail.example.test\r\nTo: fwd@example.test\r\nSubject: sub\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(end.starts_with("550 5.7.1 Not forwarded"), "{end}");
     let (_, end) = from_dave(&a, "ceo@example.test", &["both@example.test"], forged).await;
     assert!(end.starts_with("250"), "{end}");
     let bob = wait_inbox(&a, "bob@example.test", 2).await;
     assert!(bob.iter().any(|m| m.contains("wire the money")));
-    let refused = a.log_search_until(
-        &["--kind", "smtp.forward_refused", "--json"],
-        "carol@b.test",
-    );
+    // Log events land a moment after the replies: wait for all three.
+    let mut refused = String::new();
+    for _ in 0..100 {
+        refused = a.log_search_until(
+            &["--kind", "smtp.forward_refused", "--json"],
+            "carol@b.test",
+        );
+        if refused.matches("\"kind\":\"smtp.forward_refused\"").count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(
         refused.matches("\"kind\":\"smtp.forward_refused\"").count(),
-        2,
+        3,
         "{refused}"
     );
 
@@ -298,4 +315,49 @@ Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <fw1@sender.test>\r\n\r\nhe
         results.contains("dkim=pass header.d=example.test"),
         "{results}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_forwarding_off_external_targets_are_refused_or_skipped() {
+    let server = Server::start("enabled = false");
+    cli_ok(
+        &server,
+        &["alias", "add", "out@example.test", "x@elsewhere.test"],
+        "",
+    );
+    cli_ok(
+        &server,
+        &[
+            "alias",
+            "add",
+            "mixed@example.test",
+            "bob@example.test",
+            "x@elsewhere.test",
+        ],
+        "",
+    );
+    let mut c = Raw::connect(server.smtp).await;
+    assert_eq!(code(&c.cmd("EHLO client.test").await), "250");
+    assert_eq!(code(&c.cmd("MAIL FROM:<s@remote.test>").await), "250");
+    let r = c.cmd("RCPT TO:<out@example.test>").await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    let r = c.cmd("RCPT TO:<mixed@example.test>").await;
+    assert!(r.starts_with("250"), "{r}");
+    // Still no relaying: an address elsewhere is refused as ever.
+    let r = c.cmd("RCPT TO:<x@elsewhere.test>").await;
+    assert!(r.starts_with("554 5.7.1"), "{r}");
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    c.send(b"From: s@remote.test\r\nSubject: mixed\r\n\r\nx\r\n.\r\n")
+        .await;
+    assert_eq!(code(&c.reply().await), "250");
+    c.cmd("QUIT").await;
+    assert_eq!(wait_inbox(&server, "bob@example.test", 1).await.len(), 1);
+    let log = server.log_search_until(
+        &["--kind", "smtp.forward_refused", "--json"],
+        "forwarding is turned off",
+    );
+    assert!(log.contains("x@elsewhere.test"), "{log}");
+    let (ok, out, err) = server.cli(&["queue", "list"], "");
+    assert!(ok, "{err}");
+    assert!(!out.contains("elsewhere.test"), "nothing queued: {out}");
 }

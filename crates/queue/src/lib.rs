@@ -99,8 +99,9 @@ pub struct Outbound {
     dkim: std::sync::RwLock<Arc<dkim::DkimKeys>>,
     /// DMARC aggregate reports to send, when set.
     reports: std::sync::RwLock<Option<mailkeep_config::ReportsConfig>>,
-    /// The sender rewriting of forwarded mail, when on.
-    srs: std::sync::RwLock<Option<Arc<srs::Srs>>>,
+    /// The sender rewriting of forwarded mail (kept for reversing bounces while its secret
+    /// exists, even with rewriting off), and whether new forwards are rewritten.
+    srs: std::sync::RwLock<(Option<Arc<srs::Srs>>, bool)>,
     /// Domains' TLS-RPT addresses, with when they were looked up.
     tlsrpt: Mutex<std::collections::HashMap<String, (Vec<String>, std::time::Instant)>>,
     wake: tokio::sync::Notify,
@@ -159,7 +160,7 @@ impl Outbound {
             tls,
             dkim: std::sync::RwLock::new(Arc::new(dkim)),
             reports: std::sync::RwLock::new(None),
-            srs: std::sync::RwLock::new(None),
+            srs: std::sync::RwLock::new((None, false)),
             tlsrpt: Mutex::new(std::collections::HashMap::new()),
             wake: tokio::sync::Notify::new(),
             busy: Mutex::new(HashSet::new()),
@@ -198,16 +199,25 @@ impl Outbound {
         }
     }
 
-    /// Rewrites forwarded senders with this (and reverses bounces to them); None: off.
-    pub fn set_srs(&self, srs: Option<srs::Srs>) {
+    /// Reverses SRS addresses with this; with `rewrite`, forwarded senders are rewritten
+    /// with it too.
+    pub fn set_srs(&self, srs: Option<srs::Srs>, rewrite: bool) {
         if let Ok(mut s) = self.srs.write() {
-            *s = srs.map(Arc::new);
+            *s = (srs.map(Arc::new), rewrite);
         }
     }
 
-    /// The sender rewriting in use, if any.
+    /// The SRS secret's reverser (bounces to SRS addresses of ours), if there is a secret.
     pub fn srs(&self) -> Option<Arc<srs::Srs>> {
-        self.srs.read().ok().and_then(|s| s.clone())
+        self.srs.read().ok().and_then(|s| s.0.clone())
+    }
+
+    /// The rewriter of forwarded senders, when rewriting is on.
+    pub fn srs_rewriter(&self) -> Option<Arc<srs::Srs>> {
+        self.srs
+            .read()
+            .ok()
+            .and_then(|s| if s.1 { s.0.clone() } else { None })
     }
 
     /// Queues a message the MX forwards (an alias with external targets, a bounce to an SRS
@@ -239,16 +249,24 @@ impl Outbound {
         let permits = Arc::new(tokio::sync::Semaphore::new(self.config.concurrency));
         let mut tasks = tokio::task::JoinSet::new();
         let mut reports_checked = std::time::Instant::now();
+        let mut reports: Option<tokio::task::JoinHandle<()>> = None;
         loop {
-            // Reports due are sent from here (they go through the queue like any message).
-            if reports_checked.elapsed() >= REPORTS_CHECK {
+            // Reports due are made in a task of their own (HTTPS posts of TLS reports must not
+            // hold up deliveries), one run at a time; they go through the queue like any
+            // message.
+            if reports_checked.elapsed() >= REPORTS_CHECK
+                && reports.as_ref().is_none_or(|t| t.is_finished())
+            {
                 reports_checked = std::time::Instant::now();
-                if let Err(e) = self.send_dmarc_reports(false).await {
-                    tracing::warn!(error = %e, "sending DMARC reports failed");
-                }
-                if let Err(e) = self.send_tls_reports(false).await {
-                    tracing::warn!(error = %e, "sending TLS reports failed");
-                }
+                let me = self.clone();
+                reports = Some(tokio::spawn(async move {
+                    if let Err(e) = me.send_dmarc_reports(false).await {
+                        tracing::warn!(error = %e, "sending DMARC reports failed");
+                    }
+                    if let Err(e) = me.send_tls_reports(false).await {
+                        tracing::warn!(error = %e, "sending TLS reports failed");
+                    }
+                }));
             }
             // A short list: a delivery ending wakes this loop, which asks again.
             let limit = self.config.concurrency * 2;
@@ -295,6 +313,10 @@ impl Outbound {
         let finish = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(SHUTDOWN_WAIT, finish).await.is_err() {
             tracing::warn!("deliveries still under way at shutdown were abandoned");
+        }
+        // Reports under way are made again after the restart (rows go only once queued).
+        if let Some(t) = reports {
+            t.abort();
         }
         self.pool_prune_all().await;
     }
@@ -605,8 +627,9 @@ impl Outbound {
         }
     }
 
-    /// The address an SRS sender of ours stands for (None: not SRS, SRS off, or not ours:
-    /// a bad hash or an expired address is reported to nobody, as the MX would refuse it).
+    /// The address an SRS sender of ours stands for (None: not SRS, no secret, or a bad hash
+    /// or an expired address: the report then goes to the SRS address itself, which resolves
+    /// to no user here, so it is logged as failed and sent nowhere).
     fn srs_original(&self, sender: &str) -> Option<String> {
         let srs = self.srs()?;
         let (local, _) = sender.rsplit_once('@')?;

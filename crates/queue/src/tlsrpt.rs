@@ -19,7 +19,10 @@ use crate::{now_secs, Auth, Outbound};
 /// How long a domain's TLS-RPT record is remembered.
 const RUA_CACHE: Duration = Duration::from_secs(3600);
 /// How long a report POST may take.
-const POST_TIMEOUT: Duration = Duration::from_secs(60);
+const POST_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many https: URLs of one domain get a report (a record naming many cannot
+/// keep the sender busy).
+const MAX_POST_URLS: usize = 3;
 
 /// One session's outcome, as kept until the report.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -348,7 +351,10 @@ impl Outbound {
             }
         };
         let mut taken = 0;
-        for url in urls {
+        if urls.len() > MAX_POST_URLS {
+            tracing::info!(%domain, urls = urls.len(), "TLS report posted to the first {MAX_POST_URLS} https: addresses only");
+        }
+        for url in urls.iter().take(MAX_POST_URLS) {
             let result = match self.url_address(url).await {
                 Ok(ip) => {
                     crate::sts::post(

@@ -101,6 +101,15 @@ enum SaslEnd {
     Lost(ReadError),
 }
 
+/// The domain of the message's first From: address, lower case.
+fn from_domain(message: &[u8]) -> Option<String> {
+    let end = mailkeep_delivery::ingest::header_len(message);
+    let parsed = mail_parser::MessageParser::new().parse_headers(&message[..end])?;
+    let from = parsed.from()?.first()?.address()?;
+    let (_, domain) = from.rsplit_once('@')?;
+    Some(domain.trim_end_matches('.').to_ascii_lowercase())
+}
+
 /// RFC 3461 4: an address as xtext (`+`, `=` and bytes outside `!`..`~` as `+HH`).
 fn xtext(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -1145,9 +1154,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         // Aliases with targets elsewhere: submitted mail goes there like any mail to other
         // domains; on the MX the message is forwarded (SRS, ARC seal) when forwarding is on.
+        let can_forward = self.server.outbound.is_some()
+            && (self.user.is_some() || self.server.forwarding.enabled);
         let forward: Vec<String> = if external.is_empty() {
             Vec::new()
-        } else if self.server.outbound.is_some() {
+        } else if can_forward {
             external.iter().map(|a| a.to_string()).collect()
         } else if local.is_empty() {
             self.rcpt_reply(
@@ -1158,6 +1169,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             );
             return;
         } else {
+            // A mixed alias keeps its local copies; the skipped targets are on record.
+            self.log(
+                "smtp.forward_refused",
+                LogEvent {
+                    recipient: Some(address.to_string()),
+                    outcome: Some("rejected".into()),
+                    detail: serde_json::json!({
+                        "reason": "forwarding is turned off",
+                        "targets": external.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                    }),
+                    ..Default::default()
+                },
+            );
             Vec::new()
         };
         if !forward.is_empty() && local.is_empty() {
@@ -1215,6 +1239,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 ..Default::default()
             },
         );
+    }
+
+    /// Whether `domain` or one of its parents is one of ours.
+    async fn hosted_or_parent(&self, domain: &str) -> bool {
+        let mut name = domain;
+        loop {
+            if let Ok(d) = Domain::parse(name) {
+                if matches!(
+                    self.server.delivery.store().domain_get(&d).await,
+                    Ok(Some(_))
+                ) {
+                    return true;
+                }
+            }
+            match name.split_once('.') {
+                Some((_, parent)) if parent.contains('.') => name = parent,
+                _ => return false,
+            }
+        }
     }
 
     /// Accepts a recipient whose mail is only forwarded to `targets` (by our domain
@@ -1278,12 +1321,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(original) => {
                 self.accept_forward(raw, to, vec![original], domain.to_string());
             }
+            // Not SRS after all (a local part like `srs0-team`): the directory decides.
+            Err(
+                mailkeep_queue::srs::SrsError::Malformed | mailkeep_queue::srs::SrsError::NotSrs,
+            ) => {
+                return None;
+            }
+            // One answer for a wrong hash and an old address, so guesses learn nothing; the
+            // log says which.
             Err(e) => {
-                self.rcpt_reply(
-                    raw,
-                    format!("550 5.1.1 No such user here ({e})"),
-                    "rejected",
-                    true,
+                self.rcpt_reply(raw, "550 5.1.1 No such user here".into(), "rejected", true);
+                self.log(
+                    "smtp.srs",
+                    LogEvent {
+                        recipient: Some(raw.to_string()),
+                        outcome: Some("rejected".into()),
+                        detail: serde_json::json!({ "error": e.to_string() }),
+                        ..Default::default()
+                    },
                 );
             }
         }
@@ -1637,7 +1692,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .iter()
             .find_map(|r| r.forward_as.clone())
             .unwrap_or_default();
-        let sender = match outbound.srs() {
+        let sender = match outbound.srs_rewriter() {
             Some(srs) if !tx.sender.is_empty() => srs.forward(
                 &tx.sender,
                 &forward_as,
@@ -1711,7 +1766,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut mailbox = MailboxRole::Inbox;
         let mut results_header = String::new();
         let mut arc_set: Option<String> = None;
-        let mut forward_refused: Option<String> = None;
+        let mut dmarc_pass = false;
         let msg = match (self.server.verifier.clone(), self.tx.as_ref()) {
             (Some(verifier), Some(tx)) => {
                 let env = mailkeep_verify::Envelope {
@@ -1727,23 +1782,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 };
                 let verdict = verifier.verify(&msg, env, seal_as.as_deref()).await;
                 arc_set = verdict.arc_set.clone();
-                // Forwarded from our servers, a forgery of one of our own domains would pass
-                // SPF (and so DMARC) at the next hop: mail failing our own DMARC is not
-                // forwarded.
-                let forwards_here =
-                    self.user.is_none() && tx.rcpts.iter().any(|r| !r.forward.is_empty());
-                if let (true, Some(d)) = (forwards_here, &verdict.dmarc_failed) {
-                    let hosted = match Domain::parse(d) {
-                        Ok(dom) => matches!(
-                            self.server.delivery.store().domain_get(&dom).await,
-                            Ok(Some(_))
-                        ),
-                        Err(_) => false,
-                    };
-                    if hosted {
-                        forward_refused = Some(d.clone());
-                    }
-                }
+                dmarc_pass = verdict.dmarc_pass;
                 let outcome = match &verdict.action {
                     mailkeep_verify::Action::Accept => "accepted",
                     mailkeep_verify::Action::Junk(_) => "junk",
@@ -1785,6 +1824,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             _ => msg,
         };
+        // Forwarded from our servers, a forgery of one of our own domains would pass SPF, and
+        // so DMARC, at the next hop: mail from our domains (or their subdomains) is forwarded
+        // only when it passed DMARC here.
+        let forwards_here = self.user.is_none()
+            && self
+                .tx
+                .as_ref()
+                .is_some_and(|t| t.rcpts.iter().any(|r| !r.forward.is_empty()));
+        let mut forward_refused: Option<String> = None;
+        if forwards_here && !dmarc_pass {
+            if let Some(d) = from_domain(&msg) {
+                if self.hosted_or_parent(&d).await {
+                    forward_refused = Some(d);
+                }
+            }
+        }
         let Some(tx) = self.tx.as_ref() else { return };
         let mut data = results_header.into_bytes();
         data.extend_from_slice(self.received_header(tx).as_bytes());
@@ -1855,7 +1910,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         if let (Some(d), false) = (&forward_refused, forwards.is_empty()) {
             let reply = format!(
-                "550 5.7.1 Not forwarded: the message fails the DMARC check of {d}, a domain of ours"
+                "550 5.7.1 Not forwarded: mail from {d}, a domain of ours, must pass DMARC here"
             );
             self.log(
                 "smtp.forward_refused",

@@ -66,8 +66,8 @@ pub struct Verdict {
     pub report: Option<DmarcEntry>,
     /// The ARC set to prepend to the copy we forward, when a seal was asked for and made.
     pub arc_set: Option<String>,
-    /// The From: domain, when DMARC was checked and failed.
-    pub dmarc_failed: Option<String>,
+    /// DMARC was checked and passed: SPF or DKIM aligned with the From: domain.
+    pub dmarc_pass: bool,
 }
 
 /// What a DMARC aggregate report (RFC 7489 7.2) says of one message.
@@ -287,7 +287,7 @@ impl Verifier {
                 detail: detail.into(),
                 report: None,
                 arc_set: None,
-                dmarc_failed: None,
+                dmarc_pass: false,
             };
         };
 
@@ -337,8 +337,9 @@ impl Verifier {
                     mail_auth::arc::ArcError::BrokenChain,
                 )));
             }
+            // RFC 8617 4.1.1: our ARC-Authentication-Results carries the chain's result.
+            ar = ar.with_arc_result(&arc, env.ip);
             if c.arc {
-                ar = ar.with_arc_result(&arc, env.ip);
                 detail.insert("arc".into(), dkim_word(arc.result()).into());
                 if let Some(why) = &broken {
                     detail.insert("arc_reason".into(), why.clone().into());
@@ -351,7 +352,7 @@ impl Verifier {
         // and DKIM with the From: domain.
         let mut action = Action::Accept;
         let mut report = None;
-        let mut dmarc_failed = None;
+        let mut dmarc_pass = false;
         if c.dmarc {
             if let Some(spf) = &spf_from {
                 let from_domain = match env.mail_from.rsplit_once('@') {
@@ -365,9 +366,7 @@ impl Verifier {
                 ar = ar.with_dmarc_result(&dmarc);
                 let policy = dmarc.policy();
                 let failed = matches!(dmarc.result(), DmarcResult::Fail(_));
-                if failed {
-                    dmarc_failed = Some(dmarc.domain().to_ascii_lowercase());
-                }
+                dmarc_pass = matches!(dmarc.result(), DmarcResult::Pass);
                 detail.insert(
                     "dmarc".into(),
                     serde_json::json!({
@@ -461,7 +460,7 @@ impl Verifier {
             detail: detail.into(),
             report,
             arc_set,
-            dmarc_failed,
+            dmarc_pass,
         }
     }
 }
@@ -484,6 +483,19 @@ fn seal_message(
     if msg.as_headers.len() >= seal::MAX_SETS as usize {
         return (
             serde_json::json!({ "error": "the chain has 50 ARC sets already" }),
+            None,
+        );
+    }
+    // ARC fields that cannot be read or do not form whole sets: there is no instance to
+    // follow, and a set i=1 beside them would make the chain unreadable.
+    let (ams, seals, aar) = (
+        msg.ams_headers.len(),
+        msg.as_headers.len(),
+        msg.aar_headers.len(),
+    );
+    if msg.has_arc_errors || ams != seals || ams != aar {
+        return (
+            serde_json::json!({ "error": "the ARC fields present do not form a chain" }),
             None,
         );
     }

@@ -156,13 +156,17 @@ async fn respond<B>(server: &WebServer, req: Request<B>) -> Response<Full<Bytes>
         );
         return r;
     }
-    // HTTP/1.1 has Host; the URI carries it in absolute form.
+    // RFC 9112 3.2.2: a request target in absolute form names the host; else Host does.
     let host = req
-        .headers()
-        .get(hyper::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(String::from)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(String::from)
+        })
         .unwrap_or_default();
     if req.uri().path() != POLICY_PATH {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -181,9 +185,7 @@ async fn respond<B>(server: &WebServer, req: Request<B>) -> Response<Full<Bytes>
                 hyper::header::CACHE_CONTROL,
                 hyper::header::HeaderValue::from_static("no-store"),
             );
-            if req.method() == Method::HEAD {
-                *r.body_mut() = Full::new(Bytes::new());
-            }
+            // HEAD: hyper sends the headers of this answer (its Content-Length) without the body.
             r
         }
         Ok(None) => text(StatusCode::NOT_FOUND, "no MTA-STS policy for this host\n"),
