@@ -270,6 +270,39 @@ pub struct ForwardingConfig {
     pub arc_seal: bool,
 }
 
+/// Brute-force defence (`[bans]`): failed logins counted per client address (per /64 for
+/// IPv6) and per account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BansConfig {
+    /// Failed logins from one address within `window` that ban it (0: never ban).
+    pub after: u32,
+    /// How far back failures count.
+    pub window: Duration,
+    /// How long a ban lasts.
+    pub duration: Duration,
+    /// Networks never banned or locked out (trusted networks, the admins' addresses).
+    pub allow: Vec<mailkeep_types::ipnet::IpNet>,
+    /// Distinct addresses failing for one account within `window` that lock it (0: never).
+    pub account_ips: u32,
+    /// How long such a lock keeps new addresses out (allowed networks and addresses that
+    /// logged in to the account before still get in).
+    pub account_lock: Duration,
+}
+
+/// What each account may send to other domains (`[limits]`), so that one compromised or
+/// careless account cannot get the domain's mail blocklisted. 0: no limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Messages to other domains in the last hour.
+    pub messages_per_hour: u32,
+    /// Messages to other domains in the last 24 hours.
+    pub messages_per_day: u32,
+    /// Recipients in other domains in one message.
+    pub recipients_per_message: u32,
+    /// Recipients the account never wrote to before, in the last 24 hours.
+    pub new_recipients_per_day: u32,
+}
+
 /// What the policy we publish asks of senders (RFC 8461 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MtaStsMode {
@@ -451,6 +484,10 @@ pub struct Config {
     pub forwarding: ForwardingConfig,
     /// The MTA-STS policy we serve.
     pub mta_sts: MtaStsConfig,
+    /// Brute-force defence.
+    pub bans: BansConfig,
+    /// Outbound limits per account.
+    pub limits: LimitsConfig,
     /// Domains listed in the config file (added to the directory at start).
     pub domains: Vec<Domain>,
     /// Warnings for deprecated keys.
@@ -989,6 +1026,49 @@ impl Config {
                 format!("{:?}", mta_sts.max_age),
             ));
         }
+        let ba = raw.bans.unwrap_or_default();
+        let mut allow = Vec::new();
+        for (i, n) in ba.allow.unwrap_or_default().iter().enumerate() {
+            allow.push(n.parse().map_err(|e: mailkeep_types::ipnet::IpNetError| {
+                cx.invalid(&format!("bans.allow[{i}]"), "an address or network", e.0)
+            })?);
+        }
+        let count = |key: &str, v: Option<i64>, default: u32| match v {
+            None => Ok(default),
+            Some(n) => u32::try_from(n).map_err(|_| cx.invalid(key, "a number, 0 or more", n)),
+        };
+        let bans = BansConfig {
+            after: count("bans.after", ba.after, 20)?,
+            window: cx.duration(
+                "bans.window",
+                ba.window.as_ref().unwrap_or(&default("1h".into())),
+            )?,
+            duration: cx.duration(
+                "bans.duration",
+                ba.duration.as_ref().unwrap_or(&default("1h".into())),
+            )?,
+            allow,
+            account_ips: count("bans.account_ips", ba.account_ips, 10)?,
+            account_lock: cx.duration(
+                "bans.account_lock",
+                ba.account_lock.as_ref().unwrap_or(&default("15m".into())),
+            )?,
+        };
+        let li = raw.limits.unwrap_or_default();
+        let limits = LimitsConfig {
+            messages_per_hour: count("limits.messages_per_hour", li.messages_per_hour, 100)?,
+            messages_per_day: count("limits.messages_per_day", li.messages_per_day, 1000)?,
+            recipients_per_message: count(
+                "limits.recipients_per_message",
+                li.recipients_per_message,
+                100,
+            )?,
+            new_recipients_per_day: count(
+                "limits.new_recipients_per_day",
+                li.new_recipients_per_day,
+                200,
+            )?,
+        };
         let forwarding = ForwardingConfig {
             enabled: fw.enabled.unwrap_or(true),
             srs: fw.srs.unwrap_or(true),
@@ -1016,6 +1096,8 @@ impl Config {
             reports,
             forwarding,
             mta_sts,
+            bans,
+            limits,
             domains,
             warnings,
         })
@@ -1108,6 +1190,42 @@ mod tests {
             .to_string();
             assert!(e.contains("forwarding.srs_max_age"), "{e}");
         }
+    }
+
+    #[test]
+    fn limit_settings() {
+        let c = parse("hostname = \"m.example\"\n").unwrap();
+        assert_eq!(c.limits.messages_per_hour, 100);
+        assert_eq!(c.limits.new_recipients_per_day, 200);
+        let c = parse("hostname = \"m.example\"\n[limits]\nmessages_per_day = 0\n").unwrap();
+        assert_eq!(c.limits.messages_per_day, 0);
+        let e = parse("hostname = \"m.example\"\n[limits]\nrecipients_per_message = -5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.recipients_per_message"), "{e}");
+    }
+
+    #[test]
+    fn ban_settings() {
+        let c = parse("hostname = \"m.example\"\n").unwrap();
+        assert_eq!(c.bans.after, 20);
+        assert_eq!(c.bans.window, Duration::from_secs(3600));
+        assert_eq!(c.bans.account_ips, 10);
+        assert!(c.bans.allow.is_empty());
+        let c = parse(
+            "hostname = \"m.example\"\n[bans]\nafter = 0\nallow = [\"192.0.2.0/24\", \"2001:db8::1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.bans.after, 0);
+        assert_eq!(c.bans.allow.len(), 2);
+        let e = parse("hostname = \"m.example\"\n[bans]\nallow = [\"10.0.0.0/8\", \"office\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bans.allow[1]") && e.contains("office"), "{e}");
+        let e = parse("hostname = \"m.example\"\n[bans]\nafter = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bans.after"), "{e}");
     }
 
     #[test]

@@ -67,6 +67,42 @@ pub struct RawConfig {
     pub forwarding: Option<RawForwarding>,
     /// `[mta_sts]`
     pub mta_sts: Option<RawMtaSts>,
+    /// `[bans]`
+    pub bans: Option<RawBans>,
+    /// `[limits]`
+    pub limits: Option<RawLimits>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// `messages_per_hour`
+    pub messages_per_hour: Option<i64>,
+    /// `messages_per_day`
+    pub messages_per_day: Option<i64>,
+    /// `recipients_per_message`
+    pub recipients_per_message: Option<i64>,
+    /// `new_recipients_per_day`
+    pub new_recipients_per_day: Option<i64>,
+}
+
+/// `[bans]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBans {
+    /// `after`
+    pub after: Option<i64>,
+    /// `window`
+    pub window: Option<Size>,
+    /// `duration`
+    pub duration: Option<Size>,
+    /// `allow`
+    pub allow: Option<Vec<String>>,
+    /// `account_ips`
+    pub account_ips: Option<i64>,
+    /// `account_lock`
+    pub account_lock: Option<Size>,
 }
 
 /// `[mta_sts]`

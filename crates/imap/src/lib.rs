@@ -54,6 +54,8 @@ pub struct ImapServer {
     pub auth: AuthConfig,
     /// Password checks, shared by every listener (bounded, with a login cache).
     pub logins: Arc<mailkeep_store::directory::Authenticator>,
+    /// Failed-login counting, bans and account locks (shared by every listener).
+    pub guard: Arc<mailkeep_auth::Guard>,
     /// Message lists of big mailboxes kept between SELECTs (kept across reloads).
     pub snapshots: Arc<Snapshots>,
 }
@@ -84,6 +86,9 @@ pub async fn serve(
                         let text = match why {
                             LimitExceeded::Total => "too many connections, try again later",
                             LimitExceeded::PerIp => "too many connections from your address",
+                            LimitExceeded::Banned => {
+                                "your address is banned after too many failed logins"
+                            }
                         };
                         if implicit_tls {
                             // Without a handshake the client could not read a BYE anyway.
@@ -129,10 +134,17 @@ mod tests {
             std::path::Path::new("/test/mailkeep.toml"),
         )
         .unwrap();
+        let guard = Arc::new(mailkeep_auth::Guard::new(
+            config.bans.clone(),
+            &config.auth,
+            mailkeep_net::bans::BanList::default(),
+            store.clone(),
+        ));
         let server = Arc::new(ImapServer {
             hostname: config.hostname.clone(),
             store,
             tls: None,
+            guard,
             imap: config.imap.clone(),
             auth: config.auth.clone(),
             logins: Arc::new(mailkeep_store::directory::Authenticator::new(

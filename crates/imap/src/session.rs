@@ -938,21 +938,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn login(&mut self, tag: &str, login: &str, password: &str, mechanism: &str) -> Res {
-        let found = self
+        let attempt = self
             .server
-            .logins
-            .login(self.server.store.as_ref(), login, password)
+            .guard
+            .login(&self.server.logins, self.peer.ip(), login, password, "imap")
             .await?;
-        let ok = found.is_some();
-        let app = found.as_ref().and_then(|l| l.app_password.clone());
-        let user = found.map(|l| l.user);
+        let (user, app, outcome, delay, banned, locked) = match attempt {
+            mailkeep_auth::Attempt::Success(l) => (
+                Some(l.user),
+                l.app_password,
+                "accepted",
+                std::time::Duration::ZERO,
+                false,
+                false,
+            ),
+            mailkeep_auth::Attempt::Failure { delay, banned } => {
+                (None, None, "rejected", delay, banned, false)
+            }
+            mailkeep_auth::Attempt::Locked { delay, banned } => {
+                (None, None, "locked", delay, banned, true)
+            }
+        };
         self.server.store.log_submit(vec![LogEvent {
             ts: now_micros(),
             session: self.id.clone(),
             kind: "imap.login".into(),
             ip: Some(self.peer.ip().to_string()),
             recipient: Some(login.chars().take(200).collect()),
-            outcome: Some(if ok { "accepted" } else { "rejected" }.into()),
+            outcome: Some(outcome.into()),
             detail: serde_json::json!({
                 "mechanism": mechanism, "tls": self.tls, "app_password": app,
             }),
@@ -973,19 +986,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             None => {
                 self.failures += 1;
-                // Each failure in a session waits twice as long as the one before.
-                let delay = self
-                    .server
-                    .auth
-                    .failure_delay
-                    .saturating_mul(1 << (self.failures - 1).min(6));
+                // The wait grows with the address's failures (in every session).
                 tokio::time::sleep(delay).await;
-                self.tagged(
-                    tag,
-                    Status::No,
-                    Some("AUTHENTICATIONFAILED"),
-                    "authentication failed",
-                );
+                if locked {
+                    // RFC 5530 3: UNAVAILABLE, a temporary failure.
+                    self.tagged(
+                        tag,
+                        Status::No,
+                        Some("UNAVAILABLE"),
+                        "too many failed logins for this account, try again later",
+                    );
+                } else {
+                    self.tagged(
+                        tag,
+                        Status::No,
+                        Some("AUTHENTICATIONFAILED"),
+                        "authentication failed",
+                    );
+                }
+                if banned {
+                    self.untagged(
+                        Status::Bye,
+                        None,
+                        "too many failed logins: your address is banned",
+                    );
+                    return Ok(Flow::Close("address banned".into()));
+                }
                 if self.failures >= self.server.auth.max_failures {
                     self.untagged(Status::Bye, None, "too many failed logins");
                     return Ok(Flow::Close("too many failed logins".into()));

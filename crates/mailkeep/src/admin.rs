@@ -89,6 +89,25 @@ pub enum AliasCmd {
 }
 
 #[derive(Subcommand)]
+pub enum BanCmd {
+    /// The bans in force: address or network, until when, why.
+    List,
+    /// Ban an address or network (`203.0.113.7`, `203.0.113.0/24`, `2001:db8::/64`): its
+    /// connections are refused on every listener.
+    Add {
+        network: String,
+        /// For how long (`1h`, `7d`); without it, until removed.
+        #[arg(long = "for")]
+        duration: Option<String>,
+        /// Why, for the list and the log.
+        #[arg(long, default_value = "banned by an admin")]
+        reason: String,
+    },
+    /// Lift a ban (exactly as listed).
+    Remove { network: String },
+}
+
+#[derive(Subcommand)]
 pub enum DmarcCmd {
     /// Queue the DMARC aggregate reports recorded so far now, instead of at the end of
     /// reports.interval; a running server sends them.
@@ -657,6 +676,103 @@ pub fn dkim(config: &Path, cmd: DkimCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Bans: what the brute-force defence and admins banned. A running server sees changes
+/// within seconds.
+pub fn ban(config: &Path, cmd: BanCmd) -> Result<()> {
+    let (cfg, store) = open(config)?;
+    runtime()?.block_on(async {
+        let now = now_micros() / 1_000_000;
+        match cmd {
+            BanCmd::List => {
+                let bans = store.bans(now).await?;
+                if bans.is_empty() {
+                    println!("no bans");
+                }
+                for b in bans {
+                    let until = match b.expires {
+                        Some(e) => format!("for {} more", ago(e, now)),
+                        None => "until removed".into(),
+                    };
+                    println!(
+                        "{:<24} {:<18} {} (since {} ago)",
+                        b.network,
+                        until,
+                        b.reason,
+                        ago(now, b.created)
+                    );
+                }
+            }
+            BanCmd::Add {
+                network,
+                duration,
+                reason,
+            } => {
+                let net: mailkeep_types::ipnet::IpNet = network
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("NETWORK: {e}"))?;
+                if cfg.bans.allow.iter().any(|a| a.contains(net.addr())) {
+                    println!("note: {net} is in bans.allow; it is banned anyway, as asked");
+                }
+                let expires = match duration {
+                    Some(d) => {
+                        let d = mailkeep_config::parse_duration(&Size::Str(d.clone()))
+                            .filter(|d| !d.is_zero())
+                            .ok_or_else(|| {
+                                anyhow::anyhow!("--for {d:?}: expected a duration like 1h or 7d")
+                            })?;
+                        Some(now + d.as_secs() as i64)
+                    }
+                    None => None,
+                };
+                store
+                    .ban_put(mailkeep_store::BanRow {
+                        network: net.to_string(),
+                        reason: reason.clone(),
+                        created: now,
+                        expires,
+                    })
+                    .await?;
+                store
+                    .log_append(vec![LogEvent {
+                        ts: now_micros(),
+                        session: "admin".into(),
+                        kind: "auth.ban".into(),
+                        ip: Some(net.to_string()),
+                        outcome: Some("banned".into()),
+                        detail: serde_json::json!({
+                            "network": net.to_string(), "reason": reason, "expires": expires,
+                            "by": "admin",
+                        }),
+                        ..Default::default()
+                    }])
+                    .await?;
+                println!("banned {net}");
+            }
+            BanCmd::Remove { network } => {
+                let net: mailkeep_types::ipnet::IpNet = network
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("NETWORK: {e}"))?;
+                if !store.ban_remove(&net.to_string()).await? {
+                    bail!("{net} is not banned (see `mailkeep ban list`)");
+                }
+                store
+                    .log_append(vec![LogEvent {
+                        ts: now_micros(),
+                        session: "admin".into(),
+                        kind: "auth.unban".into(),
+                        ip: Some(net.to_string()),
+                        outcome: Some("accepted".into()),
+                        detail: serde_json::json!({ "network": net.to_string(), "by": "admin" }),
+                        ..Default::default()
+                    }])
+                    .await?;
+                println!("lifted the ban of {net}");
+            }
+        }
+        Ok(())
+    })
 }
 
 fn ago(now: i64, then: i64) -> String {

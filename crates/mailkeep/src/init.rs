@@ -234,6 +234,24 @@ tlsrpt = true                # send SMTP TLS reports (RFC 8460) to domains that 
 interval = "24h"             # each report covers a day
 # from = "postmaster@example.com"  # default: postmaster@ the first domain
 
+[bans]
+# Brute-force defence for SMTP AUTH, IMAP and POP3 logins. A banned address's connections are
+# refused on every listener; `mailkeep ban list|add|remove` manage bans by hand.
+after = 20                   # failed logins from one address (IPv6: its /64) within window ban it; 0: never
+window = "1h"
+duration = "1h"              # how long such a ban lasts
+allow = []                   # addresses and networks never banned or locked out, e.g. ["192.0.2.0/24"]
+account_ips = 10             # failures for one account from this many addresses lock it (0: never)...
+account_lock = "15m"         # ...for this long, against addresses that never logged in to it
+
+[limits]
+# What each account may send to other domains (0: no limit), so that one compromised or
+# careless account cannot get the domain blocklisted. Over a limit: 451 4.7.1 naming it.
+messages_per_hour = 100
+messages_per_day = 1000
+recipients_per_message = 100
+new_recipients_per_day = 200 # recipients the account never wrote to before
+
 [mta_sts]
 # The MTA-STS policy (RFC 8461) the https listener serves at
 # https://mta-sts.DOMAIN/.well-known/mta-sts.txt; the [tls] certificate must name mta-sts.DOMAIN.

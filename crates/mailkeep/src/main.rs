@@ -148,6 +148,13 @@ enum Command {
         #[command(subcommand)]
         action: admin::AliasCmd,
     },
+    /// Banned addresses and networks (brute-force defence): list, add, remove.
+    Ban {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: admin::BanCmd,
+    },
     /// Shared mailboxes: who may use a user's mailboxes (IMAP ACL, RFC 4314).
     Acl {
         #[command(flatten)]
@@ -231,6 +238,7 @@ fn run() -> Result<()> {
         Command::Dmarc { config, action } => admin::dmarc(&config.config, action),
         Command::Tlsrpt { config, action } => admin::tlsrpt(&config.config, action),
         Command::Acl { config, action } => admin::acl(&config.config, action),
+        Command::Ban { config, action } => admin::ban(&config.config, action),
         Command::Deliver { config, to, from } => admin::deliver(&config.config, to, from),
         Command::Log { config, action } => admin::log(&config.config, action),
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use mailkeep_auth::Guard;
 use mailkeep_config::{parse_listen_arg, Config, Listener, Protocol};
 use mailkeep_delivery::{now_micros, Delivery};
 use mailkeep_imap::{ImapServer, Snapshots};
@@ -89,6 +90,9 @@ fn load_tls_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>>
     })
 }
 
+/// How often the bans are read from the store again.
+const BANS_REFRESH: Duration = Duration::from_secs(5);
+
 fn smtp_server(
     config: &Config,
     delivery: Delivery,
@@ -144,11 +148,13 @@ fn submission_server(
     delivery: Delivery,
     tls: Option<Arc<rustls::ServerConfig>>,
     logins: Arc<Authenticator>,
+    guard: Arc<Guard>,
     outbound: Arc<Outbound>,
 ) -> Result<SmtpServer> {
     let mut s = smtp_server(config, delivery, tls, &outbound)?;
     s.submission = Some(Submission {
         logins,
+        guard,
         auth: config.auth.clone(),
     });
     s.outbound = Some(outbound);
@@ -199,6 +205,7 @@ fn imap_server(
     store: SharedStore,
     tls: Option<Arc<rustls::ServerConfig>>,
     logins: Arc<Authenticator>,
+    guard: Arc<Guard>,
     snapshots: Arc<Snapshots>,
 ) -> ImapServer {
     ImapServer {
@@ -208,6 +215,7 @@ fn imap_server(
         imap: config.imap.clone(),
         auth: config.auth.clone(),
         logins,
+        guard,
         snapshots,
     }
 }
@@ -217,6 +225,7 @@ fn pop3_server(
     store: SharedStore,
     tls: Option<Arc<rustls::ServerConfig>>,
     logins: Arc<Authenticator>,
+    guard: Arc<Guard>,
 ) -> Pop3Server {
     Pop3Server {
         hostname: config.hostname.clone(),
@@ -225,6 +234,7 @@ fn pop3_server(
         pop3: config.pop3.clone(),
         auth: config.auth.clone(),
         logins,
+        guard,
     }
 }
 
@@ -292,12 +302,22 @@ async fn serve_config(
         .map(|n| n.get())
         .unwrap_or(2);
     let logins = Arc::new(Authenticator::new(parallel, Duration::from_secs(600)));
+    // Bans: loaded from the store before the first connection, checked by every listener.
+    let bans = mailkeep_net::bans::BanList::default();
+    let guard = Arc::new(Guard::new(
+        config.bans.clone(),
+        &config.auth,
+        bans.clone(),
+        store.clone(),
+    ));
+    guard.refresh().await.context("reading the bans")?;
     let snapshots = Arc::new(Snapshots::default());
     let imap = Arc::new(imap_server(
         &config,
         store.clone(),
         tls.clone(),
         logins.clone(),
+        guard.clone(),
         snapshots.clone(),
     ));
     let pop3 = Arc::new(pop3_server(
@@ -305,6 +325,7 @@ async fn serve_config(
         store.clone(),
         tls.clone(),
         logins.clone(),
+        guard.clone(),
     ));
     let outbound = Arc::new(Outbound::new(
         store.clone(),
@@ -329,6 +350,7 @@ async fn serve_config(
         delivery.clone(),
         tls.clone(),
         logins.clone(),
+        guard.clone(),
         outbound.clone(),
     )?);
     let tls_for_web = tls.clone();
@@ -337,7 +359,8 @@ async fn serve_config(
     let limiter = ConnLimiter::new(
         config.smtp.max_connections,
         config.smtp.max_connections_per_ip,
-    );
+    )
+    .with_bans(bans.clone());
 
     let addrs: Vec<(Protocol, SocketAddr)> = bound.iter().map(|(p, a, _)| (*p, *a)).collect();
     for (p, a) in &addrs {
@@ -358,11 +381,12 @@ async fn serve_config(
     let web_tx =
         web_server(&config, store.clone(), tls_for_web).map(|w| tokio::sync::watch::channel(w).0);
     // The web answers few, short requests: its own small limits.
-    let web_limiter = ConnLimiter::new(256, 16);
+    let web_limiter = ConnLimiter::new(256, 16).with_bans(bans.clone());
     let imap_limiter = ConnLimiter::new(
         config.imap.max_connections,
         config.imap.max_connections_per_ip,
-    );
+    )
+    .with_bans(bans.clone());
     let grace = Duration::from_secs(run.grace_seconds);
     let mut tasks = tokio::task::JoinSet::new();
     for (protocol, _, listener) in bound {
@@ -429,6 +453,22 @@ async fn serve_config(
     // The outbound queue sends until shutdown, then finishes the deliveries under way.
     tasks.spawn(outbound.clone().run(shutdown.clone()));
 
+    // Bans added or lifted by `mailkeep ban` (and ended ones) reach the listeners within
+    // seconds.
+    let refresher = guard.clone();
+    let mut bans_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(BANS_REFRESH) => {}
+                _ = bans_shutdown.wait() => return,
+            }
+            if let Err(e) = refresher.refresh().await {
+                tracing::warn!(error = %e, "reading the bans failed");
+            }
+        }
+    });
+
     // Maintenance, hourly: delivery log retention, and blob files no message refers to any
     // more (removed users, deliveries interrupted by a crash) once they are a day old.
     let retention = config.log.retention;
@@ -475,16 +515,25 @@ async fn serve_config(
                         store.clone(),
                         tls.clone(),
                         logins.clone(),
+                        guard.clone(),
                         snapshots.clone(),
                     );
-                    let p = pop3_server(&c, store.clone(), tls.clone(), logins.clone());
+                    let p = pop3_server(
+                        &c,
+                        store.clone(),
+                        tls.clone(),
+                        logins.clone(),
+                        guard.clone(),
+                    );
                     let sub = submission_server(
                         &c,
                         delivery.clone(),
                         tls.clone(),
                         logins.clone(),
+                        guard.clone(),
                         outbound.clone(),
                     )?;
+                    guard.reconfigure(c.bans.clone(), &c.auth);
                     let web = web_server(&c, store.clone(), tls.clone());
                     let s = smtp_server(&c, delivery.clone(), tls, &outbound)?;
                     let (srs, rewrite) = srs_of(&c)?;

@@ -15,6 +15,7 @@ pub use hickory_resolver::TokioResolver;
 use tokio::sync::watch;
 
 pub mod accept;
+pub mod bans;
 pub mod sasl;
 pub mod stream;
 
@@ -66,6 +67,7 @@ pub struct ConnLimiter {
     inner: Arc<Mutex<LimiterState>>,
     max_total: usize,
     max_per_ip: usize,
+    bans: bans::BanList,
 }
 
 struct LimiterState {
@@ -80,6 +82,8 @@ pub enum LimitExceeded {
     Total,
     /// Too many from this address.
     PerIp,
+    /// The address is banned (too many failed logins, or by an admin).
+    Banned,
 }
 
 /// Held for the life of a connection; releases its slot when dropped.
@@ -111,11 +115,25 @@ impl ConnLimiter {
             })),
             max_total,
             max_per_ip,
+            bans: bans::BanList::default(),
         }
+    }
+
+    /// Refuses connections from the networks in `bans` from now on.
+    pub fn with_bans(mut self, bans: bans::BanList) -> ConnLimiter {
+        self.bans = bans;
+        self
     }
 
     /// Takes a slot for a connection from `ip`.
     pub fn acquire(&self, ip: IpAddr) -> Result<ConnPermit, LimitExceeded> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if self.bans.find(ip, now).is_some() {
+            return Err(LimitExceeded::Banned);
+        }
         let key = limit_key(ip);
         let mut st = self.inner.lock().map_err(|_| LimitExceeded::Total)?;
         if st.total >= self.max_total {

@@ -44,6 +44,8 @@ pub struct Pop3Server {
     pub auth: AuthConfig,
     /// Password checks, shared by every listener (bounded, with a login cache).
     pub logins: Arc<mailkeep_store::directory::Authenticator>,
+    /// Failed-login counting, bans and account locks (shared by every listener).
+    pub guard: Arc<mailkeep_auth::Guard>,
 }
 
 /// Accepts POP3 connections until shutdown; `implicit_tls` for port 995 (RFC 8314).
@@ -73,6 +75,9 @@ pub async fn serve(
                                 LimitExceeded::Total => "-ERR [SYS/TEMP] too many connections\r\n",
                                 LimitExceeded::PerIp => {
                                     "-ERR [SYS/TEMP] too many connections from your address\r\n"
+                                }
+                                LimitExceeded::Banned => {
+                                    "-ERR [SYS/PERM] your address is banned after too many failed logins\r\n"
                                 }
                             };
                             let mut stream = stream;
@@ -617,27 +622,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         password: &str,
         mechanism: &str,
     ) -> Result<Flow, StoreError> {
-        let found = self
+        let attempt = self
             .server
-            .logins
-            .login(self.server.store.as_ref(), login, password)
+            .guard
+            .login(&self.server.logins, self.peer.ip(), login, password, "pop3")
             .await?;
-        let app = found.as_ref().and_then(|l| l.app_password.clone());
-        let user = found.map(|l| l.user);
+        let (user, app, outcome, delay, banned, locked) = match attempt {
+            mailkeep_auth::Attempt::Success(l) => (
+                Some(l.user),
+                l.app_password,
+                "accepted",
+                Duration::ZERO,
+                false,
+                false,
+            ),
+            mailkeep_auth::Attempt::Failure { delay, banned } => {
+                (None, None, "rejected", delay, banned, false)
+            }
+            mailkeep_auth::Attempt::Locked { delay, banned } => {
+                (None, None, "locked", delay, banned, true)
+            }
+        };
         self.server.store.log_submit(vec![LogEvent {
             ts: now_micros(),
             session: self.id.clone(),
             kind: "pop3.login".into(),
             ip: Some(self.peer.ip().to_string()),
             recipient: Some(login.chars().take(200).collect()),
-            outcome: Some(
-                if user.is_some() {
-                    "accepted"
-                } else {
-                    "rejected"
-                }
-                .into(),
-            ),
+            outcome: Some(outcome.into()),
             detail: serde_json::json!({
                 "mechanism": mechanism, "tls": self.tls, "app_password": app,
             }),
@@ -645,14 +657,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }]);
         let Some(user) = user else {
             self.failures += 1;
-            let delay = self
-                .server
-                .auth
-                .failure_delay
-                .saturating_mul(1 << (self.failures - 1).min(6));
+            // The wait grows with the address's failures (in every session).
             tokio::time::sleep(delay).await;
-            // RFC 3206 4: [AUTH] says the credentials were wrong.
-            self.err("[AUTH] authentication failed");
+            if locked {
+                // RFC 3206 4: [SYS/TEMP], a temporary failure.
+                self.err("[SYS/TEMP] too many failed logins for this account, try again later");
+            } else {
+                // RFC 3206 4: [AUTH] says the credentials were wrong.
+                self.err("[AUTH] authentication failed");
+            }
+            if banned {
+                return Ok(Flow::Close("address banned".into()));
+            }
             if self.failures >= self.server.auth.max_failures {
                 return Ok(Flow::Close("too many failed logins".into()));
             }

@@ -59,6 +59,8 @@ pub struct SmtpServer {
 pub struct Submission {
     /// The password checker shared with IMAP and POP3.
     pub logins: Arc<Authenticator>,
+    /// Failed-login counting, bans and account locks, shared with IMAP and POP3.
+    pub guard: Arc<mailkeep_auth::Guard>,
     /// When passwords may be sent, and how failures are slowed down.
     pub auth: AuthConfig,
 }

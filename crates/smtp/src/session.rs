@@ -165,7 +165,8 @@ fn new_session_id() -> String {
     QueueId::new(now_micros() as u64, rand::random()).0
 }
 
-/// Refuses a connection over the limits with 421 (RFC 5321 3.8) and logs it.
+/// Refuses a connection over the limits with 421 (RFC 5321 3.8), or a banned one with 554,
+/// and logs it.
 pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
     mut stream: S,
     peer: SocketAddr,
@@ -175,6 +176,10 @@ pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
     let reply = match why {
         LimitExceeded::Total => "421 4.7.0 Too many connections, try again later\r\n",
         LimitExceeded::PerIp => "421 4.7.0 Too many connections from your address\r\n",
+        // RFC 5321 3.1: 554 at the greeting; the ban ends on its own or by the postmaster.
+        LimitExceeded::Banned => {
+            "554 5.7.1 Your address is banned after too many failed logins; ask the postmaster\r\n"
+        }
     };
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(5),
@@ -656,29 +661,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 })
             }
         };
-        let store = self.server.delivery.store();
-        let found = match sub.logins.login(store.as_ref(), &login, &password).await {
-            Ok(u) => u,
+        let attempt = match sub
+            .guard
+            .login(&sub.logins, self.peer.ip(), &login, &password, "smtp")
+            .await
+        {
+            Ok(a) => a,
             Err(e) => {
                 tracing::error!(session = %self.id, error = %e, "login check failed");
                 self.reply("454 4.7.0 Temporary authentication failure");
                 return Flow::Continue;
             }
         };
-        let ok = found.is_some();
-        let app = found.as_ref().and_then(|l| l.app_password.clone());
+        let (user, app, outcome, delay, banned, locked) = match attempt {
+            mailkeep_auth::Attempt::Success(l) => (
+                Some(l.user),
+                l.app_password,
+                "accepted",
+                std::time::Duration::ZERO,
+                false,
+                false,
+            ),
+            mailkeep_auth::Attempt::Failure { delay, banned } => {
+                (None, None, "rejected", delay, banned, false)
+            }
+            mailkeep_auth::Attempt::Locked { delay, banned } => {
+                (None, None, "locked", delay, banned, true)
+            }
+        };
         self.log(
             "smtp.auth",
             LogEvent {
                 recipient: Some(login.chars().take(200).collect()),
-                outcome: Some(if ok { "accepted" } else { "rejected" }.into()),
+                outcome: Some(outcome.into()),
                 detail: serde_json::json!({
                     "mechanism": mech, "tls": self.tls.is_some(), "app_password": app,
                 }),
                 ..Default::default()
             },
         );
-        match found.map(|l| l.user) {
+        match user {
             Some(u) => {
                 tracing::info!(session = %self.id, user = %u.address, "submission login");
                 self.user = Some(u);
@@ -687,13 +709,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             None => {
                 self.auth_failures += 1;
-                // Each failure in a session waits twice as long as the one before.
-                let delay = sub
-                    .auth
-                    .failure_delay
-                    .saturating_mul(1 << (self.auth_failures - 1).min(6));
                 tokio::time::sleep(delay).await;
-                self.error("535 5.7.8 Authentication credentials invalid");
+                if locked {
+                    // RFC 4954 6: a temporary failure; the account is under attack.
+                    self.error(
+                        "454 4.7.0 Too many failed logins for this account, try again later",
+                    );
+                } else {
+                    self.error("535 5.7.8 Authentication credentials invalid");
+                }
+                if banned {
+                    self.reply("421 4.7.0 Too many failed logins: your address is banned");
+                    return Flow::Close("address banned");
+                }
                 if self.auth_failures >= sub.auth.max_failures {
                     self.reply("421 4.7.0 Too many failed logins, closing connection");
                     return Flow::Close("too many failed logins");

@@ -21,12 +21,12 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
 use mailkeep_store::{
-    check_mailbox_name, AclChange, AclEntry, Alias, AppPassword, Attempt, BlobId, BlobStore,
-    ChangeEvent, Contents, DirectoryStore, DomainInfo, Envelope, FlagMode, FlagUpdate, LogEvent,
-    LogFilter, LogStore, MailStore, Mailbox, MailboxCounts, MessageCache, MessageFlags,
+    check_mailbox_name, AclChange, AclEntry, Alias, AppPassword, Attempt, BanRow, BanStore, BlobId,
+    BlobStore, ChangeEvent, Contents, DirectoryStore, DomainInfo, Envelope, FlagMode, FlagUpdate,
+    LogEvent, LogFilter, LogStore, MailStore, Mailbox, MailboxCounts, MessageCache, MessageFlags,
     MessageMeta, NewMessage, NewQueued, QueueRecipient, QueueStore, QueuedMessage, QueuedRcpt,
     RcptStatus, ReceivedReport, ReportEvent, ReportStore, Result, Rights, SharedMailbox,
-    StoreError, Stored, StsCached, Target, User,
+    StoreError, Stored, StsCached, Target, Usage, UsageStore, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -2772,6 +2772,160 @@ fn like(s: &str) -> String {
         .replace('%', "\\%")
         .replace('_', "\\_");
     format!("%{escaped}%")
+}
+
+#[async_trait]
+impl UsageStore for SqliteStore {
+    async fn usage_record(
+        &self,
+        account: AccountId,
+        ts: i64,
+        recipients: &[String],
+    ) -> Result<u32> {
+        let recipients = recipients.to_vec();
+        self.write(move |c| {
+            let mut known = c
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO known_recipients (account, address, first) \
+                     VALUES (?1, ?2, ?3)",
+                )
+                .map_err(backend)?;
+            let mut new = 0u32;
+            for r in &recipients {
+                new += known.execute(params![account.0, r, ts]).map_err(backend)? as u32;
+            }
+            c.prepare_cached(
+                "INSERT INTO outbound_usage (account, ts, recipients, new_recipients) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(backend)?
+            .execute(params![account.0, ts, recipients.len() as i64, new])
+            .map_err(backend)?;
+            Ok(new)
+        })
+        .await
+    }
+
+    async fn usage_since(&self, account: AccountId, since: i64) -> Result<Usage> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(recipients), 0), COALESCE(SUM(new_recipients), 0) \
+                 FROM outbound_usage WHERE account = ?1 AND ts > ?2",
+            )
+            .map_err(backend)?
+            .query_row(params![account.0, since], |r| {
+                Ok(Usage {
+                    messages: r.get::<_, i64>(0)? as u32,
+                    recipients: r.get::<_, i64>(1)? as u32,
+                    new_recipients: r.get::<_, i64>(2)? as u32,
+                })
+            })
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn recipients_known(
+        &self,
+        account: AccountId,
+        recipients: &[String],
+    ) -> Result<Vec<bool>> {
+        let recipients = recipients.to_vec();
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT 1 FROM known_recipients WHERE account = ?1 AND address = ?2",
+                )
+                .map_err(backend)?;
+            recipients
+                .iter()
+                .map(|r| {
+                    st.query_row(params![account.0, r], |_| Ok(()))
+                        .optional()
+                        .map(|o| o.is_some())
+                        .map_err(backend)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn usage_expire(&self, before: i64) -> Result<u64> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("DELETE FROM outbound_usage WHERE ts < ?1")
+                .map_err(backend)?
+                .execute(params![before])
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl BanStore for SqliteStore {
+    async fn ban_put(&self, b: BanRow) -> Result<()> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO bans (network, reason, created, expires) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(backend)?
+            .execute(params![b.network, b.reason, b.created, b.expires])
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ban_remove(&self, network: &str) -> Result<bool> {
+        let network = network.to_string();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("DELETE FROM bans WHERE network = ?1")
+                .map_err(backend)?
+                .execute(params![network])
+                .map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn bans(&self, now: i64) -> Result<Vec<BanRow>> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT network, reason, created, expires FROM bans \
+                     WHERE expires IS NULL OR expires > ?1 ORDER BY created, network",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![now], |r| {
+                    Ok(BanRow {
+                        network: r.get(0)?,
+                        reason: r.get(1)?,
+                        created: r.get(2)?,
+                        expires: r.get(3)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn bans_expire(&self, now: i64) -> Result<u64> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("DELETE FROM bans WHERE expires IS NOT NULL AND expires <= ?1")
+                .map_err(backend)?
+                .execute(params![now])
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+        .await
+    }
 }
 
 #[async_trait]

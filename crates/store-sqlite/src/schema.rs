@@ -237,6 +237,33 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX received_reports_domain ON received_reports(kind, domain, end_ts);
     "#,
+    // 13: bans (brute-force defence and the admin's): a network, why, since and until when
+    // (NULL: until removed).
+    r#"
+    CREATE TABLE bans (
+        network TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        expires INTEGER
+    ) WITHOUT ROWID;
+    "#,
+    // 14: what each account sent to other domains (outbound limits): one row per message
+    // (kept two days), and every recipient it ever wrote to (to count new ones).
+    r#"
+    CREATE TABLE outbound_usage (
+        account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        ts INTEGER NOT NULL,
+        recipients INTEGER NOT NULL,
+        new_recipients INTEGER NOT NULL
+    );
+    CREATE INDEX outbound_usage_account ON outbound_usage(account, ts);
+    CREATE TABLE known_recipients (
+        account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        address TEXT NOT NULL,
+        first INTEGER NOT NULL,
+        PRIMARY KEY (account, address)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -32,6 +32,109 @@ pub async fn run_all(store: SharedStore) {
     queue(&store).await;
     sts(&store).await;
     reports(&store).await;
+    bans(&store).await;
+    usage(&store).await;
+}
+
+/// Outbound usage: messages and new recipients counted per account and period.
+async fn usage(store: &SharedStore) {
+    let d = domain("usage.test");
+    store.domain_add(&d).await.expect("domain");
+    let a = store
+        .user_add(&addr("u@usage.test"), "x", 0)
+        .await
+        .expect("user");
+    let b = store
+        .user_add(&addr("v@usage.test"), "x", 0)
+        .await
+        .expect("user");
+    let r = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        store
+            .usage_record(a, 100, &r(&["x@o.test", "y@o.test"]))
+            .await
+            .expect("record"),
+        2
+    );
+    assert_eq!(
+        store
+            .usage_record(a, 200, &r(&["y@o.test", "z@o.test"]))
+            .await
+            .expect("record"),
+        1
+    );
+    assert_eq!(
+        store
+            .usage_record(b, 200, &r(&["x@o.test"]))
+            .await
+            .expect("record"),
+        1,
+        "per account"
+    );
+    let u = store.usage_since(a, 50).await.expect("usage");
+    assert_eq!((u.messages, u.recipients, u.new_recipients), (2, 4, 3));
+    let u = store.usage_since(a, 100).await.expect("usage");
+    assert_eq!((u.messages, u.new_recipients), (1, 1), "after 100 only");
+    assert_eq!(
+        store
+            .recipients_known(a, &r(&["z@o.test", "w@o.test"]))
+            .await
+            .expect("known"),
+        vec![true, false]
+    );
+    assert_eq!(store.usage_expire(150).await.expect("expire"), 1);
+    assert_eq!(store.usage_since(a, 0).await.expect("usage").messages, 1);
+    assert_eq!(
+        store
+            .recipients_known(a, &r(&["x@o.test"]))
+            .await
+            .expect("known"),
+        vec![true],
+        "recipients stay known"
+    );
+}
+
+/// Bans: replaced by network, listed while in force, removable, expired ones forgotten.
+async fn bans(store: &SharedStore) {
+    let ban = |network: &str, created: i64, expires: Option<i64>| crate::BanRow {
+        network: network.into(),
+        reason: format!("test {network}"),
+        created,
+        expires,
+    };
+    store
+        .ban_put(ban("192.0.2.7", 10, Some(100)))
+        .await
+        .expect("ban");
+    store
+        .ban_put(ban("2001:db8::/64", 20, None))
+        .await
+        .expect("ban");
+    store
+        .ban_put(ban("198.51.100.0/24", 5, Some(50)))
+        .await
+        .expect("ban");
+    // A second ban of a network replaces the first.
+    store
+        .ban_put(ban("192.0.2.7", 30, Some(200)))
+        .await
+        .expect("ban");
+    let now = store.bans(60).await.expect("bans");
+    let names: Vec<&str> = now.iter().map(|b| b.network.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["2001:db8::/64", "192.0.2.7"],
+        "in force at 60, oldest first"
+    );
+    assert_eq!(now[1].expires, Some(200));
+    assert_eq!(store.bans_expire(60).await.expect("expire"), 1);
+    assert!(store.ban_remove("192.0.2.7").await.expect("remove"));
+    assert!(!store.ban_remove("192.0.2.7").await.expect("remove"));
+    assert_eq!(
+        store.bans(i64::MAX - 1).await.expect("bans").len(),
+        1,
+        "no end"
+    );
 }
 
 /// Reports: events kept until sent, received reports de-duplicated.

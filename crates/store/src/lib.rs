@@ -802,11 +802,77 @@ pub trait LogStore: Send + Sync {
 
 /// A complete storage backend.
 pub trait Store:
-    DirectoryStore + MailStore + BlobStore + LogStore + QueueStore + ReportStore
+    DirectoryStore + MailStore + BlobStore + LogStore + QueueStore + ReportStore + BanStore + UsageStore
 {
 }
 
-impl<T: DirectoryStore + MailStore + BlobStore + LogStore + QueueStore + ReportStore> Store for T {}
+impl<T> Store for T where
+    T: DirectoryStore
+        + MailStore
+        + BlobStore
+        + LogStore
+        + QueueStore
+        + ReportStore
+        + BanStore
+        + UsageStore
+{
+}
+
+/// What an account sent to other domains over a period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Messages.
+    pub messages: u32,
+    /// Recipients, all told.
+    pub recipients: u32,
+    /// Recipients written to for the first time.
+    pub new_recipients: u32,
+}
+
+/// What accounts send to other domains, for the outbound limits.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Records one message from `account` to `recipients` (address keys) at `ts`; returns
+    /// how many of them it never wrote to before.
+    async fn usage_record(&self, account: AccountId, ts: i64, recipients: &[String])
+        -> Result<u32>;
+    /// What `account` sent since `since`.
+    async fn usage_since(&self, account: AccountId, since: i64) -> Result<Usage>;
+    /// Which of `recipients` (address keys) `account` wrote to before, in order.
+    async fn recipients_known(
+        &self,
+        account: AccountId,
+        recipients: &[String],
+    ) -> Result<Vec<bool>>;
+    /// Forgets message rows older than `before` (the recipients stay known); returns how many.
+    async fn usage_expire(&self, before: i64) -> Result<u64>;
+}
+
+/// A banned network, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanRow {
+    /// The network (`192.0.2.7`, `2001:db8::/64`).
+    pub network: String,
+    /// Why.
+    pub reason: String,
+    /// Since when (unix seconds).
+    pub created: i64,
+    /// Until when; None: until removed.
+    pub expires: Option<i64>,
+}
+
+/// Bans that outlive restarts.
+#[async_trait]
+pub trait BanStore: Send + Sync {
+    /// Bans a network (replacing an earlier ban of the same network).
+    async fn ban_put(&self, ban: BanRow) -> Result<()>;
+    /// Lifts a ban; false when there was none.
+    async fn ban_remove(&self, network: &str) -> Result<bool>;
+    /// The bans in force at `now`, oldest first.
+    async fn bans(&self, now: i64) -> Result<Vec<BanRow>>;
+    /// Forgets bans that ended before `now`; returns how many.
+    async fn bans_expire(&self, now: i64) -> Result<u64>;
+}
 
 /// One message's part in a report we will send (DMARC aggregate, TLS-RPT), kept until the
 /// report goes out.

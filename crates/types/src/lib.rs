@@ -12,6 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod acl;
+pub mod ipnet;
 pub mod message;
 
 /// Errors from parsing addresses and domains.

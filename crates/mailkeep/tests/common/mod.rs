@@ -340,6 +340,14 @@ impl Raw {
 
     /// Connects from a given loopback address (to be another client IP for SPF).
     pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> Raw {
+        let (raw, greeting) = Raw::greeted_from(local, addr).await;
+        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
+        raw
+    }
+
+    /// Connects from a given loopback address; returns the client and whatever greeting
+    /// came (a refusal too).
+    pub async fn greeted_from(local: std::net::IpAddr, addr: SocketAddr) -> (Raw, String) {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.bind(SocketAddr::new(local, 0)).expect("bind");
         let s = socket.connect(addr).await.expect("connect");
@@ -349,8 +357,7 @@ impl Raw {
             w,
         };
         let greeting = raw.reply().await;
-        assert!(greeting.starts_with("220 "), "greeting: {greeting}");
-        raw
+        (raw, greeting)
     }
 
     pub async fn send(&mut self, data: &[u8]) {

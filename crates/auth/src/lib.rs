@@ -1,0 +1,483 @@
+//! Login defences shared by SMTP submission, IMAP and POP3 (and later the web): every login
+//! goes through [`Guard::login`].
+//!
+//! Implementation notes:
+//! - Failed logins are counted per client address (IPv6 per /64: one host usually owns a
+//!   whole /64) over `bans.window`. Each failure waits `auth.failure_delay` doubled per
+//!   earlier failure of that address (at most 16 times), across sessions.
+//! - `bans.after` failures ban the address (IPv4 /32, IPv6 /64) for `bans.duration`: the
+//!   ban is stored (it survives restarts), logged as `auth.ban` with its reason, and put in
+//!   the [`BanList`] every listener checks when it accepts a connection.
+//! - Credential stuffing: when one account fails from `bans.account_ips` distinct addresses
+//!   within the window, it is locked for `bans.account_lock` against addresses that are
+//!   neither allowed nor known (an address known is one that logged in to the account since
+//!   the server started). Sessions already logged in are never touched; a locked login does
+//!   not check the password (no hashing work for the attacker) and counts as a failure of
+//!   its address.
+//! - Addresses in `bans.allow` are never banned or locked out; their failures still wait.
+//! - Counters live in memory (bounded); bans come from the store, refreshed by
+//!   [`Guard::refresh`], so the CLI's `ban add|remove` reach a running server.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mailkeep_config::{AuthConfig, BansConfig};
+use mailkeep_net::bans::{Ban, BanList};
+use mailkeep_store::directory::{Authenticator, Login};
+use mailkeep_store::{BanRow, LogEvent, SharedStore, StoreError};
+use mailkeep_types::ipnet::IpNet;
+
+/// The wait after a failure doubles with each earlier failure of the address this many
+/// times at most (2 s becomes at most 32 s: slow for a guesser, bearable for a phone with an
+/// old password, and a connection is not held for minutes).
+const MAX_DOUBLINGS: usize = 4;
+
+/// Most addresses and accounts tracked at once; beyond it the oldest counts are dropped.
+const MAX_TRACKED: usize = 100_000;
+
+/// How a login attempt ended.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The right password (or app password).
+    Success(Login),
+    /// Wrong: wait `delay` before answering; `banned`: the address is banned now, close the
+    /// connection after the answer.
+    Failure {
+        /// How long to wait before answering.
+        delay: Duration,
+        /// The address was banned by this failure.
+        banned: bool,
+    },
+    /// The account is locked for logins from this address (credential stuffing); the
+    /// password was not checked.
+    Locked {
+        /// How long to wait before answering.
+        delay: Duration,
+        /// The address was banned by this attempt.
+        banned: bool,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    /// Failure times (unix seconds) per address key.
+    by_ip: HashMap<IpAddr, Vec<i64>>,
+    /// Failure times and address keys per account.
+    by_account: HashMap<String, Vec<(i64, IpAddr)>>,
+    /// Locked accounts, until when.
+    locked: HashMap<String, i64>,
+    /// (account, address key) that logged in.
+    known: HashSet<(String, IpAddr)>,
+}
+
+/// The login defences.
+pub struct Guard {
+    bans: BanList,
+    /// `[bans]` and `auth.failure_delay`, replaced on reload.
+    settings: std::sync::RwLock<(BansConfig, Duration)>,
+    store: SharedStore,
+    state: Mutex<State>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The address a client is counted and banned under: itself for IPv4, its /64 for IPv6.
+pub fn ban_network(ip: IpAddr) -> IpNet {
+    let host = IpNet::host(ip);
+    match host.addr() {
+        IpAddr::V6(_) => IpNet::new(host.addr(), 64).unwrap_or(host),
+        _ => host,
+    }
+}
+
+impl Guard {
+    /// A guard with these settings, putting its bans into `bans` (the list the listeners
+    /// check).
+    pub fn new(config: BansConfig, auth: &AuthConfig, bans: BanList, store: SharedStore) -> Guard {
+        Guard {
+            bans,
+            settings: std::sync::RwLock::new((config, auth.failure_delay)),
+            store,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// New settings (SIGHUP); counts, locks and bans stay.
+    pub fn reconfigure(&self, config: BansConfig, auth: &AuthConfig) {
+        if let Ok(mut s) = self.settings.write() {
+            *s = (config, auth.failure_delay);
+        }
+    }
+
+    fn settings(&self) -> (BansConfig, Duration) {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The list of bans in force.
+    pub fn ban_list(&self) -> &BanList {
+        &self.bans
+    }
+
+    /// Whether `ip` is in `bans.allow`.
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        self.settings().0.allow.iter().any(|n| n.contains(ip))
+    }
+
+    /// Reads the bans in force from the store into the list (and forgets ended ones): at
+    /// start, and every few seconds so that `mailkeep ban add|remove` take effect.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let t = now();
+        self.store.bans_expire(t).await?;
+        let rows = self.store.bans(t).await?;
+        let list = rows
+            .into_iter()
+            .filter_map(|r| {
+                let network = r.network.parse::<IpNet>().ok()?;
+                Some(Ban {
+                    network,
+                    reason: r.reason,
+                    expires: r.expires,
+                })
+            })
+            .collect();
+        self.bans.set(list);
+        Ok(())
+    }
+
+    /// Checks a login from `ip` through `logins`, counting failures and banning or locking
+    /// as configured. `protocol` names the service in the log (`smtp`, `imap`, `pop3`).
+    pub async fn login(
+        &self,
+        logins: &Authenticator,
+        ip: IpAddr,
+        login: &str,
+        password: &str,
+        protocol: &str,
+    ) -> Result<Attempt, StoreError> {
+        let account = login.trim().to_lowercase();
+        let key = ban_network(ip).addr();
+        let t = now();
+        if self.locked_out(&account, key, ip, t) {
+            let (delay, banned) = self.failure(ip, &account, protocol, t).await;
+            return Ok(Attempt::Locked { delay, banned });
+        }
+        match logins.login(self.store.as_ref(), login, password).await? {
+            Some(found) => {
+                if let Ok(mut st) = self.state.lock() {
+                    if st.known.len() >= MAX_TRACKED {
+                        st.known.clear();
+                    }
+                    st.known.insert((account, key));
+                }
+                Ok(Attempt::Success(found))
+            }
+            None => {
+                let (delay, banned) = self.failure(ip, &account, protocol, t).await;
+                Ok(Attempt::Failure { delay, banned })
+            }
+        }
+    }
+
+    /// Whether `account` is locked against this address.
+    fn locked_out(&self, account: &str, key: IpAddr, ip: IpAddr, t: i64) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        match st.locked.get(account) {
+            Some(until) if *until > t => {
+                !self.allowed(ip) && !st.known.contains(&(account.to_string(), key))
+            }
+            Some(_) => {
+                st.locked.remove(account);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Counts a failure; returns the wait before answering and whether the address is
+    /// banned now.
+    async fn failure(&self, ip: IpAddr, account: &str, protocol: &str, t: i64) -> (Duration, bool) {
+        let (config, failure_delay) = self.settings();
+        let window = config.window.as_secs() as i64;
+        let key = ban_network(ip).addr();
+        let allowed = self.allowed(ip);
+        let (count, lock) = {
+            let Ok(mut st) = self.state.lock() else {
+                return (failure_delay, false);
+            };
+            if st.by_ip.len() >= MAX_TRACKED || st.by_account.len() >= MAX_TRACKED {
+                st.by_ip
+                    .retain(|_, v| v.last().is_some_and(|l| t - l < window));
+                st.by_account
+                    .retain(|_, v| v.last().is_some_and(|l| t - l.0 < window));
+            }
+            let times = st.by_ip.entry(key).or_default();
+            times.retain(|x| t - x < window);
+            times.push(t);
+            let count = times.len();
+            let tries = st.by_account.entry(account.to_string()).or_default();
+            tries.retain(|x| t - x.0 < window);
+            tries.push((t, key));
+            let ips: HashSet<IpAddr> = tries.iter().map(|x| x.1).collect();
+            let lock = config.account_ips > 0
+                && ips.len() >= config.account_ips as usize
+                && !st.locked.contains_key(account);
+            if lock {
+                let until = t + config.account_lock.as_secs() as i64;
+                st.locked.insert(account.to_string(), until);
+            }
+            (count, lock.then_some(ips.len()))
+        };
+        if let Some(ips) = lock {
+            tracing::warn!(
+                account,
+                ips,
+                "account locked after failed logins from many addresses"
+            );
+            self.store.log_submit(vec![LogEvent {
+                ts: t * 1_000_000,
+                session: "auth".into(),
+                kind: "auth.lock".into(),
+                ip: Some(ip.to_string()),
+                recipient: Some(account.chars().take(200).collect()),
+                outcome: Some("locked".into()),
+                detail: serde_json::json!({
+                    "addresses": ips,
+                    "window_secs": window,
+                    "lock_secs": config.account_lock.as_secs(),
+                }),
+                ..Default::default()
+            }]);
+        }
+        // Each earlier failure of the address doubles the wait, up to 16 times the first.
+        let delay = failure_delay.saturating_mul(1 << (count.saturating_sub(1)).min(MAX_DOUBLINGS));
+        let ban_now = !allowed && config.after > 0 && count >= config.after as usize;
+        if !ban_now {
+            return (delay, false);
+        }
+        let network = ban_network(ip);
+        let reason = format!(
+            "{count} failed logins in {} (last: {protocol} as {})",
+            human(config.window),
+            account.chars().take(100).collect::<String>()
+        );
+        let expires = t + config.duration.as_secs() as i64;
+        self.bans.add(Ban {
+            network,
+            reason: reason.clone(),
+            expires: Some(expires),
+        });
+        if let Ok(mut st) = self.state.lock() {
+            st.by_ip.remove(&key);
+        }
+        let stored = self
+            .store
+            .ban_put(BanRow {
+                network: network.to_string(),
+                reason: reason.clone(),
+                created: t,
+                expires: Some(expires),
+            })
+            .await;
+        if let Err(e) = &stored {
+            tracing::error!(%network, error = %e, "storing a ban failed (it holds until a restart)");
+        }
+        tracing::warn!(%network, %reason, "address banned");
+        self.store.log_submit(vec![LogEvent {
+            ts: t * 1_000_000,
+            session: "auth".into(),
+            kind: "auth.ban".into(),
+            ip: Some(ip.to_string()),
+            recipient: Some(account.chars().take(200).collect()),
+            outcome: Some("banned".into()),
+            detail: serde_json::json!({
+                "network": network.to_string(), "reason": reason, "expires": expires,
+                "protocol": protocol, "stored": stored.is_ok(),
+            }),
+            ..Default::default()
+        }]);
+        (delay, true)
+    }
+}
+
+/// A duration as people say it: the largest unit that divides it (`1 hour`, `90 minutes`).
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    let (n, unit) = [(86_400, "day"), (3600, "hour"), (60, "minute")]
+        .into_iter()
+        .find(|(u, _)| s >= *u && s.is_multiple_of(*u))
+        .map(|(u, name)| (s / u, name))
+        .unwrap_or((s, "second"));
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    async fn setup(config: BansConfig) -> (tempfile::TempDir, SharedStore, Guard, Authenticator) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore =
+            Arc::new(mailkeep_store_sqlite::SqliteStore::open(&dir.path().join("store")).unwrap());
+        let d = mailkeep_types::Domain::parse("example.test").unwrap();
+        store.domain_add(&d).await.unwrap();
+        let hash = mailkeep_store::password::hash_password("right password").unwrap();
+        store
+            .user_add(
+                &mailkeep_types::Address::parse("alice@example.test").unwrap(),
+                &hash,
+                0,
+            )
+            .await
+            .unwrap();
+        let auth = AuthConfig {
+            plaintext: mailkeep_config::Plaintext::Loopback,
+            failure_delay: Duration::from_millis(1),
+            max_failures: 3,
+        };
+        let guard = Guard::new(config, &auth, BanList::default(), store.clone());
+        (dir, store, guard, Authenticator::new(1, Duration::ZERO))
+    }
+
+    fn config() -> BansConfig {
+        BansConfig {
+            after: 5,
+            window: Duration::from_secs(3600),
+            duration: Duration::from_secs(600),
+            allow: vec!["192.0.2.0/24".parse().unwrap()],
+            account_ips: 3,
+            account_lock: Duration::from_secs(900),
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_ban_the_address_but_never_an_allowed_one() {
+        let (_dir, store, guard, logins) = setup(config()).await;
+        let attacker: IpAddr = "198.51.100.7".parse().unwrap();
+        for n in 1..=5 {
+            let a = guard
+                .login(&logins, attacker, "alice@example.test", "wrong", "imap")
+                .await
+                .unwrap();
+            match a {
+                Attempt::Failure { delay, banned } => {
+                    assert_eq!(banned, n == 5, "banned at the 5th failure");
+                    assert_eq!(delay, Duration::from_millis(1 << (n - 1)));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(guard.ban_list().find(attacker, now()).is_some());
+        let stored = store.bans(now()).await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].network, "198.51.100.7");
+        assert!(
+            stored[0].reason.contains("5 failed logins"),
+            "{}",
+            stored[0].reason
+        );
+        // A restart: the ban comes back from the store.
+        let fresh = Guard::new(
+            config(),
+            &AuthConfig {
+                plaintext: mailkeep_config::Plaintext::Loopback,
+                failure_delay: Duration::ZERO,
+                max_failures: 3,
+            },
+            BanList::default(),
+            store.clone(),
+        );
+        fresh.refresh().await.unwrap();
+        assert!(fresh.ban_list().find(attacker, now()).is_some());
+        // The allowed network is never banned.
+        let admin: IpAddr = "192.0.2.10".parse().unwrap();
+        for _ in 0..20 {
+            let a = guard
+                .login(&logins, admin, "alice@example.test", "wrong", "smtp")
+                .await
+                .unwrap();
+            assert!(matches!(a, Attempt::Failure { banned: false, .. }), "{a:?}");
+        }
+        assert!(guard.ban_list().find(admin, now()).is_none());
+        // IPv6 clients are counted and banned per /64.
+        for i in 0..5 {
+            let ip: IpAddr = format!("2001:db8:1:2::{}", i + 1).parse().unwrap();
+            guard
+                .login(&logins, ip, "bob@example.test", "wrong", "pop3")
+                .await
+                .unwrap();
+        }
+        assert!(guard
+            .ban_list()
+            .find("2001:db8:1:2:ffff::9".parse().unwrap(), now())
+            .is_some());
+        assert!(guard
+            .ban_list()
+            .find("2001:db8:1:3::1".parse().unwrap(), now())
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn credential_stuffing_locks_the_account_for_new_addresses_only() {
+        let (_dir, _store, guard, logins) = setup(config()).await;
+        let known: IpAddr = "203.0.113.50".parse().unwrap();
+        let a = guard
+            .login(
+                &logins,
+                known,
+                "alice@example.test",
+                "right password",
+                "imap",
+            )
+            .await
+            .unwrap();
+        assert!(matches!(a, Attempt::Success(_)));
+        // Three addresses fail once each: the account locks.
+        for i in 1..=3 {
+            let ip: IpAddr = format!("198.51.100.{i}").parse().unwrap();
+            let a = guard
+                .login(&logins, ip, "Alice@example.test", "guess", "smtp")
+                .await
+                .unwrap();
+            assert!(matches!(a, Attempt::Failure { .. }), "{a:?}");
+        }
+        // A new address gets nowhere, even with the right password.
+        let a = guard
+            .login(
+                &logins,
+                "198.51.100.99".parse().unwrap(),
+                "alice@example.test",
+                "right password",
+                "imap",
+            )
+            .await
+            .unwrap();
+        assert!(matches!(a, Attempt::Locked { .. }), "{a:?}");
+        // The address that logged in before, and an allowed one, still get in.
+        for ip in ["203.0.113.50", "192.0.2.1"] {
+            let a = guard
+                .login(
+                    &logins,
+                    ip.parse().unwrap(),
+                    "alice@example.test",
+                    "right password",
+                    "imap",
+                )
+                .await
+                .unwrap();
+            assert!(matches!(a, Attempt::Success(_)), "{ip}: {a:?}");
+        }
+    }
+}
