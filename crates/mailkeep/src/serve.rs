@@ -138,6 +138,7 @@ fn smtp_server(
         outbound: Some(outbound.clone()),
         verifier,
         forwarding: fw.clone(),
+        limits: config.limits.clone(),
     })
 }
 
@@ -486,6 +487,11 @@ async fn serve_config(
                 Ok(n) if n > 0 => tracing::info!(blobs = n, "removed unreferenced blobs"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "blob garbage collection failed"),
+            }
+            // The outbound limits look back a day at most.
+            let two_days_ago = now_micros() / 1_000_000 - 2 * 86_400;
+            if let Err(e) = log_store.usage_expire(two_days_ago).await {
+                tracing::warn!(error = %e, "outbound usage expiry failed");
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

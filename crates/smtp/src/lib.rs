@@ -52,6 +52,8 @@ pub struct SmtpServer {
     /// How the MX forwards mail to aliases' external targets (through `outbound`, which the
     /// MX has only when forwarding is on).
     pub forwarding: mailkeep_config::ForwardingConfig,
+    /// What each account may send to other domains (submission).
+    pub limits: mailkeep_config::LimitsConfig,
 }
 
 /// What message submission (RFC 6409) adds to an SMTP server.

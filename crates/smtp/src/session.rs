@@ -57,6 +57,11 @@ struct Transaction {
     bdat: Option<Vec<u8>>,
     bdat_too_big: bool,
     started: Instant,
+    /// Submission: what the account sent to other domains in the last hour and day, read at
+    /// its first remote recipient.
+    usage: Option<(mailkeep_store::Usage, mailkeep_store::Usage)>,
+    /// Submission: remote recipients the account never wrote to before, in this message.
+    new_recipients: Vec<String>,
 }
 
 struct TlsInfo {
@@ -1014,6 +1019,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             bdat: None,
             bdat_too_big: false,
             started: Instant::now(),
+            usage: None,
+            new_recipients: Vec::new(),
         });
         let r = "250 2.1.0 Sender OK";
         self.reply(r);
@@ -1130,6 +1137,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let (local, external) = match resolution {
             // Submission sends anywhere: other domains go to the outbound queue.
             Resolution::NotLocal if self.user.is_some() => {
+                if let Some(reply) = self.outbound_limit(&address).await {
+                    self.rcpt_reply(&raw, reply, "tempfail", false);
+                    return;
+                }
                 if self.server.outbound.is_none() {
                     self.rcpt_reply(
                         &raw,
@@ -1267,6 +1278,91 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 ..Default::default()
             },
         );
+    }
+
+    /// Submission: the reply refusing one more recipient in another domain when it would
+    /// pass one of the account's outbound limits (`[limits]`), None when it is within them.
+    async fn outbound_limit(&mut self, address: &Address) -> Option<String> {
+        let limits = self.server.limits.clone();
+        let account = self.user.as_ref()?.id;
+        let store = self.server.delivery.store().clone();
+        let tx = self.tx.as_ref()?;
+        let remote = tx.rcpts.iter().filter(|r| r.remote).count() as u32;
+        if limits.recipients_per_message > 0 && remote >= limits.recipients_per_message {
+            return Some(format!(
+                "451 4.7.1 Limit reached: at most {} recipients in other domains per message; \
+                 send to the others in another message",
+                limits.recipients_per_message
+            ));
+        }
+        let usage = match tx.usage {
+            Some(u) => u,
+            None => {
+                let now = now_micros() / 1_000_000;
+                let read = async {
+                    let hour = store.usage_since(account, now - 3600).await?;
+                    let day = store.usage_since(account, now - 86_400).await?;
+                    Ok::<_, mailkeep_store::StoreError>((hour, day))
+                };
+                match read.await {
+                    Ok(u) => {
+                        if let Some(tx) = self.tx.as_mut() {
+                            tx.usage = Some(u);
+                        }
+                        u
+                    }
+                    Err(e) => {
+                        tracing::error!(session = %self.id, error = %e, "reading the outbound usage failed");
+                        return Some("451 4.3.0 Temporary failure, try again later".into());
+                    }
+                }
+            }
+        };
+        let (hour, day) = usage;
+        if limits.messages_per_hour > 0 && hour.messages >= limits.messages_per_hour {
+            return Some(format!(
+                "451 4.7.1 Limit reached: {} messages to other domains per hour; try again later",
+                limits.messages_per_hour
+            ));
+        }
+        if limits.messages_per_day > 0 && day.messages >= limits.messages_per_day {
+            return Some(format!(
+                "451 4.7.1 Limit reached: {} messages to other domains per day; try again later",
+                limits.messages_per_day
+            ));
+        }
+        if limits.new_recipients_per_day > 0 {
+            let key = address.key();
+            let in_message = self
+                .tx
+                .as_ref()
+                .is_some_and(|t| t.new_recipients.contains(&key));
+            let known = in_message
+                || match store
+                    .recipients_known(account, std::slice::from_ref(&key))
+                    .await
+                {
+                    Ok(k) => k.first().copied().unwrap_or(false),
+                    Err(e) => {
+                        tracing::error!(session = %self.id, error = %e, "reading known recipients failed");
+                        return Some("451 4.3.0 Temporary failure, try again later".into());
+                    }
+                };
+            if !known {
+                let pending = self.tx.as_ref().map_or(0, |t| t.new_recipients.len()) as u32;
+                if day.new_recipients + pending >= limits.new_recipients_per_day {
+                    return Some(format!(
+                        "451 4.7.1 Limit reached: {} new recipients (never written to before) per day; \
+                         try again later",
+                        limits.new_recipients_per_day
+                    ));
+                }
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.new_recipients.push(key);
+                }
+            }
+        }
+        None
     }
 
     /// Whether `domain` or one of its parents is one of ours.
@@ -1930,10 +2026,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 smtputf8: tx.smtputf8,
                 requiretls: tx.requiretls,
             };
+            let counted: Vec<String> = queued
+                .recipients
+                .iter()
+                .filter_map(|r| Address::parse(&r.address).ok().map(|a| a.key()))
+                .collect();
             if let Err(reply) = self.enqueue(queued, &data).await {
                 self.end_transaction(reply, "tempfail", None, size);
                 self.flush_log();
                 return;
+            }
+            // What the account sent, for its outbound limits (`[limits]`).
+            if let Some(account) = self.user.as_ref().map(|u| u.id) {
+                let store = self.server.delivery.store();
+                let now = now_micros() / 1_000_000;
+                if let Err(e) = store.usage_record(account, now, &counted).await {
+                    tracing::warn!(session = %self.id, error = %e, "recording the outbound usage failed");
+                }
             }
         }
         if let (Some(d), false) = (&forward_refused, forwards.is_empty()) {
