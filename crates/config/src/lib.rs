@@ -190,6 +190,16 @@ pub struct SmtpConfig {
     pub quota_reply: QuotaReply,
     /// Whether to look up the client's reverse DNS name for Received and the log.
     pub reverse_dns: bool,
+    /// Commands a session may send per second (a burst of as many goes at once; beyond it
+    /// commands wait); 0: no limit.
+    pub commands_per_second: u32,
+    /// Messages in one connection before it is closed with 421; 0: no limit.
+    pub max_messages_per_connection: u32,
+    /// Recipients in one connection before more get 452; 0: no limit.
+    pub max_recipients_per_connection: u32,
+    /// Messages the MX takes from one sender domain (MAIL FROM) per hour, from all clients
+    /// together; 0: no limit.
+    pub max_messages_per_sender_domain: u32,
 }
 
 /// IMAP server limits.
@@ -709,6 +719,30 @@ impl Config {
                 }
             },
             reverse_dns: s.reverse_dns.unwrap_or(true),
+            commands_per_second: count_key(
+                &cx,
+                "smtp.commands_per_second",
+                s.commands_per_second,
+                100,
+            )?,
+            max_messages_per_connection: count_key(
+                &cx,
+                "smtp.max_messages_per_connection",
+                s.max_messages_per_connection,
+                1000,
+            )?,
+            max_recipients_per_connection: count_key(
+                &cx,
+                "smtp.max_recipients_per_connection",
+                s.max_recipients_per_connection,
+                10_000,
+            )?,
+            max_messages_per_sender_domain: count_key(
+                &cx,
+                "smtp.max_messages_per_sender_domain",
+                s.max_messages_per_sender_domain,
+                5000,
+            )?,
         };
         if smtp.max_message_size < 1024 {
             return Err(cx.invalid(
@@ -1033,12 +1067,8 @@ impl Config {
                 cx.invalid(&format!("bans.allow[{i}]"), "an address or network", e.0)
             })?);
         }
-        let count = |key: &str, v: Option<i64>, default: u32| match v {
-            None => Ok(default),
-            Some(n) => u32::try_from(n).map_err(|_| cx.invalid(key, "a number, 0 or more", n)),
-        };
         let bans = BansConfig {
-            after: count("bans.after", ba.after, 20)?,
+            after: count_key(&cx, "bans.after", ba.after, 20)?,
             window: cx.duration(
                 "bans.window",
                 ba.window.as_ref().unwrap_or(&default("1h".into())),
@@ -1048,7 +1078,7 @@ impl Config {
                 ba.duration.as_ref().unwrap_or(&default("1h".into())),
             )?,
             allow,
-            account_ips: count("bans.account_ips", ba.account_ips, 10)?,
+            account_ips: count_key(&cx, "bans.account_ips", ba.account_ips, 10)?,
             account_lock: cx.duration(
                 "bans.account_lock",
                 ba.account_lock.as_ref().unwrap_or(&default("15m".into())),
@@ -1056,14 +1086,21 @@ impl Config {
         };
         let li = raw.limits.unwrap_or_default();
         let limits = LimitsConfig {
-            messages_per_hour: count("limits.messages_per_hour", li.messages_per_hour, 100)?,
-            messages_per_day: count("limits.messages_per_day", li.messages_per_day, 1000)?,
-            recipients_per_message: count(
+            messages_per_hour: count_key(
+                &cx,
+                "limits.messages_per_hour",
+                li.messages_per_hour,
+                100,
+            )?,
+            messages_per_day: count_key(&cx, "limits.messages_per_day", li.messages_per_day, 1000)?,
+            recipients_per_message: count_key(
+                &cx,
                 "limits.recipients_per_message",
                 li.recipients_per_message,
                 100,
             )?,
-            new_recipients_per_day: count(
+            new_recipients_per_day: count_key(
+                &cx,
                 "limits.new_recipients_per_day",
                 li.new_recipients_per_day,
                 200,
@@ -1125,6 +1162,14 @@ fn positive(cx: &Ctx<'_>, key: &str, v: Option<i64>, default: usize) -> Result<u
         None => Ok(default),
         Some(n) if n > 0 => usize::try_from(n).map_err(|_| cx.invalid(key, "a positive number", n)),
         Some(n) => Err(cx.invalid(key, "a positive number", n)),
+    }
+}
+
+/// A count that may be 0 (meaning no limit).
+fn count_key(cx: &Ctx<'_>, key: &str, v: Option<i64>, default: u32) -> Result<u32, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(n) => u32::try_from(n).map_err(|_| cx.invalid(key, "a number, 0 or more", n)),
     }
 }
 
@@ -1203,6 +1248,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("limits.recipients_per_message"), "{e}");
+        let c = parse("hostname = \"m.example\"\n").unwrap();
+        assert_eq!(c.smtp.commands_per_second, 100);
+        assert_eq!(c.smtp.max_messages_per_sender_domain, 5000);
+        let e = parse("hostname = \"m.example\"\n[smtp]\nmax_messages_per_connection = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("smtp.max_messages_per_connection"), "{e}");
     }
 
     #[test]

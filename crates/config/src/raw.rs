@@ -213,6 +213,14 @@ pub struct RawSmtp {
     pub quota_reply: Option<String>,
     /// `reverse_dns`
     pub reverse_dns: Option<bool>,
+    /// `commands_per_second`
+    pub commands_per_second: Option<i64>,
+    /// `max_messages_per_connection`
+    pub max_messages_per_connection: Option<i64>,
+    /// `max_recipients_per_connection`
+    pub max_recipients_per_connection: Option<i64>,
+    /// `max_messages_per_sender_domain`
+    pub max_messages_per_sender_domain: Option<i64>,
 }
 
 /// `[imap]`

@@ -190,6 +190,14 @@ max_connections = 1000
 max_connections_per_ip = 20
 quota_reply = "temporary"    # "temporary" = 452 4.2.2, "permanent" = 552 5.2.2
 reverse_dns = true
+# Rates (0: no limit). A session past commands_per_second waits (a burst of as many goes at
+# once); one connection takes max_messages_per_connection messages (then 421) and
+# max_recipients_per_connection recipients (then 452); the MX takes at most
+# max_messages_per_sender_domain messages an hour from one MAIL FROM domain (then 451 4.7.1).
+commands_per_second = 100
+max_messages_per_connection = 1000
+max_recipients_per_connection = 10000
+max_messages_per_sender_domain = 5000
 
 [imap]
 max_literal = "50M"          # largest APPEND, advertised as APPENDLIMIT (RFC 7889)

@@ -98,6 +98,7 @@ fn smtp_server(
     delivery: Delivery,
     tls: Option<Arc<rustls::ServerConfig>>,
     outbound: &Arc<Outbound>,
+    rates: &Arc<mailkeep_smtp::SenderRates>,
 ) -> Result<SmtpServer> {
     let rdns = ReverseDns::new(
         &config.dns.servers,
@@ -139,6 +140,7 @@ fn smtp_server(
         verifier,
         forwarding: fw.clone(),
         limits: config.limits.clone(),
+        rates: rates.clone(),
     })
 }
 
@@ -152,7 +154,7 @@ fn submission_server(
     guard: Arc<Guard>,
     outbound: Arc<Outbound>,
 ) -> Result<SmtpServer> {
-    let mut s = smtp_server(config, delivery, tls, &outbound)?;
+    let mut s = smtp_server(config, delivery, tls, &outbound, &Arc::default())?;
     s.submission = Some(Submission {
         logins,
         guard,
@@ -355,7 +357,14 @@ async fn serve_config(
         outbound.clone(),
     )?);
     let tls_for_web = tls.clone();
-    let server = Arc::new(smtp_server(&config, delivery.clone(), tls, &outbound)?);
+    let rates = Arc::new(mailkeep_smtp::SenderRates::default());
+    let server = Arc::new(smtp_server(
+        &config,
+        delivery.clone(),
+        tls,
+        &outbound,
+        &rates,
+    )?);
     let (trigger, shutdown) = shutdown_pair();
     let limiter = ConnLimiter::new(
         config.smtp.max_connections,
@@ -541,7 +550,7 @@ async fn serve_config(
                     )?;
                     guard.reconfigure(c.bans.clone(), &c.auth);
                     let web = web_server(&c, store.clone(), tls.clone());
-                    let s = smtp_server(&c, delivery.clone(), tls, &outbound)?;
+                    let s = smtp_server(&c, delivery.clone(), tls, &outbound, &rates)?;
                     let (srs, rewrite) = srs_of(&c)?;
                     outbound.set_srs(srs, rewrite);
                     Ok((c, s, sub, i, p, web))

@@ -54,6 +54,70 @@ pub struct SmtpServer {
     pub forwarding: mailkeep_config::ForwardingConfig,
     /// What each account may send to other domains (submission).
     pub limits: mailkeep_config::LimitsConfig,
+    /// Messages per sender domain this hour (the MX), shared by every session and kept
+    /// across reloads.
+    pub rates: Arc<SenderRates>,
+}
+
+/// Messages the MX took per MAIL FROM domain in the current hour (a fixed window per
+/// domain), for `smtp.max_messages_per_sender_domain`.
+#[derive(Default)]
+pub struct SenderRates {
+    counts: std::sync::Mutex<std::collections::HashMap<String, (i64, u32)>>,
+}
+
+/// Domains tracked at once; beyond it, the ones not seen this hour are forgotten.
+const MAX_RATE_DOMAINS: usize = 100_000;
+
+impl SenderRates {
+    /// Whether `domain` is still under `limit` messages this hour at unix time `now`.
+    pub fn within(&self, domain: &str, now: i64, limit: u32) -> bool {
+        let hour = now.div_euclid(3600);
+        let Ok(c) = self.counts.lock() else {
+            return true;
+        };
+        match c.get(&domain.to_ascii_lowercase()) {
+            Some((h, n)) if *h == hour => *n < limit,
+            _ => true,
+        }
+    }
+
+    /// Counts one message taken from `domain` at `now`.
+    pub fn count(&self, domain: &str, now: i64) {
+        let hour = now.div_euclid(3600);
+        let Ok(mut c) = self.counts.lock() else {
+            return;
+        };
+        if c.len() >= MAX_RATE_DOMAINS {
+            c.retain(|_, (h, _)| *h == hour);
+        }
+        let e = c.entry(domain.to_ascii_lowercase()).or_insert((hour, 0));
+        if e.0 != hour {
+            *e = (hour, 0);
+        }
+        e.1 += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_rates_count_per_domain_and_hour() {
+        let r = SenderRates::default();
+        let t = 7200 * 100;
+        for _ in 0..3 {
+            assert!(r.within("Big.Example", t, 3));
+            r.count("big.example", t);
+        }
+        assert!(
+            !r.within("big.example", t + 10, 3),
+            "the 4th in the hour waits"
+        );
+        assert!(r.within("other.example", t, 3), "per domain");
+        assert!(r.within("big.example", t + 3600, 3), "a new hour");
+    }
 }
 
 /// What message submission (RFC 6409) adds to an SMTP server.

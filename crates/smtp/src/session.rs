@@ -96,6 +96,14 @@ struct Session<S> {
     user: Option<mailkeep_store::User>,
     /// Submission: failed AUTH attempts in this session.
     auth_failures: u32,
+    /// Commands that may still go without waiting (`smtp.commands_per_second`), and when the
+    /// allowance was last topped up.
+    allowance: f64,
+    allowance_at: Instant,
+    /// Recipients accepted in this connection.
+    rcpts_total: u32,
+    /// Set by a command whose reply ends the connection (421), with why.
+    closing: Option<&'static str>,
 }
 
 /// How a SASL exchange ended without credentials.
@@ -221,6 +229,7 @@ pub async fn run_session<S>(
     } else {
         None
     };
+    let server_commands_per_second = server.config.commands_per_second;
     let mut s = Session {
         conn: Conn::Plain(stream),
         rbuf: Vec::with_capacity(4096),
@@ -240,6 +249,10 @@ pub async fn run_session<S>(
         messages: 0,
         user: None,
         auth_failures: 0,
+        allowance: f64::from(server_commands_per_second),
+        allowance_at: Instant::now(),
+        rcpts_total: 0,
+        closing: None,
     };
     s.log(
         "smtp.connect",
@@ -436,9 +449,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.error("500 5.5.2 Line too long");
                     Flow::Continue
                 }
-                Line::Ok(line) => self.command(line).await,
+                Line::Ok(line) => {
+                    self.pace().await;
+                    self.command(line).await
+                }
             };
             if let Flow::Close(reason) = flow {
+                let _ = self.flush().await;
+                return reason.into();
+            }
+            if let Some(reason) = self.closing {
                 let _ = self.flush().await;
                 return reason.into();
             }
@@ -453,6 +473,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn error(&mut self, reply: &str) {
         self.errors += 1;
         self.reply(reply);
+    }
+
+    /// `smtp.commands_per_second`: a token bucket as deep as the rate; a command finding it
+    /// empty waits for its token (replies already due are sent first).
+    async fn pace(&mut self) {
+        let rate = f64::from(self.server.config.commands_per_second);
+        if rate <= 0.0 {
+            return;
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.allowance_at).as_secs_f64() * rate;
+        self.allowance = (self.allowance + refill).min(rate);
+        self.allowance_at = now;
+        if self.allowance < 1.0 {
+            let wait = (1.0 - self.allowance) / rate;
+            let _ = self.flush().await;
+            tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
+            self.allowance = 1.0;
+            self.allowance_at = Instant::now();
+        }
+        self.allowance -= 1.0;
     }
 
     async fn command(&mut self, line: Vec<u8>) -> Flow {
@@ -923,6 +964,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.error("503 5.5.1 Nested MAIL command");
             return;
         }
+        let per_connection = self.server.config.max_messages_per_connection;
+        if per_connection > 0 && self.messages >= per_connection {
+            self.reply("421 4.7.0 Too many messages in one connection; reconnect to send more");
+            self.closing = Some("too many messages in one connection");
+            return;
+        }
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
         let eightbit = from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0;
         if !self.esmtp && (smtputf8 || eightbit || from.size > 0 || from.env_id.is_some()) {
@@ -971,6 +1018,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return;
         }
         let sender = from.address.clone();
+        // The MX takes at most `smtp.max_messages_per_sender_domain` messages an hour from
+        // one MAIL FROM domain, from all clients together.
+        let domain_limit = self.server.config.max_messages_per_sender_domain;
+        if let (true, Some((_, domain))) = (
+            self.server.submission.is_none() && domain_limit > 0,
+            sender.rsplit_once('@'),
+        ) {
+            let now = now_micros() / 1_000_000;
+            if !self.server.rates.within(domain, now, domain_limit) {
+                let r = format!(
+                    "451 4.7.1 Too many messages from {} this hour; try again later",
+                    domain.chars().take(255).collect::<String>()
+                );
+                self.reply(&r);
+                self.log(
+                    "smtp.mail",
+                    LogEvent {
+                        sender: Some(sender.clone()),
+                        outcome: Some("tempfail".into()),
+                        reply: Some(r),
+                        ..Default::default()
+                    },
+                );
+                return;
+            }
+        }
         if !sender.is_empty() {
             // RFC 6531 3.5: a UTF-8 address without SMTPUTF8 is refused with 553 5.6.7.
             if !sender.is_ascii() && !smtputf8 {
@@ -1085,6 +1158,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
+        let per_connection = self.server.config.max_recipients_per_connection;
+        if per_connection > 0 && self.rcpts_total >= per_connection {
+            self.rcpt_reply(
+                &raw,
+                "452 4.5.3 Too many recipients in this connection; reconnect to send more".into(),
+                "tempfail",
+                false,
+            );
+            return;
+        }
         // RFC 5321 4.5.3.1.10: too many recipients is a temporary 452.
         if count >= self.server.config.max_recipients {
             self.rcpt_reply(
@@ -1161,6 +1244,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 };
                 if let Some(tx) = self.tx.as_mut() {
                     tx.rcpts.push(rcpt);
+                    self.rcpts_total += 1;
                 }
                 let reply = "250 2.1.5 Recipient OK (relayed for you)".to_string();
                 self.rcpt_reply(&raw, reply, "accepted", false);
@@ -1262,6 +1346,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if let Some(tx) = self.tx.as_mut() {
             tx.rcpts.push(rcpt);
+            self.rcpts_total += 1;
         }
         let reply = "250 2.1.5 Recipient OK".to_string();
         self.reply(&reply);
@@ -1419,6 +1504,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         if let Some(tx) = self.tx.as_mut() {
             tx.rcpts.push(rcpt);
+            self.rcpts_total += 1;
         }
     }
 
@@ -1612,6 +1698,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         size: usize,
     ) {
         self.reply(&reply);
+        // A message taken counts against its sender domain's hourly allowance (the MX).
+        if outcome == "accepted" && self.server.submission.is_none() {
+            if let Some((_, domain)) = self.tx.as_ref().and_then(|t| t.sender.rsplit_once('@')) {
+                self.server.rates.count(domain, now_micros() / 1_000_000);
+            }
+        }
         let duration = self
             .tx
             .as_ref()

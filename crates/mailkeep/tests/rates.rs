@@ -1,0 +1,89 @@
+//! SMTP rate limits: commands per second (they wait), messages and recipients per connection,
+//! and messages per sender domain per hour on the MX.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{code, Raw, Server};
+
+/// One message from `from` to alice over a connection `c` already greeted; returns the final
+/// reply (or the MAIL reply when MAIL was refused).
+async fn send(c: &mut Raw, from: &str) -> String {
+    let r = c.cmd(&format!("MAIL FROM:<{from}>")).await;
+    if code(&r) != "250" {
+        return r;
+    }
+    assert_eq!(code(&c.cmd("RCPT TO:<alice@example.test>").await), "250");
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    c.send(b"Subject: rate\r\n\r\nx\r\n.\r\n").await;
+    c.reply().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_messages_and_recipients_are_limited() {
+    let server = Server::start(
+        "commands_per_second = 5\nmax_messages_per_connection = 2\nmax_recipients_per_connection = 3\nmax_messages_per_sender_domain = 3",
+    );
+
+    // 1. Fifteen NOOPs pipelined at 5 a second (a burst of 5): the last ten wait for their
+    // turn, two seconds at least.
+    let mut c = Raw::connect(server.smtp).await;
+    assert_eq!(code(&c.cmd("EHLO client.test").await), "250");
+    // The allowance spent on EHLO comes back first.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let started = Instant::now();
+    c.send("NOOP\r\n".repeat(15).as_bytes()).await;
+    for _ in 0..15 {
+        assert_eq!(code(&c.reply().await), "250");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "paced: {:?}",
+        started.elapsed()
+    );
+
+    // 2. Two messages per connection, then 421 and the connection ends.
+    assert!(send(&mut c, "a@one.test").await.starts_with("250"));
+    assert!(send(&mut c, "b@two.test").await.starts_with("250"));
+    let r = c.cmd("MAIL FROM:<c@three.test>").await;
+    assert!(r.starts_with("421 4.7.0 Too many messages"), "{r}");
+    assert!(c.closed().await);
+
+    // 3. Three recipients per connection, across its transactions.
+    let mut c = Raw::connect(server.smtp).await;
+    assert_eq!(code(&c.cmd("EHLO client.test").await), "250");
+    assert_eq!(code(&c.cmd("MAIL FROM:<x@four.test>").await), "250");
+    for rcpt in ["alice", "bob", "alice+tag"] {
+        let r = c.cmd(&format!("RCPT TO:<{rcpt}@example.test>")).await;
+        assert_eq!(code(&r), "250", "{r}");
+    }
+    let r = c.cmd("RCPT TO:<bob+x@example.test>").await;
+    assert!(
+        r.starts_with("452 4.5.3 Too many recipients in this connection"),
+        "{r}"
+    );
+    c.cmd("QUIT").await;
+
+    // 4. Three messages an hour from one sender domain, whatever the connection; the fourth
+    // waits, other domains do not.
+    for n in 0..2 {
+        let mut c = Raw::connect(server.smtp).await;
+        assert_eq!(code(&c.cmd("EHLO client.test").await), "250");
+        let r = send(&mut c, &format!("n{n}@busy.test")).await;
+        assert!(r.starts_with("250"), "{r}");
+        c.cmd("QUIT").await;
+    }
+    let mut c = Raw::connect(server.smtp).await;
+    assert_eq!(code(&c.cmd("EHLO client.test").await), "250");
+    // (one.test and two.test above sent one each; busy.test has two so far)
+    assert!(send(&mut c, "n2@BUSY.test").await.starts_with("250"));
+    let mut c = Raw::connect(server.smtp).await;
+    assert_eq!(code(&c.cmd("EHLO client.test").await), "250");
+    let r = send(&mut c, "n3@busy.test").await;
+    assert!(
+        r.starts_with("451 4.7.1 Too many messages from busy.test"),
+        "{r}"
+    );
+    assert!(send(&mut c, "someone@quiet.test").await.starts_with("250"));
+}
