@@ -311,6 +311,9 @@ pub struct LimitsConfig {
     pub recipients_per_message: u32,
     /// Recipients the account never wrote to before, in the last 24 hours.
     pub new_recipients_per_day: u32,
+    /// New recipients within an hour that put the account's outbound mail on hold (it looks
+    /// compromised) until an admin releases it.
+    pub hold_new_recipients_per_hour: u32,
 }
 
 /// What the policy we publish asks of senders (RFC 8461 5).
@@ -1104,6 +1107,12 @@ impl Config {
                 "limits.new_recipients_per_day",
                 li.new_recipients_per_day,
                 200,
+            )?,
+            hold_new_recipients_per_hour: count_key(
+                &cx,
+                "limits.hold_new_recipients_per_hour",
+                li.hold_new_recipients_per_hour,
+                100,
             )?,
         };
         let forwarding = ForwardingConfig {

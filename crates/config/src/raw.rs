@@ -85,6 +85,8 @@ pub struct RawLimits {
     pub recipients_per_message: Option<i64>,
     /// `new_recipients_per_day`
     pub new_recipients_per_day: Option<i64>,
+    /// `hold_new_recipients_per_hour`
+    pub hold_new_recipients_per_hour: Option<i64>,
 }
 
 /// `[bans]`

@@ -167,8 +167,14 @@ pub enum QueueCmd {
     Retry { id: String },
     /// Keep the message queued without trying it until it is released (ID `all`: every one).
     Hold { id: String },
-    /// Release a held message (ID `all`: every one), due at once.
-    Release { id: String },
+    /// Release a held message (ID `all`: every one), due at once; or, with `--account ADDR`,
+    /// end the account's hold (compromise detection) and release everything it queued.
+    Release {
+        #[arg(required_unless_present = "account")]
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        account: Option<String>,
+    },
     /// Remove the message from the queue without sending it or telling the sender.
     Delete { id: String },
     /// Give up on the message's pending recipients and send the sender a bounce.
@@ -845,7 +851,34 @@ pub fn queue(config: &Path, cmd: QueueCmd) -> Result<()> {
                 let n = store.queue_set_held_all(true).await?;
                 println!("{n} message(s) held");
             }
-            QueueCmd::Release { id } if id == "all" => {
+            QueueCmd::Release {
+                account: Some(account),
+                ..
+            } => {
+                let a = address_arg(&account, "--account")?;
+                let user = store
+                    .user_get(&a.key())
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("--account {a}: no such user"))?;
+                match store.account_release(user.id, now).await? {
+                    Some(n) => {
+                        store
+                            .log_append(vec![LogEvent {
+                                ts: now_micros(),
+                                session: "admin".into(),
+                                kind: "account.release".into(),
+                                sender: Some(a.to_string()),
+                                outcome: Some("accepted".into()),
+                                detail: serde_json::json!({ "released_messages": n }),
+                                ..Default::default()
+                            }])
+                            .await?;
+                        println!("{a}: hold ended, {n} message(s) released, due now");
+                    }
+                    None => bail!("{a}: its outbound mail is not on hold"),
+                }
+            }
+            QueueCmd::Release { id: Some(id), .. } if id == "all" => {
                 let n = store.queue_set_held_all(false).await?;
                 store.queue_retry_all(now).await?;
                 println!("{n} message(s) released, due now");
@@ -864,7 +897,8 @@ pub fn queue(config: &Path, cmd: QueueCmd) -> Result<()> {
                     .map_err(|_| found(&id))?;
                 println!("{id}: held");
             }
-            QueueCmd::Release { id } => {
+            QueueCmd::Release { id: None, .. } => bail!("ID or --account is needed"),
+            QueueCmd::Release { id: Some(id), .. } => {
                 store
                     .queue_set_held(&id, false)
                     .await

@@ -259,6 +259,8 @@ messages_per_hour = 100
 messages_per_day = 1000
 recipients_per_message = 100
 new_recipients_per_day = 200 # recipients the account never wrote to before
+hold_new_recipients_per_hour = 100  # this many new recipients within an hour put the account's
+                             # outbound mail on hold (it looks compromised) and alert the postmaster
 
 [mta_sts]
 # The MTA-STS policy (RFC 8461) the https listener serves at

@@ -120,3 +120,90 @@ fn accounts_past_their_limits_are_deferred_with_the_limit_named() {
     );
     assert!(log.contains("\"outcome\":\"tempfail\""), "{log}");
 }
+
+/// `queue list`: (messages, held ones).
+fn queue_counts(server: &Server) -> (usize, usize) {
+    let (ok, out, err) = server.cli(&["queue", "list"], "");
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(" ago ")).collect();
+    (
+        lines.len(),
+        lines.iter().filter(|l| l.contains("(held)")).count(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_to_new_recipients_puts_the_account_on_hold_and_alerts_the_postmaster() {
+    // Nothing leaves: the relay refuses connections, so queued mail waits for its retry.
+    let server = Server::start(
+        "hold_new_recipients_per_hour = 50\nnew_recipients_per_day = 0\nmessages_per_hour = 0\nplaintext = \"never\"\nrelay = \"127.0.0.1:9\"\nrelay_tls = \"none\"",
+    );
+    let (ok, _, err) = server.cli(
+        &[
+            "alias",
+            "add",
+            "postmaster@example.test",
+            "bob@example.test",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let burst = |from: usize| -> Vec<String> {
+        (from..from + 30)
+            .map(|i| format!("victim{i}@remote.test"))
+            .collect()
+    };
+    // 30 new recipients: under the threshold.
+    let first = burst(0);
+    let refs: Vec<&str> = first.iter().map(String::as_str).collect();
+    assert_eq!(submit(&server, "alice@example.test", &refs), vec!["sent"]);
+    assert_eq!(queue_counts(&server), (1, 0));
+    // 60: the account is put on hold; both messages are held.
+    let second = burst(30);
+    let refs: Vec<&str> = second.iter().map(String::as_str).collect();
+    assert_eq!(submit(&server, "alice@example.test", &refs), vec!["sent"]);
+    assert_eq!(queue_counts(&server), (2, 2));
+    // What it sends now is queued, and held.
+    let third = burst(60);
+    let refs: Vec<&str> = third.iter().map(String::as_str).collect();
+    assert_eq!(submit(&server, "alice@example.test", &refs), vec!["sent"]);
+    assert_eq!(queue_counts(&server), (3, 3));
+    // The postmaster is told, and the log says so.
+    let alert = common::outbound::wait_inbox(&server, "bob@example.test", 1).await;
+    assert!(
+        alert[0].contains("Subject: Outbound mail of alice@example.test is on hold"),
+        "{}",
+        alert[0]
+    );
+    assert!(
+        alert[0].contains("60 new recipients within an hour"),
+        "{}",
+        alert[0]
+    );
+    assert!(
+        alert[0].contains("mailkeep queue release --account alice@example.test"),
+        "{}",
+        alert[0]
+    );
+    let log = server.log_search_until(&["--kind", "account.hold", "--json"], "alice");
+    assert!(log.contains("\"outcome\":\"held\""), "{log}");
+    // Another account is not affected.
+    assert_eq!(
+        submit(&server, "bob@example.test", &["friend@remote.test"]),
+        vec!["sent"]
+    );
+    assert_eq!(queue_counts(&server), (4, 3));
+
+    // The admin releases it: everything it queued goes, and it may send again.
+    let (ok, out, err) = server.cli(&["queue", "release", "--account", "alice@example.test"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("3 message(s) released"), "{out}");
+    assert_eq!(queue_counts(&server).1, 0);
+    let more = burst(90);
+    let refs: Vec<&str> = more[..5].iter().map(String::as_str).collect();
+    assert_eq!(submit(&server, "alice@example.test", &refs), vec!["sent"]);
+    assert_eq!(queue_counts(&server).1, 0, "counted from the release on");
+    let (ok, _, err) = server.cli(&["queue", "release", "--account", "alice@example.test"], "");
+    assert!(!ok);
+    assert!(err.contains("not on hold"), "{err}");
+}

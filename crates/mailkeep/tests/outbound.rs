@@ -407,6 +407,7 @@ async fn kill_9_during_a_queue_run_loses_nothing() {
                         ret: None,
                         smtputf8: false,
                         requiretls: false,
+                        account: None,
                     },
                     mailkeep_queue::now_secs(),
                 )

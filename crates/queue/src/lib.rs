@@ -605,6 +605,7 @@ impl Outbound {
                     smtputf8: !to.is_ascii(),
                     // RFC 8689 5: the report on a REQUIRETLS message is as protected.
                     requiretls: m.requiretls,
+                    account: None,
                 };
                 self.submit(bounce, &data).await.map_err(|e| e.to_string())
             }
@@ -1694,6 +1695,7 @@ mod tests {
             ret: None,
             smtputf8: utf8,
             requiretls: false,
+            account: None,
         };
         store.queue_insert(m, now_secs()).await.unwrap();
     }

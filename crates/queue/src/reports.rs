@@ -187,6 +187,7 @@ impl Outbound {
             ret: Some("HDRS".into()),
             smtputf8: false,
             requiretls: false,
+            account: None,
         };
         let qid = queued.id.clone();
         self.submit(queued, message).await?;

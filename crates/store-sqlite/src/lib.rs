@@ -21,12 +21,12 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
 use mailkeep_store::{
-    check_mailbox_name, AclChange, AclEntry, Alias, AppPassword, Attempt, BanRow, BanStore, BlobId,
-    BlobStore, ChangeEvent, Contents, DirectoryStore, DomainInfo, Envelope, FlagMode, FlagUpdate,
-    LogEvent, LogFilter, LogStore, MailStore, Mailbox, MailboxCounts, MessageCache, MessageFlags,
-    MessageMeta, NewMessage, NewQueued, QueueRecipient, QueueStore, QueuedMessage, QueuedRcpt,
-    RcptStatus, ReceivedReport, ReportEvent, ReportStore, Result, Rights, SharedMailbox,
-    StoreError, Stored, StsCached, Target, Usage, UsageStore, User,
+    check_mailbox_name, AccountHold, AclChange, AclEntry, Alias, AppPassword, Attempt, BanRow,
+    BanStore, BlobId, BlobStore, ChangeEvent, Contents, DirectoryStore, DomainInfo, Envelope,
+    FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox, MailboxCounts,
+    MessageCache, MessageFlags, MessageMeta, NewMessage, NewQueued, QueueRecipient, QueueStore,
+    QueuedMessage, QueuedRcpt, RcptStatus, ReceivedReport, ReportEvent, ReportStore, Result,
+    Rights, SharedMailbox, StoreError, Stored, StsCached, Target, Usage, UsageStore, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -2352,9 +2352,11 @@ fn queue_remove(c: &Connection, id: &str) -> Result<bool> {
 impl QueueStore for SqliteStore {
     async fn queue_insert(&self, m: NewQueued, now: i64) -> Result<()> {
         self.write(move |c| {
+            // Mail an account queues while it is on hold is held from the start.
             c.execute(
                 "INSERT INTO queue (id, sender, blob, size, created, envid, ret, smtputf8, \
-                 requiretls) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 requiretls, account, held) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+                 EXISTS (SELECT 1 FROM account_holds WHERE account = ?10 AND released IS NULL))",
                 params![
                     m.id,
                     m.sender,
@@ -2364,7 +2366,8 @@ impl QueueStore for SqliteStore {
                     m.envid,
                     m.ret,
                     m.smtputf8 as i64,
-                    m.requiretls as i64
+                    m.requiretls as i64,
+                    m.account.map(|a| a.0)
                 ],
             )
             .map_err(|e| match e {
@@ -2846,6 +2849,73 @@ impl UsageStore for SqliteStore {
                         .map_err(backend)
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn account_hold(&self, account: AccountId, reason: &str, now: i64) -> Result<u64> {
+        let reason = reason.to_string();
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO account_holds (account, reason, since, released) \
+                 VALUES (?1, ?2, ?3, NULL) ON CONFLICT (account) DO UPDATE SET \
+                 reason = excluded.reason, since = excluded.since, released = NULL",
+            )
+            .map_err(backend)?
+            .execute(params![account.0, reason, now])
+            .map_err(backend)?;
+            let n = c
+                .prepare_cached("UPDATE queue SET held = 1 WHERE account = ?1 AND held = 0")
+                .map_err(backend)?
+                .execute(params![account.0])
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn account_release(&self, account: AccountId, now: i64) -> Result<Option<u64>> {
+        self.write(move |c| {
+            let was = c
+                .prepare_cached(
+                    "UPDATE account_holds SET released = ?2 WHERE account = ?1 AND released IS NULL",
+                )
+                .map_err(backend)?
+                .execute(params![account.0, now])
+                .map_err(backend)?;
+            if was == 0 {
+                return Ok(None);
+            }
+            c.prepare_cached(
+                "UPDATE queue_rcpt SET next_attempt = ?2 WHERE status = 'pending' AND \
+                 queue_id IN (SELECT id FROM queue WHERE account = ?1 AND held = 1)",
+            )
+            .map_err(backend)?
+            .execute(params![account.0, now])
+            .map_err(backend)?;
+            let n = c
+                .prepare_cached("UPDATE queue SET held = 0 WHERE account = ?1 AND held = 1")
+                .map_err(backend)?
+                .execute(params![account.0])
+                .map_err(backend)?;
+            Ok(Some(n as u64))
+        })
+        .await
+    }
+
+    async fn account_hold_state(&self, account: AccountId) -> Result<Option<AccountHold>> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT reason, since, released FROM account_holds WHERE account = ?1")
+                .map_err(backend)?
+                .query_row(params![account.0], |r| {
+                    Ok(AccountHold {
+                        reason: r.get(0)?,
+                        since: r.get(1)?,
+                        released: r.get(2)?,
+                    })
+                })
+                .optional()
+                .map_err(backend)
         })
         .await
     }

@@ -264,6 +264,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, address)
     ) WITHOUT ROWID;
     "#,
+    // 15: queued messages know the account that submitted them, and an account whose
+    // outbound mail looks compromised is on hold (its queued mail held) until released.
+    r#"
+    ALTER TABLE queue ADD COLUMN account INTEGER;
+    CREATE INDEX queue_account ON queue(account);
+    CREATE TABLE account_holds (
+        account INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+        reason TEXT NOT NULL,
+        since INTEGER NOT NULL,
+        released INTEGER
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -92,6 +92,68 @@ async fn usage(store: &SharedStore) {
         vec![true],
         "recipients stay known"
     );
+
+    // Holds: what the account queued is held, and what it queues while held; a release
+    // frees both, once.
+    let body = b"From: u@usage.test\r\n\r\nx\r\n";
+    let blob = store.put_blob(body).await.expect("blob");
+    let queued = |id: &str| crate::NewQueued {
+        id: id.into(),
+        sender: "u@usage.test".into(),
+        blob: blob.clone(),
+        size: body.len() as u64,
+        recipients: vec![crate::QueueRecipient {
+            address: "x@o.test".into(),
+            notify: None,
+            orcpt: None,
+        }],
+        envid: None,
+        ret: None,
+        smtputf8: false,
+        requiretls: false,
+        account: Some(a),
+    };
+    let held = |id: &'static str| async move {
+        store
+            .queue_get(id)
+            .await
+            .expect("get")
+            .expect("queued")
+            .held
+    };
+    store.queue_insert(queued("U1"), 10).await.expect("queue");
+    assert!(!held("U1").await);
+    assert_eq!(store.account_hold(a, "burst", 20).await.expect("hold"), 1);
+    assert!(held("U1").await, "queued before the hold: held");
+    store.queue_insert(queued("U2"), 30).await.expect("queue");
+    assert!(held("U2").await, "queued during the hold: held");
+    let state = store
+        .account_hold_state(a)
+        .await
+        .expect("state")
+        .expect("held");
+    assert_eq!(
+        (state.reason.as_str(), state.since, state.released),
+        ("burst", 20, None)
+    );
+    assert!(store.account_hold_state(b).await.expect("state").is_none());
+    assert_eq!(
+        store.account_release(a, 40).await.expect("release"),
+        Some(2)
+    );
+    assert!(!held("U1").await && !held("U2").await);
+    assert_eq!(store.account_release(a, 50).await.expect("release"), None);
+    assert_eq!(
+        store
+            .account_hold_state(a)
+            .await
+            .expect("state")
+            .and_then(|h| h.released),
+        Some(40)
+    );
+    for id in ["U1", "U2"] {
+        store.queue_delete(id).await.expect("delete");
+    }
 }
 
 /// Bans: replaced by network, listed while in force, removable, expired ones forgotten.
@@ -244,6 +306,7 @@ async fn queue(store: &SharedStore) {
         ret: Some("HDRS".into()),
         smtputf8: false,
         requiretls: true,
+        account: None,
     };
     store
         .queue_insert(msg.clone(), 1000)
@@ -355,6 +418,7 @@ async fn queue(store: &SharedStore) {
                 ret: None,
                 smtputf8: false,
                 requiretls: false,
+                account: None,
             },
             1000,
         )

@@ -650,6 +650,9 @@ pub struct NewQueued {
     pub smtputf8: bool,
     /// REQUIRETLS (RFC 8689): only over authenticated TLS to servers that carry it on.
     pub requiretls: bool,
+    /// The account that submitted it (None: forwarded mail, bounces, reports). Queued while
+    /// the account is on hold, it is held too.
+    pub account: Option<AccountId>,
 }
 
 /// One recipient of a queued message, as given.
@@ -846,6 +849,24 @@ pub trait UsageStore: Send + Sync {
     ) -> Result<Vec<bool>>;
     /// Forgets message rows older than `before` (the recipients stay known); returns how many.
     async fn usage_expire(&self, before: i64) -> Result<u64>;
+    /// Puts `account`'s outbound mail on hold (its queued messages, and those it queues until
+    /// released); returns how many queued messages were held.
+    async fn account_hold(&self, account: AccountId, reason: &str, now: i64) -> Result<u64>;
+    /// Ends the hold and releases the account's held messages; None when it was not on hold.
+    async fn account_release(&self, account: AccountId, now: i64) -> Result<Option<u64>>;
+    /// The account's hold, current (`released` None) or the last one.
+    async fn account_hold_state(&self, account: AccountId) -> Result<Option<AccountHold>>;
+}
+
+/// An account whose outbound mail was put on hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountHold {
+    /// Why.
+    pub reason: String,
+    /// Since when (unix seconds).
+    pub since: i64,
+    /// When it was released; None while it holds.
+    pub released: Option<i64>,
 }
 
 /// A banned network, as stored.
