@@ -316,6 +316,17 @@ pub struct LimitsConfig {
     pub hold_new_recipients_per_hour: u32,
 }
 
+/// Virus scanning of every message (`[antivirus]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AntivirusConfig {
+    /// clamd's address: `IP:PORT` or a Unix socket path; None: no scanning.
+    pub clamd: Option<String>,
+    /// When clamd cannot give a verdict: refuse for now (451, the sender retries) or accept.
+    pub fail_open: bool,
+    /// How long one scan may take.
+    pub timeout: Duration,
+}
+
 /// What the policy we publish asks of senders (RFC 8461 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MtaStsMode {
@@ -501,6 +512,11 @@ pub struct Config {
     pub bans: BansConfig,
     /// Outbound limits per account.
     pub limits: LimitsConfig,
+    /// DNS blocklists (zones) of IP addresses, checked for our own sending addresses by
+    /// `mailkeep check blocklists`.
+    pub dnsbl: Vec<Domain>,
+    /// Virus scanning.
+    pub antivirus: AntivirusConfig,
     /// Domains listed in the config file (added to the directory at start).
     pub domains: Vec<Domain>,
     /// Warnings for deprecated keys.
@@ -1115,6 +1131,49 @@ impl Config {
                 100,
             )?,
         };
+        let mut dnsbl = Vec::new();
+        let lists = raw
+            .dnsbl
+            .unwrap_or_default()
+            .lists
+            .unwrap_or_else(|| DEFAULT_DNSBLS.iter().map(|z| z.to_string()).collect());
+        for (i, z) in lists.iter().enumerate() {
+            dnsbl.push(Domain::parse(z).map_err(|e| {
+                cx.invalid(
+                    &format!("dnsbl.lists[{i}]"),
+                    "a DNS zone",
+                    format!("{z:?}: {e}"),
+                )
+            })?);
+        }
+        let av = raw.antivirus.unwrap_or_default();
+        if let Some(c) = &av.clamd {
+            if !c.starts_with('/') && c.parse::<SocketAddr>().is_err() {
+                return Err(cx.invalid(
+                    "antivirus.clamd",
+                    "IP:PORT or the absolute path of clamd's Unix socket",
+                    format!("{c:?}"),
+                ));
+            }
+        }
+        let antivirus = AntivirusConfig {
+            clamd: av.clamd,
+            fail_open: match av.on_error.as_deref().unwrap_or("tempfail") {
+                "tempfail" => false,
+                "accept" => true,
+                other => {
+                    return Err(cx.invalid(
+                        "antivirus.on_error",
+                        "\"tempfail\" or \"accept\"",
+                        format!("{other:?}"),
+                    ))
+                }
+            },
+            timeout: cx.duration(
+                "antivirus.timeout",
+                av.timeout.as_ref().unwrap_or(&default("30s".into())),
+            )?,
+        };
         let forwarding = ForwardingConfig {
             enabled: fw.enabled.unwrap_or(true),
             srs: fw.srs.unwrap_or(true),
@@ -1144,6 +1203,8 @@ impl Config {
             mta_sts,
             bans,
             limits,
+            dnsbl,
+            antivirus,
             domains,
             warnings,
         })
@@ -1173,6 +1234,16 @@ fn positive(cx: &Ctx<'_>, key: &str, v: Option<i64>, default: usize) -> Result<u
         Some(n) => Err(cx.invalid(key, "a positive number", n)),
     }
 }
+
+/// The blocklists `mailkeep check blocklists` asks by default: widely used lists of
+/// addresses that send spam. (Spamhaus answers no queries coming through large public
+/// resolvers; use your own resolver.)
+pub const DEFAULT_DNSBLS: &[&str] = &[
+    "zen.spamhaus.org",
+    "bl.spamcop.net",
+    "b.barracudacentral.org",
+    "psbl.surriel.com",
+];
 
 /// A count that may be 0 (meaning no limit).
 fn count_key(cx: &Ctx<'_>, key: &str, v: Option<i64>, default: u32) -> Result<u32, ConfigError> {
@@ -1264,6 +1335,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("smtp.max_messages_per_connection"), "{e}");
+    }
+
+    #[test]
+    fn antivirus_settings() {
+        let c = parse("hostname = \"m.example\"\n").unwrap();
+        assert!(c.antivirus.clamd.is_none() && !c.antivirus.fail_open);
+        let c = parse("hostname = \"m.example\"\n[antivirus]\nclamd = \"/run/clamav/clamd.ctl\"\non_error = \"accept\"\n").unwrap();
+        assert!(c.antivirus.fail_open);
+        for bad in ["clamd = \"localhost\"", "on_error = \"maybe\""] {
+            let e = parse(&format!("hostname = \"m.example\"\n[antivirus]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("antivirus."), "{e}");
+        }
     }
 
     #[test]

@@ -71,6 +71,30 @@ pub struct RawConfig {
     pub bans: Option<RawBans>,
     /// `[limits]`
     pub limits: Option<RawLimits>,
+    /// `[dnsbl]`
+    pub dnsbl: Option<RawDnsbl>,
+    /// `[antivirus]`
+    pub antivirus: Option<RawAntivirus>,
+}
+
+/// `[antivirus]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAntivirus {
+    /// `clamd`
+    pub clamd: Option<String>,
+    /// `on_error`
+    pub on_error: Option<String>,
+    /// `timeout`
+    pub timeout: Option<Size>,
+}
+
+/// `[dnsbl]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDnsbl {
+    /// `lists`
+    pub lists: Option<Vec<String>>,
 }
 
 /// `[limits]`

@@ -262,6 +262,17 @@ new_recipients_per_day = 200 # recipients the account never wrote to before
 hold_new_recipients_per_hour = 100  # this many new recipients within an hour put the account's
                              # outbound mail on hold (it looks compromised) and alert the postmaster
 
+[antivirus]
+# Every message is scanned by ClamAV's clamd when this is set (Debian: apt install
+# clamav-daemon); infected ones are refused with 554 5.7.1.
+# clamd = "/run/clamav/clamd.ctl"    # or "127.0.0.1:3310"
+on_error = "tempfail"        # clamd unreachable: "tempfail" (451, the sender retries) or "accept"
+timeout = "30s"
+
+[dnsbl]
+# DNS blocklists of addresses; `mailkeep check blocklists` says whether ours are on them.
+lists = ["zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org", "psbl.surriel.com"]
+
 [mta_sts]
 # The MTA-STS policy (RFC 8461) the https listener serves at
 # https://mta-sts.DOMAIN/.well-known/mta-sts.txt; the [tls] certificate must name mta-sts.DOMAIN.

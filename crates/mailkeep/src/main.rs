@@ -1,6 +1,7 @@
 //! The `mailkeep` binary: command line and wiring. All mail logic lives in the library crates.
 
 mod admin;
+mod check;
 mod dns;
 mod init;
 mod privileges;
@@ -105,6 +106,13 @@ enum Command {
         config: ConfigArg,
         #[command(subcommand)]
         action: admin::UserCmd,
+    },
+    /// Checks of the server from outside: whether its addresses are on DNS blocklists.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: check::CheckCmd,
     },
     /// DNS: the records a domain needs, and a check of what is published.
     Dns {
@@ -235,6 +243,7 @@ fn run() -> Result<()> {
         Command::Queue { config, action } => admin::queue(&config.config, action),
         Command::Dkim { config, action } => admin::dkim(&config.config, action),
         Command::Dns { config, action } => dns::dns(&config.config, action),
+        Command::Check { config, action } => check::check(&config.config, action),
         Command::Dmarc { config, action } => admin::dmarc(&config.config, action),
         Command::Tlsrpt { config, action } => admin::tlsrpt(&config.config, action),
         Command::Acl { config, action } => admin::acl(&config.config, action),

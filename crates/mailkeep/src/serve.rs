@@ -141,6 +141,17 @@ fn smtp_server(
         forwarding: fw.clone(),
         limits: config.limits.clone(),
         rates: rates.clone(),
+        antivirus: match &config.antivirus.clamd {
+            Some(addr) => Some(mailkeep_smtp::Antivirus {
+                clamd: mailkeep_policy::antivirus::Clamd::new(
+                    addr.parse()
+                        .map_err(|e: String| anyhow::anyhow!("antivirus.clamd: {e}"))?,
+                    config.antivirus.timeout,
+                ),
+                fail_open: config.antivirus.fail_open,
+            }),
+            None => None,
+        },
     })
 }
 

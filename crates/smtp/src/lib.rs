@@ -57,6 +57,17 @@ pub struct SmtpServer {
     /// Messages per sender domain this hour (the MX), shared by every session and kept
     /// across reloads.
     pub rates: Arc<SenderRates>,
+    /// Virus scanning of every message, when configured.
+    pub antivirus: Option<Antivirus>,
+}
+
+/// clamd and what to do when it gives no verdict.
+#[derive(Clone)]
+pub struct Antivirus {
+    /// The scanner.
+    pub clamd: mailkeep_policy::antivirus::Clamd,
+    /// Accept mail when clamd fails (else 451, the sender retries).
+    pub fail_open: bool,
 }
 
 /// Messages the MX took per MAIL FROM domain in the current hour (a fixed window per

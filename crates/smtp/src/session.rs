@@ -1561,6 +1561,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
+    /// Scans the message with clamd when configured: the reply refusing it (554 infected,
+    /// 451 when clamd gives no verdict and the policy is to fail closed), None to go on.
+    async fn virus_check(&mut self, msg: &[u8]) -> Option<String> {
+        let av = self.server.antivirus.clone()?;
+        match av.clamd.scan(msg).await {
+            Ok(mailkeep_policy::antivirus::Verdict::Clean) => {
+                self.log(
+                    "smtp.antivirus",
+                    LogEvent {
+                        outcome: Some("accepted".into()),
+                        detail: serde_json::json!({ "result": "clean" }),
+                        ..Default::default()
+                    },
+                );
+                None
+            }
+            Ok(mailkeep_policy::antivirus::Verdict::Infected(name)) => {
+                let name: String = name.chars().filter(|c| !c.is_control()).take(200).collect();
+                tracing::info!(session = %self.id, virus = %name, "infected message refused");
+                self.log(
+                    "smtp.antivirus",
+                    LogEvent {
+                        outcome: Some("rejected".into()),
+                        detail: serde_json::json!({ "result": "infected", "virus": name }),
+                        ..Default::default()
+                    },
+                );
+                Some(format!(
+                    "554 5.7.1 Message refused: it contains a virus ({name})"
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(session = %self.id, error = %e, "virus scan failed");
+                self.log(
+                    "smtp.antivirus",
+                    LogEvent {
+                        outcome: Some(if av.fail_open { "accepted" } else { "tempfail" }.into()),
+                        detail: serde_json::json!({
+                            "result": "error", "error": e.to_string(), "fail_open": av.fail_open,
+                        }),
+                        ..Default::default()
+                    },
+                );
+                (!av.fail_open).then(|| {
+                    "451 4.3.0 The virus scanner is unavailable, try again later".to_string()
+                })
+            }
+        }
+    }
+
     /// Whether `domain` or one of its parents is one of ours.
     async fn hosted_or_parent(&self, domain: &str) -> bool {
         let mut name = domain;
@@ -2089,6 +2139,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return;
             }
         };
+        // Viruses (clamd): refused before anything is stored or forwarded.
+        if let Some(reply) = self.virus_check(&msg).await {
+            let outcome = if reply.starts_with('4') {
+                "tempfail"
+            } else {
+                "rejected"
+            };
+            self.end_transaction(reply, outcome, None, size);
+            self.flush_log();
+            return;
+        }
         // Sender authentication (the MX only): checked on the message as it came, then any
         // Authentication-Results claiming our name is dropped and ours goes on top.
         let mut mailbox = MailboxRole::Inbox;
