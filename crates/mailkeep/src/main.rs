@@ -6,6 +6,7 @@ mod dns;
 mod init;
 mod privileges;
 mod serve;
+mod spam;
 
 use std::path::PathBuf;
 
@@ -113,6 +114,11 @@ enum Command {
         config: ConfigArg,
         #[command(subcommand)]
         action: check::CheckCmd,
+    },
+    /// The spam classifier: its accuracy on folders of ham and spam.
+    Spam {
+        #[command(subcommand)]
+        action: spam::SpamCmd,
     },
     /// DNS: the records a domain needs, and a check of what is published.
     Dns {
@@ -244,6 +250,7 @@ fn run() -> Result<()> {
         Command::Dkim { config, action } => admin::dkim(&config.config, action),
         Command::Dns { config, action } => dns::dns(&config.config, action),
         Command::Check { config, action } => check::check(&config.config, action),
+        Command::Spam { action } => spam::spam(action),
         Command::Dmarc { config, action } => admin::dmarc(&config.config, action),
         Command::Tlsrpt { config, action } => admin::tlsrpt(&config.config, action),
         Command::Acl { config, action } => admin::acl(&config.config, action),

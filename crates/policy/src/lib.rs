@@ -1,5 +1,7 @@
-//! Message policy beyond sender authentication. For now: virus scanning ([`antivirus`]);
-//! spam scoring and greylisting will join it.
+//! Message policy beyond sender authentication: virus scanning ([`antivirus`]) and the
+//! statistical spam classifier ([`spam`]); rules, DNSBL checks and greylisting will join
+//! them.
 #![warn(missing_docs)]
 
 pub mod antivirus;
+pub mod spam;
