@@ -327,6 +327,19 @@ pub struct AntivirusConfig {
     pub timeout: Duration,
 }
 
+/// Spam scoring of mail arriving on the MX (`[spam]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpamConfig {
+    /// Score incoming mail (once the model has learnt enough).
+    pub enabled: bool,
+    /// Score (0 to 1) from which a message goes to Junk.
+    pub junk: f64,
+    /// Score from which it is refused at the end of DATA; None: never.
+    pub reject: Option<f64>,
+    /// Ham and spam messages each that the model must have learnt before it is used.
+    pub min_learnt: u32,
+}
+
 /// What the policy we publish asks of senders (RFC 8461 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MtaStsMode {
@@ -517,6 +530,8 @@ pub struct Config {
     pub dnsbl: Vec<Domain>,
     /// Virus scanning.
     pub antivirus: AntivirusConfig,
+    /// Spam scoring.
+    pub spam: SpamConfig,
     /// Domains listed in the config file (added to the directory at start).
     pub domains: Vec<Domain>,
     /// Warnings for deprecated keys.
@@ -1174,6 +1189,26 @@ impl Config {
                 av.timeout.as_ref().unwrap_or(&default("30s".into())),
             )?,
         };
+        let sp = raw.spam.unwrap_or_default();
+        let score = |key: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(v)
+            } else {
+                Err(cx.invalid(key, "a score from 0 to 1", v))
+            }
+        };
+        let spam = SpamConfig {
+            enabled: sp.enabled.unwrap_or(true),
+            junk: score("spam.junk", sp.junk.unwrap_or(0.8))?,
+            reject: match sp.reject {
+                Some(v) if v > 0.0 => Some(score("spam.reject", v)?),
+                Some(v) if v < 0.0 => {
+                    return Err(cx.invalid("spam.reject", "a score from 0 to 1", v))
+                }
+                _ => None,
+            },
+            min_learnt: count_key(&cx, "spam.min_learnt", sp.min_learnt, 200)?,
+        };
         let forwarding = ForwardingConfig {
             enabled: fw.enabled.unwrap_or(true),
             srs: fw.srs.unwrap_or(true),
@@ -1205,6 +1240,7 @@ impl Config {
             limits,
             dnsbl,
             antivirus,
+            spam,
             domains,
             warnings,
         })
@@ -1335,6 +1371,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("smtp.max_messages_per_connection"), "{e}");
+    }
+
+    #[test]
+    fn spam_settings() {
+        let c = parse("hostname = \"m.example\"\n").unwrap();
+        assert!(c.spam.enabled);
+        assert_eq!(
+            (c.spam.junk, c.spam.reject, c.spam.min_learnt),
+            (0.8, None, 200)
+        );
+        let c = parse("hostname = \"m.example\"\n[spam]\nreject = 0.99\n").unwrap();
+        assert_eq!(c.spam.reject, Some(0.99));
+        for bad in ["junk = 1.5", "reject = -0.1", "min_learnt = -1"] {
+            let e = parse(&format!("hostname = \"m.example\"\n[spam]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("spam."), "{bad}: {e}");
+        }
     }
 
     #[test]

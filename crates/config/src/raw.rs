@@ -75,6 +75,22 @@ pub struct RawConfig {
     pub dnsbl: Option<RawDnsbl>,
     /// `[antivirus]`
     pub antivirus: Option<RawAntivirus>,
+    /// `[spam]`
+    pub spam: Option<RawSpam>,
+}
+
+/// `[spam]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpam {
+    /// `enabled`
+    pub enabled: Option<bool>,
+    /// `junk`
+    pub junk: Option<f64>,
+    /// `reject`
+    pub reject: Option<f64>,
+    /// `min_learnt`
+    pub min_learnt: Option<i64>,
 }
 
 /// `[antivirus]`

@@ -249,14 +249,14 @@ pub enum LogCmd {
     },
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?)
 }
 
-fn open(config: &Path) -> Result<(Config, SharedStore)> {
+pub fn open(config: &Path) -> Result<(Config, SharedStore)> {
     let config = Config::load(config)?;
     // Run as the server's user, so that files the store creates stay usable by `serve`.
     crate::privileges::drop_to(config.user.as_deref())?;

@@ -269,6 +269,14 @@ hold_new_recipients_per_hour = 100  # this many new recipients within an hour pu
 on_error = "tempfail"        # clamd unreachable: "tempfail" (451, the sender retries) or "accept"
 timeout = "30s"
 
+[spam]
+# The spam classifier scores mail arriving on the MX once it has learnt enough
+# (`mailkeep spam train --ham DIR --spam DIR`); X-Spam-Status says how it scored.
+enabled = true
+junk = 0.8                   # from this score (0 to 1) a message goes to Junk
+reject = 0                   # from this score it is refused (550 5.7.1); 0: never
+min_learnt = 200             # ham and spam messages each learnt before the score is used
+
 [dnsbl]
 # DNS blocklists of addresses; `mailkeep check blocklists` says whether ours are on them.
 lists = ["zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org", "psbl.surriel.com"]

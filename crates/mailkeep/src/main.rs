@@ -115,8 +115,10 @@ enum Command {
         #[command(subcommand)]
         action: check::CheckCmd,
     },
-    /// The spam classifier: its accuracy on folders of ham and spam.
+    /// The spam classifier: learn from folders of ham and spam, and measure its accuracy.
     Spam {
+        #[command(flatten)]
+        config: ConfigArg,
         #[command(subcommand)]
         action: spam::SpamCmd,
     },
@@ -250,7 +252,7 @@ fn run() -> Result<()> {
         Command::Dkim { config, action } => admin::dkim(&config.config, action),
         Command::Dns { config, action } => dns::dns(&config.config, action),
         Command::Check { config, action } => check::check(&config.config, action),
-        Command::Spam { action } => spam::spam(action),
+        Command::Spam { config, action } => spam::spam(&config.config, action),
         Command::Dmarc { config, action } => admin::dmarc(&config.config, action),
         Command::Tlsrpt { config, action } => admin::tlsrpt(&config.config, action),
         Command::Acl { config, action } => admin::acl(&config.config, action),

@@ -152,6 +152,7 @@ fn smtp_server(
             }),
             None => None,
         },
+        spam: config.spam.clone(),
     })
 }
 

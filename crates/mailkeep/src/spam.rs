@@ -6,10 +6,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use mailkeep_policy::spam::cross_validate;
+use mailkeep_policy::spam::{cross_validate, Model};
 
 #[derive(Subcommand)]
 pub enum SpamCmd {
+    /// Teach the server's model (used by the MX once it knows `spam.min_learnt` of each)
+    /// the messages in two folders; learning the same folders again counts them again.
+    Train {
+        #[arg(long)]
+        ham: PathBuf,
+        #[arg(long)]
+        spam: PathBuf,
+    },
     /// Accuracy on folders of ham and spam by k-fold cross-validation: each fold is scored
     /// by a model trained on the other folds; prints false positives (ham taken for spam)
     /// and false negatives (spam taken for ham) at the threshold.
@@ -52,8 +60,41 @@ pub fn read_messages(dir: &Path) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-pub fn spam(cmd: SpamCmd) -> Result<()> {
+pub fn spam(config: &Path, cmd: SpamCmd) -> Result<()> {
     match cmd {
+        SpamCmd::Train { ham, spam } => {
+            let ham = read_messages(&ham).context("--ham")?;
+            let spam = read_messages(&spam).context("--spam")?;
+            let mut model = Model::default();
+            for m in &ham {
+                model.train(m, false);
+            }
+            for m in &spam {
+                model.train(m, true);
+            }
+            let (cfg, store) = crate::admin::open(config)?;
+            let tokens: Vec<(String, u32, u32)> = model
+                .token_counts()
+                .map(|(t, h, s)| (t.to_string(), h, s))
+                .collect();
+            let n = tokens.len();
+            let (learnt_ham, learnt_spam) = model.counts();
+            let ((ham_total, spam_total), _) = crate::admin::runtime()?.block_on(async {
+                store.spam_learn(0, tokens, learnt_ham, learnt_spam).await?;
+                store.spam_counts(0, &[]).await
+            })?;
+            println!(
+                "learnt {learnt_ham} ham and {learnt_spam} spam ({n} tokens); the server's model now \
+                 knows {ham_total} ham and {spam_total} spam"
+            );
+            if ham_total < cfg.spam.min_learnt || spam_total < cfg.spam.min_learnt {
+                println!(
+                    "it scores mail once it knows {} of each (spam.min_learnt)",
+                    cfg.spam.min_learnt
+                );
+            }
+            Ok(())
+        }
         SpamCmd::Test {
             ham,
             spam,

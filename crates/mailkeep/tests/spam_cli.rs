@@ -1,14 +1,19 @@
-//! `mailkeep spam test` on two folders the test writes (mbox `From ` lines included, as in
-//! the shared corpus): the figures come out, and bad arguments are named.
+//! The spam classifier from the command line and on the MX: `mailkeep spam test` on two
+//! folders the test writes (mbox `From ` lines included, as in the shared corpus), and
+//! `mailkeep spam train` teaching a running server, which then files spam to Junk (or
+//! refuses it past `spam.reject`) with an X-Spam-Status field.
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn spam_test_cross_validates_two_folders() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ham, spam) = (dir.path().join("ham"), dir.path().join("spam"));
+use common::{code, Raw, Server};
+use mailkeep_types::MailboxRole;
+
+/// Twenty ham and twenty spam messages in `dir/ham` and `dir/spam`.
+fn write_corpus(dir: &Path) {
+    let (ham, spam) = (dir.join("ham"), dir.join("spam"));
     std::fs::create_dir(&ham).unwrap();
     std::fs::create_dir(&spam).unwrap();
     for i in 0..20 {
@@ -27,6 +32,118 @@ fn spam_test_cross_validates_two_folders() {
         )
         .unwrap();
     }
+}
+
+async fn send(server: &Server, data: &str) -> String {
+    let mut c = Raw::connect(server.smtp).await;
+    c.envelope("someone@remote.test", &["alice@example.test"])
+        .await;
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    c.send(data.as_bytes()).await;
+    c.send(b".\r\n").await;
+    let r = c.reply().await;
+    c.cmd("QUIT").await;
+    r
+}
+
+async fn mailbox(server: &Server, role: MailboxRole) -> Vec<String> {
+    let store = server.store();
+    let u = store.user_get("alice@example.test").await.unwrap().unwrap();
+    let boxes = store.mailboxes(u.id).await.unwrap();
+    let mb = boxes.iter().find(|m| m.role == Some(role)).unwrap();
+    let mut out = Vec::new();
+    for m in store.messages(mb.id).await.unwrap() {
+        let c = store
+            .message_content(m.mailbox, m.uid)
+            .await
+            .unwrap()
+            .unwrap();
+        out.push(String::from_utf8_lossy(&c).into_owned());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trained_server_files_spam_to_junk_and_can_refuse_it() {
+    let mut server = Server::start("min_learnt = 10");
+    let dir = tempfile::tempdir().unwrap();
+    write_corpus(dir.path());
+    // Before it has learnt enough, nothing is scored.
+    let r = send(
+        &server,
+        "From: x@remote.test\r\nSubject: hello\r\n\r\nhi\r\n",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let inbox = mailbox(&server, MailboxRole::Inbox).await;
+    assert!(!inbox[0].contains("X-Spam-Status"), "{}", inbox[0]);
+
+    let (ok, out, err) = server.cli(
+        &[
+            "spam",
+            "train",
+            "--ham",
+            &dir.path().join("ham").display().to_string(),
+            "--spam",
+            &dir.path().join("spam").display().to_string(),
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("learnt 20 ham and 20 spam"), "{out}");
+
+    // Spam (with a forged verdict of its own) goes to Junk, scored by us.
+    let r = send(
+        &server,
+        "X-Spam-Status: No, score=0.000\r\nFrom: Deals <deals@cheap.test>\r\nSubject: cheap pills again\r\nContent-Type: text/html\r\n\r\n<p>Buy cheap pills now! <a href=\"http://cheap.test/x\">Click here</a></p>\r\n",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let junk = mailbox(&server, MailboxRole::Junk).await;
+    assert_eq!(junk.len(), 1);
+    assert!(
+        junk[0].contains("X-Spam-Status: Yes, score="),
+        "{}",
+        junk[0]
+    );
+    assert_eq!(
+        junk[0].matches("X-Spam-Status").count(),
+        1,
+        "the forged one is gone"
+    );
+    // Ham stays in the INBOX, marked No.
+    let r = send(
+        &server,
+        "From: Colleague <colleague@example.org>\r\nSubject: minutes of the meeting\r\n\r\nThe quarterly report is attached.\r\n",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let inbox = mailbox(&server, MailboxRole::Inbox).await;
+    assert!(
+        inbox[1].contains("X-Spam-Status: No, score="),
+        "{}",
+        inbox[1]
+    );
+    let log = server.log_search_until(&["--kind", "smtp.spam", "--json"], "\"junk\"");
+    assert!(log.contains("\"clues\""), "{log}");
+
+    // With a reject threshold, such spam is refused at the end of DATA.
+    let text = std::fs::read_to_string(&server.config).unwrap();
+    std::fs::write(&server.config, text.replace("reject = 0 ", "reject = 0.9 ")).unwrap();
+    server.restart();
+    let r = send(
+        &server,
+        "From: Deals <deals@cheap.test>\r\nSubject: cheap pills\r\nContent-Type: text/html\r\n\r\n<p>Buy cheap pills now! Click here</p>\r\n",
+    )
+    .await;
+    assert!(r.starts_with("550 5.7.1 Message refused as spam"), "{r}");
+}
+
+#[test]
+fn spam_test_cross_validates_two_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    write_corpus(dir.path());
+    let (ham, spam) = (dir.path().join("ham"), dir.path().join("spam"));
     let out = Command::new(common::BIN)
         .args(["spam", "test", "--ham"])
         .arg(&ham)

@@ -61,44 +61,69 @@ impl Model {
     /// The spam probability of a message: 0 (ham) to 1 (spam), 0.5 when the model knows
     /// nothing; with the tokens that decided it, strongest first.
     pub fn score(&self, message: &[u8]) -> (f64, Vec<(String, f64)>) {
-        if self.ham == 0 || self.spam == 0 {
-            return (UNKNOWN, Vec::new());
-        }
-        let mut clues: Vec<(String, f64)> = tokens(message)
-            .into_iter()
-            .filter_map(|t| {
-                let (h, s) = self.tokens.get(&t).copied()?;
-                let hf = f64::from(h) / f64::from(self.ham);
-                let sf = f64::from(s) / f64::from(self.spam);
-                let p = sf / (hf + sf);
-                let n = f64::from(h + s);
-                let f = (STRENGTH * UNKNOWN + n * p) / (STRENGTH + n);
-                ((f - 0.5).abs() >= MIN_DISTANCE).then_some((t, f))
-            })
-            .collect();
-        clues.sort_by(|a, b| {
-            (b.1 - 0.5)
-                .abs()
-                .partial_cmp(&(a.1 - 0.5).abs())
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then_with(|| a.0.cmp(&b.0))
-        });
-        clues.truncate(MAX_DISCRIMINATORS);
-        if clues.is_empty() {
-            return (UNKNOWN, clues);
-        }
-        // Fisher's method: a message made of independent ham (or spam) evidence.
-        let (mut ln_f, mut ln_1f) = (0.0f64, 0.0f64);
-        for (_, f) in &clues {
-            let f = f.clamp(1e-6, 1.0 - 1e-6);
-            ln_f += f.ln();
-            ln_1f += (1.0 - f).ln();
-        }
-        let n = clues.len();
-        let h = chi2q(-2.0 * ln_f, 2 * n);
-        let s = chi2q(-2.0 * ln_1f, 2 * n);
-        ((1.0 + h - s) / 2.0, clues)
+        score_tokens(
+            tokens(message),
+            |t| self.tokens.get(t).copied(),
+            self.ham,
+            self.spam,
+        )
     }
+
+    /// Every token learnt with its (ham, spam) message counts.
+    pub fn token_counts(&self) -> impl Iterator<Item = (&str, u32, u32)> {
+        self.tokens.iter().map(|(t, (h, s))| (t.as_str(), *h, *s))
+    }
+}
+
+/// The score of a message's `tokens` given each token's (ham, spam) message counts
+/// (`lookup`) and the model's message totals: 0 (ham) to 1 (spam), 0.5 when it knows
+/// nothing; with the tokens that decided it, strongest first.
+pub fn score_tokens(
+    tokens: HashSet<String>,
+    lookup: impl Fn(&str) -> Option<(u32, u32)>,
+    ham: u32,
+    spam: u32,
+) -> (f64, Vec<(String, f64)>) {
+    if ham == 0 || spam == 0 {
+        return (UNKNOWN, Vec::new());
+    }
+    let mut clues: Vec<(String, f64)> = tokens
+        .into_iter()
+        .filter_map(|t| {
+            let (h, s) = lookup(&t)?;
+            let hf = f64::from(h) / f64::from(ham);
+            let sf = f64::from(s) / f64::from(spam);
+            if hf + sf <= 0.0 {
+                return None;
+            }
+            let p = sf / (hf + sf);
+            let n = f64::from(h + s);
+            let f = (STRENGTH * UNKNOWN + n * p) / (STRENGTH + n);
+            ((f - 0.5).abs() >= MIN_DISTANCE).then_some((t, f))
+        })
+        .collect();
+    clues.sort_by(|a, b| {
+        (b.1 - 0.5)
+            .abs()
+            .partial_cmp(&(a.1 - 0.5).abs())
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| a.0.cmp(&b.0))
+    });
+    clues.truncate(MAX_DISCRIMINATORS);
+    if clues.is_empty() {
+        return (UNKNOWN, clues);
+    }
+    // Fisher's method: a message made of independent ham (or spam) evidence.
+    let (mut ln_f, mut ln_1f) = (0.0f64, 0.0f64);
+    for (_, f) in &clues {
+        let f = f.clamp(1e-6, 1.0 - 1e-6);
+        ln_f += f.ln();
+        ln_1f += (1.0 - f).ln();
+    }
+    let n = clues.len();
+    let h = chi2q(-2.0 * ln_f, 2 * n);
+    let s = chi2q(-2.0 * ln_1f, 2 * n);
+    ((1.0 + h - s) / 2.0, clues)
 }
 
 /// The probability that a chi-square variable with `v` (even) degrees of freedom is at
@@ -256,6 +281,33 @@ fn urls(html: &str, out: &mut HashSet<String>) {
     }
 }
 
+/// The message without any `name:` header field (with its continuation lines): a field
+/// the sender put there to look scored by us.
+pub fn strip_field(message: &[u8], name: &str) -> Vec<u8> {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 2)
+        .or_else(|| message.windows(2).position(|w| w == b"\n\n").map(|i| i + 1))
+        .unwrap_or(message.len());
+    let (head, body) = message.split_at(end);
+    let mut out = Vec::with_capacity(message.len());
+    let mut dropping = false;
+    for line in head.split_inclusive(|b| *b == b'\n') {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            dropping = line.len() > name.len()
+                && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+                && line[name.len()] == b':';
+        }
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
 /// The outcome of k-fold cross-validation.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Evaluation {
@@ -343,6 +395,15 @@ mod tests {
         assert_eq!(
             (e.ham, e.spam, e.false_positives, e.false_negatives),
             (10, 10, 0, 0)
+        );
+    }
+
+    #[test]
+    fn a_forged_status_field_is_dropped() {
+        let m = b"X-Spam-Status: No,\r\n\tscore=0\r\nSubject: hi\r\nx-spam-status: No\r\n\r\nX-Spam-Status: body\r\n";
+        assert_eq!(
+            strip_field(m, "X-Spam-Status"),
+            b"Subject: hi\r\n\r\nX-Spam-Status: body\r\n".to_vec()
         );
     }
 

@@ -59,6 +59,8 @@ pub struct SmtpServer {
     pub rates: Arc<SenderRates>,
     /// Virus scanning of every message, when configured.
     pub antivirus: Option<Antivirus>,
+    /// Spam scoring on the MX.
+    pub spam: mailkeep_config::SpamConfig,
 }
 
 /// clamd and what to do when it gives no verdict.

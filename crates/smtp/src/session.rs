@@ -114,6 +114,18 @@ enum SaslEnd {
     Lost(ReadError),
 }
 
+/// What the spam check decided.
+enum SpamOutcome {
+    /// The model has not learnt enough (or could not be read): no verdict.
+    Unscored,
+    /// Not spam; the X-Spam-Status field.
+    Pass(String),
+    /// Spam: to Junk; the X-Spam-Status field.
+    Junk(String),
+    /// Refused with this reply.
+    Reject(String),
+}
+
 /// The domain of the message's first From: address, lower case.
 fn from_domain(message: &[u8]) -> Option<String> {
     let end = mailkeep_delivery::ingest::header_len(message);
@@ -1611,6 +1623,67 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
+    /// Scores a message with the server's spam model (`[spam]`).
+    async fn spam_check(&mut self, msg: &[u8]) -> SpamOutcome {
+        let cfg = self.server.spam.clone();
+        let tokens = mailkeep_policy::spam::tokens(msg);
+        let list: Vec<String> = tokens.iter().cloned().collect();
+        let store = self.server.delivery.store().clone();
+        let ((ham, spam), counts) = match store.spam_counts(0, &list).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(session = %self.id, error = %e, "reading the spam model failed");
+                return SpamOutcome::Unscored;
+            }
+        };
+        if ham < cfg.min_learnt || spam < cfg.min_learnt {
+            return SpamOutcome::Unscored;
+        }
+        let counts: std::collections::HashMap<String, (u32, u32)> =
+            counts.into_iter().map(|(t, h, s)| (t, (h, s))).collect();
+        let (score, clues) =
+            mailkeep_policy::spam::score_tokens(tokens, |t| counts.get(t).copied(), ham, spam);
+        let is_spam = score >= cfg.junk;
+        let header = format!(
+            "X-Spam-Status: {}, score={score:.3} required={:.2} method=bayes\r\n",
+            if is_spam { "Yes" } else { "No" },
+            cfg.junk
+        );
+        let rejected = cfg.reject.is_some_and(|r| score >= r);
+        self.log(
+            "smtp.spam",
+            LogEvent {
+                outcome: Some(
+                    if rejected {
+                        "rejected"
+                    } else if is_spam {
+                        "junk"
+                    } else {
+                        "accepted"
+                    }
+                    .into(),
+                ),
+                detail: serde_json::json!({
+                    "score": (score * 1000.0).round() / 1000.0,
+                    "junk": cfg.junk, "reject": cfg.reject,
+                    "clues": clues.iter().take(10).map(|(t, f)| {
+                        serde_json::json!([t.chars().take(60).collect::<String>(), (f * 1000.0).round() / 1000.0])
+                    }).collect::<Vec<_>>(),
+                }),
+                ..Default::default()
+            },
+        );
+        if rejected {
+            SpamOutcome::Reject(format!(
+                "550 5.7.1 Message refused as spam (score {score:.2})"
+            ))
+        } else if is_spam {
+            SpamOutcome::Junk(header)
+        } else {
+            SpamOutcome::Pass(header)
+        }
+    }
+
     /// Whether `domain` or one of its parents is one of ours.
     async fn hosted_or_parent(&self, domain: &str) -> bool {
         let mut name = domain;
@@ -2229,8 +2302,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
+        // Spam (the MX): a score, Junk or refusal by the configured thresholds; any
+        // X-Spam-Status the message came with is dropped, ours goes on top.
+        let mut spam_header = String::new();
+        let msg = if self.user.is_none() && self.server.spam.enabled {
+            match self.spam_check(&msg).await {
+                SpamOutcome::Reject(reply) => {
+                    self.end_transaction(reply, "rejected", None, size);
+                    self.flush_log();
+                    return;
+                }
+                SpamOutcome::Junk(h) => {
+                    mailbox = MailboxRole::Junk;
+                    spam_header = h;
+                }
+                SpamOutcome::Pass(h) => spam_header = h,
+                SpamOutcome::Unscored => {}
+            }
+            mailkeep_policy::spam::strip_field(&msg, "X-Spam-Status")
+        } else {
+            msg
+        };
         let Some(tx) = self.tx.as_ref() else { return };
         let mut data = results_header.into_bytes();
+        data.extend_from_slice(spam_header.as_bytes());
         data.extend_from_slice(self.received_header(tx).as_bytes());
         data.extend_from_slice(&msg);
         // One account reached through several recipients gets one copy.

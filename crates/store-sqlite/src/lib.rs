@@ -26,7 +26,8 @@ use mailkeep_store::{
     FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox, MailboxCounts,
     MessageCache, MessageFlags, MessageMeta, NewMessage, NewQueued, QueueRecipient, QueueStore,
     QueuedMessage, QueuedRcpt, RcptStatus, ReceivedReport, ReportEvent, ReportStore, Result,
-    Rights, SharedMailbox, StoreError, Stored, StsCached, Target, Usage, UsageStore, User,
+    Rights, SharedMailbox, SpamStore, StoreError, Stored, StsCached, Target, Usage, UsageStore,
+    User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -2775,6 +2776,76 @@ fn like(s: &str) -> String {
         .replace('%', "\\%")
         .replace('_', "\\_");
     format!("%{escaped}%")
+}
+
+#[async_trait]
+impl SpamStore for SqliteStore {
+    async fn spam_learn(
+        &self,
+        model: i64,
+        tokens: Vec<(String, u32, u32)>,
+        ham: u32,
+        spam: u32,
+    ) -> Result<()> {
+        self.write(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "INSERT INTO spam_tokens (model, token, ham, spam) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (model, token) DO UPDATE SET ham = ham + excluded.ham, \
+                     spam = spam + excluded.spam",
+                )
+                .map_err(backend)?;
+            for (t, h, s) in &tokens {
+                st.execute(params![model, t, h, s]).map_err(backend)?;
+            }
+            c.prepare_cached(
+                "INSERT INTO spam_totals (model, ham, spam) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (model) DO UPDATE SET ham = ham + excluded.ham, \
+                 spam = spam + excluded.spam",
+            )
+            .map_err(backend)?
+            .execute(params![model, ham, spam])
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn spam_counts(
+        &self,
+        model: i64,
+        tokens: &[String],
+    ) -> Result<((u32, u32), Vec<(String, u32, u32)>)> {
+        let tokens = tokens.to_vec();
+        self.read(move |c| {
+            let totals = c
+                .prepare_cached("SELECT ham, spam FROM spam_totals WHERE model = ?1")
+                .map_err(backend)?
+                .query_row(params![model], |r| {
+                    Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?))
+                })
+                .optional()
+                .map_err(backend)?
+                .unwrap_or((0, 0));
+            let mut st = c
+                .prepare_cached("SELECT ham, spam FROM spam_tokens WHERE model = ?1 AND token = ?2")
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for t in tokens {
+                if let Some((h, s)) = st
+                    .query_row(params![model, t], |r| {
+                        Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?))
+                    })
+                    .optional()
+                    .map_err(backend)?
+                {
+                    out.push((t, h, s));
+                }
+            }
+            Ok((totals, out))
+        })
+        .await
+    }
 }
 
 #[async_trait]

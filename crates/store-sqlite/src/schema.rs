@@ -276,6 +276,22 @@ const MIGRATIONS: &[&str] = &[
         released INTEGER
     );
     "#,
+    // 16: the spam classifier's token counts (model 0: the server's, learnt with `mailkeep
+    // spam train`), and how many messages each model learnt.
+    r#"
+    CREATE TABLE spam_tokens (
+        model INTEGER NOT NULL,
+        token TEXT NOT NULL,
+        ham INTEGER NOT NULL,
+        spam INTEGER NOT NULL,
+        PRIMARY KEY (model, token)
+    ) WITHOUT ROWID;
+    CREATE TABLE spam_totals (
+        model INTEGER PRIMARY KEY,
+        ham INTEGER NOT NULL,
+        spam INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

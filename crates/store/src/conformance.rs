@@ -34,6 +34,33 @@ pub async fn run_all(store: SharedStore) {
     reports(&store).await;
     bans(&store).await;
     usage(&store).await;
+    spam(&store).await;
+}
+
+/// Spam models: counts add up per model; unknown tokens are left out.
+async fn spam(store: &SharedStore) {
+    let t = |s: &str| s.to_string();
+    store
+        .spam_learn(0, vec![(t("cheap"), 0, 2), (t("meeting"), 3, 0)], 3, 2)
+        .await
+        .expect("learn");
+    store
+        .spam_learn(0, vec![(t("cheap"), 1, 1)], 1, 1)
+        .await
+        .expect("learn");
+    store
+        .spam_learn(7, vec![(t("cheap"), 5, 0)], 5, 0)
+        .await
+        .expect("learn");
+    let (totals, mut counts) = store
+        .spam_counts(0, &[t("cheap"), t("meeting"), t("unknown")])
+        .await
+        .expect("counts");
+    counts.sort();
+    assert_eq!(totals, (4, 3));
+    assert_eq!(counts, vec![(t("cheap"), 1, 3), (t("meeting"), 3, 0)]);
+    let (totals, counts) = store.spam_counts(9, &[t("cheap")]).await.expect("counts");
+    assert_eq!((totals, counts.len()), ((0, 0), 0), "an empty model");
 }
 
 /// Outbound usage: messages and new recipients counted per account and period.

@@ -805,7 +805,15 @@ pub trait LogStore: Send + Sync {
 
 /// A complete storage backend.
 pub trait Store:
-    DirectoryStore + MailStore + BlobStore + LogStore + QueueStore + ReportStore + BanStore + UsageStore
+    DirectoryStore
+    + MailStore
+    + BlobStore
+    + LogStore
+    + QueueStore
+    + ReportStore
+    + BanStore
+    + UsageStore
+    + SpamStore
 {
 }
 
@@ -818,7 +826,28 @@ impl<T> Store for T where
         + ReportStore
         + BanStore
         + UsageStore
+        + SpamStore
 {
+}
+
+/// The spam classifier's learnt counts (model 0 is the server's).
+#[async_trait]
+pub trait SpamStore: Send + Sync {
+    /// Adds learnt counts to a model: per token (ham, spam) message counts, and the number
+    /// of ham and spam messages they came from.
+    async fn spam_learn(
+        &self,
+        model: i64,
+        tokens: Vec<(String, u32, u32)>,
+        ham: u32,
+        spam: u32,
+    ) -> Result<()>;
+    /// A model's message totals (ham, spam) and the counts of those of `tokens` it knows.
+    async fn spam_counts(
+        &self,
+        model: i64,
+        tokens: &[String],
+    ) -> Result<((u32, u32), Vec<(String, u32, u32)>)>;
 }
 
 /// What an account sent to other domains over a period.
