@@ -60,6 +60,49 @@ pub enum Attempt {
     },
 }
 
+/// An attempt's outcome as sessions use it.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The user, when the login succeeded.
+    pub user: Option<mailkeep_store::User>,
+    /// The app password used, by name.
+    pub app_password: Option<String>,
+    /// For the log: `accepted`, `rejected` or `locked`.
+    pub word: &'static str,
+    /// The wait before answering a failure.
+    pub delay: Duration,
+    /// The address is banned now: close after answering.
+    pub banned: bool,
+    /// The account is locked for this address (a temporary failure).
+    pub locked: bool,
+}
+
+impl Attempt {
+    /// The attempt as sessions use it.
+    pub fn outcome(self) -> Outcome {
+        let failed = |word, delay, banned, locked| Outcome {
+            user: None,
+            app_password: None,
+            word,
+            delay,
+            banned,
+            locked,
+        };
+        match self {
+            Attempt::Success(l) => Outcome {
+                user: Some(l.user),
+                app_password: l.app_password,
+                word: "accepted",
+                delay: Duration::ZERO,
+                banned: false,
+                locked: false,
+            },
+            Attempt::Failure { delay, banned } => failed("rejected", delay, banned, false),
+            Attempt::Locked { delay, banned } => failed("locked", delay, banned, true),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Failure times (unix seconds) per address key.

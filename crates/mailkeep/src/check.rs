@@ -24,9 +24,10 @@ pub enum CheckCmd {
     },
 }
 
-/// The name a DNS blocklist is asked about `ip` (RFC 5782 2.1, 2.4).
-pub fn dnsbl_name(ip: IpAddr, zone: &str) -> String {
-    let reversed = match ip {
+/// The labels of `ip` in reverse, as reverse DNS (RFC 1035 3.5, RFC 3596 2.5) and DNS
+/// blocklists (RFC 5782 2.1, 2.4) use them: IPv4 octets, IPv6 nibbles.
+pub fn reversed(ip: IpAddr) -> String {
+    match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
@@ -41,8 +42,12 @@ pub fn dnsbl_name(ip: IpAddr, zone: &str) -> String {
             n.reverse();
             n.join(".")
         }
-    };
-    format!("{reversed}.{}.", zone.trim_end_matches('.'))
+    }
+}
+
+/// The name a DNS blocklist is asked about `ip` (RFC 5782 2.1, 2.4).
+pub fn dnsbl_name(ip: IpAddr, zone: &str) -> String {
+    format!("{}.{}.", reversed(ip), zone.trim_end_matches('.'))
 }
 
 /// What one list says of one address.

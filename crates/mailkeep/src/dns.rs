@@ -525,20 +525,8 @@ async fn check(
     // Reverse DNS: receivers distrust a server without it.
     for ip in &addrs {
         let rev = match ip {
-            IpAddr::V4(v4) => {
-                let o = v4.octets();
-                format!("{}.{}.{}.{}.in-addr.arpa", o[3], o[2], o[1], o[0])
-            }
-            IpAddr::V6(v6) => {
-                let mut n: Vec<String> = v6
-                    .octets()
-                    .iter()
-                    .flat_map(|b| [b >> 4, b & 0xf])
-                    .map(|x| format!("{x:x}"))
-                    .collect();
-                n.reverse();
-                format!("{}.ip6.arpa", n.join("."))
-            }
+            IpAddr::V4(_) => format!("{}.in-addr.arpa", crate::check::reversed(*ip)),
+            IpAddr::V6(_) => format!("{}.ip6.arpa", crate::check::reversed(*ip)),
         };
         let ptr = Needed {
             name: rev.clone(),

@@ -11,7 +11,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{code, Raw, Server};
+use common::Server;
 
 const CLAMD: &str = "/usr/sbin/clamd";
 /// The EICAR anti-virus test file (harmless; every scanner reports it).
@@ -112,18 +112,6 @@ Content-Disposition: attachment; filename=\"tool.com\"\r\n\r\n{b64}\r\n--b1--\r\
     )
 }
 
-async fn send(server: &Server, data: &str) -> String {
-    let mut c = Raw::connect(server.smtp).await;
-    c.envelope("someone@remote.test", &["alice@example.test"])
-        .await;
-    assert_eq!(code(&c.cmd("DATA").await), "354");
-    c.send(data.as_bytes()).await;
-    c.send(b".\r\n").await;
-    let r = c.reply().await;
-    c.cmd("QUIT").await;
-    r
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infected_mail_is_refused_and_clean_mail_delivered() {
     if !Path::new(CLAMD).exists() {
@@ -133,20 +121,24 @@ async fn infected_mail_is_refused_and_clean_mail_delivered() {
     let clamd = start_clamd();
     let mut server = Server::start(&format!("clamd = \"127.0.0.1:{}\"", clamd.port));
 
-    let r = send(&server, &with_attachment(EICAR.as_bytes())).await;
+    let r = server
+        .send_to_alice(&with_attachment(EICAR.as_bytes()))
+        .await;
     assert!(r.starts_with("554 5.7.1"), "{r}");
     assert!(r.contains("Eicar-Test-Signature"), "{r}");
     let log = server.log_search_until(&["--kind", "smtp.antivirus", "--json"], "infected");
     assert!(log.contains("\"virus\":\"Eicar-Test-Signature"), "{log}");
     assert!(server.inbox("alice@example.test").await.is_empty());
 
-    let r = send(&server, &with_attachment(b"just a harmless program")).await;
+    let r = server
+        .send_to_alice(&with_attachment(b"just a harmless program"))
+        .await;
     assert!(r.starts_with("250"), "{r}");
     assert_eq!(server.inbox("alice@example.test").await.len(), 1);
 
     // clamd gone: fail closed (the default) defers...
     drop(clamd);
-    let r = send(&server, &with_attachment(b"another one")).await;
+    let r = server.send_to_alice(&with_attachment(b"another one")).await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
     // ...fail open delivers, and says so in the log.
     let text = std::fs::read_to_string(&server.config).unwrap();
@@ -156,7 +148,7 @@ async fn infected_mail_is_refused_and_clean_mail_delivered() {
     )
     .unwrap();
     server.restart();
-    let r = send(&server, &with_attachment(b"and another")).await;
+    let r = server.send_to_alice(&with_attachment(b"and another")).await;
     assert!(r.starts_with("250"), "{r}");
     let log = server.log_search_until(&["--kind", "smtp.antivirus", "--json"], "fail_open\":true");
     assert!(log.contains("\"result\":\"error\""), "{log}");

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{code, Raw, Server};
+use common::Server;
 use mailkeep_types::MailboxRole;
 
 /// Twenty ham and twenty spam messages in `dir/ham` and `dir/spam`.
@@ -34,48 +34,19 @@ fn write_corpus(dir: &Path) {
     }
 }
 
-async fn send(server: &Server, data: &str) -> String {
-    let mut c = Raw::connect(server.smtp).await;
-    c.envelope("someone@remote.test", &["alice@example.test"])
-        .await;
-    assert_eq!(code(&c.cmd("DATA").await), "354");
-    c.send(data.as_bytes()).await;
-    c.send(b".\r\n").await;
-    let r = c.reply().await;
-    c.cmd("QUIT").await;
-    r
-}
-
-async fn mailbox(server: &Server, role: MailboxRole) -> Vec<String> {
-    let store = server.store();
-    let u = store.user_get("alice@example.test").await.unwrap().unwrap();
-    let boxes = store.mailboxes(u.id).await.unwrap();
-    let mb = boxes.iter().find(|m| m.role == Some(role)).unwrap();
-    let mut out = Vec::new();
-    for m in store.messages(mb.id).await.unwrap() {
-        let c = store
-            .message_content(m.mailbox, m.uid)
-            .await
-            .unwrap()
-            .unwrap();
-        out.push(String::from_utf8_lossy(&c).into_owned());
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trained_server_files_spam_to_junk_and_can_refuse_it() {
     let mut server = Server::start("min_learnt = 10");
     let dir = tempfile::tempdir().unwrap();
     write_corpus(dir.path());
     // Before it has learnt enough, nothing is scored.
-    let r = send(
-        &server,
-        "From: x@remote.test\r\nSubject: hello\r\n\r\nhi\r\n",
-    )
-    .await;
+    let r = server
+        .send_to_alice("From: x@remote.test\r\nSubject: hello\r\n\r\nhi\r\n")
+        .await;
     assert!(r.starts_with("250"), "{r}");
-    let inbox = mailbox(&server, MailboxRole::Inbox).await;
+    let inbox = server
+        .mailbox_texts("alice@example.test", MailboxRole::Inbox)
+        .await;
     assert!(!inbox[0].contains("X-Spam-Status"), "{}", inbox[0]);
 
     let (ok, out, err) = server.cli(
@@ -93,13 +64,14 @@ async fn a_trained_server_files_spam_to_junk_and_can_refuse_it() {
     assert!(out.contains("learnt 20 ham and 20 spam"), "{out}");
 
     // Spam (with a forged verdict of its own) goes to Junk, scored by us.
-    let r = send(
-        &server,
+    let r = server.send_to_alice(
         "X-Spam-Status: No, score=0.000\r\nFrom: Deals <deals@cheap.test>\r\nSubject: cheap pills again\r\nContent-Type: text/html\r\n\r\n<p>Buy cheap pills now! <a href=\"http://cheap.test/x\">Click here</a></p>\r\n",
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
-    let junk = mailbox(&server, MailboxRole::Junk).await;
+    let junk = server
+        .mailbox_texts("alice@example.test", MailboxRole::Junk)
+        .await;
     assert_eq!(junk.len(), 1);
     assert!(
         junk[0].contains("X-Spam-Status: Yes, score="),
@@ -112,13 +84,14 @@ async fn a_trained_server_files_spam_to_junk_and_can_refuse_it() {
         "the forged one is gone"
     );
     // Ham stays in the INBOX, marked No.
-    let r = send(
-        &server,
+    let r = server.send_to_alice(
         "From: Colleague <colleague@example.org>\r\nSubject: minutes of the meeting\r\n\r\nThe quarterly report is attached.\r\n",
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
-    let inbox = mailbox(&server, MailboxRole::Inbox).await;
+    let inbox = server
+        .mailbox_texts("alice@example.test", MailboxRole::Inbox)
+        .await;
     assert!(
         inbox[1].contains("X-Spam-Status: No, score="),
         "{}",
@@ -131,8 +104,7 @@ async fn a_trained_server_files_spam_to_junk_and_can_refuse_it() {
     let text = std::fs::read_to_string(&server.config).unwrap();
     std::fs::write(&server.config, text.replace("reject = 0 ", "reject = 0.9 ")).unwrap();
     server.restart();
-    let r = send(
-        &server,
+    let r = server.send_to_alice(
         "From: Deals <deals@cheap.test>\r\nSubject: cheap pills\r\nContent-Type: text/html\r\n\r\n<p>Buy cheap pills now! Click here</p>\r\n",
     )
     .await;

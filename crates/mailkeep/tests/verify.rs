@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use common::outbound::{dkim_txt, free_port, message, point_dns, start_a, start_b, submitter};
 use common::{code, Raw, Server};
 use lettre::AsyncTransport;
-use mailkeep_store::SharedStore;
 use mailkeep_testkit::{Rr, TestDns};
 use mailkeep_types::MailboxRole;
 
@@ -45,22 +44,6 @@ fn trust_dns(a: &Server, b_ip: &str) -> TestDns {
             .collect(),
     )
     .unwrap()
-}
-
-async fn mailbox_texts(store: &SharedStore, user: &str, role: MailboxRole) -> Vec<String> {
-    let u = store.user_get(user).await.unwrap().unwrap();
-    let boxes = store.mailboxes(u.id).await.unwrap();
-    let mb = boxes.iter().find(|m| m.role == Some(role)).unwrap();
-    let mut out = Vec::new();
-    for m in store.messages(mb.id).await.unwrap() {
-        let c = store
-            .message_content(m.mailbox, m.uid)
-            .await
-            .unwrap()
-            .unwrap();
-        out.push(String::from_utf8_lossy(&c).into_owned());
-    }
-    out
 }
 
 /// Sends `data` to B from the forger's address; returns the final reply.
@@ -149,7 +132,7 @@ async fn authenticated_mail_passes_and_forged_mail_is_refused() {
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
-    let junk = mailbox_texts(&b.store(), "carol@b.test", MailboxRole::Junk).await;
+    let junk = b.mailbox_texts("carol@b.test", MailboxRole::Junk).await;
     assert_eq!(junk.len(), 1);
     assert!(junk[0].contains("Subject: quarantined"));
     assert!(junk[0].contains("dmarc=fail"), "{}", junk[0]);

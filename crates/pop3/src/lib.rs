@@ -627,22 +627,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .guard
             .login(&self.server.logins, self.peer.ip(), login, password, "pop3")
             .await?;
-        let (user, app, outcome, delay, banned, locked) = match attempt {
-            mailkeep_auth::Attempt::Success(l) => (
-                Some(l.user),
-                l.app_password,
-                "accepted",
-                Duration::ZERO,
-                false,
-                false,
-            ),
-            mailkeep_auth::Attempt::Failure { delay, banned } => {
-                (None, None, "rejected", delay, banned, false)
-            }
-            mailkeep_auth::Attempt::Locked { delay, banned } => {
-                (None, None, "locked", delay, banned, true)
-            }
-        };
+        let mailkeep_auth::Outcome {
+            user,
+            app_password: app,
+            word: outcome,
+            delay,
+            banned,
+            locked,
+        } = attempt.outcome();
         self.server.store.log_submit(vec![LogEvent {
             ts: now_micros(),
             session: self.id.clone(),

@@ -239,6 +239,37 @@ impl Server {
         store.messages(inbox.id).await.expect("messages")
     }
 
+    /// The full texts of the messages in one of a user's mailboxes (by role).
+    pub async fn mailbox_texts(&self, user: &str, role: MailboxRole) -> Vec<String> {
+        let store = self.store();
+        let u = store.user_get(user).await.unwrap().unwrap();
+        let boxes = store.mailboxes(u.id).await.unwrap();
+        let mb = boxes.iter().find(|m| m.role == Some(role)).unwrap();
+        let mut out = Vec::new();
+        for m in store.messages(mb.id).await.unwrap() {
+            let c = store
+                .message_content(m.mailbox, m.uid)
+                .await
+                .unwrap()
+                .unwrap();
+            out.push(String::from_utf8_lossy(&c).into_owned());
+        }
+        out
+    }
+
+    /// Sends `data` from someone@remote.test to alice over the MX port; the final reply.
+    pub async fn send_to_alice(&self, data: &str) -> String {
+        let mut c = Raw::connect(self.smtp).await;
+        c.envelope("someone@remote.test", &["alice@example.test"])
+            .await;
+        assert_eq!(code(&c.cmd("DATA").await), "354");
+        c.send(data.as_bytes()).await;
+        c.send(b".\r\n").await;
+        let r = c.reply().await;
+        c.cmd("QUIT").await;
+        r
+    }
+
     /// The full texts of a user's INBOX messages.
     pub async fn inbox_texts(&self, user: &str) -> Vec<String> {
         let store = self.store();
