@@ -319,7 +319,17 @@ Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <fw1@sender.test>\r\n\r\nhe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_forwarding_off_external_targets_are_refused_or_skipped() {
-    let server = Server::start("enabled = false");
+    // `[forwarding] enabled` (other sections have an `enabled` key too).
+    let mut server = Server::start("");
+    let text = std::fs::read_to_string(&server.config).unwrap();
+    let off = text.replacen(
+        "enabled = true               # aliases may forward",
+        "enabled = false              # aliases may forward",
+        1,
+    );
+    assert_ne!(off, text, "the forwarding switch is in the config");
+    std::fs::write(&server.config, off).unwrap();
+    server.restart();
     cli_ok(
         &server,
         &["alias", "add", "out@example.test", "x@elsewhere.test"],
