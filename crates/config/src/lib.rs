@@ -316,6 +316,17 @@ pub struct LimitsConfig {
     pub hold_new_recipients_per_hour: u32,
 }
 
+/// DNS blocklists (`[dnsbl]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsblConfig {
+    /// Lists `mailkeep check blocklists` asks about our own addresses.
+    pub lists: Vec<Domain>,
+    /// Lists the MX asks about connecting clients (none by default).
+    pub inbound: Vec<Domain>,
+    /// A listed client's mail goes to Junk instead of being refused.
+    pub inbound_junk: bool,
+}
+
 /// Virus scanning of every message (`[antivirus]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AntivirusConfig {
@@ -525,9 +536,8 @@ pub struct Config {
     pub bans: BansConfig,
     /// Outbound limits per account.
     pub limits: LimitsConfig,
-    /// DNS blocklists (zones) of IP addresses, checked for our own sending addresses by
-    /// `mailkeep check blocklists`.
-    pub dnsbl: Vec<Domain>,
+    /// DNS blocklists of IP addresses.
+    pub dnsbl: DnsblConfig,
     /// Virus scanning.
     pub antivirus: AntivirusConfig,
     /// Spam scoring.
@@ -1146,21 +1156,36 @@ impl Config {
                 100,
             )?,
         };
-        let mut dnsbl = Vec::new();
-        let lists = raw
-            .dnsbl
-            .unwrap_or_default()
-            .lists
-            .unwrap_or_else(|| DEFAULT_DNSBLS.iter().map(|z| z.to_string()).collect());
-        for (i, z) in lists.iter().enumerate() {
-            dnsbl.push(Domain::parse(z).map_err(|e| {
-                cx.invalid(
-                    &format!("dnsbl.lists[{i}]"),
-                    "a DNS zone",
-                    format!("{z:?}: {e}"),
-                )
-            })?);
-        }
+        let rd = raw.dnsbl.unwrap_or_default();
+        let zones = |key: &str, list: Vec<String>| -> Result<Vec<Domain>, ConfigError> {
+            list.iter()
+                .enumerate()
+                .map(|(i, z)| {
+                    Domain::parse(z).map_err(|e| {
+                        cx.invalid(&format!("{key}[{i}]"), "a DNS zone", format!("{z:?}: {e}"))
+                    })
+                })
+                .collect()
+        };
+        let dnsbl = DnsblConfig {
+            lists: zones(
+                "dnsbl.lists",
+                rd.lists
+                    .unwrap_or_else(|| DEFAULT_DNSBLS.iter().map(|z| z.to_string()).collect()),
+            )?,
+            inbound: zones("dnsbl.inbound", rd.inbound.unwrap_or_default())?,
+            inbound_junk: match rd.inbound_action.as_deref().unwrap_or("reject") {
+                "reject" => false,
+                "junk" => true,
+                other => {
+                    return Err(cx.invalid(
+                        "dnsbl.inbound_action",
+                        "\"reject\" or \"junk\"",
+                        format!("{other:?}"),
+                    ))
+                }
+            },
+        };
         let av = raw.antivirus.unwrap_or_default();
         if let Some(c) = &av.clamd {
             if !c.starts_with('/') && c.parse::<SocketAddr>().is_err() {
@@ -1371,6 +1396,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("smtp.max_messages_per_connection"), "{e}");
+    }
+
+    #[test]
+    fn dnsbl_settings() {
+        let c = parse("hostname = \"m.example\"\n").unwrap();
+        assert_eq!(c.dnsbl.lists.len(), 4);
+        assert!(c.dnsbl.inbound.is_empty() && !c.dnsbl.inbound_junk);
+        let c = parse("hostname = \"m.example\"\n[dnsbl]\ninbound = [\"bl.test\"]\ninbound_action = \"junk\"\n").unwrap();
+        assert!(c.dnsbl.inbound_junk);
+        for bad in ["inbound = [\"not a zone\"]", "inbound_action = \"drop\""] {
+            let e = parse(&format!("hostname = \"m.example\"\n[dnsbl]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("dnsbl.inbound"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub struct RawAntivirus {
 pub struct RawDnsbl {
     /// `lists`
     pub lists: Option<Vec<String>>,
+    /// `inbound`
+    pub inbound: Option<Vec<String>>,
+    /// `inbound_action`
+    pub inbound_action: Option<String>,
 }
 
 /// `[limits]`

@@ -280,6 +280,10 @@ min_learnt = 200             # ham and spam messages each learnt before the scor
 [dnsbl]
 # DNS blocklists of addresses; `mailkeep check blocklists` says whether ours are on them.
 lists = ["zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org", "psbl.surriel.com"]
+# Lists the MX asks about every connecting client (none until you choose; Spamhaus answers
+# no queries through large public resolvers: point [dns] servers at your own resolver).
+inbound = []                 # e.g. ["zen.spamhaus.org"]
+inbound_action = "reject"    # a listed client: "reject" (554 5.7.1 at MAIL) or "junk"
 
 [mta_sts]
 # The MTA-STS policy (RFC 8461) the https listener serves at

@@ -153,6 +153,15 @@ fn smtp_server(
             None => None,
         },
         spam: config.spam.clone(),
+        dnsbl: if config.dnsbl.inbound.is_empty() {
+            None
+        } else {
+            Some(mailkeep_smtp::Dnsbl {
+                resolver: mailkeep_net::resolver(&config.dns.servers, config.dns.timeout)?,
+                zones: config.dnsbl.inbound.iter().map(|z| z.to_string()).collect(),
+                junk: config.dnsbl.inbound_junk,
+            })
+        },
     })
 }
 

@@ -53,3 +53,57 @@ fn our_addresses_are_looked_up_on_each_list() {
     assert!(out.contains("not listed anywhere asked"), "{out}");
     assert!(!out.contains("LISTED"), "{out}");
 }
+
+/// A client on a configured inbound list is refused at MAIL (or, with `inbound_action =
+/// "junk"`, its mail goes to Junk); others are not asked about twice and pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mx_refuses_or_junks_clients_on_its_lists() {
+    use common::{code, Raw, Server};
+    use std::net::IpAddr;
+    let dns = TestDns::start(vec![
+        ("66.0.0.127.bl.test.", Rr::A("127.0.0.2".parse().unwrap())),
+        ("66.0.0.127.bl.test.", Rr::Txt("spam source".into())),
+    ])
+    .unwrap();
+    let mut server = Server::start(&format!(
+        "servers = [\"{}\"]\ninbound = [\"bl.test\"]",
+        dns.addr()
+    ));
+    let listed: IpAddr = "127.0.0.66".parse().unwrap();
+    let mut c = Raw::connect_from(listed, server.smtp).await;
+    assert_eq!(code(&c.cmd("EHLO listed.test").await), "250");
+    let r = c.cmd("MAIL FROM:<x@listed.test>").await;
+    assert!(
+        r.starts_with("554 5.7.1 Service unavailable; client [127.0.0.66] is listed on bl.test"),
+        "{r}"
+    );
+    c.cmd("QUIT").await;
+    let log = server.log_search_until(&["--kind", "smtp.dnsbl", "--json"], "spam source");
+    assert!(log.contains("\"list\":\"bl.test\""), "{log}");
+    // Another client passes.
+    let r = server
+        .send_to_alice("From: someone@remote.test\r\nSubject: fine\r\n\r\nx\r\n")
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+
+    // Junk instead of refusal.
+    let text = std::fs::read_to_string(&server.config).unwrap();
+    std::fs::write(
+        &server.config,
+        text.replace("inbound_action = \"reject\"", "inbound_action = \"junk\""),
+    )
+    .unwrap();
+    server.restart();
+    let mut c = Raw::connect_from(listed, server.smtp).await;
+    c.envelope("x@listed.test", &["alice@example.test"]).await;
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    c.send(b"From: x@listed.test\r\nSubject: listed\r\n\r\nx\r\n.\r\n")
+        .await;
+    assert!(c.reply().await.starts_with("250"));
+    c.cmd("QUIT").await;
+    let junk = server
+        .mailbox_texts("alice@example.test", mailkeep_types::MailboxRole::Junk)
+        .await;
+    assert_eq!(junk.len(), 1);
+    assert!(junk[0].contains("Subject: listed"));
+}

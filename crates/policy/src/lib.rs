@@ -4,4 +4,5 @@
 #![warn(missing_docs)]
 
 pub mod antivirus;
+pub mod dnsbl;
 pub mod spam;

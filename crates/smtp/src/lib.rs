@@ -61,6 +61,19 @@ pub struct SmtpServer {
     pub antivirus: Option<Antivirus>,
     /// Spam scoring on the MX.
     pub spam: mailkeep_config::SpamConfig,
+    /// DNS blocklists the MX asks about clients, when configured.
+    pub dnsbl: Option<Dnsbl>,
+}
+
+/// The DNS blocklists the MX asks about each client (RFC 5782).
+#[derive(Clone)]
+pub struct Dnsbl {
+    /// The resolver (it caches answers for their TTL).
+    pub resolver: mailkeep_net::TokioResolver,
+    /// The lists' zones.
+    pub zones: Vec<String>,
+    /// File a listed client's mail to Junk instead of refusing it.
+    pub junk: bool,
 }
 
 /// clamd and what to do when it gives no verdict.

@@ -104,6 +104,8 @@ struct Session<S> {
     rcpts_total: u32,
     /// Set by a command whose reply ends the connection (421), with why.
     closing: Option<&'static str>,
+    /// The MX's DNSBL verdict on the client, once asked: the list that has it, if any.
+    dnsbl: Option<Option<String>>,
 }
 
 /// How a SASL exchange ended without credentials.
@@ -265,6 +267,7 @@ pub async fn run_session<S>(
         allowance_at: Instant::now(),
         rcpts_total: 0,
         closing: None,
+        dnsbl: None,
     };
     s.log(
         "smtp.connect",
@@ -967,6 +970,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.tx.is_some() {
             self.error("503 5.5.1 Nested MAIL command");
             return;
+        }
+        // The MX asks its DNS blocklists about the client once per session.
+        if let Some(zone) = self.dnsbl_listing().await {
+            if !self.server.dnsbl.as_ref().is_some_and(|d| d.junk) {
+                let r = format!(
+                    "554 5.7.1 Service unavailable; client [{}] is listed on {zone}",
+                    self.peer.ip()
+                );
+                self.error(&r);
+                return;
+            }
         }
         let per_connection = self.server.config.max_messages_per_connection;
         if per_connection > 0 && self.messages >= per_connection {
@@ -1676,6 +1690,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
+    /// The first of the MX's DNS blocklists that lists the client (asked once a session),
+    /// or None. A list that gives no answer counts as not listing it.
+    async fn dnsbl_listing(&mut self) -> Option<String> {
+        if self.server.submission.is_some() {
+            return None;
+        }
+        if let Some(v) = &self.dnsbl {
+            return v.clone();
+        }
+        let lists = self.server.dnsbl.clone()?;
+        let ip = self.peer.ip();
+        let mut found = None;
+        for zone in &lists.zones {
+            match mailkeep_policy::dnsbl::lookup(&lists.resolver, ip, zone).await {
+                mailkeep_policy::dnsbl::Listing::Clean => {}
+                mailkeep_policy::dnsbl::Listing::Listed { code, why } => {
+                    self.log(
+                        "smtp.dnsbl",
+                        LogEvent {
+                            outcome: Some(if lists.junk { "junk" } else { "rejected" }.into()),
+                            detail: serde_json::json!({
+                                "list": zone, "code": code,
+                                "reason": why.chars().take(300).collect::<String>(),
+                            }),
+                            ..Default::default()
+                        },
+                    );
+                    found = Some(zone.clone());
+                    break;
+                }
+                mailkeep_policy::dnsbl::Listing::Error(e) => {
+                    tracing::debug!(session = %self.id, list = %zone, error = %e, "DNSBL gave no answer");
+                }
+            }
+        }
+        self.dnsbl = Some(found.clone());
+        found
+    }
+
     /// Whether `domain` or one of its parents is one of ours.
     async fn hosted_or_parent(&self, domain: &str) -> bool {
         let mut name = domain;
@@ -2218,6 +2271,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         // Sender authentication (the MX only): checked on the message as it came, then any
         // Authentication-Results claiming our name is dropped and ours goes on top.
         let mut mailbox = MailboxRole::Inbox;
+        // A client on a DNSBL whose mail is to go to Junk (`dnsbl.inbound_action`).
+        if self.user.is_none() && matches!(&self.dnsbl, Some(Some(_))) {
+            mailbox = MailboxRole::Junk;
+        }
         let mut results_header = String::new();
         let mut arc_set: Option<String> = None;
         let mut dmarc_pass = false;
