@@ -349,6 +349,9 @@ pub struct SpamConfig {
     pub reject: Option<f64>,
     /// Ham and spam messages each that the model must have learnt before it is used.
     pub min_learnt: u32,
+    /// Score from which mail our users submit to other domains is queued held (not sent
+    /// until an admin releases it); None: never.
+    pub outbound_hold: Option<f64>,
 }
 
 /// What the policy we publish asks of senders (RFC 8461 5).
@@ -1233,6 +1236,14 @@ impl Config {
                 _ => None,
             },
             min_learnt: count_key(&cx, "spam.min_learnt", sp.min_learnt, 200)?,
+            outbound_hold: match sp.outbound_hold {
+                None => Some(0.99),
+                Some(v) if v > 0.0 => Some(score("spam.outbound_hold", v)?),
+                Some(v) if v < 0.0 => {
+                    return Err(cx.invalid("spam.outbound_hold", "a score from 0 to 1", v))
+                }
+                Some(_) => None,
+            },
         };
         let forwarding = ForwardingConfig {
             enabled: fw.enabled.unwrap_or(true),

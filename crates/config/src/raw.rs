@@ -91,6 +91,8 @@ pub struct RawSpam {
     pub reject: Option<f64>,
     /// `min_learnt`
     pub min_learnt: Option<i64>,
+    /// `outbound_hold`
+    pub outbound_hold: Option<f64>,
 }
 
 /// `[antivirus]`

@@ -276,6 +276,7 @@ enabled = true
 junk = 0.8                   # from this score (0 to 1) a message goes to Junk
 reject = 0                   # from this score it is refused (550 5.7.1); 0: never
 min_learnt = 200             # ham and spam messages each learnt before the score is used
+outbound_hold = 0.99         # submitted mail to other domains scoring this much is held; 0: never
 
 [dnsbl]
 # DNS blocklists of addresses; `mailkeep check blocklists` says whether ours are on them.

@@ -408,6 +408,7 @@ async fn kill_9_during_a_queue_run_loses_nothing() {
                         smtputf8: false,
                         requiretls: false,
                         account: None,
+                        held: false,
                     },
                     mailkeep_queue::now_secs(),
                 )

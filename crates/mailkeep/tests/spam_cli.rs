@@ -36,7 +36,7 @@ fn write_corpus(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trained_server_files_spam_to_junk_and_can_refuse_it() {
-    let mut server = Server::start("min_learnt = 10");
+    let mut server = Server::start("min_learnt = 10\nfailure_delay = \"10ms\"");
     let dir = tempfile::tempdir().unwrap();
     write_corpus(dir.path());
     // Before it has learnt enough, nothing is scored.
@@ -99,6 +99,32 @@ async fn a_trained_server_files_spam_to_junk_and_can_refuse_it() {
     );
     let log = server.log_search_until(&["--kind", "smtp.spam", "--json"], "\"junk\"");
     assert!(log.contains("\"clues\""), "{log}");
+
+    // Spam our own user submits to another domain is queued held, not sent.
+    use lettre::AsyncTransport;
+    let spammy = lettre::Message::builder()
+        .from("Alice <alice@example.test>".parse().unwrap())
+        .to("victim@remote.test".parse().unwrap())
+        .subject("cheap pills")
+        .header(lettre::message::header::ContentType::TEXT_HTML)
+        .body(
+            "<p>Buy cheap pills now! <a href=\"http://cheap.test/buy\">Click here</a></p>"
+                .to_string(),
+        )
+        .unwrap();
+    common::outbound::submitter(&server)
+        .send(spammy)
+        .await
+        .expect("submit");
+    let (ok, out, err) = server.cli(&["queue", "list"], "");
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("(held)") && l.contains("victim@remote.test")),
+        "{out}"
+    );
+    let log = server.log_search_until(&["--kind", "queue.spam_hold", "--json"], "\"held\"");
+    assert!(log.contains("\"score\""), "{log}");
 
     // With a reject threshold, such spam is refused at the end of DATA.
     let text = std::fs::read_to_string(&server.config).unwrap();

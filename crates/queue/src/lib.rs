@@ -606,6 +606,7 @@ impl Outbound {
                     // RFC 8689 5: the report on a REQUIRETLS message is as protected.
                     requiretls: m.requiretls,
                     account: None,
+                    held: false,
                 };
                 self.submit(bounce, &data).await.map_err(|e| e.to_string())
             }
@@ -1696,6 +1697,7 @@ mod tests {
             smtputf8: utf8,
             requiretls: false,
             account: None,
+            held: false,
         };
         store.queue_insert(m, now_secs()).await.unwrap();
     }

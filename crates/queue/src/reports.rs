@@ -188,6 +188,7 @@ impl Outbound {
             smtputf8: false,
             requiretls: false,
             account: None,
+            held: false,
         };
         let qid = queued.id.clone();
         self.submit(queued, message).await?;

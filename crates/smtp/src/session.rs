@@ -1629,9 +1629,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    /// Scores a message with the server's spam model (`[spam]`).
-    async fn spam_check(&mut self, msg: &[u8]) -> SpamOutcome {
-        let cfg = self.server.spam.clone();
+    /// The server's spam model's score of a message and the tokens that decided it; None
+    /// while the model has not learnt `spam.min_learnt` of each (or cannot be read).
+    async fn spam_score(&self, msg: &[u8]) -> Option<(f64, Vec<(String, f64)>)> {
+        let min = self.server.spam.min_learnt;
         let tokens = mailkeep_policy::spam::tokens(msg);
         let list: Vec<String> = tokens.iter().cloned().collect();
         let store = self.server.delivery.store().clone();
@@ -1639,16 +1640,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(session = %self.id, error = %e, "reading the spam model failed");
-                return SpamOutcome::Unscored;
+                return None;
             }
         };
-        if ham < cfg.min_learnt || spam < cfg.min_learnt {
-            return SpamOutcome::Unscored;
+        if ham < min || spam < min {
+            return None;
         }
         let counts: std::collections::HashMap<String, (u32, u32)> =
             counts.into_iter().map(|(t, h, s)| (t, (h, s))).collect();
-        let (score, clues) =
-            mailkeep_policy::spam::score_tokens(tokens, |t| counts.get(t).copied(), ham, spam);
+        Some(mailkeep_policy::spam::score_tokens(
+            tokens,
+            |t| counts.get(t).copied(),
+            ham,
+            spam,
+        ))
+    }
+
+    /// Scores a message with the server's spam model (`[spam]`).
+    async fn spam_check(&mut self, msg: &[u8]) -> SpamOutcome {
+        let cfg = self.server.spam.clone();
+        let Some((score, clues)) = self.spam_score(msg).await else {
+            return SpamOutcome::Unscored;
+        };
         let is_spam = score >= cfg.junk;
         let header = format!(
             "X-Spam-Status: {}, score={score:.3} required={:.2} method=bayes\r\n",
@@ -2209,6 +2222,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             smtputf8: tx.smtputf8,
             requiretls: tx.requiretls,
             account: None,
+            held: false,
         };
         if let Err(e) = outbound.forward(queued.clone(), &content).await {
             tracing::error!(session = %self.id, error = %e, "queueing a forwarded message failed");
@@ -2435,7 +2449,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 smtputf8: tx.smtputf8,
                 requiretls: tx.requiretls,
                 account: self.user.as_ref().map(|u| u.id),
+                held: false,
             };
+            // Submitted mail that scores as spam is queued held (`spam.outbound_hold`): one
+            // account must not get the domain blocklisted.
+            let mut queued = queued;
+            if let (Some(hold), true) = (self.server.spam.outbound_hold, self.server.spam.enabled) {
+                if let Some((score, clues)) = self.spam_score(&data).await {
+                    if score >= hold {
+                        queued.held = true;
+                        self.log(
+                            "queue.spam_hold",
+                            LogEvent {
+                                outcome: Some("held".into()),
+                                detail: serde_json::json!({
+                                    "score": (score * 1000.0).round() / 1000.0,
+                                    "hold": hold,
+                                    "clues": clues.iter().take(10).map(|(t, f)| {
+                                        serde_json::json!([t.chars().take(60).collect::<String>(), (f * 1000.0).round() / 1000.0])
+                                    }).collect::<Vec<_>>(),
+                                }),
+                                ..Default::default()
+                            },
+                        );
+                    }
+                }
+            }
             let counted: Vec<String> = queued
                 .recipients
                 .iter()

@@ -2357,7 +2357,8 @@ impl QueueStore for SqliteStore {
             c.execute(
                 "INSERT INTO queue (id, sender, blob, size, created, envid, ret, smtputf8, \
                  requiretls, account, held) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-                 EXISTS (SELECT 1 FROM account_holds WHERE account = ?10 AND released IS NULL))",
+                 ?11 OR EXISTS (SELECT 1 FROM account_holds WHERE account = ?10 \
+                 AND released IS NULL))",
                 params![
                     m.id,
                     m.sender,
@@ -2368,7 +2369,8 @@ impl QueueStore for SqliteStore {
                     m.ret,
                     m.smtputf8 as i64,
                     m.requiretls as i64,
-                    m.account.map(|a| a.0)
+                    m.account.map(|a| a.0),
+                    m.held as i64
                 ],
             )
             .map_err(|e| match e {

@@ -139,6 +139,7 @@ async fn usage(store: &SharedStore) {
         smtputf8: false,
         requiretls: false,
         account: Some(a),
+        held: false,
     };
     let held = |id: &'static str| async move {
         store
@@ -334,6 +335,7 @@ async fn queue(store: &SharedStore) {
         smtputf8: false,
         requiretls: true,
         account: None,
+        held: false,
     };
     store
         .queue_insert(msg.clone(), 1000)
@@ -446,6 +448,7 @@ async fn queue(store: &SharedStore) {
                 smtputf8: false,
                 requiretls: false,
                 account: None,
+                held: false,
             },
             1000,
         )

@@ -653,6 +653,8 @@ pub struct NewQueued {
     /// The account that submitted it (None: forwarded mail, bounces, reports). Queued while
     /// the account is on hold, it is held too.
     pub account: Option<AccountId>,
+    /// Queue it held (not sent until released), e.g. outbound mail that scored as spam.
+    pub held: bool,
 }
 
 /// One recipient of a queued message, as given.
