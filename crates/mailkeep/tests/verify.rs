@@ -73,11 +73,7 @@ async fn authenticated_mail_passes_and_forged_mail_is_refused() {
     let ip = "127.0.0.41";
     let port = free_port(ip);
     // A's DNS only routes (MX); A's keys exist once A is made, then B's DNS publishes them.
-    let route = TestDns::start(vec![
-        ("b.test.", Rr::Mx(10, "mx.b.test.".into())),
-        ("mx.b.test.", Rr::A(ip.parse().unwrap())),
-    ])
-    .unwrap();
+    let route = common::outbound::dns(ip);
     let a = start_a(&route, port);
     let dns = trust_dns(&a, ip);
     let mut b = start_b(ip, port);
@@ -175,11 +171,7 @@ async fn dmarc_aggregate_reports_reach_the_domain_and_are_summed_up() {
     // example.test's rua (postmaster@example.test, at A), where `dmarc summary` shows them.
     let ip = "127.0.0.42";
     let port = free_port(ip);
-    let route = TestDns::start(vec![
-        ("b.test.", Rr::Mx(10, "mx.b.test.".into())),
-        ("mx.b.test.", Rr::A(ip.parse().unwrap())),
-    ])
-    .unwrap();
+    let route = common::outbound::dns(ip);
     let a = start_a(&route, port);
     let (ok, _, err) = a.cli(
         &["user", "add", "postmaster@example.test"],
