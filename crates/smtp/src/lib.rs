@@ -45,12 +45,13 @@ pub struct SmtpServer {
     pub primary_domain: Option<Domain>,
     /// Set on the submission ports (587, 465): what AUTH needs.
     pub submission: Option<Submission>,
-    /// The outbound queue, for submitted mail to other domains.
+    /// The outbound queue: submitted mail to other domains, and on the MX forwarded copies
+    /// and bounces to our SRS addresses (the MX never relays: RCPT needs a local domain).
     pub outbound: Option<Arc<mailkeep_queue::Outbound>>,
     /// Sender authentication of inbound mail (the MX; never on the submission ports).
     pub verifier: Option<Arc<mailkeep_verify::Verifier>>,
-    /// How the MX forwards mail to aliases' external targets (through `outbound`, which the
-    /// MX has only when forwarding is on).
+    /// How the MX forwards mail to aliases' external targets (through `outbound`; with
+    /// `enabled` off it forwards only bounces to SRS addresses it made before).
     pub forwarding: mailkeep_config::ForwardingConfig,
     /// What each account may send to other domains (submission).
     pub limits: mailkeep_config::LimitsConfig,
