@@ -325,6 +325,12 @@ pub struct DnsblConfig {
     pub inbound: Vec<Domain>,
     /// A listed client's mail goes to Junk instead of being refused.
     pub inbound_junk: bool,
+    /// Domain lists (RHSBL) the MX asks about the MAIL FROM and From: domains; a listing
+    /// adds to the spam score (none by default).
+    pub rhsbl: Vec<Domain>,
+    /// Domain lists (URI blocklists) the MX asks about the domains the message links to;
+    /// a listing adds to the spam score (none by default).
+    pub uribl: Vec<Domain>,
 }
 
 /// Virus scanning of every message (`[antivirus]`).
@@ -1177,6 +1183,8 @@ impl Config {
                     .unwrap_or_else(|| DEFAULT_DNSBLS.iter().map(|z| z.to_string()).collect()),
             )?,
             inbound: zones("dnsbl.inbound", rd.inbound.unwrap_or_default())?,
+            rhsbl: zones("dnsbl.rhsbl", rd.rhsbl.unwrap_or_default())?,
+            uribl: zones("dnsbl.uribl", rd.uribl.unwrap_or_default())?,
             inbound_junk: match rd.inbound_action.as_deref().unwrap_or("reject") {
                 "reject" => false,
                 "junk" => true,
@@ -1414,8 +1422,16 @@ mod tests {
         let c = parse("hostname = \"m.example\"\n").unwrap();
         assert_eq!(c.dnsbl.lists.len(), 4);
         assert!(c.dnsbl.inbound.is_empty() && !c.dnsbl.inbound_junk);
-        let c = parse("hostname = \"m.example\"\n[dnsbl]\ninbound = [\"bl.test\"]\ninbound_action = \"junk\"\n").unwrap();
+        let c = parse("hostname = \"m.example\"\n[dnsbl]\ninbound = [\"bl.test\"]\ninbound_action = \"junk\"\nrhsbl = [\"dbl.test\"]\nuribl = [\"uri.test\"]\n").unwrap();
         assert!(c.dnsbl.inbound_junk);
+        assert_eq!(
+            (c.dnsbl.rhsbl[0].as_str(), c.dnsbl.uribl[0].as_str()),
+            ("dbl.test", "uri.test")
+        );
+        let e = parse("hostname = \"m.example\"\n[dnsbl]\nuribl = [\"a b\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dnsbl.uribl[0]"), "{e}");
         for bad in ["inbound = [\"not a zone\"]", "inbound_action = \"drop\""] {
             let e = parse(&format!("hostname = \"m.example\"\n[dnsbl]\n{bad}\n"))
                 .unwrap_err()

@@ -117,6 +117,10 @@ pub struct RawDnsbl {
     pub inbound: Option<Vec<String>>,
     /// `inbound_action`
     pub inbound_action: Option<String>,
+    /// `rhsbl`
+    pub rhsbl: Option<Vec<String>>,
+    /// `uribl`
+    pub uribl: Option<Vec<String>>,
 }
 
 /// `[limits]`

@@ -11,12 +11,14 @@
 #![warn(missing_docs)]
 
 pub mod ingest;
+pub mod learn;
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mailkeep_store::directory::{resolve, LocalTarget, Resolution};
 use mailkeep_store::{LogEvent, NewMessage, SharedStore, StoreError, Stored, Target};
-use mailkeep_types::{Address, MailboxRole};
+use mailkeep_types::{AccountId, Address, MailboxRole};
 
 /// Errors of a delivery as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,18 @@ pub struct Incoming {
     pub client_ip: Option<String>,
     /// Where it goes: INBOX, or Junk (INBOX when the account has no Junk mailbox).
     pub mailbox: MailboxRole,
+    /// Per account, where it goes instead and header fields that account's copy gets on
+    /// top (after Return-Path and Delivered-To): that user's spam verdict.
+    pub placements: HashMap<AccountId, Placement>,
+}
+
+/// Where one account's copy goes and what it gets besides the shared message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// INBOX or Junk.
+    pub mailbox: MailboxRole,
+    /// Header fields (CRLF-terminated) for this copy alone.
+    pub fields: String,
 }
 
 /// What happened for one recipient.
@@ -112,13 +126,16 @@ impl Delivery {
         let mut batch = Vec::with_capacity(msg.recipients.len());
         for t in &msg.recipients {
             // RFC 5321 4.4: Return-Path; RFC 9228: Delivered-To names the final mailbox.
+            let placement = msg.placements.get(&t.account);
             let prefix = format!(
-                "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
-                msg.return_path, t.address
+                "Return-Path: <{}>\r\nDelivered-To: {}\r\n{}",
+                msg.return_path,
+                t.address,
+                placement.map(|p| p.fields.as_str()).unwrap_or("")
             );
             batch.push(NewMessage {
                 account: t.account,
-                target: Target::Role(msg.mailbox),
+                target: Target::Role(placement.map(|p| p.mailbox).unwrap_or(msg.mailbox)),
                 blob: blob.clone(),
                 blob_size: msg.data.len() as u64,
                 prefix: prefix.into_bytes(),
@@ -218,6 +235,7 @@ mod tests {
                 session: "s".into(),
                 client_ip: None,
                 mailbox: mailkeep_types::MailboxRole::Inbox,
+                placements: Default::default(),
             })
             .await
             .unwrap();

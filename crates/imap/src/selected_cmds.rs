@@ -772,6 +772,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .await?;
         let src: Vec<u32> = pairs.iter().map(|(s, _)| s.0).collect();
         let dst: Vec<u32> = pairs.iter().map(|(_, d)| d.0).collect();
+        // Filing into or out of Junk teaches the owner's spam model, in the background.
+        let from_role = match store.mailbox_get(view.mailbox).await {
+            Ok(m) => m.and_then(|m| m.role),
+            Err(_) => None,
+        };
+        if let Some(is_spam) = mailkeep_delivery::learn::lesson(from_role, dest.role) {
+            let model = if is_spam { dest.account } else { view.owner };
+            let (store, mailbox, uids) = (
+                store.clone(),
+                dest.id,
+                pairs.iter().map(|p| p.1).collect::<Vec<_>>(),
+            );
+            tokio::spawn(async move {
+                match mailkeep_delivery::learn::learn(&store, mailbox, &uids, model.0, is_spam)
+                    .await
+                {
+                    Ok(n) => tracing::info!(
+                        account = model.0,
+                        learnt = n,
+                        spam = is_spam,
+                        "spam model taught by a move"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(account = model.0, error = %e, "teaching the spam model failed")
+                    }
+                }
+            });
+        }
         // RFC 4315 3: COPYUID uidvalidity source-set dest-set, in the same order.
         let code = match (sequence_set(&src), sequence_set(&dst)) {
             (Some(s), Some(d)) => Some(format!("COPYUID {} {s} {d}", dest.uid_validity.0)),

@@ -1067,6 +1067,7 @@ pub fn deliver(config_path: &Path, to: Vec<String>, from: String) -> Result<()> 
                 session: format!("cli-{queue_id}"),
                 client_ip: None,
                 mailbox: mailkeep_types::MailboxRole::Inbox,
+                placements: Default::default(),
             })
             .await?;
         if let Err(e) = delivery.store().log_append(delivered.events).await {

@@ -270,12 +270,14 @@ on_error = "tempfail"        # clamd unreachable: "tempfail" (451, the sender re
 timeout = "30s"
 
 [spam]
-# The spam classifier scores mail arriving on the MX once it has learnt enough
-# (`mailkeep spam train --ham DIR --spam DIR`); X-Spam-Status says how it scored.
+# Mail arriving on the MX is scored from 0 to 1: rules on its headers, body, sender
+# authentication and blocklists, plus the classifier once it has learnt enough (`mailkeep spam
+# train --ham DIR --spam DIR`, and each user's moves into and out of Junk over IMAP).
+# X-Spam-Status says how it scored; `mailkeep spam allow|block USER ADDR` set users' lists.
 enabled = true
 junk = 0.8                   # from this score (0 to 1) a message goes to Junk
 reject = 0                   # from this score it is refused (550 5.7.1); 0: never
-min_learnt = 200             # ham and spam messages each learnt before the score is used
+min_learnt = 200             # ham and spam messages each learnt before the classifier counts
 outbound_hold = 0.99         # submitted mail to other domains scoring this much is held; 0: never
 
 [dnsbl]
@@ -285,6 +287,9 @@ lists = ["zen.spamhaus.org", "bl.spamcop.net", "b.barracudacentral.org", "psbl.s
 # no queries through large public resolvers: point [dns] servers at your own resolver).
 inbound = []                 # e.g. ["zen.spamhaus.org"]
 inbound_action = "reject"    # a listed client: "reject" (554 5.7.1 at MAIL) or "junk"
+# Domain lists: a listing adds to the spam score (none until you choose).
+rhsbl = []                   # asked about MAIL FROM and From: domains, e.g. ["dbl.spamhaus.org"]
+uribl = []                   # asked about the domains of links, e.g. ["multi.surbl.org"]
 
 [mta_sts]
 # The MTA-STS policy (RFC 8461) the https listener serves at

@@ -153,13 +153,19 @@ fn smtp_server(
             None => None,
         },
         spam: config.spam.clone(),
-        dnsbl: if config.dnsbl.inbound.is_empty() {
+        dnsbl: if config.dnsbl.inbound.is_empty()
+            && config.dnsbl.rhsbl.is_empty()
+            && config.dnsbl.uribl.is_empty()
+        {
             None
         } else {
+            let names = |l: &[mailkeep_types::Domain]| l.iter().map(|z| z.to_string()).collect();
             Some(mailkeep_smtp::Dnsbl {
                 resolver: mailkeep_net::resolver(&config.dns.servers, config.dns.timeout)?,
-                zones: config.dnsbl.inbound.iter().map(|z| z.to_string()).collect(),
+                zones: names(&config.dnsbl.inbound),
                 junk: config.dnsbl.inbound_junk,
+                rhsbl: names(&config.dnsbl.rhsbl),
+                uribl: names(&config.dnsbl.uribl),
             })
         },
     })

@@ -1,12 +1,14 @@
-//! `mailkeep spam test --ham DIR --spam DIR`: the classifier's accuracy on folders of
-//! messages (one file each; a leading mbox `From ` line is dropped), by k-fold
-//! cross-validation.
+//! `mailkeep spam`: teaching the server's model (`train`), the classifier's accuracy on
+//! folders of messages (`test`: one file each, a leading mbox `From ` line dropped, k-fold
+//! cross-validation), users' sender lists (`allow`, `block`, `unlist`, `lists`) and what
+//! the models learnt (`status`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use mailkeep_policy::spam::{cross_validate, Model};
+use mailkeep_store::SenderList;
 
 #[derive(Subcommand)]
 pub enum SpamCmd {
@@ -33,6 +35,45 @@ pub enum SpamCmd {
         #[arg(long, default_value_t = 0.8)]
         threshold: f64,
     },
+    /// Never file mail from ENTRY (an address, or @domain for a domain and its subdomains)
+    /// to USER's Junk, when the sender is authenticated (DMARC for From:, SPF for the
+    /// envelope sender).
+    Allow { user: String, entry: String },
+    /// Always file mail from ENTRY (From: or envelope sender) to USER's Junk.
+    Block { user: String, entry: String },
+    /// Take ENTRY off USER's allowlist or blocklist.
+    Unlist { user: String, entry: String },
+    /// USER's allowlist and blocklist.
+    Lists { user: String },
+    /// What the server's model has learnt, and USER's own model (learnt from what they
+    /// move into and out of Junk).
+    Status { user: Option<String> },
+}
+
+/// A sender list entry as stored: an address key, or `@` and an ASCII domain.
+fn list_entry(entry: &str) -> Result<String> {
+    let e = entry.trim();
+    if let Some(d) = e.strip_prefix('@').or((!e.contains('@')).then_some(e)) {
+        let d = mailkeep_types::Domain::parse(d)
+            .map_err(|err| anyhow::anyhow!("ENTRY {entry:?}: not an address or @domain: {err}"))?;
+        return Ok(format!("@{d}"));
+    }
+    let a = mailkeep_types::Address::parse(e)
+        .map_err(|err| anyhow::anyhow!("ENTRY {entry:?}: not an address or @domain: {err}"))?;
+    Ok(a.key().to_ascii_lowercase())
+}
+
+/// The account of USER, or an error naming it.
+async fn account(
+    store: &mailkeep_store::SharedStore,
+    user: &str,
+) -> Result<mailkeep_types::AccountId> {
+    let a =
+        mailkeep_types::Address::parse(user).map_err(|e| anyhow::anyhow!("USER {user:?}: {e}"))?;
+    match store.user_get(&a.key()).await? {
+        Some(u) => Ok(u.id),
+        None => anyhow::bail!("USER {user:?}: no such user"),
+    }
 }
 
 /// Every file in `dir`, in name order, without a leading mbox `From ` line.
@@ -95,6 +136,39 @@ pub fn spam(config: &Path, cmd: SpamCmd) -> Result<()> {
             }
             Ok(())
         }
+        SpamCmd::Allow { user, entry } => set_list(config, &user, &entry, Some(SenderList::Allow)),
+        SpamCmd::Block { user, entry } => set_list(config, &user, &entry, Some(SenderList::Block)),
+        SpamCmd::Unlist { user, entry } => set_list(config, &user, &entry, None),
+        SpamCmd::Lists { user } => {
+            let (_, store) = crate::admin::open(config)?;
+            let lists = crate::admin::runtime()?.block_on(async {
+                let id = account(&store, &user).await?;
+                anyhow::Ok(store.sender_lists(id).await?)
+            })?;
+            for (entry, list) in lists {
+                println!("{}\t{entry}", list.as_str());
+            }
+            Ok(())
+        }
+        SpamCmd::Status { user } => {
+            let (cfg, store) = crate::admin::open(config)?;
+            crate::admin::runtime()?.block_on(async {
+                let ((h, s), _) = store.spam_counts(0, &[]).await?;
+                println!("server model: {h} ham, {s} spam");
+                let min = cfg.spam.min_learnt;
+                if let Some(user) = user {
+                    let id = account(&store, &user).await?;
+                    let ((uh, us), _) = store.spam_counts(id.0, &[]).await?;
+                    println!("{user}: {uh} ham, {us} spam learnt from Junk moves");
+                    if h + uh < min || s + us < min {
+                        println!("{user}'s mail is scored by rules alone until the two models know {min} of each (spam.min_learnt)");
+                    }
+                } else if h < min || s < min {
+                    println!("mail is scored by rules alone until it knows {min} of each (spam.min_learnt)");
+                }
+                anyhow::Ok(())
+            })
+        }
         SpamCmd::Test {
             ham,
             spam,
@@ -130,4 +204,20 @@ pub fn spam(config: &Path, cmd: SpamCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Adds ENTRY to one of USER's sender lists, or (None) takes it off.
+fn set_list(config: &Path, user: &str, entry: &str, list: Option<SenderList>) -> Result<()> {
+    let entry = list_entry(entry)?;
+    let (_, store) = crate::admin::open(config)?;
+    crate::admin::runtime()?.block_on(async {
+        let id = account(&store, user).await?;
+        store.sender_list_set(id, &entry, list).await?;
+        anyhow::Ok(())
+    })?;
+    match list {
+        Some(l) => println!("{entry} is on {user}'s {}list", l.as_str()),
+        None => println!("{entry} is on none of {user}'s lists"),
+    }
+    Ok(())
 }

@@ -39,7 +39,7 @@ async fn a_trained_server_files_spam_to_junk_and_can_refuse_it() {
     let mut server = Server::start("min_learnt = 10\nfailure_delay = \"10ms\"");
     let dir = tempfile::tempdir().unwrap();
     write_corpus(dir.path());
-    // Before it has learnt enough, nothing is scored.
+    // Before it has learnt enough, rules alone score (this one lacks Date, Message-ID, To).
     let r = server
         .send_to_alice("From: x@remote.test\r\nSubject: hello\r\n\r\nhi\r\n")
         .await;
@@ -47,7 +47,9 @@ async fn a_trained_server_files_spam_to_junk_and_can_refuse_it() {
     let inbox = server
         .mailbox_texts("alice@example.test", MailboxRole::Inbox)
         .await;
-    assert!(!inbox[0].contains("X-Spam-Status"), "{}", inbox[0]);
+    assert!(inbox[0].contains("X-Spam-Status: No"), "{}", inbox[0]);
+    assert!(inbox[0].contains("MISSING_DATE(+0.5)"), "{}", inbox[0]);
+    assert!(!inbox[0].contains("BAYES("), "{}", inbox[0]);
 
     let (ok, out, err) = server.cli(
         &[

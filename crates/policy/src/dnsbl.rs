@@ -1,5 +1,6 @@
-//! DNS blocklists of IP addresses (RFC 5782): the MX asks them about connecting clients,
-//! `mailkeep check blocklists` about our own addresses.
+//! DNS blocklists (RFC 5782): of IP addresses, which the MX asks about connecting clients
+//! and `mailkeep check blocklists` about our own addresses; of domains (RHSBL, URI
+//! blocklists), which the MX asks about senders' domains and the domains of links.
 //!
 //! A list is asked for `<reversed address>.<zone>`: an A record in 127.0.0.0/8 means listed
 //! (its TXT record says why), no such name means not listed. Answers in 127.255.255.0/24
@@ -55,8 +56,32 @@ pub fn query_name(ip: IpAddr, zone: &str) -> String {
 
 /// Asks the list `zone` about `ip`.
 pub async fn lookup(resolver: &TokioResolver, ip: IpAddr, zone: &str) -> Listing {
-    let name = query_name(ip, zone);
-    let codes: Vec<std::net::Ipv4Addr> = match resolver.lookup(name.as_str(), RecordType::A).await {
+    ask(resolver, &query_name(ip, zone), |_| false).await
+}
+
+/// Asks the domain list (RHSBL or URI blocklist, RFC 5782 2.3) `zone` about `domain`:
+/// `<domain>.<zone>`. Besides 127.255.255.x, these lists answer 127.0.0.1 (SURBL,
+/// URIBL) or x.x.x.255 (Spamhaus DBL) when they refuse a query.
+pub async fn lookup_domain(resolver: &TokioResolver, domain: &str, zone: &str) -> Listing {
+    let name = format!(
+        "{}.{}.",
+        domain.trim_end_matches('.'),
+        zone.trim_end_matches('.')
+    );
+    ask(resolver, &name, |c| {
+        c == std::net::Ipv4Addr::new(127, 0, 0, 1) || c.octets()[3] == 255
+    })
+    .await
+}
+
+/// Asks a list about `name`; `refused` tells answers that are the list refusing the
+/// query (beyond RFC 5782's 127.255.255.x).
+async fn ask(
+    resolver: &TokioResolver,
+    name: &str,
+    refused: impl Fn(std::net::Ipv4Addr) -> bool,
+) -> Listing {
+    let codes: Vec<std::net::Ipv4Addr> = match resolver.lookup(name, RecordType::A).await {
         Ok(l) => l
             .iter()
             .filter_map(|r| match r {
@@ -71,7 +96,10 @@ pub async fn lookup(resolver: &TokioResolver, ip: IpAddr, zone: &str) -> Listing
         return Listing::Clean;
     }
     // RFC 5782 2.1: listings are in 127.0.0.0/8; 127.255.255.x are refusals to answer.
-    if codes.iter().all(|c| c.octets()[..3] == [127, 255, 255]) {
+    if codes
+        .iter()
+        .all(|c| c.octets()[..3] == [127, 255, 255] || refused(*c))
+    {
         return Listing::Error(format!(
             "the list refused to answer ({}): ask through your own resolver",
             codes[0]
@@ -80,7 +108,7 @@ pub async fn lookup(resolver: &TokioResolver, ip: IpAddr, zone: &str) -> Listing
     if !codes.iter().any(|c| c.octets()[0] == 127) {
         return Listing::Error(format!("unexpected answer {}", codes[0]));
     }
-    let why = match resolver.txt_lookup(name.as_str()).await {
+    let why = match resolver.txt_lookup(name).await {
         Ok(t) => t
             .iter()
             .map(|r| {

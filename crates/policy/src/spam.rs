@@ -322,7 +322,8 @@ pub struct Evaluation {
 }
 
 /// k-fold cross-validation: message `i` of each list is in fold `i % k`; each fold is scored
-/// by a model trained on the others; spam is a score of at least `threshold`.
+/// by a model trained on the others, through the score the MX uses (the classifier and the
+/// content rules, [`crate::score`]); spam is a score of at least `threshold`.
 pub fn cross_validate(ham: &[Vec<u8>], spam: &[Vec<u8>], k: usize, threshold: f64) -> Evaluation {
     let k = k.max(2);
     let mut e = Evaluation::default();
@@ -336,18 +337,26 @@ pub fn cross_validate(ham: &[Vec<u8>], spam: &[Vec<u8>], k: usize, threshold: f6
         }
         for (_, m) in ham.iter().enumerate().filter(|(i, _)| i % k == fold) {
             e.ham += 1;
-            if model.score(m).0 >= threshold {
+            if full_score(&model, m) >= threshold {
                 e.false_positives += 1;
             }
         }
         for (_, m) in spam.iter().enumerate().filter(|(i, _)| i % k == fold) {
             e.spam += 1;
-            if model.score(m).0 < threshold {
+            if full_score(&model, m) < threshold {
                 e.false_negatives += 1;
             }
         }
     }
     e
+}
+
+/// The score of a stored message as the MX would give it, less what only the SMTP session
+/// knows (authentication, blocklists): the classifier and the content rules, dates compared
+/// with the message's newest Received field.
+pub fn full_score(model: &Model, message: &[u8]) -> f64 {
+    let bayes = model.score(message).0;
+    crate::score::combine(Some(bayes), &crate::score::content_rules(message, None))
 }
 
 #[cfg(test)]

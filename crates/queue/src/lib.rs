@@ -579,6 +579,7 @@ impl Outbound {
                     session: format!("queue-{}", m.id),
                     client_ip: None,
                     mailbox: mailkeep_types::MailboxRole::Inbox,
+                    placements: Default::default(),
                 };
                 match self.delivery.deliver(incoming).await {
                     Ok(d) => {

@@ -62,7 +62,8 @@ pub struct SmtpServer {
     pub antivirus: Option<Antivirus>,
     /// Spam scoring on the MX.
     pub spam: mailkeep_config::SpamConfig,
-    /// DNS blocklists the MX asks about clients, when configured.
+    /// DNS blocklists the MX asks about clients, senders' domains and links, when
+    /// configured.
     pub dnsbl: Option<Dnsbl>,
 }
 
@@ -75,6 +76,10 @@ pub struct Dnsbl {
     pub zones: Vec<String>,
     /// File a listed client's mail to Junk instead of refusing it.
     pub junk: bool,
+    /// Domain lists asked about the MAIL FROM and From: domains (RHSBL).
+    pub rhsbl: Vec<String>,
+    /// Domain lists asked about the domains of the message's links (URI blocklists).
+    pub uribl: Vec<String>,
 }
 
 /// clamd and what to do when it gives no verdict.

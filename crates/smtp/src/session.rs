@@ -22,6 +22,8 @@ use mailkeep_types::{Address, Domain, MailboxRole, QueueId};
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+mod spam;
+
 use crate::data::{check_bdat, DataDecoder, DataProblem};
 use crate::SmtpServer;
 use mailkeep_net::stream::Conn;
@@ -116,25 +118,18 @@ enum SaslEnd {
     Lost(ReadError),
 }
 
-/// What the spam check decided.
-enum SpamOutcome {
-    /// The model has not learnt enough (or could not be read): no verdict.
-    Unscored,
-    /// Not spam; the X-Spam-Status field.
-    Pass(String),
-    /// Spam: to Junk; the X-Spam-Status field.
-    Junk(String),
-    /// Refused with this reply.
-    Reject(String),
+/// The message's first From: address, lower case.
+fn from_address(message: &[u8]) -> Option<String> {
+    let end = mailkeep_delivery::ingest::header_len(message);
+    let parsed = mail_parser::MessageParser::new().parse_headers(&message[..end])?;
+    let from = parsed.from()?.first()?.address()?;
+    Some(from.trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// The domain of the message's first From: address, lower case.
 fn from_domain(message: &[u8]) -> Option<String> {
-    let end = mailkeep_delivery::ingest::header_len(message);
-    let parsed = mail_parser::MessageParser::new().parse_headers(&message[..end])?;
-    let from = parsed.from()?.first()?.address()?;
-    let (_, domain) = from.rsplit_once('@')?;
-    Some(domain.trim_end_matches('.').to_ascii_lowercase())
+    let a = from_address(message)?;
+    Some(a.rsplit_once('@')?.1.to_string())
 }
 
 /// RFC 3461 4: an address as xtext (`+`, `=` and bytes outside `!`..`~` as `+HH`).
@@ -1572,6 +1567,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             session: self.id.clone(),
             client_ip: None,
             mailbox: MailboxRole::Inbox,
+            placements: Default::default(),
         };
         match self.server.delivery.deliver(incoming).await {
             Ok(d) => self.events.extend(d.events),
@@ -1626,80 +1622,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     "451 4.3.0 The virus scanner is unavailable, try again later".to_string()
                 })
             }
-        }
-    }
-
-    /// The server's spam model's score of a message and the tokens that decided it; None
-    /// while the model has not learnt `spam.min_learnt` of each (or cannot be read).
-    async fn spam_score(&self, msg: &[u8]) -> Option<(f64, Vec<(String, f64)>)> {
-        let min = self.server.spam.min_learnt;
-        let tokens = mailkeep_policy::spam::tokens(msg);
-        let list: Vec<String> = tokens.iter().cloned().collect();
-        let store = self.server.delivery.store().clone();
-        let ((ham, spam), counts) = match store.spam_counts(0, &list).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(session = %self.id, error = %e, "reading the spam model failed");
-                return None;
-            }
-        };
-        if ham < min || spam < min {
-            return None;
-        }
-        let counts: std::collections::HashMap<String, (u32, u32)> =
-            counts.into_iter().map(|(t, h, s)| (t, (h, s))).collect();
-        Some(mailkeep_policy::spam::score_tokens(
-            tokens,
-            |t| counts.get(t).copied(),
-            ham,
-            spam,
-        ))
-    }
-
-    /// Scores a message with the server's spam model (`[spam]`).
-    async fn spam_check(&mut self, msg: &[u8]) -> SpamOutcome {
-        let cfg = self.server.spam.clone();
-        let Some((score, clues)) = self.spam_score(msg).await else {
-            return SpamOutcome::Unscored;
-        };
-        let is_spam = score >= cfg.junk;
-        let header = format!(
-            "X-Spam-Status: {}, score={score:.3} required={:.2} method=bayes\r\n",
-            if is_spam { "Yes" } else { "No" },
-            cfg.junk
-        );
-        let rejected = cfg.reject.is_some_and(|r| score >= r);
-        self.log(
-            "smtp.spam",
-            LogEvent {
-                outcome: Some(
-                    if rejected {
-                        "rejected"
-                    } else if is_spam {
-                        "junk"
-                    } else {
-                        "accepted"
-                    }
-                    .into(),
-                ),
-                detail: serde_json::json!({
-                    "score": (score * 1000.0).round() / 1000.0,
-                    "junk": cfg.junk, "reject": cfg.reject,
-                    "clues": clues.iter().take(10).map(|(t, f)| {
-                        serde_json::json!([t.chars().take(60).collect::<String>(), (f * 1000.0).round() / 1000.0])
-                    }).collect::<Vec<_>>(),
-                }),
-                ..Default::default()
-            },
-        );
-        if rejected {
-            SpamOutcome::Reject(format!(
-                "550 5.7.1 Message refused as spam (score {score:.2})"
-            ))
-        } else if is_spam {
-            SpamOutcome::Junk(header)
-        } else {
-            SpamOutcome::Pass(header)
         }
     }
 
@@ -2292,6 +2214,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut results_header = String::new();
         let mut arc_set: Option<String> = None;
         let mut dmarc_pass = false;
+        let mut auth_summary: Option<mailkeep_verify::Summary> = None;
         let msg = match (self.server.verifier.clone(), self.tx.as_ref()) {
             (Some(verifier), Some(tx)) => {
                 let env = mailkeep_verify::Envelope {
@@ -2308,6 +2231,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 let verdict = verifier.verify(&msg, env, seal_as.as_deref()).await;
                 arc_set = verdict.arc_set.clone();
                 dmarc_pass = verdict.dmarc_pass;
+                auth_summary = Some(verdict.summary.clone());
                 let outcome = match &verdict.action {
                     mailkeep_verify::Action::Accept => "accepted",
                     mailkeep_verify::Action::Junk(_) => "junk",
@@ -2365,32 +2289,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
-        // Spam (the MX): a score, Junk or refusal by the configured thresholds; any
-        // X-Spam-Status the message came with is dropped, ours goes on top.
-        let mut spam_header = String::new();
-        let msg = if self.user.is_none() && self.server.spam.enabled {
-            match self.spam_check(&msg).await {
-                SpamOutcome::Reject(reply) => {
-                    self.end_transaction(reply, "rejected", None, size);
-                    self.flush_log();
-                    return;
-                }
-                SpamOutcome::Junk(h) => {
-                    mailbox = MailboxRole::Junk;
-                    spam_header = h;
-                }
-                SpamOutcome::Pass(h) => spam_header = h,
-                SpamOutcome::Unscored => {}
-            }
-            mailkeep_policy::spam::strip_field(&msg, "X-Spam-Status")
-        } else {
-            msg
-        };
         let Some(tx) = self.tx.as_ref() else { return };
-        let mut data = results_header.into_bytes();
-        data.extend_from_slice(spam_header.as_bytes());
-        data.extend_from_slice(self.received_header(tx).as_bytes());
-        data.extend_from_slice(&msg);
         // One account reached through several recipients gets one copy.
         let mut targets: Vec<LocalTarget> = tx
             .rcpts
@@ -2399,6 +2298,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .collect();
         targets.sort_by_key(|t| t.account);
         targets.dedup_by_key(|t| t.account);
+        // Spam (the MX): the server's score may refuse the message; each recipient's own
+        // decides Junk or not and goes on their copy. Any X-Spam-Status the message came
+        // with is dropped.
+        let mut placements = std::collections::HashMap::new();
+        let mut spam_field = String::new();
+        let msg = if self.user.is_none() && self.server.spam.enabled {
+            let msg = mailkeep_policy::spam::strip_field(&msg, "X-Spam-Status");
+            let v = self
+                .spam_verdicts(&msg, auth_summary.as_ref(), dmarc_pass, mailbox, &targets)
+                .await;
+            if let Some(reply) = v.reject {
+                self.end_transaction(reply, "rejected", None, size);
+                self.flush_log();
+                return;
+            }
+            placements = v.placements;
+            spam_field = v.field;
+            msg
+        } else {
+            msg
+        };
+        let Some(tx) = self.tx.as_ref() else { return };
+        let mut data = results_header.into_bytes();
+        data.extend_from_slice(self.received_header(tx).as_bytes());
+        data.extend_from_slice(&msg);
         let size = data.len();
         // Forwarded recipients (RFC 3461 4.2: each keeps its original recipient as ORCPT).
         let mut forwards: Vec<mailkeep_store::QueueRecipient> = Vec::new();
@@ -2455,7 +2379,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // account must not get the domain blocklisted.
             let mut queued = queued;
             if let (Some(hold), true) = (self.server.spam.outbound_hold, self.server.spam.enabled) {
-                if let Some((score, clues)) = self.spam_score(&data).await {
+                if let Some((score, hits, bayes)) = self.outbound_score(&data).await {
                     if score >= hold {
                         queued.held = true;
                         self.log(
@@ -2465,9 +2389,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                                 detail: serde_json::json!({
                                     "score": (score * 1000.0).round() / 1000.0,
                                     "hold": hold,
-                                    "clues": clues.iter().take(10).map(|(t, f)| {
-                                        serde_json::json!([t.chars().take(60).collect::<String>(), (f * 1000.0).round() / 1000.0])
-                                    }).collect::<Vec<_>>(),
+                                    "bayes": (bayes.0 * 1000.0).round() / 1000.0,
+                                    "tests": hits.iter().map(|h| serde_json::json!([h.name, h.weight])).collect::<Vec<_>>(),
+                                    "clues": spam::clues_json(&bayes.1),
                                 }),
                                 ..Default::default()
                             },
@@ -2521,7 +2445,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         if !forwards.is_empty() {
-            if let Err(reply) = self.forward(forwards, arc_set, &data).await {
+            // The forwarded copy carries the server's spam verdict.
+            let mut copy = spam_field.clone().into_bytes();
+            copy.extend_from_slice(&data);
+            if let Err(reply) = self.forward(forwards, arc_set, &copy).await {
                 self.end_transaction(reply, "tempfail", None, size);
                 self.flush_log();
                 return;
@@ -2552,6 +2479,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             session: self.id.clone(),
             client_ip: Some(self.peer.ip().to_string()),
             mailbox,
+            placements,
         };
         let queue_id = tx.queue_id.clone();
         let envelope_detail = serde_json::json!({

@@ -26,8 +26,8 @@ use mailkeep_store::{
     FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox, MailboxCounts,
     MessageCache, MessageFlags, MessageMeta, NewMessage, NewQueued, QueueRecipient, QueueStore,
     QueuedMessage, QueuedRcpt, RcptStatus, ReceivedReport, ReportEvent, ReportStore, Result,
-    Rights, SharedMailbox, SpamStore, StoreError, Stored, StsCached, Target, Usage, UsageStore,
-    User,
+    Rights, SenderList, SharedMailbox, SpamStore, StoreError, Stored, StsCached, Target, Usage,
+    UsageStore, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -605,6 +605,12 @@ impl DirectoryStore for SqliteStore {
             .map_err(backend)?;
             c.execute("DELETE FROM accounts WHERE id = ?1", [id])
                 .map_err(backend)?;
+            // The account's spam model (its id): a later account that gets the same id must
+            // not start with it.
+            for table in ["spam_tokens", "spam_totals", "spam_learnt"] {
+                c.execute(&format!("DELETE FROM {table} WHERE model = ?1"), [id])
+                    .map_err(backend)?;
+            }
             // A later account with the same address must not inherit what was shared.
             c.execute(
                 "DELETE FROM acl WHERE identifier IN (?1, '-' || ?1)",
@@ -2845,6 +2851,116 @@ impl SpamStore for SqliteStore {
                 }
             }
             Ok((totals, out))
+        })
+        .await
+    }
+
+    async fn spam_train(
+        &self,
+        model: i64,
+        key: &str,
+        tokens: &[String],
+        is_spam: bool,
+    ) -> Result<bool> {
+        let key = key.to_string();
+        let tokens = tokens.to_vec();
+        self.write(move |c| {
+            let before: Option<bool> = c
+                .prepare_cached("SELECT spam FROM spam_learnt WHERE model = ?1 AND key = ?2")
+                .map_err(backend)?
+                .query_row(params![model, key], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            if before == Some(is_spam) {
+                return Ok(false);
+            }
+            // (ham, spam) deltas: off the side it was learnt on, onto the new one.
+            let undo = before.is_some();
+            let (dh, ds): (i64, i64) = match (is_spam, undo) {
+                (true, true) => (-1, 1),
+                (true, false) => (0, 1),
+                (false, true) => (1, -1),
+                (false, false) => (1, 0),
+            };
+            let mut st = c
+                .prepare_cached(
+                    "INSERT INTO spam_tokens (model, token, ham, spam)                      VALUES (?1, ?2, max(?3, 0), max(?4, 0))                      ON CONFLICT (model, token) DO UPDATE SET ham = max(ham + ?3, 0),                      spam = max(spam + ?4, 0)",
+                )
+                .map_err(backend)?;
+            for t in &tokens {
+                st.execute(params![model, t, dh, ds]).map_err(backend)?;
+            }
+            c.prepare_cached(
+                "INSERT INTO spam_totals (model, ham, spam) VALUES (?1, max(?2, 0), max(?3, 0))                  ON CONFLICT (model) DO UPDATE SET ham = max(ham + ?2, 0),                  spam = max(spam + ?3, 0)",
+            )
+            .map_err(backend)?
+            .execute(params![model, dh, ds])
+            .map_err(backend)?;
+            c.prepare_cached(
+                "INSERT INTO spam_learnt (model, key, spam) VALUES (?1, ?2, ?3)                  ON CONFLICT (model, key) DO UPDATE SET spam = excluded.spam",
+            )
+            .map_err(backend)?
+            .execute(params![model, key, is_spam])
+            .map_err(backend)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn sender_list_set(
+        &self,
+        account: AccountId,
+        entry: &str,
+        list: Option<SenderList>,
+    ) -> Result<()> {
+        let entry = entry.to_string();
+        self.write(move |c| {
+            match list {
+                Some(l) => c
+                    .execute(
+                        "INSERT INTO sender_lists (account, entry, list) VALUES (?1, ?2, ?3)                          ON CONFLICT (account, entry) DO UPDATE SET list = excluded.list",
+                        params![account.0, entry, l.as_str()],
+                    )
+                    .map_err(backend)?,
+                None => c
+                    .execute(
+                        "DELETE FROM sender_lists WHERE account = ?1 AND entry = ?2",
+                        params![account.0, entry],
+                    )
+                    .map_err(backend)?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sender_lists(&self, account: AccountId) -> Result<Vec<(String, SenderList)>> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT entry, list FROM sender_lists WHERE account = ?1 ORDER BY entry",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![account.0], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (entry, list) = row.map_err(backend)?;
+                let list = match list.as_str() {
+                    "allow" => SenderList::Allow,
+                    "block" => SenderList::Block,
+                    other => {
+                        return Err(StoreError::Backend(format!(
+                            "sender_lists: unknown list {other:?}"
+                        )))
+                    }
+                };
+                out.push((entry, list));
+            }
+            Ok(out)
         })
         .await
     }

@@ -292,6 +292,22 @@ const MIGRATIONS: &[&str] = &[
         spam INTEGER NOT NULL
     );
     "#,
+    // 17: what each user's model learnt from their moves into and out of Junk (model =
+    // account id), and each user's sender allowlist and blocklist.
+    r#"
+    CREATE TABLE spam_learnt (
+        model INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        spam INTEGER NOT NULL,
+        PRIMARY KEY (model, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE sender_lists (
+        account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        entry TEXT NOT NULL,
+        list TEXT NOT NULL,
+        PRIMARY KEY (account, entry)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

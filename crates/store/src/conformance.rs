@@ -61,6 +61,71 @@ async fn spam(store: &SharedStore) {
     assert_eq!(counts, vec![(t("cheap"), 1, 3), (t("meeting"), 3, 0)]);
     let (totals, counts) = store.spam_counts(9, &[t("cheap")]).await.expect("counts");
     assert_eq!((totals, counts.len()), ((0, 0), 0), "an empty model");
+
+    // A user's model learns each message once, and moves it across when told the other way.
+    let d = domain("spam.test");
+    store.domain_add(&d).await.expect("domain");
+    let u = store
+        .user_add(&addr("u@spam.test"), "x", 0)
+        .await
+        .expect("user");
+    let m = u.0;
+    let toks = [t("viagra"), t("hello")];
+    assert!(store
+        .spam_train(m, "blob1", &toks, true)
+        .await
+        .expect("train"));
+    assert!(!store
+        .spam_train(m, "blob1", &toks, true)
+        .await
+        .expect("again"));
+    let (totals, mut counts) = store.spam_counts(m, &toks).await.expect("counts");
+    counts.sort();
+    assert_eq!(totals, (0, 1));
+    assert_eq!(counts, vec![(t("hello"), 0, 1), (t("viagra"), 0, 1)]);
+    assert!(store
+        .spam_train(m, "blob1", &toks, false)
+        .await
+        .expect("to ham"));
+    assert!(store
+        .spam_train(m, "blob2", &toks[..1], false)
+        .await
+        .expect("ham"));
+    let (totals, mut counts) = store.spam_counts(m, &toks).await.expect("counts");
+    counts.sort();
+    assert_eq!(totals, (2, 0));
+    assert_eq!(counts, vec![(t("hello"), 1, 0), (t("viagra"), 2, 0)]);
+
+    // Sender lists: set, move between lists, remove; gone with the account.
+    use crate::SenderList::{Allow, Block};
+    store
+        .sender_list_set(u, "boss@corp.test", Some(Allow))
+        .await
+        .expect("allow");
+    store
+        .sender_list_set(u, "@spammy.test", Some(Allow))
+        .await
+        .expect("allow");
+    store
+        .sender_list_set(u, "@spammy.test", Some(Block))
+        .await
+        .expect("move");
+    assert_eq!(
+        store.sender_lists(u).await.expect("lists"),
+        vec![(t("@spammy.test"), Block), (t("boss@corp.test"), Allow)]
+    );
+    store
+        .sender_list_set(u, "boss@corp.test", None)
+        .await
+        .expect("remove");
+    assert_eq!(store.sender_lists(u).await.expect("lists").len(), 1);
+    store
+        .user_remove(&addr("u@spam.test"))
+        .await
+        .expect("remove");
+    assert!(store.sender_lists(u).await.expect("lists").is_empty());
+    let (totals, _) = store.spam_counts(m, &toks).await.expect("counts");
+    assert_eq!(totals, (0, 0), "a removed account's model goes with it");
 }
 
 /// Outbound usage: messages and new recipients counted per account and period.

@@ -850,6 +850,47 @@ pub trait SpamStore: Send + Sync {
         model: i64,
         tokens: &[String],
     ) -> Result<((u32, u32), Vec<(String, u32, u32)>)>;
+    /// Learns one message (`key`: its blob id) with its `tokens` for `model` as spam or
+    /// ham, once, in one transaction: a message learnt the other way before is taken off
+    /// that side first; learning it again the same way changes nothing. Returns whether the
+    /// model changed.
+    async fn spam_train(
+        &self,
+        model: i64,
+        key: &str,
+        tokens: &[String],
+        is_spam: bool,
+    ) -> Result<bool>;
+    /// Adds (`Some`) or removes (`None`) an entry of an account's sender lists: an address
+    /// key or a domain (`@example.com`). Adding an entry already on the other list moves it.
+    async fn sender_list_set(
+        &self,
+        account: AccountId,
+        entry: &str,
+        list: Option<SenderList>,
+    ) -> Result<()>;
+    /// An account's sender list entries, in entry order.
+    async fn sender_lists(&self, account: AccountId) -> Result<Vec<(String, SenderList)>>;
+}
+
+/// Which of a user's sender lists an entry is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SenderList {
+    /// Mail from it is never junk for the user (when it is authenticated).
+    Allow,
+    /// Mail from it always goes to the user's Junk.
+    Block,
+}
+
+impl SenderList {
+    /// `allow` or `block`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SenderList::Allow => "allow",
+            SenderList::Block => "block",
+        }
+    }
 }
 
 /// What an account sent to other domains over a period.

@@ -68,6 +68,21 @@ pub struct Verdict {
     pub arc_set: Option<String>,
     /// DMARC was checked and passed: SPF or DKIM aligned with the From: domain.
     pub dmarc_pass: bool,
+    /// The results in brief, for the spam score.
+    pub summary: Summary,
+}
+
+/// The results of the checks as RFC 8601 result words; None for a check not made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// SPF of MAIL FROM (of HELO for the null sender).
+    pub spf: Option<&'static str>,
+    /// DKIM: `pass` when any signature passed, else `fail` when any failed, else `none`.
+    pub dkim: Option<&'static str>,
+    /// DMARC's result and the From: domain's policy (`none`, `quarantine`, `reject`).
+    pub dmarc: Option<(&'static str, String)>,
+    /// iprev.
+    pub iprev: Option<&'static str>,
 }
 
 /// What a DMARC aggregate report (RFC 7489 7.2) says of one message.
@@ -253,6 +268,7 @@ impl Verifier {
         let helo_domain = env.helo.trim_start_matches('[').trim_end_matches(']');
         let mut ar = AuthenticationResults::new(&self.hostname);
         let mut detail = serde_json::Map::new();
+        let mut summary = Summary::default();
 
         // SPF (RFC 7208 2.3, 2.4): HELO, then MAIL FROM (the HELO identity for the null
         // sender, RFC 7208 2.4).
@@ -272,6 +288,7 @@ impl Verifier {
             };
             ar = ar.with_spf_mailfrom_result(&o, env.ip, env.mail_from, helo_domain);
             detail.insert("spf_mailfrom".into(), spf_json(&o));
+            summary.spf = Some(spf_word(o.result()));
             Some(o)
         } else {
             None
@@ -288,6 +305,10 @@ impl Verifier {
                 report: None,
                 arc_set: None,
                 dmarc_pass: false,
+                summary: Summary {
+                    spf: spf_from.as_ref().map(|o| spf_word(o.result())),
+                    ..Default::default()
+                },
             };
         };
 
@@ -314,6 +335,14 @@ impl Verifier {
                     "reason": dkim_reason(o.result()),
                 })
             }));
+            let words: Vec<&str> = out.iter().map(|o| dkim_word(o.result())).collect();
+            summary.dkim = Some(if words.contains(&"pass") {
+                "pass"
+            } else if words.contains(&"fail") || !refused.is_empty() {
+                "fail"
+            } else {
+                "none"
+            });
             detail.insert("dkim".into(), rows.into());
             if total > c.max_dkim_signatures {
                 detail.insert(
@@ -367,6 +396,10 @@ impl Verifier {
                 let policy = dmarc.policy();
                 let failed = matches!(dmarc.result(), DmarcResult::Fail(_));
                 dmarc_pass = matches!(dmarc.result(), DmarcResult::Pass);
+                summary.dmarc = Some((
+                    dmarc_word(&dmarc.result()),
+                    format!("{policy:?}").to_ascii_lowercase(),
+                ));
                 detail.insert(
                     "dmarc".into(),
                     serde_json::json!({
@@ -444,6 +477,7 @@ impl Verifier {
             let o = self.auth.verify_iprev(env.ip).await;
             ar = ar.with_iprev_result(&o, env.ip);
             detail.insert("iprev".into(), iprev_word(o.result()).into());
+            summary.iprev = Some(iprev_word(o.result()));
         }
 
         // RFC 8617 5.1: the forwarded copy gets our ARC set, over the message as it came.
@@ -461,6 +495,7 @@ impl Verifier {
             report,
             arc_set,
             dmarc_pass,
+            summary,
         }
     }
 }
