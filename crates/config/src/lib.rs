@@ -299,6 +299,25 @@ pub struct BansConfig {
     pub account_lock: Duration,
 }
 
+/// Greylisting on the MX (`[greylist]`, RFC 6647): a first attempt from a client network,
+/// sender and recipient is deferred; a retry after `delay` passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GreylistConfig {
+    /// Greylist at all (off by default).
+    pub enabled: bool,
+    /// How long a new triplet is deferred.
+    pub delay: Duration,
+    /// How long after `delay` a retry still counts; later, the triplet starts over.
+    pub retry_window: Duration,
+    /// How long a triplet (or an allowlisted client or domain) stays passed after its
+    /// last message.
+    pub lifetime: Duration,
+    /// Triplets a client network must pass before all its mail passes (0: never).
+    pub auto_allow_clients: u32,
+    /// Networks never greylisted.
+    pub allow: Vec<mailkeep_types::ipnet::IpNet>,
+}
+
 /// What each account may send to other domains (`[limits]`), so that one compromised or
 /// careless account cannot get the domain's mail blocklisted. 0: no limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -543,6 +562,8 @@ pub struct Config {
     pub mta_sts: MtaStsConfig,
     /// Brute-force defence.
     pub bans: BansConfig,
+    /// Greylisting.
+    pub greylist: GreylistConfig,
     /// Outbound limits per account.
     pub limits: LimitsConfig,
     /// DNS blocklists of IP addresses.
@@ -1137,6 +1158,39 @@ impl Config {
                 ba.account_lock.as_ref().unwrap_or(&default("15m".into())),
             )?,
         };
+        let gr = raw.greylist.unwrap_or_default();
+        let mut allow = Vec::new();
+        for (i, n) in gr.allow.unwrap_or_default().iter().enumerate() {
+            allow.push(n.parse().map_err(|e: mailkeep_types::ipnet::IpNetError| {
+                cx.invalid(
+                    &format!("greylist.allow[{i}]"),
+                    "an address or network",
+                    e.0,
+                )
+            })?);
+        }
+        let greylist = GreylistConfig {
+            enabled: gr.enabled.unwrap_or(false),
+            delay: cx.duration(
+                "greylist.delay",
+                gr.delay.as_ref().unwrap_or(&default("5m".into())),
+            )?,
+            retry_window: cx.duration(
+                "greylist.retry_window",
+                gr.retry_window.as_ref().unwrap_or(&default("2d".into())),
+            )?,
+            lifetime: cx.duration(
+                "greylist.lifetime",
+                gr.lifetime.as_ref().unwrap_or(&default("35d".into())),
+            )?,
+            auto_allow_clients: count_key(
+                &cx,
+                "greylist.auto_allow_clients",
+                gr.auto_allow_clients,
+                5,
+            )?,
+            allow,
+        };
         let li = raw.limits.unwrap_or_default();
         let limits = LimitsConfig {
             messages_per_hour: count_key(
@@ -1281,6 +1335,7 @@ impl Config {
             forwarding,
             mta_sts,
             bans,
+            greylist,
             limits,
             dnsbl,
             antivirus,
@@ -1415,6 +1470,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("smtp.max_messages_per_connection"), "{e}");
+    }
+
+    #[test]
+    fn greylist_settings() {
+        let c = parse("hostname = \"m.example\"\n").unwrap();
+        assert!(!c.greylist.enabled);
+        assert_eq!(c.greylist.delay, Duration::from_secs(300));
+        assert_eq!(c.greylist.retry_window, Duration::from_secs(2 * 86400));
+        assert_eq!(c.greylist.lifetime, Duration::from_secs(35 * 86400));
+        assert_eq!(c.greylist.auto_allow_clients, 5);
+        let c = parse("hostname = \"m.example\"\n[greylist]\nenabled = true\ndelay = \"1m\"\nallow = [\"10.0.0.0/8\"]\n").unwrap();
+        assert!(c.greylist.enabled && c.greylist.allow.len() == 1);
+        for bad in [
+            "delay = \"soon\"",
+            "allow = [\"nope\"]",
+            "auto_allow_clients = -1",
+        ] {
+            let e = parse(&format!("hostname = \"m.example\"\n[greylist]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("greylist."), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct RawConfig {
     pub mta_sts: Option<RawMtaSts>,
     /// `[bans]`
     pub bans: Option<RawBans>,
+    /// `[greylist]`
+    pub greylist: Option<RawGreylist>,
     /// `[limits]`
     pub limits: Option<RawLimits>,
     /// `[dnsbl]`
@@ -155,6 +157,24 @@ pub struct RawBans {
     pub account_ips: Option<i64>,
     /// `account_lock`
     pub account_lock: Option<Size>,
+}
+
+/// `[greylist]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGreylist {
+    /// `enabled`
+    pub enabled: Option<bool>,
+    /// `delay`
+    pub delay: Option<Size>,
+    /// `retry_window`
+    pub retry_window: Option<Size>,
+    /// `lifetime`
+    pub lifetime: Option<Size>,
+    /// `auto_allow_clients`
+    pub auto_allow_clients: Option<i64>,
+    /// `allow`
+    pub allow: Option<Vec<String>>,
 }
 
 /// `[mta_sts]`

@@ -291,6 +291,17 @@ inbound_action = "reject"    # a listed client: "reject" (554 5.7.1 at MAIL) or 
 rhsbl = []                   # asked about MAIL FROM and From: domains, e.g. ["dbl.spamhaus.org"]
 uribl = []                   # asked about the domains of links, e.g. ["multi.surbl.org"]
 
+[greylist]
+# Greylisting (RFC 6647) on the MX: the first attempt of each (client network, sender,
+# recipient) is deferred with 451 4.7.1; servers that retry after the delay get through.
+# Off by default: it delays first mail from every new sender by the delay or more.
+enabled = false
+delay = "5m"                 # how long a first attempt is deferred
+retry_window = "2d"          # a retry later than delay + this starts over
+lifetime = "35d"             # a passed triplet, client or domain stays passed this long after its last mail
+auto_allow_clients = 5       # a client network that passed this many triplets passes everything (0: never)
+allow = []                   # networks never greylisted, e.g. ["192.0.2.0/24"]
+
 [mta_sts]
 # The MTA-STS policy (RFC 8461) the https listener serves at
 # https://mta-sts.DOMAIN/.well-known/mta-sts.txt; the [tls] certificate must name mta-sts.DOMAIN.

@@ -153,6 +153,7 @@ fn smtp_server(
             None => None,
         },
         spam: config.spam.clone(),
+        greylist: config.greylist.clone(),
         dnsbl: if config.dnsbl.inbound.is_empty()
             && config.dnsbl.rhsbl.is_empty()
             && config.dnsbl.uribl.is_empty()
@@ -509,6 +510,7 @@ async fn serve_config(
     // Maintenance, hourly: delivery log retention, and blob files no message refers to any
     // more (removed users, deliveries interrupted by a crash) once they are a day old.
     let retention = config.log.retention;
+    let grey = config.greylist.clone();
     let log_store = store.clone();
     let mut log_shutdown = shutdown.clone();
     tasks.spawn(async move {
@@ -528,6 +530,15 @@ async fn serve_config(
             let two_days_ago = now_micros() / 1_000_000 - 2 * 86_400;
             if let Err(e) = log_store.usage_expire(two_days_ago).await {
                 tracing::warn!(error = %e, "outbound usage expiry failed");
+            }
+            // Greylisting: passed records outlive their lifetime, waiting ones their window.
+            let now = now_micros() / 1_000_000;
+            let passed_before = now - grey.lifetime.as_secs() as i64;
+            let waiting_before = now - (grey.delay + grey.retry_window).as_secs() as i64;
+            match log_store.grey_expire(passed_before, waiting_before).await {
+                Ok(n) if n > 0 => tracing::info!(records = n, "expired greylisting records"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "greylisting expiry failed"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

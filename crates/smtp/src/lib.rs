@@ -62,6 +62,8 @@ pub struct SmtpServer {
     pub antivirus: Option<Antivirus>,
     /// Spam scoring on the MX.
     pub spam: mailkeep_config::SpamConfig,
+    /// Greylisting on the MX.
+    pub greylist: mailkeep_config::GreylistConfig,
     /// DNS blocklists the MX asks about clients, senders' domains and links, when
     /// configured.
     pub dnsbl: Option<Dnsbl>,

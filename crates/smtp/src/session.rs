@@ -22,6 +22,7 @@ use mailkeep_types::{Address, Domain, MailboxRole, QueueId};
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+mod greylist;
 mod spam;
 
 use crate::data::{check_bdat, DataDecoder, DataProblem};
@@ -1288,6 +1289,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             Resolution::Targets { local, external } => (local, external),
         };
+        // Greylisting (the MX, RFC 6647): a triplet's first attempt is deferred.
+        if let Some(reply) = self.greylist(&address).await {
+            self.rcpt_reply(&raw, reply, "tempfail", false);
+            return;
+        }
         // Aliases with targets elsewhere: submitted mail goes there like any mail to other
         // domains; on the MX the message is forwarded (SRS, ARC seal) when forwarding is on.
         let can_forward = self.server.outbound.is_some()
@@ -2232,6 +2238,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 arc_set = verdict.arc_set.clone();
                 dmarc_pass = verdict.dmarc_pass;
                 auth_summary = Some(verdict.summary.clone());
+                if verdict.dmarc_pass && verdict.summary.spf == Some("pass") {
+                    self.greylist_authenticated().await;
+                }
                 let outcome = match &verdict.action {
                     mailkeep_verify::Action::Accept => "accepted",
                     mailkeep_verify::Action::Junk(_) => "junk",

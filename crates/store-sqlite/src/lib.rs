@@ -23,11 +23,11 @@ use async_trait::async_trait;
 use mailkeep_store::{
     check_mailbox_name, AccountHold, AclChange, AclEntry, Alias, AppPassword, Attempt, BanRow,
     BanStore, BlobId, BlobStore, ChangeEvent, Contents, DirectoryStore, DomainInfo, Envelope,
-    FlagMode, FlagUpdate, LogEvent, LogFilter, LogStore, MailStore, Mailbox, MailboxCounts,
-    MessageCache, MessageFlags, MessageMeta, NewMessage, NewQueued, QueueRecipient, QueueStore,
-    QueuedMessage, QueuedRcpt, RcptStatus, ReceivedReport, ReportEvent, ReportStore, Result,
-    Rights, SenderList, SharedMailbox, SpamStore, StoreError, Stored, StsCached, Target, Usage,
-    UsageStore, User,
+    FlagMode, FlagUpdate, GreyEntry, GreylistStore, LogEvent, LogFilter, LogStore, MailStore,
+    Mailbox, MailboxCounts, MessageCache, MessageFlags, MessageMeta, NewMessage, NewQueued,
+    QueueRecipient, QueueStore, QueuedMessage, QueuedRcpt, RcptStatus, ReceivedReport, ReportEvent,
+    ReportStore, Result, Rights, SenderList, SharedMailbox, SpamStore, StoreError, Stored,
+    StsCached, Target, Usage, UsageStore, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -3115,6 +3115,56 @@ impl UsageStore for SqliteStore {
                 .prepare_cached("DELETE FROM outbound_usage WHERE ts < ?1")
                 .map_err(backend)?
                 .execute(params![before])
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl GreylistStore for SqliteStore {
+    async fn grey_get(&self, key: &str) -> Result<Option<GreyEntry>> {
+        let key = key.to_string();
+        self.read(move |c| {
+            c.prepare_cached("SELECT first, last, passed FROM greylist WHERE key = ?1")
+                .map_err(backend)?
+                .query_row(params![key], |r| {
+                    Ok(GreyEntry {
+                        first: r.get(0)?,
+                        last: r.get(1)?,
+                        passed: r.get(2)?,
+                    })
+                })
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn grey_put(&self, key: &str, e: GreyEntry) -> Result<()> {
+        let key = key.to_string();
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO greylist (key, first, last, passed) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(backend)?
+            .execute(params![key, e.first, e.last, e.passed])
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn grey_expire(&self, passed_before: i64, waiting_before: i64) -> Result<u64> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM greylist WHERE (passed > 0 AND last < ?1) \
+                     OR (passed = 0 AND first < ?2)",
+                )
+                .map_err(backend)?
+                .execute(params![passed_before, waiting_before])
                 .map_err(backend)?;
             Ok(n as u64)
         })

@@ -308,6 +308,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, entry)
     ) WITHOUT ROWID;
     "#,
+    // 18: greylisting records (triplets, client networks, sender domains).
+    r#"
+    CREATE TABLE greylist (
+        key TEXT PRIMARY KEY,
+        first INTEGER NOT NULL,
+        last INTEGER NOT NULL,
+        passed INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX greylist_last ON greylist(last);
+    "#,
 ];
 
 /// The schema version this build writes.

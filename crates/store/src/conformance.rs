@@ -35,6 +35,32 @@ pub async fn run_all(store: SharedStore) {
     bans(&store).await;
     usage(&store).await;
     spam(&store).await;
+    greylist(&store).await;
+}
+
+/// Greylisting records: written, read back, expired by their own clocks.
+async fn greylist(store: &SharedStore) {
+    use crate::GreyEntry;
+    assert_eq!(store.grey_get("t:x").await.expect("get"), None);
+    let waiting = GreyEntry {
+        first: 100,
+        last: 100,
+        passed: 0,
+    };
+    let passed = GreyEntry {
+        first: 100,
+        last: 500,
+        passed: 2,
+    };
+    store.grey_put("t:waiting", waiting).await.expect("put");
+    store.grey_put("t:passed", passed).await.expect("put");
+    assert_eq!(store.grey_get("t:passed").await.expect("get"), Some(passed));
+    // Passed ones by when last seen, waiting ones by when first seen.
+    assert_eq!(store.grey_expire(400, 100).await.expect("expire"), 0);
+    assert_eq!(store.grey_expire(400, 101).await.expect("expire"), 1);
+    assert_eq!(store.grey_get("t:waiting").await.expect("get"), None);
+    assert_eq!(store.grey_expire(501, 101).await.expect("expire"), 1);
+    assert_eq!(store.grey_get("t:passed").await.expect("get"), None);
 }
 
 /// Spam models: counts add up per model; unknown tokens are left out.

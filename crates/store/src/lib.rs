@@ -816,6 +816,7 @@ pub trait Store:
     + BanStore
     + UsageStore
     + SpamStore
+    + GreylistStore
 {
 }
 
@@ -829,7 +830,31 @@ impl<T> Store for T where
         + BanStore
         + UsageStore
         + SpamStore
+        + GreylistStore
 {
+}
+
+/// One greylisting record (RFC 6647): of a triplet, a client network or a sender domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GreyEntry {
+    /// When it was first seen (Unix seconds; a triplet that waited too long starts over).
+    pub first: i64,
+    /// When it was last seen.
+    pub last: i64,
+    /// How many times it passed (0: still waiting).
+    pub passed: u32,
+}
+
+/// Greylisting records, by key (the MX's policy decides what keys mean).
+#[async_trait]
+pub trait GreylistStore: Send + Sync {
+    /// The record of `key`, if any.
+    async fn grey_get(&self, key: &str) -> Result<Option<GreyEntry>>;
+    /// Writes the record of `key`.
+    async fn grey_put(&self, key: &str, entry: GreyEntry) -> Result<()>;
+    /// Removes records that passed and were last seen before `passed_before`, and records
+    /// still waiting that were first seen before `waiting_before`; returns how many.
+    async fn grey_expire(&self, passed_before: i64, waiting_before: i64) -> Result<u64>;
 }
 
 /// The spam classifier's learnt counts (model 0 is the server's).
