@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mailkeep_config::{AuthConfig, BansConfig};
@@ -115,8 +115,16 @@ struct State {
     known: HashSet<(String, IpAddr)>,
 }
 
+/// Told of every successful login from an address outside `bans.allow` (compromised-
+/// account detection watches for logins from many new networks).
+pub trait LoginWatcher: Send + Sync {
+    /// `user` logged in from `ip` over `protocol`.
+    fn logged_in(&self, user: &mailkeep_store::User, ip: IpAddr, protocol: &str);
+}
+
 /// The login defences.
 pub struct Guard {
+    watcher: std::sync::RwLock<Option<Arc<dyn LoginWatcher>>>,
     bans: BanList,
     /// `[bans]` and `auth.failure_delay`, replaced on reload.
     settings: std::sync::RwLock<(BansConfig, Duration)>,
@@ -145,6 +153,7 @@ impl Guard {
     /// check).
     pub fn new(config: BansConfig, auth: &AuthConfig, bans: BanList, store: SharedStore) -> Guard {
         Guard {
+            watcher: std::sync::RwLock::new(None),
             bans,
             settings: std::sync::RwLock::new((config, auth.failure_delay)),
             store,
@@ -197,6 +206,13 @@ impl Guard {
         Ok(())
     }
 
+    /// Tells `watcher` of every successful login from then on.
+    pub fn set_watcher(&self, watcher: Arc<dyn LoginWatcher>) {
+        if let Ok(mut w) = self.watcher.write() {
+            *w = Some(watcher);
+        }
+    }
+
     /// Checks a login from `ip` through `logins`, counting failures and banning or locking
     /// as configured. `protocol` names the service in the log (`smtp`, `imap`, `pop3`).
     pub async fn login(
@@ -216,6 +232,12 @@ impl Guard {
         }
         match logins.login(self.store.as_ref(), login, password).await? {
             Some(found) => {
+                if !self.allowed(ip) {
+                    let watcher = self.watcher.read().ok().and_then(|w| w.clone());
+                    if let Some(w) = watcher {
+                        w.logged_in(&found.user, ip, protocol);
+                    }
+                }
                 if let Ok(mut st) = self.state.lock() {
                     if st.known.len() >= MAX_TRACKED {
                         st.known.clear();

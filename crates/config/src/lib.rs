@@ -320,7 +320,7 @@ pub struct GreylistConfig {
 
 /// What each account may send to other domains (`[limits]`), so that one compromised or
 /// careless account cannot get the domain's mail blocklisted. 0: no limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
     /// Messages to other domains in the last hour.
     pub messages_per_hour: u32,
@@ -333,6 +333,17 @@ pub struct LimitsConfig {
     /// New recipients within an hour that put the account's outbound mail on hold (it looks
     /// compromised) until an admin releases it.
     pub hold_new_recipients_per_hour: u32,
+    /// Share (0 to 1) of its recipients of the last 24 hours whose mail bounced that puts
+    /// the account on hold; 0: never.
+    pub hold_bounce_rate: f64,
+    /// Share of its recipients of the last 24 hours who complained (feedback reports,
+    /// RFC 5965) that puts the account on hold; 0: never.
+    pub hold_complaint_rate: f64,
+    /// Recipients in the last 24 hours below which the two rates are not judged.
+    pub hold_min_recipients: u32,
+    /// Networks (IPv4 /24, IPv6 /64) the account never logged in from before, logging in
+    /// within 24 hours, that put it on hold; 0: never.
+    pub hold_new_login_networks: u32,
 }
 
 /// DNS blocklists (`[dnsbl]`).
@@ -1180,8 +1191,8 @@ impl Config {
                 gr.retry_window.as_ref().unwrap_or(&default("2d".into())),
             )?,
             lifetime: cx.duration(
-                "greylist.lifetime",
-                gr.lifetime.as_ref().unwrap_or(&default("35d".into())),
+                "greylist.pass_lifetime",
+                gr.pass_lifetime.as_ref().unwrap_or(&default("35d".into())),
             )?,
             auto_allow_clients: count_key(
                 &cx,
@@ -1217,6 +1228,25 @@ impl Config {
                 "limits.hold_new_recipients_per_hour",
                 li.hold_new_recipients_per_hour,
                 100,
+            )?,
+            hold_bounce_rate: share(&cx, "limits.hold_bounce_rate", li.hold_bounce_rate, 0.3)?,
+            hold_complaint_rate: share(
+                &cx,
+                "limits.hold_complaint_rate",
+                li.hold_complaint_rate,
+                0.01,
+            )?,
+            hold_min_recipients: count_key(
+                &cx,
+                "limits.hold_min_recipients",
+                li.hold_min_recipients,
+                20,
+            )?,
+            hold_new_login_networks: count_key(
+                &cx,
+                "limits.hold_new_login_networks",
+                li.hold_new_login_networks,
+                10,
             )?,
         };
         let rd = raw.dnsbl.unwrap_or_default();
@@ -1381,6 +1411,15 @@ pub const DEFAULT_DNSBLS: &[&str] = &[
 ];
 
 /// A count that may be 0 (meaning no limit).
+/// A share from 0 to 1 (0: off).
+fn share(cx: &Ctx<'_>, key: &str, v: Option<f64>, default: f64) -> Result<f64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        Some(x) => Err(cx.invalid(key, "a share from 0 to 1 (0: off)", x)),
+    }
+}
+
 fn count_key(cx: &Ctx<'_>, key: &str, v: Option<i64>, default: u32) -> Result<u32, ConfigError> {
     match v {
         None => Ok(default),
@@ -1464,6 +1503,19 @@ mod tests {
             .to_string();
         assert!(e.contains("limits.recipients_per_message"), "{e}");
         let c = parse("hostname = \"m.example\"\n").unwrap();
+        assert_eq!(
+            (
+                c.limits.hold_bounce_rate,
+                c.limits.hold_complaint_rate,
+                c.limits.hold_min_recipients,
+                c.limits.hold_new_login_networks
+            ),
+            (0.3, 0.01, 20, 10)
+        );
+        let e = parse("hostname = \"m.example\"\n[limits]\nhold_bounce_rate = 1.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.hold_bounce_rate"), "{e}");
         assert_eq!(c.smtp.commands_per_second, 100);
         assert_eq!(c.smtp.max_messages_per_sender_domain, 5000);
         let e = parse("hostname = \"m.example\"\n[smtp]\nmax_messages_per_connection = -1\n")

@@ -139,6 +139,14 @@ pub struct RawLimits {
     pub new_recipients_per_day: Option<i64>,
     /// `hold_new_recipients_per_hour`
     pub hold_new_recipients_per_hour: Option<i64>,
+    /// `hold_bounce_rate`
+    pub hold_bounce_rate: Option<f64>,
+    /// `hold_complaint_rate`
+    pub hold_complaint_rate: Option<f64>,
+    /// `hold_min_recipients`
+    pub hold_min_recipients: Option<i64>,
+    /// `hold_new_login_networks`
+    pub hold_new_login_networks: Option<i64>,
 }
 
 /// `[bans]`
@@ -169,8 +177,8 @@ pub struct RawGreylist {
     pub delay: Option<Size>,
     /// `retry_window`
     pub retry_window: Option<Size>,
-    /// `lifetime`
-    pub lifetime: Option<Size>,
+    /// `pass_lifetime`
+    pub pass_lifetime: Option<Size>,
     /// `auto_allow_clients`
     pub auto_allow_clients: Option<i64>,
     /// `allow`

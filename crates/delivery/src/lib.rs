@@ -12,6 +12,7 @@
 
 pub mod ingest;
 pub mod learn;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -261,6 +261,11 @@ recipients_per_message = 100
 new_recipients_per_day = 200 # recipients the account never wrote to before
 hold_new_recipients_per_hour = 100  # this many new recipients within an hour put the account's
                              # outbound mail on hold (it looks compromised) and alert the postmaster
+# Other signs of a compromised account, judged over the last 24 hours (0: never):
+hold_bounce_rate = 0.3       # this share of its recipients bounced...
+hold_complaint_rate = 0.01   # ...or complained of spam (authenticated feedback reports, RFC 5965)...
+hold_min_recipients = 20     # ...once it wrote to at least this many
+hold_new_login_networks = 10 # logins from this many networks (/24, /64) it never used before
 
 [antivirus]
 # Every message is scanned by ClamAV's clamd when this is set (Debian: apt install
@@ -298,7 +303,7 @@ uribl = []                   # asked about the domains of links, e.g. ["multi.su
 enabled = false
 delay = "5m"                 # how long a first attempt is deferred
 retry_window = "2d"          # a retry later than delay + this starts over
-lifetime = "35d"             # a passed triplet, client or domain stays passed this long after its last mail
+pass_lifetime = "35d"        # a passed triplet, client or domain stays passed this long after its last mail
 auto_allow_clients = 5       # a client network that passed this many triplets passes everything (0: never)
 allow = []                   # networks never greylisted, e.g. ["192.0.2.0/24"]
 

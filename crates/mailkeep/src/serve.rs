@@ -140,6 +140,7 @@ fn smtp_server(
         verifier,
         forwarding: fw.clone(),
         limits: config.limits.clone(),
+        watch: outbound.watch(),
         rates: rates.clone(),
         antivirus: match &config.antivirus.clamd {
             Some(addr) => Some(mailkeep_smtp::Antivirus {
@@ -170,6 +171,22 @@ fn smtp_server(
             })
         },
     })
+}
+
+/// Hands successful logins to compromised-account detection, off the login's task.
+struct LoginAlarm(Arc<mailkeep_delivery::watch::Watch>);
+
+impl mailkeep_auth::LoginWatcher for LoginAlarm {
+    fn logged_in(&self, user: &mailkeep_store::User, ip: std::net::IpAddr, protocol: &str) {
+        let watch = self.0.clone();
+        let account = user.id;
+        let session = format!("{protocol}-login");
+        tokio::spawn(async move {
+            watch
+                .logged_in(account, ip, &session, now_micros() / 1_000_000)
+                .await;
+        });
+    }
 }
 
 /// The SMTP server of the submission ports (587 STARTTLS, 465 implicit TLS): the MX's
@@ -374,6 +391,16 @@ async fn serve_config(
         },
     )?);
     outbound.set_reports(config.reports.clone());
+    // Compromised-account detection: told of sends (SMTP), bounces (the queue) and logins
+    // (the guard).
+    let watch = Arc::new(mailkeep_delivery::watch::Watch::new(
+        delivery.clone(),
+        config.limits.clone(),
+        config.hostname.clone(),
+        config.domains.first().map(|d| d.to_string()),
+    ));
+    outbound.set_watch(watch.clone());
+    guard.set_watcher(Arc::new(LoginAlarm(watch.clone())));
     let (srs, rewrite) = srs_of(&config)?;
     outbound.set_srs(srs, rewrite);
     let submission = Arc::new(submission_server(
@@ -531,6 +558,14 @@ async fn serve_config(
             if let Err(e) = log_store.usage_expire(two_days_ago).await {
                 tracing::warn!(error = %e, "outbound usage expiry failed");
             }
+            // Compromise detection looks back a day; login networks are remembered for a
+            // year of disuse.
+            if let Err(e) = log_store
+                .signals_expire(two_days_ago, now_micros() / 1_000_000 - 365 * 86_400)
+                .await
+            {
+                tracing::warn!(error = %e, "account signal expiry failed");
+            }
             // Greylisting: passed records outlive their lifetime, waiting ones their window.
             let now = now_micros() / 1_000_000;
             let passed_before = now - grey.lifetime.as_secs() as i64;
@@ -587,6 +622,7 @@ async fn serve_config(
                         outbound.clone(),
                     )?;
                     guard.reconfigure(c.bans.clone(), &c.auth);
+                    watch.reconfigure(c.limits.clone());
                     let web = web_server(&c, store.clone(), tls.clone());
                     let s = smtp_server(&c, delivery.clone(), tls, &outbound, &rates)?;
                     let (srs, rewrite) = srs_of(&c)?;

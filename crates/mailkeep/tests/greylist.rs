@@ -58,18 +58,10 @@ async fn first_attempts_wait_and_retries_pass() {
     ])
     .unwrap();
     let mut server = Server::start(&format!(
-        "servers = [\"{}\"]\nauto_allow_clients = 2",
+        "servers = [\"{}\"]\ngreylist.enabled = true\ngreylist.delay = \"1s\"\n\
+         greylist.auto_allow_clients = 2",
         dns.addr()
     ));
-    // `enabled` is a key of several sections: turn on the [greylist] one by its own lines.
-    let text = std::fs::read_to_string(&server.config).unwrap();
-    let on = text.replace(
-        "enabled = false\ndelay = \"5m\"",
-        "enabled = true\ndelay = \"1s\"",
-    );
-    assert_ne!(on, text, "the [greylist] section as init writes it");
-    std::fs::write(&server.config, on).unwrap();
-    server.restart();
 
     let mail = "From: x@first.test\r\nTo: alice@example.test\r\nSubject: hi\r\n\r\nhello\r\n";
     // 1. First attempt: each triplet deferred, nothing taken.

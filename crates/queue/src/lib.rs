@@ -102,6 +102,8 @@ pub struct Outbound {
     /// The sender rewriting of forwarded mail (kept for reversing bounces while its secret
     /// exists, even with rewriting off), and whether new forwards are rewritten.
     srs: std::sync::RwLock<(Option<Arc<srs::Srs>>, bool)>,
+    /// Told of bounces of accounts' mail (compromised-account detection).
+    watch: std::sync::RwLock<Option<Arc<mailkeep_delivery::watch::Watch>>>,
     /// Domains' TLS-RPT addresses, with when they were looked up.
     tlsrpt: Mutex<std::collections::HashMap<String, (Vec<String>, std::time::Instant)>>,
     wake: tokio::sync::Notify,
@@ -161,6 +163,7 @@ impl Outbound {
             dkim: std::sync::RwLock::new(Arc::new(dkim)),
             reports: std::sync::RwLock::new(None),
             srs: std::sync::RwLock::new((None, false)),
+            watch: std::sync::RwLock::new(None),
             tlsrpt: Mutex::new(std::collections::HashMap::new()),
             wake: tokio::sync::Notify::new(),
             busy: Mutex::new(HashSet::new()),
@@ -196,6 +199,18 @@ impl Outbound {
     pub fn set_reports(&self, config: mailkeep_config::ReportsConfig) {
         if let Ok(mut r) = self.reports.write() {
             *r = Some(config);
+        }
+    }
+
+    /// The compromised-account watcher, once set.
+    pub fn watch(&self) -> Option<Arc<mailkeep_delivery::watch::Watch>> {
+        self.watch.read().ok().and_then(|w| w.clone())
+    }
+
+    /// Tells `watch` of each recipient of an account's mail that fails for good.
+    pub fn set_watch(&self, watch: Arc<mailkeep_delivery::watch::Watch>) {
+        if let Ok(mut w) = self.watch.write() {
+            *w = Some(watch);
         }
     }
 
@@ -458,6 +473,23 @@ impl Outbound {
         if let Err(e) = self.store.queue_record(&m.id, &record).await {
             tracing::error!(queue_id = %m.id, error = %e, "recording delivery attempts failed");
             return;
+        }
+        // A submitting account's bounces count towards its bounce rate.
+        let bounced = results
+            .iter()
+            .filter(|(_, a, _)| matches!(a, Attempt::Failed(_)))
+            .count() as u32;
+        let watch = self.watch.read().ok().and_then(|w| w.clone());
+        if let (Some(account), Some(watch), true) = (m.account, watch, bounced > 0) {
+            watch
+                .signal(
+                    account,
+                    mailkeep_store::Signal::Bounce,
+                    bounced,
+                    &format!("queue-{}", m.id),
+                    now,
+                )
+                .await;
         }
         // Bounces and warnings.
         let failed: Vec<dsn::RcptReport> = results

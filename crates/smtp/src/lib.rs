@@ -55,6 +55,8 @@ pub struct SmtpServer {
     pub forwarding: mailkeep_config::ForwardingConfig,
     /// What each account may send to other domains (submission).
     pub limits: mailkeep_config::LimitsConfig,
+    /// Compromised-account detection, shared with the queue and the login guard.
+    pub watch: Option<Arc<mailkeep_delivery::watch::Watch>>,
     /// Messages per sender domain this hour (the MX), shared by every session and kept
     /// across reloads.
     pub rates: Arc<SenderRates>,

@@ -1469,115 +1469,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         None
     }
 
-    /// Compromised-account detection: an account that writes to
-    /// `limits.hold_new_recipients_per_hour` new recipients within an hour (since its last
-    /// release) has its outbound mail put on hold, and the postmaster is told.
-    async fn watch_account(&mut self, account: mailkeep_types::AccountId, now: i64) {
-        let threshold = self.server.limits.hold_new_recipients_per_hour;
-        if threshold == 0 {
+    /// A complaint about mail `sender` sent: when that is one of our users, it counts
+    /// towards their complaint rate (`limits.hold_complaint_rate`).
+    async fn count_complaint(&mut self, sender: &str) {
+        let Ok(address) = Address::parse(sender) else {
             return;
-        }
-        let store = self.server.delivery.store().clone();
-        let state = match store.account_hold_state(account).await {
-            Ok(s) => s,
+        };
+        let user = match self.server.delivery.store().user_get(&address.key()).await {
+            Ok(Some(u)) => u,
+            Ok(None) => return,
             Err(e) => {
-                tracing::warn!(session = %self.id, error = %e, "reading the account's hold failed");
+                tracing::warn!(session = %self.id, error = %e, "looking up a complained-of sender failed");
                 return;
             }
         };
-        if state.as_ref().is_some_and(|h| h.released.is_none()) {
-            return;
-        }
-        let since = (now - 3600).max(state.and_then(|h| h.released).unwrap_or(0));
-        let usage = match store.usage_since(account, since).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(session = %self.id, error = %e, "reading the outbound usage failed");
-                return;
-            }
-        };
-        if usage.new_recipients < threshold {
-            return;
-        }
-        let who = self
-            .user
-            .as_ref()
-            .map(|u| u.address.to_string())
-            .unwrap_or_default();
-        let reason = format!(
-            "{} new recipients within an hour ({} messages): the account may be compromised",
-            usage.new_recipients, usage.messages
-        );
-        let held = match store.account_hold(account, &reason, now).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(session = %self.id, error = %e, "putting the account on hold failed");
-                return;
-            }
-        };
-        tracing::warn!(account = %who, %reason, held, "outbound mail of an account put on hold");
         self.log(
-            "account.hold",
+            "smtp.complaint",
             LogEvent {
-                sender: Some(who.clone()),
-                outcome: Some("held".into()),
-                detail: serde_json::json!({
-                    "reason": reason, "held_messages": held,
-                    "new_recipients": usage.new_recipients, "messages": usage.messages,
-                    "ip": self.peer.ip().to_string(),
-                }),
+                sender: Some(address.to_string()),
+                outcome: Some("accepted".into()),
+                detail: serde_json::json!({ "account": address.to_string() }),
                 ..Default::default()
             },
         );
-        self.alert_postmaster(&who, &reason, held).await;
-    }
-
-    /// Tells the postmaster (of the first domain) by mail that an account is on hold.
-    async fn alert_postmaster(&mut self, who: &str, reason: &str, held: u64) {
-        let Some(domain) = self.server.primary_domain.clone() else {
-            return;
-        };
-        let Ok(postmaster) = Address::parse(&format!("postmaster@{domain}")) else {
-            return;
-        };
-        let targets = match self.server.delivery.resolve(&postmaster).await {
-            Ok(Resolution::Targets { local, .. }) if !local.is_empty() => local,
-            _ => {
-                tracing::warn!(%postmaster, "no local postmaster to alert");
-                return;
-            }
-        };
-        let host = &self.server.hostname;
-        let date = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc2822)
-            .unwrap_or_default();
-        let nonce: u64 = rand::random();
-        let data = format!(
-            "From: mailkeep <MAILER-DAEMON@{host}>\r\nTo: {postmaster}\r\n\
-             Subject: Outbound mail of {who} is on hold\r\nDate: {date}\r\n\
-             Message-ID: <hold.{nonce:016x}@{host}>\r\nAuto-Submitted: auto-generated\r\n\
-             Content-Type: text/plain; charset=utf-8\r\n\r\n\
-             mailkeep on {host} put the outbound mail of {who} on hold:\r\n\r\n  {reason}.\r\n\r\n\
-             {held} queued message(s) are held, and what the account sends from now on is\r\n\
-             queued but not sent. Check the account (its logins: mailkeep log search\r\n\
-             --kind smtp.auth --recipient {who}), change its password if needed, then\r\n\
-             release its mail:\r\n\r\n  mailkeep queue release --account {who}\r\n\r\n\
-             or delete what it queued (mailkeep queue list, mailkeep queue delete ID).\r\n"
-        )
-        .into_bytes();
-        let incoming = Incoming {
-            data,
-            return_path: String::new(),
-            recipients: targets,
-            queue_id: QueueId::new(now_micros() as u64, rand::random()).0,
-            session: self.id.clone(),
-            client_ip: None,
-            mailbox: MailboxRole::Inbox,
-            placements: Default::default(),
-        };
-        match self.server.delivery.deliver(incoming).await {
-            Ok(d) => self.events.extend(d.events),
-            Err(e) => tracing::error!(error = %e, "alerting the postmaster failed"),
+        if let Some(watch) = self.server.watch.clone() {
+            let now = now_micros() / 1_000_000;
+            watch
+                .signal(user.id, mailkeep_store::Signal::Complaint, 1, &self.id, now)
+                .await;
         }
     }
 
@@ -2426,7 +2345,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if let Err(e) = store.usage_record(account, now, &counted).await {
                     tracing::warn!(session = %self.id, error = %e, "recording the outbound usage failed");
                 }
-                self.watch_account(account, now).await;
+                if let Some(watch) = self.server.watch.clone() {
+                    watch
+                        .sent(account, &self.id, Some(self.peer.ip()), now)
+                        .await;
+                }
             }
         }
         if let (Some(d), false) = (&forward_refused, forwards.is_empty()) {
@@ -2510,10 +2433,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         } else {
             None
         };
+        // A spam complaint (RFC 5965) about mail of one of our accounts counts towards its
+        // complaint rate when the report is authenticated (DMARC), so that forged reports
+        // cannot put an account on hold.
+        let complaint = if self.user.is_none() && (dmarc_pass || self.server.verifier.is_none()) {
+            mailkeep_verify::parse_complaint(&incoming.data)
+        } else {
+            None
+        };
         match self.server.delivery.deliver(incoming).await {
             Ok(delivered) if delivered.outcomes.iter().any(|o| o.result.is_ok()) => {
                 if let Some(r) = report {
                     self.keep_report(r).await;
+                }
+                if let Some(sender) = complaint {
+                    self.count_complaint(&sender).await;
                 }
                 let message_id = delivered.message_id.clone();
                 self.events.extend(delivered.events);

@@ -26,7 +26,7 @@ use mailkeep_store::{
     FlagMode, FlagUpdate, GreyEntry, GreylistStore, LogEvent, LogFilter, LogStore, MailStore,
     Mailbox, MailboxCounts, MessageCache, MessageFlags, MessageMeta, NewMessage, NewQueued,
     QueueRecipient, QueueStore, QueuedMessage, QueuedRcpt, RcptStatus, ReceivedReport, ReportEvent,
-    ReportStore, Result, Rights, SenderList, SharedMailbox, SpamStore, StoreError, Stored,
+    ReportStore, Result, Rights, SenderList, SharedMailbox, Signal, SpamStore, StoreError, Stored,
     StsCached, Target, Usage, UsageStore, User,
 };
 use mailkeep_types::{
@@ -2263,7 +2263,7 @@ impl BlobStore for SqliteStore {
 }
 
 const QUEUE_COLS: &str =
-    "id, sender, blob, size, created, held, envid, ret, smtputf8, warned, requiretls";
+    "id, sender, blob, size, created, held, envid, ret, smtputf8, warned, requiretls, account";
 const RCPT_COLS: &str =
     "recipient, domain, status, attempts, next_attempt, last_reply, notify, orcpt";
 
@@ -2280,6 +2280,7 @@ fn row_queued(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedMessage> {
         smtputf8: r.get::<_, i64>(8)? != 0,
         warned: r.get::<_, i64>(9)? != 0,
         requiretls: r.get::<_, i64>(10)? != 0,
+        account: r.get::<_, Option<i64>>(11)?.map(AccountId),
         recipients: Vec::new(),
     })
 }
@@ -3105,6 +3106,83 @@ impl UsageStore for SqliteStore {
                 })
                 .optional()
                 .map_err(backend)
+        })
+        .await
+    }
+
+    async fn signal_record(&self, account: AccountId, ts: i64, signal: Signal) -> Result<()> {
+        self.write(move |c| {
+            c.prepare_cached("INSERT INTO account_signals (account, ts, kind) VALUES (?1, ?2, ?3)")
+                .map_err(backend)?
+                .execute(params![account.0, ts, signal.as_str()])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn signals_since(&self, account: AccountId, since: i64) -> Result<(u32, u32)> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT coalesce(sum(kind = 'bounce'), 0), coalesce(sum(kind = 'complaint'), 0) \
+                 FROM account_signals WHERE account = ?1 AND ts >= ?2",
+            )
+            .map_err(backend)?
+            .query_row(params![account.0, since], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn login_record(&self, account: AccountId, network: &str, ts: i64) -> Result<bool> {
+        let network = network.to_string();
+        self.write(move |c| {
+            let updated = c
+                .prepare_cached(
+                    "UPDATE account_logins SET last = max(last, ?3) WHERE account = ?1 AND network = ?2",
+                )
+                .map_err(backend)?
+                .execute(params![account.0, network, ts])
+                .map_err(backend)?;
+            if updated > 0 {
+                return Ok(false);
+            }
+            c.prepare_cached(
+                "INSERT INTO account_logins (account, network, first, last) VALUES (?1, ?2, ?3, ?3)",
+            )
+            .map_err(backend)?
+            .execute(params![account.0, network, ts])
+            .map_err(backend)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn new_login_networks_since(&self, account: AccountId, since: i64) -> Result<u32> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT count(*) FROM account_logins WHERE account = ?1 AND first >= ?2",
+            )
+            .map_err(backend)?
+            .query_row(params![account.0, since], |r| r.get(0))
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn signals_expire(&self, signals_before: i64, logins_before: i64) -> Result<u64> {
+        self.write(move |c| {
+            let a = c
+                .prepare_cached("DELETE FROM account_signals WHERE ts < ?1")
+                .map_err(backend)?
+                .execute(params![signals_before])
+                .map_err(backend)?;
+            let b = c
+                .prepare_cached("DELETE FROM account_logins WHERE last < ?1")
+                .map_err(backend)?
+                .execute(params![logins_before])
+                .map_err(backend)?;
+            Ok((a + b) as u64)
         })
         .await
     }

@@ -318,6 +318,23 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX greylist_last ON greylist(last);
     "#,
+    // 19: what is said of accounts' outbound mail (bounces, complaints) and the networks
+    // they log in from, for compromise detection.
+    r#"
+    CREATE TABLE account_signals (
+        account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        ts INTEGER NOT NULL,
+        kind TEXT NOT NULL
+    );
+    CREATE INDEX account_signals_account ON account_signals(account, ts);
+    CREATE TABLE account_logins (
+        account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        network TEXT NOT NULL,
+        first INTEGER NOT NULL,
+        last INTEGER NOT NULL,
+        PRIMARY KEY (account, network)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

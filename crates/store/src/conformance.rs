@@ -270,9 +270,63 @@ async fn usage(store: &SharedStore) {
             .and_then(|h| h.released),
         Some(40)
     );
+    assert_eq!(
+        store
+            .queue_get("U1")
+            .await
+            .expect("get")
+            .expect("queued")
+            .account,
+        Some(a),
+        "the queue knows who submitted it"
+    );
     for id in ["U1", "U2"] {
         store.queue_delete(id).await.expect("delete");
     }
+
+    // Signals about an account's mail, counted since a time; expired by age.
+    use crate::Signal::{Bounce, Complaint};
+    for (ts, s) in [(100, Bounce), (200, Bounce), (300, Complaint)] {
+        store.signal_record(a, ts, s).await.expect("signal");
+    }
+    store.signal_record(b, 300, Bounce).await.expect("signal");
+    assert_eq!(store.signals_since(a, 0).await.expect("since"), (2, 1));
+    assert_eq!(store.signals_since(a, 150).await.expect("since"), (1, 1));
+    assert_eq!(store.signals_since(a, 301).await.expect("since"), (0, 0));
+    // Login networks: new once; counted by when first seen.
+    assert!(store
+        .login_record(a, "192.0.2.0/24", 100)
+        .await
+        .expect("login"));
+    assert!(!store
+        .login_record(a, "192.0.2.0/24", 500)
+        .await
+        .expect("login"));
+    assert!(store
+        .login_record(a, "198.51.100.0/24", 400)
+        .await
+        .expect("login"));
+    assert!(store
+        .login_record(b, "192.0.2.0/24", 400)
+        .await
+        .expect("login"));
+    assert_eq!(store.new_login_networks_since(a, 0).await.expect("new"), 2);
+    assert_eq!(
+        store.new_login_networks_since(a, 200).await.expect("new"),
+        1
+    );
+    // Signals before 250 go (a's two bounces); logins last used before 450 go (a's second
+    // network and b's).
+    assert_eq!(store.signals_expire(250, 450).await.expect("expire"), 4);
+    assert_eq!(store.signals_since(a, 0).await.expect("since"), (0, 1));
+    assert!(!store
+        .login_record(a, "192.0.2.0/24", 600)
+        .await
+        .expect("login"));
+    assert!(store
+        .login_record(a, "198.51.100.0/24", 600)
+        .await
+        .expect("login"));
 }
 
 /// Bans: replaced by network, listed while in force, removable, expired ones forgotten.

@@ -721,6 +721,8 @@ pub struct QueuedMessage {
     pub warned: bool,
     /// REQUIRETLS (RFC 8689).
     pub requiretls: bool,
+    /// The account that submitted it (None: forwarded mail, bounces, reports).
+    pub account: Option<AccountId>,
     /// Its recipients (all of them, or only the due ones from [`QueueStore::queue_due`]).
     pub recipients: Vec<QueuedRcpt>,
 }
@@ -953,6 +955,37 @@ pub trait UsageStore: Send + Sync {
     async fn account_release(&self, account: AccountId, now: i64) -> Result<Option<u64>>;
     /// The account's hold, current (`released` None) or the last one.
     async fn account_hold_state(&self, account: AccountId) -> Result<Option<AccountHold>>;
+    /// Records something said about the account's outbound mail at `ts`.
+    async fn signal_record(&self, account: AccountId, ts: i64, signal: Signal) -> Result<()>;
+    /// How many of each signal the account got since `since`: (bounces, complaints).
+    async fn signals_since(&self, account: AccountId, since: i64) -> Result<(u32, u32)>;
+    /// Records a login of `account` from `network` at `ts`; returns whether the account
+    /// never logged in from it before.
+    async fn login_record(&self, account: AccountId, network: &str, ts: i64) -> Result<bool>;
+    /// How many networks the account logged in from for the first time since `since`.
+    async fn new_login_networks_since(&self, account: AccountId, since: i64) -> Result<u32>;
+    /// Forgets signals older than `signals_before` and login networks last used before
+    /// `logins_before`; returns how many rows went.
+    async fn signals_expire(&self, signals_before: i64, logins_before: i64) -> Result<u64>;
+}
+
+/// Something said about an account's outbound mail, for compromise detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// A recipient's mail failed for good (a bounce).
+    Bounce,
+    /// A recipient complained (a feedback report, RFC 5965).
+    Complaint,
+}
+
+impl Signal {
+    /// `bounce` or `complaint`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Bounce => "bounce",
+            Signal::Complaint => "complaint",
+        }
+    }
 }
 
 /// An account whose outbound mail was put on hold.

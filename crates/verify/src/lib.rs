@@ -584,6 +584,40 @@ pub struct ReceivedReport {
 /// Largest decompressed report read.
 const MAX_REPORT: usize = 20 * 1024 * 1024;
 
+/// A spam complaint about a message (an ARF feedback report, RFC 5965) of type `abuse` or
+/// `fraud`: who sent the message complained of, as the report says (its
+/// Original-Mail-From, else the From: of the message or headers it includes), lower case.
+pub fn parse_complaint(message: &[u8]) -> Option<String> {
+    // RFC 5965 2: multipart/report with report-type=feedback-report.
+    let head_end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(message.len().min(64 * 1024));
+    let head = String::from_utf8_lossy(&message[..head_end]).to_ascii_lowercase();
+    if !head.contains("feedback-report") {
+        return None;
+    }
+    let f = mail_auth::report::Feedback::parse_rfc5322(message).ok()?;
+    use mail_auth::report::FeedbackType;
+    if !matches!(f.feedback_type(), FeedbackType::Abuse | FeedbackType::Fraud) {
+        return None;
+    }
+    let bare = |a: &str| {
+        a.trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_ascii_lowercase()
+    };
+    if let Some(a) = f.original_mail_from().map(bare).filter(|a| a.contains('@')) {
+        return Some(a);
+    }
+    // RFC 5965 2 (d): the third part is the message, or its header (text/rfc822-headers).
+    let original = f.message().or(f.headers())?;
+    let parsed = mail_parser::MessageParser::new().parse_headers(original.as_bytes())?;
+    let from = parsed.from()?.first()?.address()?;
+    Some(from.to_ascii_lowercase())
+}
+
 /// The report a message carries, if it is one: an SMTP TLS report (a TLS-Report-Domain
 /// field, RFC 8460 5.3), or a DMARC aggregate report (its Subject says "Report Domain:", RFC
 /// 7489 7.2.1.1, or it has a zip or gzip attachment).

@@ -104,11 +104,18 @@ pub fn init_dir(extra_config: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, config)
 }
 
-/// Replaces `key = ...` lines (first match) or appends lines that match no key.
+/// Replaces `key = ...` lines (first match) or appends lines that match no key. A key
+/// written `section.key` is looked for in `[section]` only (keys such as `enabled` are in
+/// several sections).
 fn apply_overrides(text: &str, extra: &str) -> String {
     let mut text = text.to_string();
     for line in extra.lines().filter(|l| !l.trim().is_empty()) {
         let key = line.split('=').next().unwrap_or("").trim();
+        if let Some((section, name)) = key.split_once('.') {
+            let value = line.split_once('=').map(|x| x.1).unwrap_or("").trim();
+            text = set_in_section(&text, section, name, value);
+            continue;
+        }
         let key_of = |l: &str| l.split('=').next().map(|k| k.trim().to_string());
         // A live `key = ...` line first, else the commented example `# key = ...`.
         let found = text
@@ -129,6 +136,35 @@ fn apply_overrides(text: &str, extra: &str) -> String {
         }
     }
     text
+}
+
+/// Sets `name = value` in `[section]`: its live line, else its commented example, else a
+/// new line at the section's start. Panics when there is no such section.
+fn set_in_section(text: &str, section: &str, name: &str, value: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.trim() == format!("[{section}]"))
+        .unwrap_or_else(|| panic!("no [{section}] in the config"));
+    let end = lines[start + 1..]
+        .iter()
+        .position(|l| l.starts_with('['))
+        .map(|i| start + 1 + i)
+        .unwrap_or(lines.len());
+    let key_of = |l: &str| l.split('=').next().map(|k| k.trim().to_string());
+    let at = (start + 1..end)
+        .find(|i| !lines[*i].starts_with('#') && key_of(lines[*i]).as_deref() == Some(name))
+        .or_else(|| {
+            (start + 1..end)
+                .find(|i| lines[*i].strip_prefix("# ").and_then(key_of).as_deref() == Some(name))
+        });
+    let new = format!("{name} = {value}");
+    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    match at {
+        Some(i) => out[i] = new,
+        None => out.insert(start + 1, new),
+    }
+    out.join("\n") + "\n"
 }
 
 /// One DNS server without records for the whole test process.
