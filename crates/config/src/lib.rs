@@ -164,7 +164,7 @@ pub enum QuotaReply {
 }
 
 /// SMTP server limits and behaviour.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmtpConfig {
     /// Largest message accepted, in bytes (advertised with SIZE, RFC 1870).
     pub max_message_size: u64,
@@ -222,6 +222,10 @@ pub struct ImapConfig {
 pub struct Pop3Config {
     /// How long a session may stay silent (RFC 1939 3: at least 10 minutes).
     pub idle_timeout: Duration,
+    /// Connections at once (default: `[imap]`'s).
+    pub max_connections: usize,
+    /// Connections at once from one address (default: `[imap]`'s).
+    pub max_connections_per_ip: usize,
 }
 
 /// When a password may be sent without TLS.
@@ -547,6 +551,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// SMTP limits.
     pub smtp: SmtpConfig,
+    /// The submission listeners' SMTP settings: `[smtp]` with `[submission]`'s connection
+    /// limits and rates.
+    pub submission: SmtpConfig,
     /// IMAP limits.
     pub imap: ImapConfig,
     /// POP3 behaviour.
@@ -885,6 +892,53 @@ impl Config {
                 "pop3.idle_timeout",
                 po.idle_timeout.as_ref().unwrap_or(&default("10m".into())),
             )?,
+            max_connections: positive(
+                &cx,
+                "pop3.max_connections",
+                po.max_connections,
+                imap.max_connections,
+            )?,
+            max_connections_per_ip: positive(
+                &cx,
+                "pop3.max_connections_per_ip",
+                po.max_connections_per_ip,
+                imap.max_connections_per_ip,
+            )?,
+        };
+        // The submission listeners: [smtp], with their own connection limits and rates.
+        let su = raw.submission.unwrap_or_default();
+        let submission = SmtpConfig {
+            max_connections: positive(
+                &cx,
+                "submission.max_connections",
+                su.max_connections,
+                smtp.max_connections,
+            )?,
+            max_connections_per_ip: positive(
+                &cx,
+                "submission.max_connections_per_ip",
+                su.max_connections_per_ip,
+                smtp.max_connections_per_ip,
+            )?,
+            commands_per_second: count_key(
+                &cx,
+                "submission.commands_per_second",
+                su.commands_per_second,
+                smtp.commands_per_second,
+            )?,
+            max_messages_per_connection: count_key(
+                &cx,
+                "submission.max_messages_per_connection",
+                su.max_messages_per_connection,
+                smtp.max_messages_per_connection,
+            )?,
+            max_recipients_per_connection: count_key(
+                &cx,
+                "submission.max_recipients_per_connection",
+                su.max_recipients_per_connection,
+                smtp.max_recipients_per_connection,
+            )?,
+            ..smtp.clone()
         };
         let au = raw.auth.unwrap_or_default();
         let auth = AuthConfig {
@@ -1352,6 +1406,7 @@ impl Config {
             listeners,
             tls,
             smtp,
+            submission,
             imap,
             pop3,
             auth,
@@ -1517,6 +1572,22 @@ mod tests {
             .to_string();
         assert!(e.contains("limits.hold_bounce_rate"), "{e}");
         assert_eq!(c.smtp.commands_per_second, 100);
+        assert_eq!(c.submission, c.smtp, "submission inherits [smtp]");
+        assert_eq!(c.pop3.max_connections_per_ip, c.imap.max_connections_per_ip);
+        let c2 = parse("hostname = \"m.example\"\n[smtp]\nmax_connections_per_ip = 7\n[submission]\ncommands_per_second = 3\n[pop3]\nmax_connections = 9\n").unwrap();
+        assert_eq!(
+            (
+                c2.submission.commands_per_second,
+                c2.submission.max_connections_per_ip
+            ),
+            (3, 7)
+        );
+        assert_eq!(c2.smtp.commands_per_second, 100);
+        assert_eq!(c2.pop3.max_connections, 9);
+        let e = parse("hostname = \"m.example\"\n[submission]\nmax_connections = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("submission.max_connections"), "{e}");
         assert_eq!(c.smtp.max_messages_per_sender_domain, 5000);
         let e = parse("hostname = \"m.example\"\n[smtp]\nmax_messages_per_connection = -1\n")
             .unwrap_err()

@@ -43,6 +43,8 @@ pub struct RawConfig {
     pub tls: Option<RawTls>,
     /// `[smtp]`
     pub smtp: Option<RawSmtp>,
+    /// `[submission]`
+    pub submission: Option<RawSubmission>,
     /// `[imap]`
     pub imap: Option<RawImap>,
     /// `[pop3]`
@@ -325,6 +327,26 @@ pub struct RawImap {
 pub struct RawPop3 {
     /// `idle_timeout`
     pub idle_timeout: Option<Size>,
+    /// `max_connections`
+    pub max_connections: Option<i64>,
+    /// `max_connections_per_ip`
+    pub max_connections_per_ip: Option<i64>,
+}
+
+/// `[submission]`: the submission listeners' own limits (absent keys: `[smtp]`'s).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubmission {
+    /// `max_connections`
+    pub max_connections: Option<i64>,
+    /// `max_connections_per_ip`
+    pub max_connections_per_ip: Option<i64>,
+    /// `commands_per_second`
+    pub commands_per_second: Option<i64>,
+    /// `max_messages_per_connection`
+    pub max_messages_per_connection: Option<i64>,
+    /// `max_recipients_per_connection`
+    pub max_recipients_per_connection: Option<i64>,
 }
 
 /// `[auth]`

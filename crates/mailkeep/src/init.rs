@@ -199,6 +199,14 @@ max_messages_per_connection = 1000
 max_recipients_per_connection = 10000
 max_messages_per_sender_domain = 5000
 
+[submission]
+# The submission listeners (587, 465) take [smtp]'s settings; these may differ for them.
+# max_connections = 1000
+# max_connections_per_ip = 20
+# commands_per_second = 100
+# max_messages_per_connection = 1000
+# max_recipients_per_connection = 10000
+
 [imap]
 max_literal = "50M"          # largest APPEND, advertised as APPENDLIMIT (RFC 7889)
 max_line = "64K"             # longest command line without its literals
@@ -208,6 +216,8 @@ max_connections_per_ip = 1000
 
 [pop3]
 idle_timeout = "10m"         # RFC 1939 3: at least 10 minutes
+# max_connections = 20000    # default: [imap]'s
+# max_connections_per_ip = 1000
 
 [auth]
 plaintext = "loopback"       # passwords without TLS: "loopback" only (as Dovecot) or "never"

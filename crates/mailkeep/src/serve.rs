@@ -200,6 +200,8 @@ fn submission_server(
     outbound: Arc<Outbound>,
 ) -> Result<SmtpServer> {
     let mut s = smtp_server(config, delivery, tls, &outbound, &Arc::default())?;
+    // [smtp] with the submission listeners' own connection limits and rates.
+    s.config = config.submission.clone();
     s.submission = Some(Submission {
         logins,
         guard,
@@ -452,6 +454,17 @@ async fn serve_config(
         config.imap.max_connections_per_ip,
     )
     .with_bans(bans.clone());
+    // Each kind of listener counts its own connections (`[submission]`, `[pop3]`).
+    let submission_limiter = ConnLimiter::new(
+        config.submission.max_connections,
+        config.submission.max_connections_per_ip,
+    )
+    .with_bans(bans.clone());
+    let pop3_limiter = ConnLimiter::new(
+        config.pop3.max_connections,
+        config.pop3.max_connections_per_ip,
+    )
+    .with_bans(bans.clone());
     let grace = Duration::from_secs(run.grace_seconds);
     let mut tasks = tokio::task::JoinSet::new();
     for (protocol, _, listener) in bound {
@@ -467,12 +480,11 @@ async fn serve_config(
                     false,
                 ));
             }
-            // Submission shares the MX's connection limits: both are SMTP.
             Protocol::Submission | Protocol::Submissions => {
                 tasks.spawn(mailkeep_smtp::serve_reloadable(
                     listener,
                     submission_tx.subscribe(),
-                    limiter.clone(),
+                    submission_limiter.clone(),
                     shutdown.clone(),
                     grace,
                     protocol == Protocol::Submissions,
@@ -489,12 +501,11 @@ async fn serve_config(
                 ));
             }
             Protocol::Pop3 | Protocol::Pop3s => {
-                // POP3 shares IMAP's connection limits: both are mail-reading clients.
                 tasks.spawn(mailkeep_pop3::serve(
                     listener,
                     pop3_tx.subscribe(),
                     protocol == Protocol::Pop3s,
-                    imap_limiter.clone(),
+                    pop3_limiter.clone(),
                     shutdown.clone(),
                     grace,
                 ));

@@ -87,3 +87,66 @@ async fn commands_messages_and_recipients_are_limited() {
     );
     assert!(send(&mut c, "someone@quiet.test").await.starts_with("250"));
 }
+
+/// The submission listeners have their own limits (`[submission]`): one message per
+/// connection there, while the MX keeps `[smtp]`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_has_limits_of_its_own() {
+    let server = Server::start(
+        "submission.max_messages_per_connection = 1\nsubmission.max_connections_per_ip = 1\nplaintext = \"never\"",
+    );
+    let script = r#"
+import smtplib, ssl, sys
+port, password = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP("127.0.0.1", port)
+s.starttls(context=ctx)
+s.login("alice@example.test", password)
+msg = "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: one\r\n\r\nx\r\n"
+s.sendmail("alice@example.test", ["bob@example.test"], msg)
+print("first sent")
+# A second connection from the same address is refused while this one is open.
+try:
+    t = smtplib.SMTP("127.0.0.1", port)
+    print("second connection", t.noop()[0])
+except (smtplib.SMTPException, OSError) as e:
+    print("second connection refused")
+try:
+    s.sendmail("alice@example.test", ["bob@example.test"], msg)
+    print("second sent")
+except smtplib.SMTPException as e:
+    print("second refused", str(e)[:80])
+"#;
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &server.listeners["submission"].port().to_string(),
+            common::PASSWORD,
+        ])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("first sent"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("second connection refused") || stdout.contains("second connection 421"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("second refused") && stdout.contains("421"),
+        "{stdout}"
+    );
+    // The MX is not held to those: two messages over one connection.
+    let mut c = Raw::connect(server.smtp).await;
+    assert_eq!(code(&c.cmd("EHLO client.test").await), "250");
+    let mut c2 = Raw::connect(server.smtp).await;
+    assert_eq!(code(&c2.cmd("EHLO other.test").await), "250");
+    assert!(send(&mut c, "a@one.test").await.starts_with("250"));
+    assert!(send(&mut c, "b@two.test").await.starts_with("250"));
+}
