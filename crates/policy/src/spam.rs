@@ -284,12 +284,14 @@ fn urls(html: &str, out: &mut HashSet<String>) {
 /// The message without any `name:` header field (with its continuation lines): a field
 /// the sender put there to look scored by us.
 pub fn strip_field(message: &[u8], name: &str) -> Vec<u8> {
-    let end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 2)
-        .or_else(|| message.windows(2).position(|w| w == b"\n\n").map(|i| i + 1))
-        .unwrap_or(message.len());
+    // The header ends at the first empty line (CRLF or, leniently, LF alone).
+    let mut end = 0;
+    for line in message.split_inclusive(|b| *b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        end += line.len();
+    }
     let (head, body) = message.split_at(end);
     let mut out = Vec::with_capacity(message.len());
     let mut dropping = false;
