@@ -160,6 +160,47 @@ async fn blocklisted_domains_rules_and_user_lists_decide_per_recipient() {
     );
     assert!(!bob_inbox[1].contains("USER_"), "{}", bob_inbox[1]);
 
+    // Spam is not forwarded to other domains: an external-only alias refuses it, a mixed
+    // one keeps its local copy (in Junk) and skips the forward.
+    for (alias, targets) in [
+        ("out@example.test", vec!["x@elsewhere.test"]),
+        ("both@example.test", vec![BOB, "y@elsewhere.test"]),
+    ] {
+        let mut args = vec!["alias", "add", alias];
+        args.extend(targets);
+        let (ok, _, err) = server.cli(&args, "");
+        assert!(ok, "{err}");
+    }
+    let r = send(
+        &server,
+        "x@badsender.test",
+        &["out@example.test"],
+        &message("x@badsender.test", 4, "offer", body),
+    )
+    .await;
+    assert!(
+        r.starts_with("550 5.7.1 Not forwarded: the message looks like spam"),
+        "{r}"
+    );
+    let r = send(
+        &server,
+        "x@badsender.test",
+        &["both@example.test"],
+        &message("x@badsender.test", 5, "offer", body),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let log = server.log_search_until(
+        &["--kind", "smtp.forward_refused", "--json"],
+        "y@elsewhere.test",
+    );
+    assert!(log.contains("\"spam_score\""), "{log}");
+    let (ok, out, _) = server.cli(&["queue", "list"], "");
+    assert!(
+        ok && !out.contains("elsewhere.test"),
+        "nothing queued: {out}"
+    );
+
     // Bad entries and users are named.
     let (ok, _, err) = server.cli(&["spam", "block", ALICE, "not an address"], "");
     assert!(!ok && err.contains("ENTRY"), "{err}");

@@ -2209,11 +2209,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 .tx
                 .as_ref()
                 .is_some_and(|t| t.rcpts.iter().any(|r| !r.forward.is_empty()));
-        let mut forward_refused: Option<String> = None;
+        // Why forwarded copies are not sent: the reply (when nothing else is delivered) and
+        // the log's detail.
+        let mut forward_refused: Option<(String, serde_json::Value)> = None;
         if forwards_here && !dmarc_pass {
             if let Some(d) = from_domain(&msg) {
                 if self.hosted_or_parent(&d).await {
-                    forward_refused = Some(d);
+                    forward_refused = Some((
+                        format!(
+                            "550 5.7.1 Not forwarded: mail from {d}, a domain of ours, must pass DMARC here"
+                        ),
+                        serde_json::json!({ "domain": d }),
+                    ));
                 }
             }
         }
@@ -2243,6 +2250,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             placements = v.placements;
             spam_field = v.field;
+            // What we take for spam is not passed on to other servers: forwarding it would
+            // be our domain sending spam. Local copies still go to Junk.
+            if forwards_here && forward_refused.is_none() && v.is_spam {
+                forward_refused = Some((
+                    format!(
+                        "550 5.7.1 Not forwarded: the message looks like spam (score {:.2})",
+                        v.score
+                    ),
+                    serde_json::json!({ "spam_score": (v.score * 1000.0).round() / 1000.0 }),
+                ));
+            }
             msg
         } else {
             msg
@@ -2352,19 +2370,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
-        if let (Some(d), false) = (&forward_refused, forwards.is_empty()) {
-            let reply = format!(
-                "550 5.7.1 Not forwarded: mail from {d}, a domain of ours, must pass DMARC here"
-            );
+        if let (Some((reply, why)), false) = (forward_refused, forwards.is_empty()) {
+            let mut detail = why;
+            if let Some(d) = detail.as_object_mut() {
+                d.insert(
+                    "targets".into(),
+                    forwards
+                        .iter()
+                        .map(|f| f.address.clone())
+                        .collect::<Vec<_>>()
+                        .into(),
+                );
+            }
             self.log(
                 "smtp.forward_refused",
                 LogEvent {
                     outcome: Some("rejected".into()),
                     reply: Some(reply.clone()),
-                    detail: serde_json::json!({
-                        "domain": d,
-                        "targets": forwards.iter().map(|f| f.address.clone()).collect::<Vec<_>>(),
-                    }),
+                    detail,
                     ..Default::default()
                 },
             );

@@ -33,6 +33,10 @@ pub(super) struct SpamVerdicts {
     pub field: String,
     /// Refused with this reply.
     pub reject: Option<String>,
+    /// The server's score.
+    pub score: f64,
+    /// The server's score is past `spam.junk`.
+    pub is_spam: bool,
     /// Per local account: its mailbox and its own `X-Spam-Status`.
     pub placements: HashMap<AccountId, Placement>,
 }
@@ -192,6 +196,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             field,
             reject: rejected
                 .then(|| format!("550 5.7.1 Message refused as spam (score {total:.2})")),
+            score: total,
+            is_spam,
             placements,
         }
     }
