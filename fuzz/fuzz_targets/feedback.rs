@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(sender) = mailkeep_verify::parse_complaint(data) {
-        assert!(!sender.is_empty());
+    if let Some(c) = mailkeep_verify::parse_complaint(data) {
+        assert!(!c.sender.is_empty());
     }
 });

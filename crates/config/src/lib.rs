@@ -1465,7 +1465,6 @@ pub const DEFAULT_DNSBLS: &[&str] = &[
     "psbl.surriel.com",
 ];
 
-/// A count that may be 0 (meaning no limit).
 /// A share from 0 to 1 (0: off).
 fn share(cx: &Ctx<'_>, key: &str, v: Option<f64>, default: f64) -> Result<f64, ConfigError> {
     match v {
@@ -1475,6 +1474,7 @@ fn share(cx: &Ctx<'_>, key: &str, v: Option<f64>, default: f64) -> Result<f64, C
     }
 }
 
+/// A count that may be 0 (meaning no limit).
 fn count_key(cx: &Ctx<'_>, key: &str, v: Option<i64>, default: u32) -> Result<u32, ConfigError> {
     match v {
         None => Ok(default),

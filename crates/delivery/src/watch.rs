@@ -105,19 +105,22 @@ impl Watch {
         self.hold(account, session, ip, &reason, detail, now).await;
     }
 
-    /// `count` recipients of the account's mail bounced, or complained: records it, and a
-    /// share past the limit puts the account on hold.
+    /// `count` recipients of mail the account sent at `sent` (Unix seconds) bounced, or
+    /// complained: records it under that time (so that it is compared with what the
+    /// account sent in the same period), and a share past the limit puts the account on
+    /// hold.
     pub async fn signal(
         &self,
         account: AccountId,
         signal: Signal,
         count: u32,
         session: &str,
+        sent: i64,
         now: i64,
     ) {
         let store = self.delivery.store();
         for _ in 0..count {
-            if let Err(e) = store.signal_record(account, now, signal).await {
+            if let Err(e) = store.signal_record(account, sent, signal).await {
                 tracing::warn!(error = %e, "recording a bounce or complaint failed");
                 return;
             }
@@ -151,7 +154,8 @@ impl Watch {
             Signal::Complaint => complaints,
         };
         // A share of a handful of recipients says nothing (one typo of three is a third).
-        let recipients = usage.recipients.max(seen);
+        // Signals are dated by when the mail was sent, like the usage they are compared with.
+        let recipients = usage.recipients;
         if recipients < limits.hold_min_recipients.max(1) {
             return;
         }
@@ -181,7 +185,7 @@ impl Watch {
     /// put it on hold.
     pub async fn logged_in(&self, account: AccountId, ip: IpAddr, session: &str, now: i64) {
         let store = self.delivery.store();
-        let network = mailkeep_policy::greylist::network(ip);
+        let network = login_network(ip);
         let new = match store.login_record(account, &network, now).await {
             Ok(n) => n,
             Err(e) => {
@@ -311,5 +315,38 @@ impl Watch {
                 Vec::new()
             }
         }
+    }
+}
+
+/// The network a login comes from: IPv4 /24; IPv6 /48, since phones on mobile data move
+/// between /64s of their carrier many times a day.
+fn login_network(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_networks() {
+        assert_eq!(login_network("192.0.2.9".parse().unwrap()), "192.0.2.0/24");
+        assert_eq!(
+            login_network("::ffff:192.0.2.9".parse().unwrap()),
+            "192.0.2.0/24"
+        );
+        assert_eq!(
+            login_network("2001:db8:1:2:3::9".parse().unwrap()),
+            "2001:db8:1::/48"
+        );
     }
 }

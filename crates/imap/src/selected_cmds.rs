@@ -777,14 +777,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Ok(m) => m.and_then(|m| m.role),
             Err(_) => None,
         };
-        if let Some(is_spam) = mailkeep_delivery::learn::lesson(from_role, dest.role) {
-            let model = if is_spam { dest.account } else { view.owner };
+        let me = self.user.as_ref().map(|u| u.id);
+        let lesson = mailkeep_delivery::learn::lesson(from_role, dest.role);
+        let model = lesson.map(|is_spam| if is_spam { dest.account } else { view.owner });
+        // Only a user's own filing teaches their model: someone with rights on another's
+        // shared Junk must not.
+        if let (Some(is_spam), Some(model), true) = (lesson, model, model == me) {
+            // One learning task per session at a time: a client moving mail back and forth
+            // waits for the last one instead of piling up work.
+            if let Some(previous) = self.learning.take() {
+                let _ = previous.await;
+            }
             let (store, mailbox, uids) = (
                 store.clone(),
                 dest.id,
                 pairs.iter().map(|p| p.1).collect::<Vec<_>>(),
             );
-            tokio::spawn(async move {
+            self.learning = Some(tokio::spawn(async move {
                 match mailkeep_delivery::learn::learn(&store, mailbox, &uids, model.0, is_spam)
                     .await
                 {
@@ -798,7 +807,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                         tracing::warn!(account = model.0, error = %e, "teaching the spam model failed")
                     }
                 }
-            });
+            }));
         }
         // RFC 4315 3: COPYUID uidvalidity source-set dest-set, in the same order.
         let code = match (sequence_set(&src), sequence_set(&dst)) {

@@ -103,6 +103,8 @@ pub(crate) struct Session<S> {
     pub(crate) shutdown: Shutdown,
     pub(crate) id: String,
     pub(crate) user: Option<User>,
+    /// The spam-model learning started by this session's last move into or out of Junk.
+    pub(crate) learning: Option<tokio::task::JoinHandle<()>>,
     pub(crate) view: Option<View>,
     pub(crate) rev2: bool,
     pub(crate) condstore: bool,
@@ -146,6 +148,7 @@ pub async fn run_session<S>(
         shutdown,
         id: new_session_id(),
         user: None,
+        learning: None,
         view: None,
         rev2: false,
         condstore: false,

@@ -77,8 +77,8 @@ async fn a_high_bounce_rate_puts_the_sender_on_hold() {
     );
 }
 
-/// A feedback report (RFC 5965) from `from` about a message alice sent.
-fn feedback_report(from: &str, id: u32) -> String {
+/// A feedback report (RFC 5965) from `from` about the message `message_id` from alice.
+fn feedback_report(from: &str, id: u32, message_id: &str) -> String {
     format!(
         "From: {from}\r\nTo: postmaster@example.test\r\nSubject: complaint\r\n\
          Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <fbl{id}@fbl.test>\r\n\
@@ -88,7 +88,8 @@ fn feedback_report(from: &str, id: u32) -> String {
          --b1\r\nContent-Type: message/feedback-report\r\n\r\n\
          Feedback-Type: abuse\r\nUser-Agent: fbl/1.0\r\nVersion: 1\r\n\r\n\
          --b1\r\nContent-Type: message/rfc822\r\n\r\n\
-         From: Alice <alice@example.test>\r\nTo: someone@fbl.test\r\nSubject: buy now\r\n\r\nspam\r\n\
+         From: Alice <alice@example.test>\r\nTo: someone@fbl.test\r\nSubject: buy now\r\n\
+         Message-ID: <{message_id}>\r\n\r\nspam\r\n\
          --b1--\r\n"
     )
 }
@@ -101,6 +102,24 @@ async fn report_from(server: &Server, sender: &str, data: &str) {
     c.send(b".\r\n").await;
     assert!(c.reply().await.starts_with("250"));
     c.cmd("QUIT").await;
+}
+
+/// `smtp.complaint` events: (counted, ignored), once `n` are logged.
+fn complaints(server: &Server, n: usize) -> (usize, usize, String) {
+    let mut log = String::new();
+    for _ in 0..100 {
+        let (ok, out, err) =
+            server.cli(&["log", "search", "--kind", "smtp.complaint", "--json"], "");
+        assert!(ok, "{err}");
+        log = out;
+        if log.matches("\"kind\":\"smtp.complaint\"").count() >= n {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let counted = log.matches("\"result\":\"counted\"").count();
+    let all = log.matches("\"kind\":\"smtp.complaint\"").count();
+    (counted, all - counted, log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,36 +136,57 @@ async fn authenticated_spam_complaints_put_the_sender_on_hold() {
         dns.addr()
     ));
     postmaster_is_bob(&server);
-    submitter(&server)
-        .send(common::outbound::message(
-            &["x@remote.test", "y@remote.test"],
-            "newsletter",
-        ))
-        .await
-        .expect("submit");
-    // A forged report (its sender's domain does not authenticate) counts for nothing.
+    let newsletter = lettre::Message::builder()
+        .from("Alice <alice@example.test>".parse().unwrap())
+        .to("x@remote.test".parse().unwrap())
+        .to("y@remote.test".parse().unwrap())
+        .subject("newsletter")
+        .message_id(Some("<news1@example.test>".into()))
+        .body("news".to_string())
+        .unwrap();
+    submitter(&server).send(newsletter).await.expect("submit");
+    // A forged report (its sender's domain does not authenticate) is not even read.
     report_from(
         &server,
         "fbl@forged.test",
-        &feedback_report("fbl@forged.test", 1),
+        &feedback_report("fbl@forged.test", 1, "news1@example.test"),
     )
     .await;
-    // An authentic one counts: 1 complaint of 2 recipients.
-    report_from(&server, "fbl@fbl.test", &feedback_report("fbl@fbl.test", 2)).await;
+    // An authentic report about a message alice never sent is ignored.
+    report_from(
+        &server,
+        "fbl@fbl.test",
+        &feedback_report("fbl@fbl.test", 2, "made-up@example.test"),
+    )
+    .await;
+    let (counted, ignored, log) = complaints(&server, 1);
+    assert_eq!((counted, ignored), (0, 1), "{log}");
+    assert!(
+        log.contains("no such message submitted by the account"),
+        "{log}"
+    );
+    // One about her newsletter counts: 1 complaint of 2 recipients.
+    report_from(
+        &server,
+        "fbl@fbl.test",
+        &feedback_report("fbl@fbl.test", 3, "news1@example.test"),
+    )
+    .await;
     let log = hold_event(&server);
     assert!(log.contains("\"signal\":\"complaint\""), "{log}");
     assert!(log.contains("\"count\":1"), "{log}");
-    let complaints = server.log_search_until(
-        &["--kind", "smtp.complaint", "--json"],
-        "alice@example.test",
-    );
-    assert_eq!(
-        complaints.matches("\"kind\":\"smtp.complaint\"").count(),
-        1,
-        "only the authentic report: {complaints}"
-    );
+    // The same message complained of again counts once.
+    report_from(
+        &server,
+        "fbl@fbl.test",
+        &feedback_report("fbl@fbl.test", 4, "news1@example.test"),
+    )
+    .await;
+    let (counted, ignored, log) = complaints(&server, 3);
+    assert_eq!((counted, ignored), (1, 2), "{log}");
+    assert!(log.contains("complained of before"), "{log}");
     // The reports themselves reached the postmaster, with the alert.
-    let inbox = wait_inbox(&server, "bob@example.test", 3).await;
+    let inbox = wait_inbox(&server, "bob@example.test", 5).await;
     assert!(
         inbox.iter().any(|m| m.contains("complained of spam")),
         "{inbox:?}"

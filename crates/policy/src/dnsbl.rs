@@ -31,7 +31,8 @@ pub enum Listing {
 /// The labels of `ip` in reverse, as reverse DNS (RFC 1035 3.5, RFC 3596 2.5) and DNS
 /// blocklists (RFC 5782 2.1, 2.4) use them: IPv4 octets, IPv6 nibbles.
 pub fn reversed(ip: IpAddr) -> String {
-    match ip {
+    // An IPv4 client seen through a dual-stack listener is asked about as IPv4.
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
@@ -148,6 +149,10 @@ mod tests {
                 "ugly.example.com"
             ),
             "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.ugly.example.com."
+        );
+        assert_eq!(
+            query_name("::ffff:192.168.42.23".parse().unwrap(), "bl.test"),
+            "23.42.168.192.bl.test."
         );
     }
 }

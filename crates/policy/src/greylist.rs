@@ -50,9 +50,10 @@ pub enum Verdict {
     },
 }
 
-/// The network of a client address: IPv4 /24, IPv6 /64.
+/// The network of a client address: IPv4 /24, IPv6 /64 (an IPv4-mapped IPv6 address, as a
+/// dual-stack listener sees IPv4 clients, counts as IPv4).
 pub fn network(ip: IpAddr) -> String {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             format!("{}.{}.{}.0/24", o[0], o[1], o[2])
@@ -172,6 +173,10 @@ mod tests {
         assert_eq!(
             network("2001:db8:1:2:3:4:5:6".parse().unwrap()),
             "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            network("::ffff:192.0.2.77".parse().unwrap()),
+            "192.0.2.0/24"
         );
         assert_eq!(
             triplet_key("192.0.2.0/24", "A@B.test", "C@D.test"),

@@ -54,6 +54,8 @@ pub struct Auth {
     pub dkim: Option<String>,
     /// DMARC, with the policy of the From: domain (`none`, `quarantine`, `reject`).
     pub dmarc: Option<(String, String)>,
+    /// The DMARC policy was applied to the message already (Junk or refusal).
+    pub dmarc_applied: bool,
     /// iprev.
     pub iprev: Option<String>,
 }
@@ -88,8 +90,8 @@ pub fn context_rules(ctx: &Context) -> Vec<Hit> {
     }
     match &a.dmarc {
         Some((r, _)) if r == "pass" => out.push(Hit::new("DMARC_PASS", -1.0)),
-        // With p=quarantine or p=reject DMARC acts by itself (junk, refusal).
-        Some((r, p)) if r == "fail" && p == "none" => out.push(Hit::new("DMARC_FAIL", 1.0)),
+        // A policy applied (quarantine to Junk, reject) has acted already.
+        Some((r, _)) if r == "fail" && !a.dmarc_applied => out.push(Hit::new("DMARC_FAIL", 1.0)),
         _ => {}
     }
     if a.iprev.as_deref() == Some("fail") {
@@ -151,7 +153,7 @@ pub fn content_rules(message: &[u8], now: Option<i64>) -> Vec<Hit> {
             .filter_map(|w| w.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
             .find(|d| d.contains('.'));
         if let (Some(n), Some(d)) = (named, domain) {
-            if n != d {
+            if registered(&n) != registered(&d) {
                 out.push(Hit::new("FROM_NAME_OTHER_ADDRESS", 1.5));
             }
         }
@@ -261,21 +263,41 @@ fn host_of(url: &str) -> Option<String> {
     (host.contains('.') && !host.is_empty()).then(|| host.to_ascii_lowercase())
 }
 
-/// The last two labels of a host name (three when the second-to-last is short, as in
-/// `example.co.uk`): close enough to the registered domain for comparing hosts and asking
-/// URI blocklists, without a public suffix list.
+/// Second-level labels under which country domains register names (`example.co.uk`,
+/// `example.com.au`, `example.ne.jp`).
+const SECOND_LEVEL: &[&str] = &[
+    "ac", "co", "com", "edu", "go", "gob", "gov", "govt", "ltd", "mil", "ne", "net", "nic", "nom",
+    "or", "org", "plc", "sch",
+];
+
+/// The registered domain of a host name: its last two labels, three under a country code's
+/// second level (`example.co.uk`). Close enough for comparing hosts and asking URI
+/// blocklists without a public suffix list. An IPv4 address is returned as it is.
 pub fn registered(host: &str) -> String {
-    let labels: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+    let host = host.trim_end_matches('.');
+    let labels: Vec<&str> = host.split('.').collect();
     if labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit())) {
         return host.to_string();
     }
     let n = labels.len();
-    let keep = if n >= 3 && labels[n - 2].len() <= 3 && labels[n - 1].len() == 2 {
+    let keep = if n >= 3 && labels[n - 1].len() == 2 && SECOND_LEVEL.contains(&labels[n - 2]) {
         3
     } else {
         2
     };
     labels[n.saturating_sub(keep)..].join(".")
+}
+
+/// The name a domain list (RHSBL, URI blocklist) is asked about for `domain`: the domain,
+/// or an IPv4 address's octets reversed (as URI blocklists list addresses in links).
+pub fn list_query(domain: &str) -> String {
+    match domain.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => {
+            let o = ip.octets();
+            format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
+        }
+        Err(_) => domain.to_string(),
+    }
 }
 
 /// The registered domains that the message's links lead to, at most `max`, in the order
@@ -391,6 +413,10 @@ mod tests {
         assert_eq!(link_domains(m, 10), ["spam.co.uk"]);
         let t = b"From: a@b.test\r\n\r\nGo to https://a.b.example.test/x, (http://1.2.3.4/y) or https://b.example.test\r\n";
         assert_eq!(link_domains(t, 10), ["example.test", "1.2.3.4"]);
+        assert_eq!(registered("x.abc.io"), "abc.io");
+        assert_eq!(registered("www.shop.com.au"), "shop.com.au");
+        assert_eq!(list_query("1.2.3.4"), "4.3.2.1");
+        assert_eq!(list_query("spam.test"), "spam.test");
         assert_eq!(link_domains(t, 1), ["example.test"]);
     }
 
@@ -400,7 +426,8 @@ mod tests {
             auth: Auth {
                 spf: Some("fail".into()),
                 dkim: Some("none".into()),
-                dmarc: Some(("fail".into(), "none".into())),
+                dmarc: Some(("fail".into(), "reject".into())),
+                dmarc_applied: false,
                 iprev: Some("fail".into()),
             },
             forged_own_domain: true,
@@ -424,6 +451,7 @@ mod tests {
                 spf: Some("pass".into()),
                 dkim: Some("pass".into()),
                 dmarc: Some(("pass".into(), "reject".into())),
+                dmarc_applied: false,
                 iprev: Some("pass".into()),
             },
             ..Default::default()

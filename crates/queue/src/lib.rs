@@ -487,6 +487,7 @@ impl Outbound {
                     mailkeep_store::Signal::Bounce,
                     bounced,
                     &format!("queue-{}", m.id),
+                    m.created,
                     now,
                 )
                 .await;

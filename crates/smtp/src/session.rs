@@ -1469,13 +1469,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         None
     }
 
-    /// A complaint about mail `sender` sent: when that is one of our users, it counts
-    /// towards their complaint rate (`limits.hold_complaint_rate`).
-    async fn count_complaint(&mut self, sender: &str) {
-        let Ok(address) = Address::parse(sender) else {
+    /// A complaint about a message: it counts towards the sender's complaint rate
+    /// (`limits.hold_complaint_rate`) only when the sender is one of our users, the
+    /// delivery log shows that user submitting a message with that Message-ID (the report's
+    /// author wrote every field of it, so anything less would let anyone put any account on
+    /// hold), and that message was not complained of before.
+    async fn count_complaint(&mut self, c: mailkeep_verify::Complaint) {
+        let Ok(address) = Address::parse(&c.sender) else {
             return;
         };
-        let user = match self.server.delivery.store().user_get(&address.key()).await {
+        let store = self.server.delivery.store().clone();
+        let user = match store.user_get(&address.key()).await {
             Ok(Some(u)) => u,
             Ok(None) => return,
             Err(e) => {
@@ -1483,21 +1487,94 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return;
             }
         };
+        let login = user.address.key();
+        let sent_at = match &c.message_id {
+            Some(id) => self.submitted_at(&store, id, &login).await,
+            None => None,
+        };
+        let repeated = match (&c.message_id, sent_at) {
+            (Some(id), Some(_)) => {
+                let filter = mailkeep_store::LogFilter {
+                    message_id: Some(id.clone()),
+                    kind: Some("smtp.complaint".into()),
+                    outcome: Some("accepted".into()),
+                    limit: 1,
+                    ..Default::default()
+                };
+                matches!(store.log_search(&filter).await, Ok(e) if !e.is_empty())
+            }
+            _ => false,
+        };
+        let (outcome, why) = match (sent_at, repeated) {
+            (None, _) => ("ignored", "no such message submitted by the account"),
+            (Some(_), true) => ("ignored", "the message was complained of before"),
+            (Some(_), false) => ("accepted", "counted"),
+        };
         self.log(
             "smtp.complaint",
             LogEvent {
-                sender: Some(address.to_string()),
-                outcome: Some("accepted".into()),
-                detail: serde_json::json!({ "account": address.to_string() }),
+                sender: Some(login.clone()),
+                message_id: c.message_id.clone(),
+                outcome: Some(outcome.into()),
+                detail: serde_json::json!({ "account": login, "result": why }),
                 ..Default::default()
             },
         );
-        if let Some(watch) = self.server.watch.clone() {
-            let now = now_micros() / 1_000_000;
+        // The complaint counts at the time the message was sent, against what the account
+        // sent then.
+        if let (Some(at), false, Some(watch)) = (sent_at, repeated, self.server.watch.clone()) {
             watch
-                .signal(user.id, mailkeep_store::Signal::Complaint, 1, &self.id, now)
+                .signal(
+                    user.id,
+                    mailkeep_store::Signal::Complaint,
+                    1,
+                    &self.id,
+                    at,
+                    now_micros() / 1_000_000,
+                )
                 .await;
         }
+    }
+
+    /// When (Unix seconds) the user with login `login` submitted the message `message_id`,
+    /// by the delivery log: a submission session where they logged in and a message with
+    /// that id was accepted.
+    async fn submitted_at(
+        &self,
+        store: &mailkeep_store::SharedStore,
+        message_id: &str,
+        login: &str,
+    ) -> Option<i64> {
+        let filter = mailkeep_store::LogFilter {
+            message_id: Some(message_id.to_string()),
+            kind: Some("smtp.data".into()),
+            outcome: Some("accepted".into()),
+            limit: 20,
+            ..Default::default()
+        };
+        let events = store.log_search(&filter).await.ok()?;
+        let mut sessions = std::collections::HashMap::<&str, (bool, Option<i64>)>::new();
+        for e in &events {
+            let s = sessions.entry(e.session.as_str()).or_default();
+            if e.kind == "smtp.auth"
+                && e.outcome.as_deref() == Some("accepted")
+                && e.recipient
+                    .as_deref()
+                    .is_some_and(|r| r.eq_ignore_ascii_case(login))
+            {
+                s.0 = true;
+            }
+            if e.kind == "smtp.data"
+                && e.outcome.as_deref() == Some("accepted")
+                && e.message_id.as_deref() == Some(message_id)
+            {
+                s.1 = Some(e.ts / 1_000_000);
+            }
+        }
+        sessions
+            .values()
+            .filter_map(|(authed, at)| if *authed { *at } else { None })
+            .min()
     }
 
     /// Scans the message with clamd when configured: the reply refusing it (554 infected,
@@ -2457,9 +2534,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None
         };
         // A spam complaint (RFC 5965) about mail of one of our accounts counts towards its
-        // complaint rate when the report is authenticated (DMARC), so that forged reports
-        // cannot put an account on hold.
-        let complaint = if self.user.is_none() && (dmarc_pass || self.server.verifier.is_none()) {
+        // complaint rate when the report passed DMARC and names a message the account did
+        // send (checked in `count_complaint`).
+        let complaint = if self.user.is_none() && dmarc_pass {
             mailkeep_verify::parse_complaint(&incoming.data)
         } else {
             None
@@ -2469,8 +2546,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if let Some(r) = report {
                     self.keep_report(r).await;
                 }
-                if let Some(sender) = complaint {
-                    self.count_complaint(&sender).await;
+                if let Some(c) = complaint {
+                    self.count_complaint(c).await;
                 }
                 let message_id = delivered.message_id.clone();
                 self.events.extend(delivered.events);

@@ -81,6 +81,8 @@ pub struct Summary {
     pub dkim: Option<&'static str>,
     /// DMARC's result and the From: domain's policy (`none`, `quarantine`, `reject`).
     pub dmarc: Option<(&'static str, String)>,
+    /// The DMARC policy was applied (the verdict's action is Junk or Reject).
+    pub dmarc_applied: bool,
     /// iprev.
     pub iprev: Option<&'static str>,
 }
@@ -488,6 +490,7 @@ impl Verifier {
             arc_set = set;
         }
 
+        summary.dmarc_applied = !matches!(action, Action::Accept);
         Verdict {
             header: ar.to_header(),
             action,
@@ -584,10 +587,20 @@ pub struct ReceivedReport {
 /// Largest decompressed report read.
 const MAX_REPORT: usize = 20 * 1024 * 1024;
 
-/// A spam complaint about a message (an ARF feedback report, RFC 5965) of type `abuse` or
-/// `fraud`: who sent the message complained of, as the report says (its
-/// Original-Mail-From, else the From: of the message or headers it includes), lower case.
-pub fn parse_complaint(message: &[u8]) -> Option<String> {
+/// What a spam complaint (an ARF feedback report, RFC 5965) says of the message complained
+/// of. The report's sender wrote all of it: check it against what we really sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Complaint {
+    /// Who sent it: the report's Original-Mail-From, else the From: of the message or
+    /// header it includes; lower case.
+    pub sender: String,
+    /// Its Message-ID (without angle brackets), from the included message or header.
+    pub message_id: Option<String>,
+}
+
+/// The complaint a message carries, if it is a feedback report (RFC 5965) of type `abuse`
+/// or `fraud`.
+pub fn parse_complaint(message: &[u8]) -> Option<Complaint> {
     // RFC 5965 2: multipart/report with report-type=feedback-report.
     let head_end = message
         .windows(4)
@@ -608,14 +621,25 @@ pub fn parse_complaint(message: &[u8]) -> Option<String> {
             .trim_end_matches('>')
             .to_ascii_lowercase()
     };
-    if let Some(a) = f.original_mail_from().map(bare).filter(|a| a.contains('@')) {
-        return Some(a);
-    }
     // RFC 5965 2 (d): the third part is the message, or its header (text/rfc822-headers).
-    let original = f.message().or(f.headers())?;
-    let parsed = mail_parser::MessageParser::new().parse_headers(original.as_bytes())?;
-    let from = parsed.from()?.first()?.address()?;
-    Some(from.to_ascii_lowercase())
+    let parsed = f
+        .message()
+        .or(f.headers())
+        .and_then(|o| mail_parser::MessageParser::new().parse_headers(o.as_bytes()));
+    let message_id = parsed
+        .as_ref()
+        .and_then(|p| p.message_id())
+        .map(|id| id.to_string());
+    let sender = match f.original_mail_from().map(bare).filter(|a| a.contains('@')) {
+        Some(a) => a,
+        None => parsed
+            .as_ref()?
+            .from()?
+            .first()?
+            .address()?
+            .to_ascii_lowercase(),
+    };
+    Some(Complaint { sender, message_id })
 }
 
 /// The report a message carries, if it is one: an SMTP TLS report (a TLS-Report-Domain

@@ -9,6 +9,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Session;
 
+/// How old a passed record's last use may get before it is written again.
+const STALE: i64 = 86_400;
+
 fn times(c: &mailkeep_config::GreylistConfig) -> Times {
     Times {
         delay: c.delay.as_secs() as i64,
@@ -61,21 +64,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         let result: mailkeep_store::Result<Option<String>> = async {
             // RFC 6647 4.3: clients that retried before, and authenticated domains, pass.
+            // An allowance in use is kept alive (written at most once a day).
+            let touch = |key: String, r: Option<Record>| {
+                let store = store.clone();
+                async move {
+                    match r {
+                        Some(r) if now - r.last > STALE => {
+                            store.grey_put(&key, entry(Record { last: now, ..r })).await
+                        }
+                        _ => Ok(()),
+                    }
+                }
+            };
             let client_key = grey::client_key(&net);
             let client = read(store.grey_get(&client_key).await)?;
             if grey::client_allowed(client, now, t, cfg.auto_allow_clients) {
+                touch(client_key, client).await?;
                 return Ok(None);
             }
             if let Some((_, domain)) = sender.rsplit_once('@') {
-                let d = read(store.grey_get(&grey::domain_key(domain, &net)).await)?;
+                let key = grey::domain_key(domain, &net);
+                let d = read(store.grey_get(&key).await)?;
                 if grey::domain_allowed(d, now, t) {
+                    touch(key, d).await?;
                     return Ok(None);
                 }
             }
             let key = grey::triplet_key(&net, &sender, &rcpt.key());
             let before = read(store.grey_get(&key).await)?;
             let (verdict, after) = grey::check_triplet(before, now, t);
-            store.grey_put(&key, entry(after)).await?;
+            // A passed triplet seen again within a day needs no write (each one is an fsync).
+            let unchanged = verdict == Verdict::Pass
+                && before.is_some_and(|b| b.passed > 0 && now - b.last <= STALE);
+            if !unchanged {
+                store.grey_put(&key, entry(after)).await?;
+            }
             match verdict {
                 Verdict::Pass => {
                     if before.is_some_and(|b| b.passed == 0) {

@@ -86,8 +86,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .map(|(_, d)| d.to_string());
 
         // What the session knows besides the content.
-        let forged = match (auth, &from_domain) {
-            (Some(_), Some(d)) if !dmarc_pass => self.hosted_or_parent(d).await,
+        // Only a DMARC failure counts: no record, a check turned off or a DNS error say
+        // nothing of a forgery.
+        let dmarc_failed = auth.is_some_and(|a| matches!(&a.dmarc, Some((r, _)) if *r == "fail"));
+        let forged = match &from_domain {
+            Some(d) if dmarc_failed => self.hosted_or_parent(d).await,
             _ => false,
         };
         let mut listings = Vec::new();
@@ -131,10 +134,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Vec::new()
                 }
             };
+            // Without sender authentication nothing is proven: the allowlist then does not
+            // apply (a forger would pass it).
             let proven = |on: &str| {
-                auth.is_none()
-                    || (Some(on) == from.as_deref() && dmarc_pass)
-                    || (on == envelope && spf_pass)
+                (Some(on) == from.as_deref() && dmarc_pass) || (on == envelope && spf_pass)
             };
             let list_hit = list_hit(&lists, from.as_deref(), &envelope, proven);
             let own = match &global {
@@ -275,13 +278,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return Vec::new();
         };
         let mut asks: Vec<(&'static str, String, String)> = Vec::new();
-        for zone in &lists.rhsbl {
-            let mut done: Vec<&str> = Vec::new();
-            for d in senders.iter().flatten() {
-                if !done.contains(&d.as_str()) {
-                    done.push(d);
-                    asks.push(("RHSBL", d.clone(), zone.clone()));
+        // The sender domains as written and their registered domains (a listing of
+        // spammer.test covers bounce.spammer.test).
+        let mut domains: Vec<String> = Vec::new();
+        for d in senders.iter().flatten() {
+            for name in [d.clone(), score::registered(d)] {
+                if !domains.contains(&name) {
+                    domains.push(name);
                 }
+            }
+        }
+        for zone in &lists.rhsbl {
+            for d in &domains {
+                asks.push(("RHSBL", d.clone(), zone.clone()));
             }
         }
         for zone in &lists.uribl {
@@ -293,7 +302,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         for (rule, domain, zone) in asks {
             let resolver = lists.resolver.clone();
             set.spawn(async move {
-                let l = mailkeep_policy::dnsbl::lookup_domain(&resolver, &domain, &zone).await;
+                let name = score::list_query(&domain);
+                let l = mailkeep_policy::dnsbl::lookup_domain(&resolver, &name, &zone).await;
                 (rule, domain, zone, l)
             });
         }
@@ -324,6 +334,7 @@ fn policy_auth(s: &mailkeep_verify::Summary) -> score::Auth {
         spf: s.spf.map(String::from),
         dkim: s.dkim.map(String::from),
         dmarc: s.dmarc.as_ref().map(|(r, p)| (r.to_string(), p.clone())),
+        dmarc_applied: s.dmarc_applied,
         iprev: s.iprev.map(String::from),
     }
 }
