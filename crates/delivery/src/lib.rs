@@ -12,6 +12,7 @@
 
 pub mod ingest;
 pub mod learn;
+pub mod sieve;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -65,8 +66,9 @@ pub struct Placement {
 pub struct Outcome {
     /// The recipient.
     pub target: LocalTarget,
-    /// Where it was stored, or why not.
-    pub result: Result<Stored, String>,
+    /// Where it was stored (the first copy; None: discarded or rejected by the recipient's
+    /// Sieve script), or why not.
+    pub result: Result<Option<Stored>, String>,
 }
 
 /// The result of a delivery: per-recipient outcomes and the log events describing them.
@@ -78,6 +80,9 @@ pub struct Delivered {
     pub events: Vec<LogEvent>,
     /// The Message-ID found at ingest, without angle brackets.
     pub message_id: Option<String>,
+    /// Every recipient's Sieve script rejected the message (RFC 5429): nothing was stored;
+    /// the reason.
+    pub rejected: Option<String>,
 }
 
 /// Microseconds since the epoch.
@@ -93,6 +98,7 @@ pub fn now_micros() -> i64 {
 pub struct Delivery {
     store: SharedStore,
     plus_separator: Option<char>,
+    sieve_limits: sieve::Limits,
 }
 
 impl Delivery {
@@ -101,6 +107,7 @@ impl Delivery {
         Delivery {
             store,
             plus_separator,
+            sieve_limits: sieve::Limits::default(),
         }
     }
 
@@ -119,12 +126,15 @@ impl Delivery {
         Ok(resolve(self.store.as_ref(), address, self.plus_separator).await?)
     }
 
-    /// Stores the message for every recipient; returns once it is durable.
+    /// Stores the message for every recipient; returns once it is durable. Each
+    /// recipient's active Sieve script decides where their copy goes ([`sieve`]); when
+    /// every recipient's script rejects the message, nothing is stored and
+    /// [`Delivered::rejected`] says why.
     pub async fn deliver(&self, msg: Incoming) -> Result<Delivered, DeliveryError> {
         let cache = ingest::parse_cache(&msg.data);
-        let blob = self.store.put_blob(&msg.data).await?;
         let internal_date = now_micros() / 1_000_000;
-        let mut batch = Vec::with_capacity(msg.recipients.len());
+        // Each recipient's plan: the copies to store (target and flags) and what Sieve did.
+        let mut plans = Vec::with_capacity(msg.recipients.len());
         for t in &msg.recipients {
             // RFC 5321 4.4: Return-Path; RFC 9228: Delivered-To names the final mailbox.
             let placement = msg.placements.get(&t.account);
@@ -134,59 +144,294 @@ impl Delivery {
                 t.address,
                 placement.map(|p| p.fields.as_str()).unwrap_or("")
             );
-            batch.push(NewMessage {
-                account: t.account,
-                target: Target::Role(placement.map(|p| p.mailbox).unwrap_or(msg.mailbox)),
-                blob: blob.clone(),
-                blob_size: msg.data.len() as u64,
-                prefix: prefix.into_bytes(),
-                headers: msg.data[..(cache.header_size as usize).min(msg.data.len())].to_vec(),
-                flags: vec![],
-                internal_date,
-                cache: cache.clone(),
-                queue_id: Some(msg.queue_id.clone()),
+            let default = placement.map(|p| p.mailbox).unwrap_or(msg.mailbox);
+            let plan = self.plan(t, &prefix, &msg, default).await;
+            plans.push((prefix, plan));
+        }
+        // RFC 5429 2.1: a refusal at the SMTP level only when every recipient refuses; a
+        // script that rejects alongside others that accept keeps the message instead (a
+        // bounce for that recipient alone is not done yet).
+        let all_reject = !plans.is_empty() && plans.iter().all(|(_, p)| p.reject.is_some());
+        if all_reject {
+            let reason = plans
+                .iter()
+                .find_map(|(_, p)| p.reject.clone())
+                .unwrap_or_default();
+            let mut events = Vec::new();
+            let mut outcomes = Vec::new();
+            for (t, (_, plan)) in msg.recipients.iter().zip(&plans) {
+                events.push(self.sieve_event(&msg, t, &cache, plan, "rejected"));
+                outcomes.push(Outcome {
+                    target: t.clone(),
+                    result: Ok(None),
+                });
+            }
+            return Ok(Delivered {
+                outcomes,
+                events,
+                message_id: cache.message_id,
+                rejected: Some(reason),
             });
         }
+        for (_, plan) in plans.iter_mut() {
+            if plan.reject.take().is_some() {
+                plan.actions
+                    .push("reject not done: other recipients take the message; kept".into());
+                plan.copies = vec![(Target::Role(plan.default), Vec::new())];
+            }
+        }
+        let blob = self.store.put_blob(&msg.data).await?;
+        let mut batch = Vec::new();
+        let mut owner = Vec::new();
+        for (i, (t, (prefix, plan))) in msg.recipients.iter().zip(&plans).enumerate() {
+            for (target, flags) in &plan.copies {
+                owner.push(i);
+                batch.push(NewMessage {
+                    account: t.account,
+                    target: *target,
+                    blob: blob.clone(),
+                    blob_size: msg.data.len() as u64,
+                    prefix: prefix.clone().into_bytes(),
+                    headers: msg.data[..(cache.header_size as usize).min(msg.data.len())].to_vec(),
+                    flags: flags.clone(),
+                    internal_date,
+                    cache: cache.clone(),
+                    queue_id: Some(msg.queue_id.clone()),
+                });
+            }
+        }
         let results = self.store.deliver(batch).await?;
-        let mut outcomes = Vec::with_capacity(results.len());
-        let mut events = Vec::with_capacity(results.len());
-        for (t, r) in msg.recipients.iter().zip(results) {
-            let (outcome, detail) = match &r {
-                Ok(s) => (
-                    "delivered",
-                    serde_json_detail(&[
-                        ("mailbox", s.mailbox.0.to_string()),
-                        ("uid", s.uid.0.to_string()),
-                        ("modseq", s.modseq.0.to_string()),
-                        ("size", (msg.data.len()).to_string()),
-                    ]),
-                ),
-                Err(e) => ("failed", serde_json_detail(&[("error", e.to_string())])),
-            };
-            events.push(LogEvent {
-                ts: now_micros(),
-                session: msg.session.clone(),
-                queue_id: Some(msg.queue_id.clone()),
-                kind: "delivery.stored".into(),
-                ip: msg.client_ip.clone(),
-                sender: Some(msg.return_path.clone()),
-                recipient: Some(t.address.clone()),
-                message_id: cache.message_id.clone(),
-                outcome: Some(outcome.into()),
-                reply: None,
-                detail,
-            });
+        let mut per: Vec<Vec<Result<Stored, StoreError>>> =
+            (0..msg.recipients.len()).map(|_| Vec::new()).collect();
+        for (i, r) in owner.into_iter().zip(results) {
+            if let Some(v) = per.get_mut(i) {
+                v.push(r);
+            }
+        }
+        let mut outcomes = Vec::with_capacity(msg.recipients.len());
+        let mut events = Vec::with_capacity(msg.recipients.len());
+        for ((t, (_, plan)), rs) in msg.recipients.iter().zip(&plans).zip(per) {
+            if plan.scripted {
+                events.push(self.sieve_event(&msg, t, &cache, plan, "accepted"));
+            }
+            if rs.is_empty() {
+                // Discarded by the recipient's script.
+                events.push(self.stored_event(&msg, t, &cache, "discarded", serde_json::json!({})));
+                outcomes.push(Outcome {
+                    target: t.clone(),
+                    result: Ok(None),
+                });
+                continue;
+            }
+            let mut first: Option<Result<Stored, String>> = None;
+            for r in rs {
+                let (outcome, detail) = match &r {
+                    Ok(s) => (
+                        "delivered",
+                        serde_json_detail(&[
+                            ("mailbox", s.mailbox.0.to_string()),
+                            ("uid", s.uid.0.to_string()),
+                            ("modseq", s.modseq.0.to_string()),
+                            ("size", (msg.data.len()).to_string()),
+                        ]),
+                    ),
+                    Err(e) => ("failed", serde_json_detail(&[("error", e.to_string())])),
+                };
+                events.push(self.stored_event(&msg, t, &cache, outcome, detail));
+                let r = r.map_err(|e| e.to_string());
+                if first.as_ref().is_none_or(|f| f.is_err() && r.is_ok()) {
+                    first = Some(r);
+                }
+            }
             outcomes.push(Outcome {
                 target: t.clone(),
-                result: r.map_err(|e| e.to_string()),
+                result: first
+                    .unwrap_or_else(|| Err("nothing stored".into()))
+                    .map(Some),
             });
         }
         Ok(Delivered {
             outcomes,
             events,
             message_id: cache.message_id,
+            rejected: None,
         })
     }
+
+    /// Where one recipient's copy goes: by their active Sieve script, else `default`.
+    async fn plan(
+        &self,
+        t: &LocalTarget,
+        prefix: &str,
+        msg: &Incoming,
+        default: MailboxRole,
+    ) -> Plan {
+        let keep = Plan {
+            copies: vec![(Target::Role(default), Vec::new())],
+            default,
+            scripted: false,
+            script: String::new(),
+            actions: Vec::new(),
+            error: None,
+            reject: None,
+        };
+        let (name, script) = match self.store.sieve_active(t.account).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return keep,
+            Err(e) => {
+                tracing::warn!(account = t.account.0, error = %e, "reading the Sieve script failed; keeping the message");
+                return keep;
+            }
+        };
+        let boxes = match self.store.mailboxes(t.account).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(account = t.account.0, error = %e, "reading mailboxes failed; keeping the message");
+                return keep;
+            }
+        };
+        let names: Vec<String> = boxes.iter().map(|b| b.name.clone()).collect();
+        // The script sees the copy as the recipient will (their trace and spam fields).
+        let mut full = prefix.as_bytes().to_vec();
+        full.extend_from_slice(&msg.data);
+        // The envelope recipient as sent: with its sub-address (RFC 5233 `:detail`).
+        let to = match (&t.tag, self.plus_separator, t.address.rsplit_once('@')) {
+            (Some(tag), Some(sep), Some((local, domain))) => format!("{local}{sep}{tag}@{domain}"),
+            _ => t.address.clone(),
+        };
+        let (from, limits) = (msg.return_path.clone(), self.sieve_limits);
+        let decided = tokio::task::spawn_blocking(move || {
+            sieve::evaluate(&script, &full, &from, &to, &names, &limits)
+        })
+        .await;
+        let decision = match decided {
+            Ok(d) => d,
+            Err(e) => sieve::Decision {
+                error: Some(format!("the script's run failed: {e}")),
+                ..Default::default()
+            },
+        };
+        let mut plan = Plan {
+            scripted: true,
+            script: name,
+            default,
+            actions: decision.actions,
+            error: decision.error,
+            reject: decision.reject,
+            copies: Vec::new(),
+        };
+        for c in decision.copies {
+            let target = self.copy_target(t, &boxes, &c, default, &mut plan).await;
+            if !plan.copies.iter().any(|(x, _)| *x == target) {
+                plan.copies.push((target, c.flags));
+            }
+        }
+        // A failed script never loses the message.
+        if plan.error.is_some() && plan.copies.is_empty() && plan.reject.is_none() {
+            plan.copies.push((Target::Role(default), Vec::new()));
+        }
+        plan
+    }
+
+    /// The mailbox a Sieve copy goes to: INBOX (or the spam filter's choice) for keep; the
+    /// named mailbox, its special-use one (RFC 8579), or one created (`:create`, RFC 5490);
+    /// `default` when it does not exist (RFC 5228 4.1: the error keeps the message).
+    async fn copy_target(
+        &self,
+        t: &LocalTarget,
+        boxes: &[mailkeep_store::Mailbox],
+        c: &sieve::Copy,
+        default: MailboxRole,
+        plan: &mut Plan,
+    ) -> Target {
+        let Some(name) = &c.mailbox else {
+            return Target::Role(default);
+        };
+        if let Some(role) = c.special_use.as_deref().and_then(|u| {
+            MailboxRole::ALL
+                .into_iter()
+                .find(|r| r.special_use().is_some_and(|x| x.eq_ignore_ascii_case(u)))
+        }) {
+            if boxes.iter().any(|b| b.role == Some(role)) {
+                return Target::Role(role);
+            }
+        }
+        if name.eq_ignore_ascii_case("INBOX") {
+            return Target::Role(MailboxRole::Inbox);
+        }
+        if let Some(b) = boxes.iter().find(|b| b.name == *name) {
+            return Target::Mailbox(b.id);
+        }
+        if c.create {
+            match self.store.mailbox_create(t.account, name, None).await {
+                Ok(b) => return Target::Mailbox(b.id),
+                Err(e) => plan.error = Some(format!("fileinto :create {name:?}: {e}")),
+            }
+        } else {
+            plan.error = Some(format!("fileinto {name:?}: no such mailbox"));
+        }
+        Target::Role(default)
+    }
+
+    fn stored_event(
+        &self,
+        msg: &Incoming,
+        t: &LocalTarget,
+        cache: &mailkeep_store::MessageCache,
+        outcome: &str,
+        detail: serde_json::Value,
+    ) -> LogEvent {
+        LogEvent {
+            ts: now_micros(),
+            session: msg.session.clone(),
+            queue_id: Some(msg.queue_id.clone()),
+            kind: "delivery.stored".into(),
+            ip: msg.client_ip.clone(),
+            sender: Some(msg.return_path.clone()),
+            recipient: Some(t.address.clone()),
+            message_id: cache.message_id.clone(),
+            outcome: Some(outcome.into()),
+            reply: None,
+            detail,
+        }
+    }
+
+    /// `delivery.sieve`: what a recipient's script did.
+    fn sieve_event(
+        &self,
+        msg: &Incoming,
+        t: &LocalTarget,
+        cache: &mailkeep_store::MessageCache,
+        plan: &Plan,
+        outcome: &str,
+    ) -> LogEvent {
+        LogEvent {
+            kind: "delivery.sieve".into(),
+            detail: serde_json::json!({
+                "script": plan.script, "actions": plan.actions, "error": plan.error,
+            }),
+            ..self.stored_event(msg, t, cache, outcome, serde_json::Value::Null)
+        }
+    }
+}
+
+/// One recipient's copies and what their Sieve script did.
+#[derive(Debug)]
+struct Plan {
+    /// (where, flags) per copy; none: discarded.
+    copies: Vec<(Target, Vec<String>)>,
+    /// Where a kept copy goes.
+    default: MailboxRole,
+    /// A script ran.
+    scripted: bool,
+    /// Its name.
+    script: String,
+    /// Its actions, for the log.
+    actions: Vec<String>,
+    /// Why it failed, if it did.
+    error: Option<String>,
+    /// Its rejection reason.
+    reject: Option<String>,
 }
 
 fn serde_json_detail(pairs: &[(&str, String)]) -> serde_json::Value {
@@ -244,7 +489,7 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(delivered.events.len(), 2);
         store.log_append(delivered.events.clone()).await.unwrap();
-        let st = out[0].result.as_ref().unwrap();
+        let st = out[0].result.as_ref().unwrap().as_ref().unwrap();
         let content = store
             .message_content(st.mailbox, st.uid)
             .await

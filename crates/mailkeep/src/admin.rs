@@ -1076,7 +1076,8 @@ pub fn deliver(config_path: &Path, to: Vec<String>, from: String) -> Result<()> 
         let mut failed = 0;
         for o in delivered.outcomes {
             match o.result {
-                Ok(s) => println!("{}: delivered, uid {} (queue id {queue_id})", o.target.address, s.uid),
+                Ok(Some(s)) => println!("{}: delivered, uid {} (queue id {queue_id})", o.target.address, s.uid),
+                Ok(None) => println!("{}: discarded by the recipient's Sieve script (queue id {queue_id})", o.target.address),
                 Err(e) => {
                     failed += 1;
                     eprintln!("{}: failed: {e}", o.target.address)

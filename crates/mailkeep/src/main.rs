@@ -6,6 +6,7 @@ mod dns;
 mod init;
 mod privileges;
 mod serve;
+mod sieve;
 mod spam;
 
 use std::path::PathBuf;
@@ -121,6 +122,13 @@ enum Command {
         config: ConfigArg,
         #[command(subcommand)]
         action: spam::SpamCmd,
+    },
+    /// Users' Sieve scripts: store, check, activate.
+    Sieve {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: sieve::SieveCmd,
     },
     /// DNS: the records a domain needs, and a check of what is published.
     Dns {
@@ -253,6 +261,7 @@ fn run() -> Result<()> {
         Command::Dns { config, action } => dns::dns(&config.config, action),
         Command::Check { config, action } => check::check(&config.config, action),
         Command::Spam { config, action } => spam::spam(&config.config, action),
+        Command::Sieve { config, action } => sieve::sieve(&config.config, action),
         Command::Dmarc { config, action } => admin::dmarc(&config.config, action),
         Command::Tlsrpt { config, action } => admin::tlsrpt(&config.config, action),
         Command::Acl { config, action } => admin::acl(&config.config, action),

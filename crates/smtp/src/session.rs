@@ -2542,6 +2542,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None
         };
         match self.server.delivery.deliver(incoming).await {
+            // Every recipient's Sieve script rejected it (RFC 5429 2.1: at the SMTP level).
+            Ok(delivered) if delivered.rejected.is_some() => {
+                let reason: String = delivered
+                    .rejected
+                    .unwrap_or_default()
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect();
+                self.events.extend(delivered.events);
+                self.end_transaction(
+                    format!("550 5.7.1 Rejected by the recipient's filter: {reason}"),
+                    "rejected",
+                    delivered.message_id,
+                    size,
+                );
+            }
             Ok(delivered) if delivered.outcomes.iter().any(|o| o.result.is_ok()) => {
                 if let Some(r) = report {
                     self.keep_report(r).await;

@@ -26,8 +26,8 @@ use mailkeep_store::{
     FlagMode, FlagUpdate, GreyEntry, GreylistStore, LogEvent, LogFilter, LogStore, MailStore,
     Mailbox, MailboxCounts, MessageCache, MessageFlags, MessageMeta, NewMessage, NewQueued,
     QueueRecipient, QueueStore, QueuedMessage, QueuedRcpt, RcptStatus, ReceivedReport, ReportEvent,
-    ReportStore, Result, Rights, SenderList, SharedMailbox, Signal, SpamStore, StoreError, Stored,
-    StsCached, Target, Usage, UsageStore, User,
+    ReportStore, Result, Rights, SenderList, SharedMailbox, SieveStore, Signal, SpamStore,
+    StoreError, Stored, StsCached, Target, Usage, UsageStore, User,
 };
 use mailkeep_types::{
     AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid, UidValidity,
@@ -3195,6 +3195,121 @@ impl UsageStore for SqliteStore {
                 .execute(params![before])
                 .map_err(backend)?;
             Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SieveStore for SqliteStore {
+    async fn sieve_put(&self, account: AccountId, name: &str, script: &str) -> Result<()> {
+        let (name, script) = (name.to_string(), script.to_string());
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO sieve_scripts (account, name, script) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (account, name) DO UPDATE SET script = excluded.script",
+            )
+            .map_err(backend)?
+            .execute(params![account.0, name, script])
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sieve_get(&self, account: AccountId, name: &str) -> Result<Option<String>> {
+        let name = name.to_string();
+        self.read(move |c| {
+            c.prepare_cached("SELECT script FROM sieve_scripts WHERE account = ?1 AND name = ?2")
+                .map_err(backend)?
+                .query_row(params![account.0, name], |r| r.get(0))
+                .optional()
+                .map_err(backend)
+        })
+        .await
+    }
+
+    async fn sieve_list(&self, account: AccountId) -> Result<Vec<(String, bool)>> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT name, active FROM sieve_scripts WHERE account = ?1 ORDER BY name",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![account.0], |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)? != 0))
+                })
+                .map_err(backend)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(backend)
+        })
+        .await
+    }
+
+    async fn sieve_activate(&self, account: AccountId, name: Option<&str>) -> Result<()> {
+        let name = name.map(String::from);
+        self.write(move |c| {
+            if let Some(n) = &name {
+                let exists: Option<i64> = c
+                    .query_row(
+                        "SELECT 1 FROM sieve_scripts WHERE account = ?1 AND name = ?2",
+                        params![account.0, n],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(backend)?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound(format!("sieve script {n:?}")));
+                }
+            }
+            c.execute(
+                "UPDATE sieve_scripts SET active = (name IS ?2) WHERE account = ?1",
+                params![account.0, name],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sieve_delete(&self, account: AccountId, name: &str) -> Result<()> {
+        let name = name.to_string();
+        self.write(move |c| {
+            let active: Option<i64> = c
+                .query_row(
+                    "SELECT active FROM sieve_scripts WHERE account = ?1 AND name = ?2",
+                    params![account.0, name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            match active {
+                None => Err(StoreError::NotFound(format!("sieve script {name:?}"))),
+                Some(1) => Err(StoreError::Conflict(format!(
+                    "sieve script {name:?} is active"
+                ))),
+                Some(_) => {
+                    c.execute(
+                        "DELETE FROM sieve_scripts WHERE account = ?1 AND name = ?2",
+                        params![account.0, name],
+                    )
+                    .map_err(backend)?;
+                    Ok(())
+                }
+            }
+        })
+        .await
+    }
+
+    async fn sieve_active(&self, account: AccountId) -> Result<Option<(String, String)>> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT name, script FROM sieve_scripts WHERE account = ?1 AND active = 1",
+            )
+            .map_err(backend)?
+            .query_row(params![account.0], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(backend)
         })
         .await
     }

@@ -335,6 +335,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, network)
     ) WITHOUT ROWID;
     "#,
+    // 20: users' Sieve scripts.
+    r#"
+    CREATE TABLE sieve_scripts (
+        account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        script TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (account, name)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -36,6 +36,46 @@ pub async fn run_all(store: SharedStore) {
     usage(&store).await;
     spam(&store).await;
     greylist(&store).await;
+    sieve(&store).await;
+}
+
+/// Sieve scripts: stored, replaced, one active, the active one not deleted.
+async fn sieve(store: &SharedStore) {
+    let d = domain("sieve.test");
+    store.domain_add(&d).await.expect("domain");
+    let u = store
+        .user_add(&addr("s@sieve.test"), "x", 0)
+        .await
+        .expect("user");
+    assert_eq!(store.sieve_active(u).await.expect("active"), None);
+    store.sieve_put(u, "a", "keep;").await.expect("put");
+    store.sieve_put(u, "b", "discard;").await.expect("put");
+    store.sieve_put(u, "a", "stop;").await.expect("replace");
+    assert_eq!(
+        store.sieve_get(u, "a").await.expect("get").as_deref(),
+        Some("stop;")
+    );
+    assert!(matches!(
+        store.sieve_activate(u, Some("nope")).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.sieve_activate(u, Some("b")).await.expect("activate");
+    assert_eq!(
+        store.sieve_list(u).await.expect("list"),
+        vec![("a".to_string(), false), ("b".to_string(), true)]
+    );
+    assert_eq!(
+        store.sieve_active(u).await.expect("active"),
+        Some(("b".to_string(), "discard;".to_string()))
+    );
+    assert!(matches!(
+        store.sieve_delete(u, "b").await,
+        Err(StoreError::Conflict(_))
+    ));
+    store.sieve_activate(u, None).await.expect("deactivate");
+    store.sieve_delete(u, "b").await.expect("delete");
+    assert_eq!(store.sieve_list(u).await.expect("list").len(), 1);
+    assert_eq!(store.sieve_active(u).await.expect("active"), None);
 }
 
 /// Greylisting records: written, read back, expired by their own clocks.

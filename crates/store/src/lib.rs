@@ -819,6 +819,7 @@ pub trait Store:
     + UsageStore
     + SpamStore
     + GreylistStore
+    + SieveStore
 {
 }
 
@@ -833,7 +834,26 @@ impl<T> Store for T where
         + UsageStore
         + SpamStore
         + GreylistStore
+        + SieveStore
 {
+}
+
+/// Users' Sieve scripts (RFC 5228), by name; at most one active per account.
+#[async_trait]
+pub trait SieveStore: Send + Sync {
+    /// Stores (or replaces) a script.
+    async fn sieve_put(&self, account: AccountId, name: &str, script: &str) -> Result<()>;
+    /// A script's text.
+    async fn sieve_get(&self, account: AccountId, name: &str) -> Result<Option<String>>;
+    /// The account's scripts, by name, with whether each is the active one.
+    async fn sieve_list(&self, account: AccountId) -> Result<Vec<(String, bool)>>;
+    /// Makes `name` the active script (None: no script active); NotFound when it does not
+    /// exist.
+    async fn sieve_activate(&self, account: AccountId, name: Option<&str>) -> Result<()>;
+    /// Deletes a script; the active one is refused (Conflict), RFC 5804 2.10.
+    async fn sieve_delete(&self, account: AccountId, name: &str) -> Result<()>;
+    /// The active script: (name, text).
+    async fn sieve_active(&self, account: AccountId) -> Result<Option<(String, String)>>;
 }
 
 /// One greylisting record (RFC 6647): of a triplet, a client network or a sender domain.

@@ -1,0 +1,191 @@
+//! Sieve at delivery (RFC 5228), end to end: a script stored and activated with `mailkeep
+//! sieve`, mail sent over SMTP, the outcome read over IMAP with Python's imaplib: fileinto
+//! with :create and :flags, discard, reject (550 when every recipient rejects), a failing
+//! fileinto keeping the message, and each action in the delivery log.
+
+mod common;
+
+use common::{code, Raw, Server, PASSWORD};
+use mailkeep_types::MailboxRole;
+
+const SCRIPT: &str = r#"require ["fileinto", "imap4flags", "mailbox", "reject", "envelope", "subaddress"];
+# Mailing lists to their own folder, flagged.
+if header :contains "List-Id" "team.corp.test" {
+    fileinto :create :flags ["\\Flagged"] "Lists/Team";
+    stop;
+}
+if envelope :detail "to" "junkmail" {
+    discard;
+    stop;
+}
+if header :is "Subject" "unwanted" {
+    reject "I do not take such mail";
+    stop;
+}
+if header :is "Subject" "to a missing folder" {
+    fileinto "Nowhere";
+}
+"#;
+
+async fn send(server: &Server, to: &[&str], data: &str) -> String {
+    let mut c = Raw::connect(server.smtp).await;
+    c.envelope("boss@corp.test", to).await;
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    c.send(data.as_bytes()).await;
+    c.send(b".\r\n").await;
+    let r = c.reply().await;
+    c.cmd("QUIT").await;
+    r
+}
+
+/// Flags and subjects of a mailbox of alice, over IMAP.
+fn imap_listing(server: &Server, mailbox: &str) -> String {
+    let script = r#"
+import imaplib, sys
+m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+m.login("alice@example.test", sys.argv[2])
+typ, data = m.select('"' + sys.argv[3] + '"', readonly=True)
+if typ != "OK":
+    print("no such mailbox")
+else:
+    typ, data = m.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    for item in data:
+        if isinstance(item, tuple):
+            print(item[0].decode(), item[1].decode().strip())
+m.logout()
+"#;
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &server.listeners["imap"].port().to_string(),
+            PASSWORD,
+            mailbox,
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "imaplib: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mail(subject: &str, extra: &str) -> String {
+    format!(
+        "From: Boss <boss@corp.test>\r\nTo: alice@example.test\r\nSubject: {subject}\r\n\
+         Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{}@corp.test>\r\n{extra}\r\nHello.\r\n",
+        subject.replace(' ', ".")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_file_flag_discard_and_reject() {
+    let server = Server::start("");
+    // A script with an error is refused, naming the line.
+    let (ok, _, err) = server.cli(
+        &["sieve", "put", "alice@example.test", "broken"],
+        "require \"fileinto\";\nkeep;\nfileinto \"x\"\nkeep;\n",
+    );
+    assert!(!ok && err.contains("at line 4"), "{err}");
+    let (ok, out, err) = server.cli(
+        &["sieve", "put", "alice@example.test", "main", "--activate"],
+        SCRIPT,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("stored for alice@example.test and active"),
+        "{out}"
+    );
+    let (ok, out, _) = server.cli(&["sieve", "list", "alice@example.test"], "");
+    assert!(ok && out.contains("main\t(active)"), "{out}");
+
+    // fileinto :create :flags.
+    let r = send(
+        &server,
+        &["alice@example.test"],
+        &mail("team news", "List-Id: Team <team.corp.test>\r\n"),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let listing = imap_listing(&server, "Lists/Team");
+    assert!(
+        listing.contains("\\Flagged") && listing.contains("Subject: team news"),
+        "{listing}"
+    );
+
+    // discard: accepted, stored nowhere.
+    let r = send(
+        &server,
+        &["alice+junkmail@example.test"],
+        &mail("noise", ""),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(server.inbox("alice@example.test").await.is_empty());
+
+    // reject: refused when alice is the only recipient...
+    let r = send(&server, &["alice@example.test"], &mail("unwanted", "")).await;
+    assert!(
+        r.starts_with("550 5.7.1 Rejected by the recipient's filter: I do not take such mail"),
+        "{r}"
+    );
+    assert!(server.inbox("alice@example.test").await.is_empty());
+    // ...kept when another recipient takes the message (bob has no script).
+    let r = send(
+        &server,
+        &["alice@example.test", "bob@example.test"],
+        &mail("unwanted", ""),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(server.inbox("alice@example.test").await.len(), 1);
+    assert_eq!(server.inbox("bob@example.test").await.len(), 1);
+
+    // fileinto a mailbox that does not exist: kept in INBOX, the error logged.
+    let r = send(
+        &server,
+        &["alice@example.test"],
+        &mail("to a missing folder", ""),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let inbox = server
+        .mailbox_texts("alice@example.test", MailboxRole::Inbox)
+        .await;
+    assert!(
+        inbox
+            .iter()
+            .any(|m| m.contains("Subject: to a missing folder")),
+        "{inbox:?}"
+    );
+
+    // Every action is in the delivery log.
+    let log = server.log_search_until(&["--kind", "delivery.sieve", "--json"], "no such mailbox");
+    for want in [
+        "fileinto \\\"Lists/Team\\\"",
+        "\"discard\"",
+        "\"reject\"",
+        "reject not done: other recipients take the message; kept",
+        "fileinto \\\"Nowhere\\\": no such mailbox",
+    ] {
+        assert!(log.contains(want), "{want} in {log}");
+    }
+    let log = server.log_search_until(&["--kind", "delivery.stored", "--json"], "discarded");
+    assert!(log.contains("\"outcome\":\"discarded\""), "{log}");
+
+    // get, deactivate, delete.
+    let (ok, out, _) = server.cli(&["sieve", "get", "alice@example.test", "main"], "");
+    assert!(ok && out == SCRIPT, "{out}");
+    let (ok, _, err) = server.cli(&["sieve", "delete", "alice@example.test", "main"], "");
+    assert!(!ok && err.contains("active"), "{err}");
+    let (ok, _, err) = server.cli(&["sieve", "deactivate", "alice@example.test"], "");
+    assert!(ok, "{err}");
+    let r = send(&server, &["alice@example.test"], &mail("unwanted", "")).await;
+    assert!(r.starts_with("250"), "no script runs now: {r}");
+    let (ok, _, err) = server.cli(&["sieve", "delete", "alice@example.test", "main"], "");
+    assert!(ok, "{err}");
+    let (ok, out, _) = server.cli(&["sieve", "check"], "if true { keep; }\n");
+    assert!(ok && out.contains("valid"), "{out}");
+}
