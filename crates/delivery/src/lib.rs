@@ -16,6 +16,7 @@ pub mod sieve;
 pub mod watch;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mailkeep_store::directory::{resolve, LocalTarget, Resolution};
@@ -93,12 +94,29 @@ pub fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
+/// Mail that delivery itself sends on (a Sieve `redirect` to another domain): handed to
+/// the outbound queue, which implements this.
+#[async_trait::async_trait]
+pub trait Outbox: Send + Sync {
+    /// Queues `data` to `recipients` as mail forwarded by `domain` (its envelope sender
+    /// `sender` rewritten with SRS, never signed by us), durably.
+    async fn forward(
+        &self,
+        sender: &str,
+        domain: &str,
+        recipients: &[String],
+        data: &[u8],
+    ) -> Result<(), String>;
+}
+
 /// The delivery service.
 #[derive(Clone)]
 pub struct Delivery {
     store: SharedStore,
     plus_separator: Option<char>,
     sieve_limits: sieve::Limits,
+    /// The outbound queue, once it exists (it is built on this service).
+    outbox: Arc<std::sync::OnceLock<Arc<dyn Outbox>>>,
 }
 
 impl Delivery {
@@ -108,7 +126,13 @@ impl Delivery {
             store,
             plus_separator,
             sieve_limits: sieve::Limits::default(),
+            outbox: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// Where redirects to other domains go (every clone of this service shares it).
+    pub fn set_outbox(&self, outbox: Arc<dyn Outbox>) {
+        let _ = self.outbox.set(outbox);
     }
 
     /// The store.
@@ -180,6 +204,30 @@ impl Delivery {
                 plan.copies = vec![(Target::Role(plan.default), Vec::new())];
             }
         }
+        // Redirects (RFC 5228 4.2), before anything is stored: one that cannot be done
+        // keeps the message instead.
+        let mut redirect_events = Vec::new();
+        for (t, (_, plan)) in msg.recipients.iter().zip(plans.iter_mut()) {
+            for to in std::mem::take(&mut plan.redirects) {
+                match self.redirect(t, &msg, &to).await {
+                    Ok(events) => {
+                        plan.actions.push(format!("redirected to {to}"));
+                        redirect_events.extend(events);
+                    }
+                    Err(e) => {
+                        plan.actions
+                            .push(format!("redirect {to:?} failed: {e}; kept"));
+                        if !plan
+                            .copies
+                            .iter()
+                            .any(|(x, _)| *x == Target::Role(plan.default))
+                        {
+                            plan.copies.push((Target::Role(plan.default), Vec::new()));
+                        }
+                    }
+                }
+            }
+        }
         let blob = self.store.put_blob(&msg.data).await?;
         let mut batch = Vec::new();
         let mut owner = Vec::new();
@@ -209,7 +257,7 @@ impl Delivery {
             }
         }
         let mut outcomes = Vec::with_capacity(msg.recipients.len());
-        let mut events = Vec::with_capacity(msg.recipients.len());
+        let mut events = redirect_events;
         for ((t, (_, plan)), rs) in msg.recipients.iter().zip(&plans).zip(per) {
             if plan.scripted {
                 events.push(self.sieve_event(&msg, t, &cache, plan, "accepted"));
@@ -258,6 +306,78 @@ impl Delivery {
         })
     }
 
+    /// Sends the message on to `to` for the recipient `t` (a Sieve redirect): delivered
+    /// here when `to` is one of ours, else forwarded through the queue with an SRS sender
+    /// of `t`'s domain. The copy carries `t`'s Delivered-To, by which loops are caught
+    /// (as Postfix and Dovecot do): a message already delivered to `to` is not sent there
+    /// again. Returns the local delivery's log events.
+    fn redirect<'a>(
+        &'a self,
+        t: &'a LocalTarget,
+        msg: &'a Incoming,
+        to: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<LogEvent>, String>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let address = Address::parse(to).map_err(|e| format!("bad address: {e}"))?;
+            let head = &msg.data[..ingest::header_len(&msg.data).min(msg.data.len())];
+            let head = String::from_utf8_lossy(head).to_ascii_lowercase();
+            let seen = |who: &str| {
+                head.contains(&format!("\ndelivered-to: {}\r\n", who.to_ascii_lowercase()))
+                    || head.starts_with(&format!("delivered-to: {}\r\n", who.to_ascii_lowercase()))
+            };
+            if seen(&address.key()) || seen(to) {
+                return Err(format!("a loop: the message was delivered to {to} before"));
+            }
+            if head.matches("delivered-to:").count() >= MAX_HOPS {
+                return Err(format!("more than {MAX_HOPS} deliveries: a loop"));
+            }
+            let mut data = format!("Delivered-To: {}\r\n", t.address).into_bytes();
+            data.extend_from_slice(&msg.data);
+            let resolution = self.resolve(&address).await.map_err(|e| e.to_string())?;
+            match resolution {
+                Resolution::Targets { local, external }
+                    if external.is_empty() && !local.is_empty() =>
+                {
+                    let delivered = self
+                        .deliver(Incoming {
+                            data,
+                            return_path: msg.return_path.clone(),
+                            recipients: local,
+                            queue_id: msg.queue_id.clone(),
+                            session: msg.session.clone(),
+                            client_ip: msg.client_ip.clone(),
+                            mailbox: MailboxRole::Inbox,
+                            placements: HashMap::new(),
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if let Some(r) = delivered.rejected {
+                        return Err(format!("rejected there: {r}"));
+                    }
+                    Ok(delivered.events)
+                }
+                Resolution::NotLocal => {
+                    let outbox = self
+                        .outbox
+                        .get()
+                        .ok_or_else(|| "no outbound queue here".to_string())?;
+                    let domain = t.address.rsplit_once('@').map(|x| x.1).unwrap_or("");
+                    outbox
+                        .forward(&msg.return_path, domain, &[address.to_string()], &data)
+                        .await?;
+                    Ok(Vec::new())
+                }
+                Resolution::Targets { .. } => {
+                    Err("an alias with targets elsewhere: redirect to them directly".into())
+                }
+                Resolution::Unknown => Err("no such user here".into()),
+                Resolution::TooDeep => Err("alias expansion too deep".into()),
+            }
+        })
+    }
+
     /// Where one recipient's copy goes: by their active Sieve script, else `default`.
     async fn plan(
         &self,
@@ -274,6 +394,7 @@ impl Delivery {
             actions: Vec::new(),
             error: None,
             reject: None,
+            redirects: Vec::new(),
         };
         let (name, script) = match self.store.sieve_active(t.account).await {
             Ok(Some(s)) => s,
@@ -318,6 +439,7 @@ impl Delivery {
             actions: decision.actions,
             error: decision.error,
             reject: decision.reject,
+            redirects: decision.redirects,
             copies: Vec::new(),
         };
         for c in decision.copies {
@@ -415,6 +537,9 @@ impl Delivery {
     }
 }
 
+/// Most Delivered-To fields a redirected message may carry.
+const MAX_HOPS: usize = 20;
+
 /// One recipient's copies and what their Sieve script did.
 #[derive(Debug)]
 struct Plan {
@@ -432,6 +557,8 @@ struct Plan {
     error: Option<String>,
     /// Its rejection reason.
     reject: Option<String>,
+    /// Where it redirects the message.
+    redirects: Vec<String>,
 }
 
 fn serde_json_detail(pairs: &[(&str, String)]) -> serde_json::Value {

@@ -9,9 +9,11 @@
 //!   ereject (RFC 5429: the SMTP session refuses the message when every recipient rejects
 //!   it), imap4flags, and every test sieve-rs evaluates by itself (envelope, body,
 //!   variables, relational, subaddress, date, index, regex, mailbox, spamtest...).
-//! - Not done yet, and made harmless: redirect, vacation and notify are logged as skipped
-//!   and the message is kept in INBOX (so a script relying on them never loses mail);
-//!   include finds no script; duplicate answers "not seen".
+//! - redirect (with `:copy`, RFC 3894): the addresses are handed to the caller, which
+//!   delivers locally or forwards through the queue.
+//! - Not done yet, and made harmless: vacation and notify are logged as skipped and the
+//!   message is kept in INBOX (so a script relying on them never loses mail); include
+//!   finds no script; duplicate answers "not seen".
 //! - A script that fails to compile or to run delivers to INBOX, and says why.
 
 use sieve::{Compiler, Event, Input, Mailbox, Runtime};
@@ -64,6 +66,8 @@ pub struct Decision {
     pub actions: Vec<String>,
     /// Why it failed, when it did (the copy then goes to INBOX).
     pub error: Option<String>,
+    /// Addresses to redirect the message to (RFC 5228 4.2).
+    pub redirects: Vec<String>,
 }
 
 impl Decision {
@@ -78,6 +82,7 @@ impl Decision {
             reject: None,
             actions: vec!["keep".into()],
             error: Some(error),
+            redirects: Vec::new(),
         }
     }
 }
@@ -209,9 +214,19 @@ pub fn evaluate(
                     flags,
                 });
             }
+            // A redirect sends the message itself (message 0); other messages are ones the
+            // script made (vacation replies).
+            Event::SendMessage {
+                recipient: sieve::Recipient::Address(to),
+                message_id: 0,
+                ..
+            } => {
+                decision.actions.push(format!("redirect {to:?}"));
+                decision.redirects.push(to);
+            }
             Event::SendMessage { recipient, .. } => {
                 decision.actions.push(format!(
-                    "{recipient:?} not sent: redirect and vacation are not supported yet"
+                    "{recipient:?} not sent: vacation replies are not supported yet"
                 ));
                 skipped = true;
             }
@@ -313,13 +328,14 @@ mod tests {
     }
 
     #[test]
-    fn a_skipped_redirect_keeps_the_message() {
+    fn redirects_and_a_skipped_vacation() {
         let d = run(r#"redirect "elsewhere@x.test";"#);
-        assert_eq!(d.copies.len(), 1);
-        assert!(
-            d.actions.iter().any(|a| a.contains("not supported")),
-            "{d:?}"
-        );
+        assert!(d.copies.is_empty());
+        assert_eq!(d.redirects, ["elsewhere@x.test"]);
+        let d = run(r#"require "copy"; redirect :copy "elsewhere@x.test";"#);
+        assert_eq!((d.copies.len(), d.redirects.len()), (1, 1));
+        let d = run(r#"require "vacation"; vacation "I am away";"#);
+        assert_eq!(d.copies.len(), 1, "{d:?}");
     }
 
     #[test]

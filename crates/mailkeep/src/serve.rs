@@ -393,6 +393,8 @@ async fn serve_config(
         },
     )?);
     outbound.set_reports(config.reports.clone());
+    // Sieve redirects to other domains leave through the queue.
+    delivery.set_outbox(outbound.clone());
     // Compromised-account detection: told of sends (SMTP), bounces (the queue) and logins
     // (the guard).
     let watch = Arc::new(mailkeep_delivery::watch::Watch::new(

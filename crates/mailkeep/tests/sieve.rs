@@ -189,3 +189,87 @@ async fn scripts_file_flag_discard_and_reject() {
     let (ok, out, _) = server.cli(&["sieve", "check"], "if true { keep; }\n");
     assert!(ok && out.contains("valid"), "{out}");
 }
+
+/// Sets `user`'s active script.
+fn script(server: &Server, user: &str, text: &str) {
+    let (ok, _, err) = server.cli(&["sieve", "put", user, "main", "--activate"], text);
+    assert!(ok, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_go_on_and_loops_stop() {
+    // Nothing leaves: the relay refuses connections, so what is forwarded stays queued.
+    let server = Server::start("relay = \"127.0.0.1:9\"\nrelay_tls = \"none\"");
+    // 1. A local redirect: bob's mail goes to alice, marked as delivered to bob.
+    script(
+        &server,
+        "bob@example.test",
+        "redirect \"alice@example.test\";\n",
+    );
+    let r = send(&server, &["bob@example.test"], &mail("for bob", "")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(server.inbox("bob@example.test").await.is_empty());
+    let alice = server
+        .mailbox_texts("alice@example.test", MailboxRole::Inbox)
+        .await;
+    assert_eq!(alice.len(), 1);
+    assert!(
+        alice[0].contains("Delivered-To: alice@example.test\r\n")
+            && alice[0].contains("Delivered-To: bob@example.test\r\n"),
+        "{}",
+        alice[0]
+    );
+
+    // 2. A loop between two users ends at once: kept where it would go round again.
+    script(
+        &server,
+        "alice@example.test",
+        "redirect \"bob@example.test\";\n",
+    );
+    let r = send(
+        &server,
+        &["alice@example.test"],
+        &mail("round and round", ""),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let bob = server
+        .mailbox_texts("bob@example.test", MailboxRole::Inbox)
+        .await;
+    assert_eq!(bob.len(), 1, "{bob:?}");
+    assert!(bob[0].contains("Subject: round and round"), "{}", bob[0]);
+    assert_eq!(
+        server.inbox("alice@example.test").await.len(),
+        1,
+        "only the first message"
+    );
+    let log = server.log_search_until(&["--kind", "delivery.sieve", "--json"], "a loop");
+    assert!(
+        log.contains("delivered to alice@example.test before"),
+        "{log}"
+    );
+
+    // 3. To another domain (with :copy): queued with an SRS sender, and a copy kept.
+    script(
+        &server,
+        "alice@example.test",
+        "require \"copy\";\nredirect :copy \"friend@elsewhere.test\";\n",
+    );
+    let r = send(&server, &["alice@example.test"], &mail("pass it on", "")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(server.inbox("alice@example.test").await.len(), 2);
+    let queued = server.store().queue_list().await.unwrap();
+    let m = queued
+        .iter()
+        .find(|m| {
+            m.recipients
+                .iter()
+                .any(|r| r.recipient.address == "friend@elsewhere.test")
+        })
+        .expect("queued");
+    assert!(
+        m.sender.starts_with("SRS0=") && m.sender.ends_with("=corp.test=boss@example.test"),
+        "{}",
+        m.sender
+    );
+}

@@ -1608,6 +1608,50 @@ fn report(r: &QueuedRcpt, a: &Attempt, server: &Server) -> dsn::RcptReport {
     }
 }
 
+/// Sieve redirects to other domains (`Delivery::set_outbox`): forwarded like an alias's copy.
+#[async_trait::async_trait]
+impl mailkeep_delivery::Outbox for Outbound {
+    async fn forward(
+        &self,
+        sender: &str,
+        domain: &str,
+        recipients: &[String],
+        data: &[u8],
+    ) -> Result<(), String> {
+        let now = now_secs();
+        // RFC 5228 4.2: the envelope sender stays the original one; SRS keeps SPF passing.
+        let sender = match self.srs_rewriter() {
+            Some(srs) if !sender.is_empty() => srs.forward(sender, domain, srs::day(now)),
+            _ => sender.to_string(),
+        };
+        let sender_ascii = sender.is_ascii();
+        let queued = NewQueued {
+            id: QueueId::new(now_micros() as u64, rand::random()).0,
+            sender,
+            blob: mailkeep_store::BlobId(String::new()),
+            size: data.len() as u64,
+            recipients: recipients
+                .iter()
+                .map(|a| QueueRecipient {
+                    address: a.clone(),
+                    notify: None,
+                    orcpt: None,
+                })
+                .collect(),
+            envid: None,
+            ret: None,
+            // RFC 6531: needed for non-ASCII addresses (an 8-bit body needs only 8BITMIME).
+            smtputf8: !sender_ascii || recipients.iter().any(|a| !a.is_ascii()),
+            requiretls: false,
+            account: None,
+            held: false,
+        };
+        Outbound::forward(self, queued, data)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
