@@ -107,6 +107,9 @@ pub trait Outbox: Send + Sync {
         recipients: &[String],
         data: &[u8],
     ) -> Result<(), String>;
+    /// Queues an automatic reply of ours (a vacation reply) to `recipient`: from the null
+    /// sender (RFC 3834 3.3), DKIM-signed for its From: domain like submitted mail.
+    async fn reply(&self, recipient: &str, data: &[u8]) -> Result<(), String>;
 }
 
 /// The delivery service.
@@ -117,6 +120,8 @@ pub struct Delivery {
     sieve_limits: sieve::Limits,
     /// The outbound queue, once it exists (it is built on this service).
     outbox: Arc<std::sync::OnceLock<Arc<dyn Outbox>>>,
+    /// Our host name (Message-IDs of Sieve's replies).
+    hostname: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Delivery {
@@ -127,12 +132,18 @@ impl Delivery {
             plus_separator,
             sieve_limits: sieve::Limits::default(),
             outbox: Arc::new(std::sync::OnceLock::new()),
+            hostname: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
     /// Where redirects to other domains go (every clone of this service shares it).
     pub fn set_outbox(&self, outbox: Arc<dyn Outbox>) {
         let _ = self.outbox.set(outbox);
+    }
+
+    /// Our host name, for what delivery writes (every clone shares it).
+    pub fn set_hostname(&self, hostname: String) {
+        let _ = self.hostname.set(hostname);
     }
 
     /// The store.
@@ -298,11 +309,68 @@ impl Delivery {
                     .map(Some),
             });
         }
+        // Vacation replies, once the message is stored (their fate does not change it).
+        for (t, (_, plan)) in msg.recipients.iter().zip(plans.iter_mut()) {
+            for (to, reply) in std::mem::take(&mut plan.replies) {
+                let note = match self.send_reply(&to, reply, &msg).await {
+                    Ok(more) => {
+                        events.extend(more);
+                        format!("vacation reply sent to {to}")
+                    }
+                    Err(e) => format!("vacation reply to {to} failed: {e}"),
+                };
+                let mut ev = self.sieve_event(&msg, t, &cache, plan, "accepted");
+                ev.detail = serde_json::json!({ "script": plan.script, "actions": [note] });
+                events.push(ev);
+            }
+        }
         Ok(Delivered {
             outcomes,
             events,
             message_id: cache.message_id,
             rejected: None,
+        })
+    }
+
+    /// Sends a reply a script made: delivered here when `to` is one of our users, else
+    /// through the queue (null sender, signed). The log events of a local delivery.
+    fn send_reply<'a>(
+        &'a self,
+        to: &'a str,
+        data: Vec<u8>,
+        msg: &'a Incoming,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<LogEvent>, String>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let address = Address::parse(to).map_err(|e| format!("bad address: {e}"))?;
+            match self.resolve(&address).await.map_err(|e| e.to_string())? {
+                Resolution::Targets { local, .. } if !local.is_empty() => {
+                    let delivered = self
+                        .deliver(Incoming {
+                            data,
+                            return_path: String::new(),
+                            recipients: local,
+                            queue_id: msg.queue_id.clone(),
+                            session: msg.session.clone(),
+                            client_ip: None,
+                            mailbox: MailboxRole::Inbox,
+                            placements: HashMap::new(),
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(delivered.events)
+                }
+                Resolution::NotLocal => {
+                    let outbox = self
+                        .outbox
+                        .get()
+                        .ok_or_else(|| "no outbound queue here".to_string())?;
+                    outbox.reply(to, &data).await?;
+                    Ok(Vec::new())
+                }
+                _ => Err("no such recipient".into()),
+            }
         })
     }
 
@@ -395,6 +463,7 @@ impl Delivery {
             error: None,
             reject: None,
             redirects: Vec::new(),
+            replies: Vec::new(),
         };
         let (name, script) = match self.store.sieve_active(t.account).await {
             Ok(Some(s)) => s,
@@ -421,8 +490,32 @@ impl Delivery {
             _ => t.address.clone(),
         };
         let (from, limits) = (msg.return_path.clone(), self.sieve_limits);
+        let (store, account, user) = (self.store.clone(), t.account, t.address.clone());
+        let hostname = self
+            .hostname
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into());
+        let handle = tokio::runtime::Handle::current();
         let decided = tokio::task::spawn_blocking(move || {
-            sieve::evaluate(&script, &full, &from, &to, &names, &limits)
+            // Vacation's and duplicate's memory (a store failure counts as seen: better no
+            // reply than one every time).
+            let seen = |id: &str, expiry: u64| {
+                let now = now_micros() / 1_000_000;
+                let expiry = i64::try_from(expiry).unwrap_or(i64::MAX);
+                handle
+                    .block_on(store.sieve_seen(account, id, now, expiry))
+                    .unwrap_or(true)
+            };
+            let env = sieve::Env {
+                from: &from,
+                to: &to,
+                user: &user,
+                mailboxes: &names,
+                hostname: &hostname,
+                seen: &seen,
+            };
+            sieve::evaluate(&script, &full, &env, &limits)
         })
         .await;
         let decision = match decided {
@@ -440,6 +533,7 @@ impl Delivery {
             error: decision.error,
             reject: decision.reject,
             redirects: decision.redirects,
+            replies: decision.replies,
             copies: Vec::new(),
         };
         for c in decision.copies {
@@ -559,6 +653,8 @@ struct Plan {
     reject: Option<String>,
     /// Where it redirects the message.
     redirects: Vec<String>,
+    /// Replies it made: (recipient, message).
+    replies: Vec<(String, Vec<u8>)>,
 }
 
 fn serde_json_detail(pairs: &[(&str, String)]) -> serde_json::Value {

@@ -11,9 +11,12 @@
 //!   variables, relational, subaddress, date, index, regex, mailbox, spamtest...).
 //! - redirect (with `:copy`, RFC 3894): the addresses are handed to the caller, which
 //!   delivers locally or forwards through the queue.
-//! - Not done yet, and made harmless: vacation and notify are logged as skipped and the
-//!   message is kept in INBOX (so a script relying on them never loses mail); include
-//!   finds no script; duplicate answers "not seen".
+//! - vacation (RFC 5230, with sieve-rs's RFC 3834 checks: no reply to the null sender,
+//!   lists, bulk or auto-submitted mail, or mail not addressed to the user): the reply is
+//!   handed to the caller; once per sender and period, remembered through `Env::seen`, as
+//!   duplicate (RFC 7352) is.
+//! - Not done yet, and made harmless: notify is logged as skipped; include finds no
+//!   script.
 //! - A script that fails to compile or to run delivers to INBOX, and says why.
 
 use sieve::{Compiler, Event, Input, Mailbox, Runtime};
@@ -68,6 +71,8 @@ pub struct Decision {
     pub error: Option<String>,
     /// Addresses to redirect the message to (RFC 5228 4.2).
     pub redirects: Vec<String>,
+    /// Replies the script made (vacation, RFC 5230): (recipient, message).
+    pub replies: Vec<(String, Vec<u8>)>,
 }
 
 impl Decision {
@@ -83,6 +88,7 @@ impl Decision {
             actions: vec!["keep".into()],
             error: Some(error),
             redirects: Vec::new(),
+            replies: Vec::new(),
         }
     }
 }
@@ -131,16 +137,26 @@ fn describe(script: &str, e: &sieve::compiler::CompileError) -> String {
     }
 }
 
-/// Runs `script` on `message` for the recipient `to`, sent by `from`; `mailboxes` are the
-/// recipient's mailbox names (for the mailbox extension's tests).
-pub fn evaluate(
-    script: &str,
-    message: &[u8],
-    from: &str,
-    to: &str,
-    mailboxes: &[String],
-    limits: &Limits,
-) -> Decision {
+/// Who a script runs for and what it may ask of the store.
+pub struct Env<'a> {
+    /// The envelope sender.
+    pub from: &'a str,
+    /// The envelope recipient as addressed (with its sub-address).
+    pub to: &'a str,
+    /// The user's own address: the From: of their vacation replies.
+    pub user: &'a str,
+    /// Their mailbox names (for the mailbox extension's tests).
+    pub mailboxes: &'a [String],
+    /// Our host name, for the Message-ID of replies.
+    pub hostname: &'a str,
+    /// Whether an id (vacation: sender and handle; duplicate) was seen within its expiry
+    /// (seconds), recording it when not.
+    pub seen: &'a dyn Fn(&str, u64) -> bool,
+}
+
+/// Runs `script` on `message` for one recipient.
+pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) -> Decision {
+    let (from, to, mailboxes) = (env.from, env.to, env.mailboxes);
     let compiled = match compiler(limits).compile(script.as_bytes()) {
         Ok(c) => std::sync::Arc::new(c),
         Err(e) => return Decision::inbox_after(describe(script, &e)),
@@ -148,8 +164,11 @@ pub fn evaluate(
     let runtime = Runtime::new()
         .with_cpu_limit(limits.max_instructions)
         .with_max_redirects(limits.max_redirects)
-        .with_max_nested_includes(limits.max_nesting);
-    let mut instance = runtime.filter(message);
+        .with_max_nested_includes(limits.max_nesting)
+        .with_max_out_messages(limits.max_redirects + 1)
+        .with_local_hostname(env.hostname.to_string());
+    let mut instance = runtime.filter(message).with_user_address(env.user);
+    let mut made: Vec<Vec<u8>> = Vec::new();
     instance.set_envelope(sieve::Envelope::From, from);
     instance.set_envelope(sieve::Envelope::To, to);
     let mut decision = Decision::default();
@@ -179,10 +198,22 @@ pub fn evaluate(
                 });
                 input = all.into();
             }
-            Event::ListContains { .. } | Event::DuplicateId { .. } | Event::Function { .. } => {
+            // RFC 5230 4.2 (vacation's once per period) and RFC 7352 (duplicate).
+            Event::DuplicateId { id, expiry, .. } => {
+                input = (env.seen)(&id, expiry).into();
+            }
+            Event::ListContains { .. } | Event::Function { .. } => {
                 input = Input::False;
             }
-            Event::SetEnvelope { .. } | Event::CreatedMessage { .. } => {}
+            Event::CreatedMessage {
+                message_id,
+                message,
+            } => {
+                if made.len() + 1 == message_id {
+                    made.push(message);
+                }
+            }
+            Event::SetEnvelope { .. } => {}
             Event::Keep { flags, .. } => {
                 decision.actions.push("keep".into());
                 decision.copies.push(Copy {
@@ -224,10 +255,31 @@ pub fn evaluate(
                 decision.actions.push(format!("redirect {to:?}"));
                 decision.redirects.push(to);
             }
+            // A message the script made: a vacation reply (RFC 5230), sent only when its
+            // From: is the user's own address (a script's :from may not be anyone's).
+            Event::SendMessage {
+                recipient: sieve::Recipient::Address(to),
+                message_id,
+                ..
+            } if message_id > 0 => {
+                let reply = made.get(message_id - 1).cloned().unwrap_or_default();
+                if let Some(why) = no_auto_reply(message) {
+                    decision
+                        .actions
+                        .push(format!("vacation reply to {to:?} not sent: {why}"));
+                } else if from_is(&reply, env.user) {
+                    decision.actions.push(format!("vacation reply to {to:?}"));
+                    decision.replies.push((to, reply));
+                } else {
+                    decision.actions.push(format!(
+                        "vacation reply to {to:?} not sent: :from is not the user"
+                    ));
+                }
+            }
             Event::SendMessage { recipient, .. } => {
-                decision.actions.push(format!(
-                    "{recipient:?} not sent: vacation replies are not supported yet"
-                ));
+                decision
+                    .actions
+                    .push(format!("{recipient:?} not sent: not supported"));
                 skipped = true;
             }
             Event::Notify { method, .. } => {
@@ -250,21 +302,76 @@ pub fn evaluate(
     decision
 }
 
+/// Why a message must get no automatic reply (RFC 3834 2, 3.1.8; RFC 5230 4.5), if it
+/// must not. sieve-rs checks these too, but with mail-parser 0.11 it misses Auto-Submitted
+/// (parsed as a known field, not the "other" one it looks for), so they are checked here
+/// as well.
+fn no_auto_reply(message: &[u8]) -> Option<&'static str> {
+    let end = crate::ingest::header_len(message).min(message.len());
+    let head = String::from_utf8_lossy(&message[..end]).to_ascii_lowercase();
+    // Unfolded "name: value" pairs.
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in head.split("\r\n").flat_map(|l| l.split('\n')) {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = fields.last_mut() {
+                last.1.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            fields.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    for (name, value) in &fields {
+        match name.as_str() {
+            // RFC 3834 5: anything but "no" is automatic.
+            "auto-submitted" if value.split(';').next().unwrap_or("").trim() != "no" => {
+                return Some("the message is automatic (Auto-Submitted)")
+            }
+            "precedence" if ["bulk", "list", "junk"].contains(&value.as_str()) => {
+                return Some("the message is bulk mail (Precedence)")
+            }
+            n if n.starts_with("list-") => return Some("the message is from a list"),
+            "x-auto-response-suppress" if value.contains("all") || value.contains("oof") => {
+                return Some("the sender asked for none (X-Auto-Response-Suppress)")
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether a message's From: address is `user`.
+fn from_is(message: &[u8], user: &str) -> bool {
+    mail_parser::MessageParser::new()
+        .parse_headers(message)
+        .and_then(|m| {
+            m.from()
+                .and_then(|f| f.first())
+                .and_then(|a| a.address())
+                .map(|a| a.eq_ignore_ascii_case(user))
+        })
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MSG: &[u8] = b"From: Boss <boss@corp.test>\r\nTo: me@example.test\r\nSubject: quarterly report\r\nList-Id: <team.corp.test>\r\n\r\nThe numbers are in.\r\n";
 
+    fn env<'a>(seen: &'a dyn Fn(&str, u64) -> bool, boxes: &'a [String]) -> Env<'a> {
+        Env {
+            from: "boss@corp.test",
+            to: "me+work@example.test",
+            user: "me@example.test",
+            mailboxes: boxes,
+            hostname: "mail.example.test",
+            seen,
+        }
+    }
+
     fn run(script: &str) -> Decision {
-        evaluate(
-            script,
-            MSG,
-            "boss@corp.test",
-            "me+work@example.test",
-            &["INBOX".into(), "Work".into()],
-            &Limits::default(),
-        )
+        let boxes = ["INBOX".to_string(), "Work".to_string()];
+        evaluate(script, MSG, &env(&|_, _| false, &boxes), &Limits::default())
     }
 
     #[test]
@@ -334,8 +441,62 @@ mod tests {
         assert_eq!(d.redirects, ["elsewhere@x.test"]);
         let d = run(r#"require "copy"; redirect :copy "elsewhere@x.test";"#);
         assert_eq!((d.copies.len(), d.redirects.len()), (1, 1));
+        // Not to a list (RFC 5230 4.5)...
         let d = run(r#"require "vacation"; vacation "I am away";"#);
         assert_eq!(d.copies.len(), 1, "{d:?}");
+        assert!(d.replies.is_empty(), "{d:?}");
+        // ...but to a person.
+        let personal = b"From: Boss <boss@corp.test>\r\nTo: me@example.test\r\nSubject: hi\r\nMessage-ID: <1@corp.test>\r\n\r\nHi.\r\n";
+        let boxes = ["INBOX".to_string()];
+        let vacation = |script: &str, seen: &dyn Fn(&str, u64) -> bool| {
+            evaluate(script, personal, &env(seen, &boxes), &Limits::default())
+        };
+        let d = vacation(r#"require "vacation"; vacation "I am away";"#, &|_, _| {
+            false
+        });
+        assert_eq!(d.replies.len(), 1, "{d:?}");
+        let (to, reply) = &d.replies[0];
+        let reply = String::from_utf8_lossy(reply);
+        assert_eq!(to, "boss@corp.test");
+        assert!(
+            reply.contains("From: me@example.test") || reply.contains("<me@example.test>"),
+            "{reply}"
+        );
+        assert!(reply.contains("Auto-Submitted: auto-replied"), "{reply}");
+        // Seen within the period: no reply.
+        let d = vacation(
+            r#"require "vacation"; vacation :days 3 "I am away";"#,
+            &|id, expiry| id.contains("boss@corp.test") && expiry == 3 * 86400,
+        );
+        assert!(d.replies.is_empty(), "{d:?}");
+        // A forged :from is not sent.
+        let d = vacation(
+            r#"require "vacation"; vacation :from "ceo@example.test" "away";"#,
+            &|_, _| false,
+        );
+        assert!(d.replies.is_empty(), "{d:?}");
+        assert!(
+            d.actions
+                .iter()
+                .any(|a| a.contains(":from is not the user")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn automatic_mail_gets_no_reply() {
+        let base = "From: a@b.test\r\nTo: me@example.test\r\n";
+        for (extra, none) in [
+            ("Auto-Submitted: auto-replied\r\n", true),
+            ("Auto-Submitted: No\r\n", false),
+            ("Precedence: bulk\r\n", true),
+            ("List-Unsubscribe:\r\n <mailto:x@y.test>\r\n", true),
+            ("X-Auto-Response-Suppress: OOF, AutoReply\r\n", true),
+            ("", false),
+        ] {
+            let m = format!("{base}{extra}\r\nbody\r\n");
+            assert_eq!(no_auto_reply(m.as_bytes()).is_some(), none, "{extra}");
+        }
     }
 
     #[test]
@@ -349,7 +510,7 @@ mod tests {
             "require [\"variables\"];\n{}",
             "if header :contains \"subject\" \"x\" { keep; }\n".repeat(500)
         );
-        let d = evaluate(&many, MSG, "a@b.test", "c@d.test", &[], &limits);
+        let d = evaluate(&many, MSG, &env(&|_, _| false, &[]), &limits);
         assert!(d.error.is_some(), "{d:?}");
         assert_eq!(d.copies.len(), 1);
     }

@@ -333,6 +333,7 @@ async fn serve_config(
         }
     }
     let delivery = Delivery::new(store.clone(), config.directory.plus_separator);
+    delivery.set_hostname(config.hostname.to_string());
     for l in &config.listeners {
         if matches!(
             l.protocol,

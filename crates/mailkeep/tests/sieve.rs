@@ -273,3 +273,114 @@ async fn redirects_go_on_and_loops_stop() {
         m.sender
     );
 }
+
+async fn send_from(server: &Server, from: &str, data: &str) -> String {
+    let mut c = Raw::connect(server.smtp).await;
+    c.envelope(from, &["alice@example.test"]).await;
+    assert_eq!(code(&c.cmd("DATA").await), "354");
+    c.send(data.as_bytes()).await;
+    c.send(b".\r\n").await;
+    let r = c.reply().await;
+    c.cmd("QUIT").await;
+    r
+}
+
+fn from_to_alice(from: &str, id: u32, extra: &str) -> String {
+    format!(
+        "From: {from}\r\nTo: alice@example.test\r\nSubject: question {id}\r\n\
+         Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <q{id}@example.test>\r\n{extra}\r\nAre you there?\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacation_replies_once_and_never_to_lists_or_robots() {
+    let server = Server::start("relay = \"127.0.0.1:9\"\nrelay_tls = \"none\"");
+    let (ok, _, err) = server.cli(&["user", "add", "carol@example.test"], PASSWORD);
+    assert!(ok, "{err}");
+    script(
+        &server,
+        "alice@example.test",
+        "require \"vacation\";\nvacation :days 1 :subject \"Away\" \"I am away until Monday.\";\n",
+    );
+    // bob writes: one reply, from alice, marked auto-replied, from the null sender.
+    let r = send_from(
+        &server,
+        "bob@example.test",
+        &from_to_alice("bob@example.test", 1, ""),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let bob = server
+        .mailbox_texts("bob@example.test", MailboxRole::Inbox)
+        .await;
+    assert_eq!(bob.len(), 1, "{bob:?}");
+    for want in [
+        "Return-Path: <>",
+        "Subject: Away",
+        "Auto-Submitted: auto-replied",
+        "In-Reply-To: <q1@example.test>",
+        "I am away until Monday.",
+    ] {
+        assert!(bob[0].contains(want), "{want} in {}", bob[0]);
+    }
+    assert!(
+        bob[0].contains("From: alice@example.test") || bob[0].contains("<alice@example.test>"),
+        "{}",
+        bob[0]
+    );
+    // His second message within the period gets none.
+    let r = send_from(
+        &server,
+        "bob@example.test",
+        &from_to_alice("bob@example.test", 2, ""),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(server.inbox("bob@example.test").await.len(), 1);
+    // Nothing to automatic mail or lists (RFC 3834).
+    for (id, extra) in [
+        (3, "Auto-Submitted: auto-replied\r\n"),
+        (4, "List-Id: <news.example.test>\r\n"),
+        (5, "Precedence: bulk\r\n"),
+    ] {
+        let r = send_from(
+            &server,
+            "carol@example.test",
+            &from_to_alice("carol@example.test", id, extra),
+        )
+        .await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let carol = server
+        .mailbox_texts("carol@example.test", MailboxRole::Inbox)
+        .await;
+    assert!(carol.is_empty(), "{carol:?}");
+    // A sender elsewhere: the reply is queued from the null sender.
+    let r = send_from(
+        &server,
+        "x@remote.test",
+        &from_to_alice("x@remote.test", 6, ""),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let queued = server.store().queue_list().await.unwrap();
+    let m = queued
+        .iter()
+        .find(|m| {
+            m.recipients
+                .iter()
+                .any(|r| r.recipient.address == "x@remote.test")
+        })
+        .expect("reply queued");
+    assert_eq!(m.sender, "");
+    // alice got every message.
+    assert_eq!(server.inbox("alice@example.test").await.len(), 6);
+    let log = server.log_search_until(
+        &["--kind", "delivery.sieve", "--json"],
+        "vacation reply sent to x@remote.test",
+    );
+    assert!(
+        log.contains("vacation reply sent to bob@example.test"),
+        "{log}"
+    );
+}

@@ -1650,6 +1650,28 @@ impl mailkeep_delivery::Outbox for Outbound {
             .await
             .map_err(|e| e.to_string())
     }
+
+    async fn reply(&self, recipient: &str, data: &[u8]) -> Result<(), String> {
+        let queued = NewQueued {
+            id: QueueId::new(now_micros() as u64, rand::random()).0,
+            // RFC 3834 3.3: automatic responses go from the null sender.
+            sender: String::new(),
+            blob: mailkeep_store::BlobId(String::new()),
+            size: data.len() as u64,
+            recipients: vec![QueueRecipient {
+                address: recipient.to_string(),
+                notify: None,
+                orcpt: None,
+            }],
+            envid: None,
+            ret: None,
+            smtputf8: !recipient.is_ascii(),
+            requiretls: false,
+            account: None,
+            held: false,
+        };
+        self.submit(queued, data).await.map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]

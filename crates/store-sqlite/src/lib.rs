@@ -3301,6 +3301,40 @@ impl SieveStore for SqliteStore {
         .await
     }
 
+    async fn sieve_seen(
+        &self,
+        account: AccountId,
+        id: &str,
+        now: i64,
+        expiry: i64,
+    ) -> Result<bool> {
+        let id = id.to_string();
+        self.write(move |c| {
+            let expires: Option<i64> = c
+                .prepare_cached("SELECT expires FROM sieve_seen WHERE account = ?1 AND id = ?2")
+                .map_err(backend)?
+                .query_row(params![account.0, id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            if expires.is_some_and(|e| e > now) {
+                return Ok(true);
+            }
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO sieve_seen (account, id, expires) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(backend)?
+            .execute(params![account.0, id, now.saturating_add(expiry)])
+            .map_err(backend)?;
+            // Forget the account's expired entries while here.
+            c.prepare_cached("DELETE FROM sieve_seen WHERE account = ?1 AND expires <= ?2")
+                .map_err(backend)?
+                .execute(params![account.0, now])
+                .map_err(backend)?;
+            Ok(false)
+        })
+        .await
+    }
+
     async fn sieve_active(&self, account: AccountId) -> Result<Option<(String, String)>> {
         self.read(move |c| {
             c.prepare_cached(

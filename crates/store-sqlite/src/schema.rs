@@ -335,7 +335,8 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, network)
     ) WITHOUT ROWID;
     "#,
-    // 20: users' Sieve scripts.
+    // 20: users' Sieve scripts, and what their vacation replies and duplicate tests
+    // remember.
     r#"
     CREATE TABLE sieve_scripts (
         account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
@@ -343,6 +344,12 @@ const MIGRATIONS: &[&str] = &[
         script TEXT NOT NULL,
         active INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (account, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE sieve_seen (
+        account INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        id TEXT NOT NULL,
+        expires INTEGER NOT NULL,
+        PRIMARY KEY (account, id)
     ) WITHOUT ROWID;
     "#,
 ];

@@ -76,6 +76,15 @@ async fn sieve(store: &SharedStore) {
     store.sieve_delete(u, "b").await.expect("delete");
     assert_eq!(store.sieve_list(u).await.expect("list").len(), 1);
     assert_eq!(store.sieve_active(u).await.expect("active"), None);
+    // Remembered ids: seen until they expire.
+    assert!(!store.sieve_seen(u, "_vx", 100, 50).await.expect("seen"));
+    assert!(store.sieve_seen(u, "_vx", 149, 50).await.expect("seen"));
+    assert!(!store.sieve_seen(u, "_vy", 149, 50).await.expect("seen"));
+    assert!(!store.sieve_seen(u, "_vx", 150, 50).await.expect("expired"));
+    assert!(store
+        .sieve_seen(u, "_vx", 151, 50)
+        .await
+        .expect("seen again"));
 }
 
 /// Greylisting records: written, read back, expired by their own clocks.

@@ -854,6 +854,11 @@ pub trait SieveStore: Send + Sync {
     async fn sieve_delete(&self, account: AccountId, name: &str) -> Result<()>;
     /// The active script: (name, text).
     async fn sieve_active(&self, account: AccountId) -> Result<Option<(String, String)>>;
+    /// Whether `id` (a vacation reply's sender and handle, a duplicate test's id) was
+    /// recorded for the account and has not expired at `now`; when not, records it until
+    /// `now + expiry`. One transaction.
+    async fn sieve_seen(&self, account: AccountId, id: &str, now: i64, expiry: i64)
+        -> Result<bool>;
 }
 
 /// One greylisting record (RFC 6647): of a triplet, a client network or a sender domain.
