@@ -130,6 +130,20 @@ enum Command {
         #[command(subcommand)]
         action: sieve::SieveCmd,
     },
+    /// Forward a user's mail to another address (a Sieve script the command writes).
+    Forward {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: sieve::ForwardCmd,
+    },
+    /// A user's vacation reply (a Sieve script the command writes).
+    Vacation {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: sieve::VacationCmd,
+    },
     /// DNS: the records a domain needs, and a check of what is published.
     Dns {
         #[command(flatten)]
@@ -262,6 +276,8 @@ fn run() -> Result<()> {
         Command::Check { config, action } => check::check(&config.config, action),
         Command::Spam { config, action } => spam::spam(&config.config, action),
         Command::Sieve { config, action } => sieve::sieve(&config.config, action),
+        Command::Forward { config, action } => sieve::forward(&config.config, action),
+        Command::Vacation { config, action } => sieve::vacation(&config.config, action),
         Command::Dmarc { config, action } => admin::dmarc(&config.config, action),
         Command::Tlsrpt { config, action } => admin::tlsrpt(&config.config, action),
         Command::Acl { config, action } => admin::acl(&config.config, action),

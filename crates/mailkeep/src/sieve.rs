@@ -35,6 +35,103 @@ pub enum SieveCmd {
     Check { file: Option<PathBuf> },
 }
 
+#[derive(Subcommand)]
+pub enum ForwardCmd {
+    /// Forward USER's mail to ADDR (with --keep, keep a copy too).
+    Set {
+        user: String,
+        addr: String,
+        #[arg(long)]
+        keep: bool,
+        /// Replace another active Sieve script of the user.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Stop forwarding USER's mail.
+    Clear { user: String },
+}
+
+#[derive(Subcommand)]
+pub enum VacationCmd {
+    /// Answer USER's mail with a vacation reply (RFC 5230): at most once per sender every
+    /// --days days, until --until (YYYY-MM-DD, inclusive).
+    Set {
+        user: String,
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        body: String,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Replace another active Sieve script of the user.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Stop the vacation reply.
+    Clear { user: String },
+}
+
+pub fn forward(config: &Path, cmd: ForwardCmd) -> Result<()> {
+    match cmd {
+        ForwardCmd::Set {
+            user,
+            addr,
+            keep,
+            replace,
+        } => {
+            let to = Address::parse(&addr).map_err(|e| anyhow::anyhow!("ADDR {addr:?}: {e}"))?;
+            helpers(config, &user, replace, |h| {
+                h.forward = Some(Forward {
+                    to: to.to_string(),
+                    keep,
+                })
+            })
+        }
+        ForwardCmd::Clear { user } => helpers(config, &user, false, |h| h.forward = None),
+    }
+}
+
+pub fn vacation(config: &Path, cmd: VacationCmd) -> Result<()> {
+    match cmd {
+        VacationCmd::Set {
+            user,
+            subject,
+            body,
+            until,
+            days,
+            replace,
+        } => {
+            if let Some(d) = &until {
+                let ok = d.len() == 10
+                    && d.chars().enumerate().all(|(i, c)| {
+                        if i == 4 || i == 7 {
+                            c == '-'
+                        } else {
+                            c.is_ascii_digit()
+                        }
+                    });
+                if !ok {
+                    anyhow::bail!("--until {d:?}: expected a day as YYYY-MM-DD");
+                }
+            }
+            if days == 0 {
+                anyhow::bail!("--days 0: at least 1");
+            }
+            helpers(config, &user, replace, |h| {
+                h.vacation = Some(Vacation {
+                    subject,
+                    body,
+                    until,
+                    days,
+                })
+            })
+        }
+        VacationCmd::Clear { user } => helpers(config, &user, false, |h| h.vacation = None),
+    }
+}
+
 /// A script's text from FILE or standard input.
 fn read_script(file: Option<&Path>) -> Result<String> {
     let mut text = String::new();
@@ -137,4 +234,188 @@ pub fn sieve(config: &Path, cmd: SieveCmd) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The script the `forward` and `vacation` helpers write and activate.
+pub const HELPERS: &str = "mailkeep-helpers";
+
+/// What the helpers' script does, kept in its first line so that each helper changes only
+/// its own part.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Helpers {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<Forward>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vacation: Option<Vacation>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Forward {
+    pub to: String,
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Vacation {
+    pub subject: String,
+    pub body: String,
+    /// Last day (YYYY-MM-DD) the reply is sent, inclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    pub days: u32,
+}
+
+const MARK: &str = "# mailkeep-helpers ";
+
+/// A Sieve string (RFC 5228 2.4.2: `"` and `\` escaped).
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl Helpers {
+    /// Reads the settings back from a script the helpers wrote.
+    pub fn parse(script: &str) -> Option<Helpers> {
+        let first = script.lines().next()?;
+        serde_json::from_str(first.strip_prefix(MARK)?).ok()
+    }
+
+    /// The script: vacation first (so a forwarded message is still answered), then the
+    /// redirect.
+    pub fn script(&self) -> String {
+        let mut out = format!(
+            "{MARK}{}\n# Written by `mailkeep forward` and `mailkeep vacation`; change it with them.\n",
+            serde_json::to_string(self).unwrap_or_default()
+        );
+        let mut require = vec!["vacation", "date", "relational", "copy"];
+        require.retain(|r| match *r {
+            "vacation" => self.vacation.is_some(),
+            "date" | "relational" => self.vacation.as_ref().is_some_and(|v| v.until.is_some()),
+            "copy" => self.forward.as_ref().is_some_and(|f| f.keep),
+            _ => false,
+        });
+        if !require.is_empty() {
+            let list: Vec<String> = require.iter().map(|r| quoted(r)).collect();
+            out.push_str(&format!("require [{}];\n", list.join(", ")));
+        }
+        if let Some(v) = &self.vacation {
+            let reply = format!(
+                "vacation :days {} :subject {} {};",
+                v.days.max(1),
+                quoted(&v.subject),
+                quoted(&v.body)
+            );
+            match &v.until {
+                // RFC 5260 5: the date part of the current date.
+                Some(day) => out.push_str(&format!(
+                    "if currentdate :value \"le\" \"date\" {} {{\n    {reply}\n}}\n",
+                    quoted(day)
+                )),
+                None => out.push_str(&format!("{reply}\n")),
+            }
+        }
+        if let Some(f) = &self.forward {
+            out.push_str(&format!(
+                "redirect {}{};\n",
+                if f.keep { ":copy " } else { "" },
+                quoted(&f.to)
+            ));
+        }
+        out
+    }
+}
+
+/// Changes the helpers' script of `user` with `change`, stores and activates it (or, when
+/// nothing is left, deactivates it). Another active script is not replaced silently.
+pub fn helpers(
+    config: &Path,
+    user: &str,
+    replace: bool,
+    change: impl FnOnce(&mut Helpers),
+) -> Result<()> {
+    let (_, store) = crate::admin::open(config)?;
+    crate::admin::runtime()?.block_on(async {
+        let id = account(&store, user).await?;
+        if let Some((name, _)) = store.sieve_active(id).await? {
+            if name != HELPERS && !replace {
+                anyhow::bail!(
+                    "{user} has the script {name:?} active; the helpers would replace it \
+                     (--replace to do so, or add the rule to that script)"
+                );
+            }
+        }
+        let mut h = match store.sieve_get(id, HELPERS).await? {
+            Some(text) => Helpers::parse(&text).unwrap_or_default(),
+            None => Helpers::default(),
+        };
+        change(&mut h);
+        if h.forward.is_none() && h.vacation.is_none() {
+            if matches!(store.sieve_active(id).await?, Some((n, _)) if n == HELPERS) {
+                store.sieve_activate(id, None).await?;
+            }
+            if store.sieve_get(id, HELPERS).await?.is_some() {
+                store.sieve_delete(id, HELPERS).await?;
+            }
+            println!("no forwarding or vacation reply for {user}");
+            return Ok(());
+        }
+        let text = h.script();
+        check(&text, &Limits::default()).map_err(|e| anyhow::anyhow!("internal: {e}"))?;
+        store.sieve_put(id, HELPERS, &text).await?;
+        store.sieve_activate(id, Some(HELPERS)).await?;
+        if let Some(f) = &h.forward {
+            println!(
+                "{user}: mail is forwarded to {}{}",
+                f.to,
+                if f.keep { " (and kept)" } else { "" }
+            );
+        }
+        if let Some(v) = &h.vacation {
+            println!(
+                "{user}: vacation reply {:?}{}",
+                v.subject,
+                v.until
+                    .as_deref()
+                    .map(|d| format!(" until {d}"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_scripts_compile_and_round_trip() {
+        let h = Helpers {
+            forward: Some(Forward {
+                to: "me@elsewhere.test".into(),
+                keep: true,
+            }),
+            vacation: Some(Vacation {
+                subject: "Away \"for now\"".into(),
+                body: "Back on Monday.\nUrgent: call \\ the office.".into(),
+                until: Some("2026-12-31".into()),
+                days: 3,
+            }),
+        };
+        let text = h.script();
+        check(&text, &Limits::default()).unwrap();
+        assert_eq!(Helpers::parse(&text), Some(h));
+        let only = Helpers {
+            forward: Some(Forward {
+                to: "x@y.test".into(),
+                keep: false,
+            }),
+            vacation: None,
+        };
+        let text = only.script();
+        check(&text, &Limits::default()).unwrap();
+        assert!(
+            text.contains("redirect \"x@y.test\";") && !text.contains("require"),
+            "{text}"
+        );
+    }
 }

@@ -384,3 +384,131 @@ async fn vacation_replies_once_and_never_to_lists_or_robots() {
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_and_vacation_helpers_write_the_script() {
+    let server = Server::start("");
+    let (ok, _, err) = server.cli(&["user", "add", "carol@example.test"], PASSWORD);
+    assert!(ok, "{err}");
+    let (ok, out, err) = server.cli(
+        &[
+            "vacation",
+            "set",
+            "alice@example.test",
+            "--subject",
+            "Away",
+            "--body",
+            "Back on \"Monday\".",
+            "--until",
+            "2099-12-31",
+            "--days",
+            "2",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("vacation reply \"Away\" until 2099-12-31"),
+        "{out}"
+    );
+    let (ok, out, err) = server.cli(
+        &[
+            "forward",
+            "set",
+            "alice@example.test",
+            "bob@example.test",
+            "--keep",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("forwarded to bob@example.test (and kept)"),
+        "{out}"
+    );
+    let (ok, out, _) = server.cli(&["sieve", "list", "alice@example.test"], "");
+    assert!(ok && out.contains("mailkeep-helpers\t(active)"), "{out}");
+
+    let r = send_from(
+        &server,
+        "carol@example.test",
+        &from_to_alice("carol@example.test", 1, ""),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(server.inbox("alice@example.test").await.len(), 1, "kept");
+    assert_eq!(server.inbox("bob@example.test").await.len(), 1, "forwarded");
+    let carol = server
+        .mailbox_texts("carol@example.test", MailboxRole::Inbox)
+        .await;
+    assert_eq!(carol.len(), 1);
+    assert!(
+        carol[0].contains("Subject: Away") && carol[0].contains("Back on \"Monday\"."),
+        "{}",
+        carol[0]
+    );
+
+    // A vacation that ended sends nothing.
+    let (ok, _, err) = server.cli(
+        &[
+            "vacation",
+            "set",
+            "alice@example.test",
+            "--subject",
+            "Gone",
+            "--body",
+            "x",
+            "--until",
+            "2001-01-01",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let r = send_from(
+        &server,
+        "bob@example.test",
+        &from_to_alice("bob@example.test", 2, ""),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(
+        server.inbox("bob@example.test").await.len(),
+        2,
+        "only the forwarded copy"
+    );
+
+    // Bad input is named; another active script is not replaced silently.
+    let (ok, _, err) = server.cli(
+        &[
+            "vacation",
+            "set",
+            "alice@example.test",
+            "--subject",
+            "s",
+            "--body",
+            "b",
+            "--until",
+            "soon",
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("--until"), "{err}");
+    let (ok, _, err) = server.cli(
+        &["sieve", "put", "bob@example.test", "mine", "--activate"],
+        "keep;\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = server.cli(
+        &["forward", "set", "bob@example.test", "alice@example.test"],
+        "",
+    );
+    assert!(!ok && err.contains("\"mine\" active"), "{err}");
+
+    // Cleared, no script runs.
+    for cmd in [["forward", "clear"], ["vacation", "clear"]] {
+        let (ok, _, err) = server.cli(&[cmd[0], cmd[1], "alice@example.test"], "");
+        assert!(ok, "{err}");
+    }
+    let (ok, out, _) = server.cli(&["sieve", "list", "alice@example.test"], "");
+    assert!(ok && out.trim().is_empty(), "{out}");
+}
