@@ -303,6 +303,23 @@ pub struct BansConfig {
     pub account_lock: Duration,
 }
 
+/// Sieve at delivery (`[sieve]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SieveConfig {
+    /// Where global scripts live, as `NAME.sieve` (`include :global "NAME"`, RFC 6609).
+    pub global_dir: PathBuf,
+    /// Global scripts run before each user's script (names in `global_dir`).
+    pub before: Vec<String>,
+    /// Global scripts run after it.
+    pub after: Vec<String>,
+    /// Bytes of script text.
+    pub max_script_size: usize,
+    /// Instructions executed per message.
+    pub max_instructions: usize,
+    /// Redirects per message.
+    pub max_redirects: usize,
+}
+
 /// Greylisting on the MX (`[greylist]`, RFC 6647): a first attempt from a client network,
 /// sender and recipient is deferred; a retry after `delay` passes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -582,6 +599,8 @@ pub struct Config {
     pub bans: BansConfig,
     /// Greylisting.
     pub greylist: GreylistConfig,
+    /// Sieve.
+    pub sieve: SieveConfig,
     /// Outbound limits per account.
     pub limits: LimitsConfig,
     /// DNS blocklists of IP addresses.
@@ -1234,6 +1253,36 @@ impl Config {
                 )
             })?);
         }
+        let sv = raw.sieve.unwrap_or_default();
+        let script_names = |key: &str, list: Vec<String>| -> Result<Vec<String>, ConfigError> {
+            for (i, n) in list.iter().enumerate() {
+                if n.is_empty() || n.contains(['/', '\\']) || n.starts_with('.') {
+                    return Err(cx.invalid(
+                        &format!("{key}[{i}]"),
+                        "a script name in sieve.global_dir (no path)",
+                        format!("{n:?}"),
+                    ));
+                }
+            }
+            Ok(list)
+        };
+        let sieve = SieveConfig {
+            global_dir: sv
+                .global_dir
+                .as_deref()
+                .map(|d| cx.path(d))
+                .unwrap_or_else(|| data_dir.join("sieve")),
+            before: script_names("sieve.before", sv.before.unwrap_or_default())?,
+            after: script_names("sieve.after", sv.after.unwrap_or_default())?,
+            max_script_size: cx.size(
+                "sieve.max_script_size",
+                sv.max_script_size
+                    .as_ref()
+                    .unwrap_or(&raw::Size::Int(64 << 10)),
+            )? as usize,
+            max_instructions: positive(&cx, "sieve.max_instructions", sv.max_instructions, 20_000)?,
+            max_redirects: count_key(&cx, "sieve.max_redirects", sv.max_redirects, 4)? as usize,
+        };
         let greylist = GreylistConfig {
             enabled: gr.enabled.unwrap_or(false),
             delay: cx.duration(
@@ -1421,6 +1470,7 @@ impl Config {
             mta_sts,
             bans,
             greylist,
+            sieve,
             limits,
             dnsbl,
             antivirus,
@@ -1593,6 +1643,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("smtp.max_messages_per_connection"), "{e}");
+    }
+
+    #[test]
+    fn sieve_settings() {
+        let c = parse("hostname = \"m.example\"\n").unwrap();
+        assert_eq!(c.sieve.global_dir, Path::new("/etc/mailkeep/./sieve"));
+        assert_eq!(
+            (c.sieve.max_instructions, c.sieve.max_redirects),
+            (20_000, 4)
+        );
+        let c = parse(
+            "hostname = \"m.example\"\n[sieve]\nbefore = [\"spam\"]\nmax_script_size = \"8K\"\n",
+        )
+        .unwrap();
+        assert_eq!((c.sieve.before.len(), c.sieve.max_script_size), (1, 8192));
+        let e = parse("hostname = \"m.example\"\n[sieve]\nafter = [\"../x\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sieve.after[0]"), "{e}");
     }
 
     #[test]

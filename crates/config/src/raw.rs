@@ -73,6 +73,8 @@ pub struct RawConfig {
     pub bans: Option<RawBans>,
     /// `[greylist]`
     pub greylist: Option<RawGreylist>,
+    /// `[sieve]`
+    pub sieve: Option<RawSieve>,
     /// `[limits]`
     pub limits: Option<RawLimits>,
     /// `[dnsbl]`
@@ -167,6 +169,24 @@ pub struct RawBans {
     pub account_ips: Option<i64>,
     /// `account_lock`
     pub account_lock: Option<Size>,
+}
+
+/// `[sieve]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSieve {
+    /// `global_dir`
+    pub global_dir: Option<String>,
+    /// `before`
+    pub before: Option<Vec<String>>,
+    /// `after`
+    pub after: Option<Vec<String>>,
+    /// `max_script_size`
+    pub max_script_size: Option<Size>,
+    /// `max_instructions`
+    pub max_instructions: Option<i64>,
+    /// `max_redirects`
+    pub max_redirects: Option<i64>,
 }
 
 /// `[greylist]`

@@ -51,15 +51,19 @@ pub struct Incoming {
     /// Per account, where it goes instead and header fields that account's copy gets on
     /// top (after Return-Path and Delivered-To): that user's spam verdict.
     pub placements: HashMap<AccountId, Placement>,
+    /// The virus scanner found it clean (for Sieve's virustest).
+    pub virus_clean: bool,
 }
 
 /// Where one account's copy goes and what it gets besides the shared message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Placement {
     /// INBOX or Junk.
     pub mailbox: MailboxRole,
     /// Header fields (CRLF-terminated) for this copy alone.
     pub fields: String,
+    /// The spam filter's score of this copy (for Sieve's spamtest).
+    pub spam_score: Option<f64>,
 }
 
 /// What happened for one recipient.
@@ -117,7 +121,7 @@ pub trait Outbox: Send + Sync {
 pub struct Delivery {
     store: SharedStore,
     plus_separator: Option<char>,
-    sieve_limits: sieve::Limits,
+    sieve: Arc<std::sync::RwLock<sieve::Settings>>,
     /// The outbound queue, once it exists (it is built on this service).
     outbox: Arc<std::sync::OnceLock<Arc<dyn Outbox>>>,
     /// Our host name (Message-IDs of Sieve's replies).
@@ -130,7 +134,7 @@ impl Delivery {
         Delivery {
             store,
             plus_separator,
-            sieve_limits: sieve::Limits::default(),
+            sieve: Arc::new(std::sync::RwLock::new(sieve::Settings::default())),
             outbox: Arc::new(std::sync::OnceLock::new()),
             hostname: Arc::new(std::sync::OnceLock::new()),
         }
@@ -139,6 +143,14 @@ impl Delivery {
     /// Where redirects to other domains go (every clone of this service shares it).
     pub fn set_outbox(&self, outbox: Arc<dyn Outbox>) {
         let _ = self.outbox.set(outbox);
+    }
+
+    /// Sieve's limits and global scripts (every clone shares them; a reload may change
+    /// them).
+    pub fn set_sieve(&self, settings: sieve::Settings) {
+        if let Ok(mut s) = self.sieve.write() {
+            *s = settings;
+        }
     }
 
     /// Our host name, for what delivery writes (every clone shares it).
@@ -356,6 +368,7 @@ impl Delivery {
                             client_ip: None,
                             mailbox: MailboxRole::Inbox,
                             placements: HashMap::new(),
+                            virus_clean: msg.virus_clean,
                         })
                         .await
                         .map_err(|e| e.to_string())?;
@@ -418,6 +431,7 @@ impl Delivery {
                             client_ip: msg.client_ip.clone(),
                             mailbox: MailboxRole::Inbox,
                             placements: HashMap::new(),
+                            virus_clean: msg.virus_clean,
                         })
                         .await
                         .map_err(|e| e.to_string())?;
@@ -465,13 +479,25 @@ impl Delivery {
             redirects: Vec::new(),
             replies: Vec::new(),
         };
-        let (name, script) = match self.store.sieve_active(t.account).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return keep,
+        let settings = match self.sieve.read() {
+            Ok(s) => s.clone(),
+            Err(_) => return keep,
+        };
+        let active = match self.store.sieve_active(t.account).await {
+            Ok(a) => a,
             Err(e) => {
                 tracing::warn!(account = t.account.0, error = %e, "reading the Sieve script failed; keeping the message");
                 return keep;
             }
+        };
+        // The admin's global scripts wrap the user's (or run alone).
+        let user_name = active.as_ref().map(|a| a.0.clone()).unwrap_or_default();
+        let (name, script) = match sieve::wrapper(&user_name, &settings.before, &settings.after) {
+            Some(w) => (format!("global + {user_name}"), w),
+            None => match active {
+                Some(a) => a,
+                None => return keep,
+            },
         };
         let boxes = match self.store.mailboxes(t.account).await {
             Ok(b) => b,
@@ -489,7 +515,10 @@ impl Delivery {
             (Some(tag), Some(sep), Some((local, domain))) => format!("{local}{sep}{tag}@{domain}"),
             _ => t.address.clone(),
         };
-        let (from, limits) = (msg.return_path.clone(), self.sieve_limits);
+        let (from, limits) = (msg.return_path.clone(), settings.limits);
+        let spam_score = msg.placements.get(&t.account).and_then(|p| p.spam_score);
+        let virus_clean = msg.virus_clean;
+        let global_dir = settings.global_dir.clone();
         let (store, account, user) = (self.store.clone(), t.account, t.address.clone());
         let hostname = self
             .hostname
@@ -507,6 +536,19 @@ impl Delivery {
                     .block_on(store.sieve_seen(account, id, now, expiry))
                     .unwrap_or(true)
             };
+            // RFC 6609: the user's own scripts by name, the admin's from the global directory.
+            let include = |s: &::sieve::Script| match s {
+                ::sieve::Script::Personal(n) => {
+                    handle.block_on(store.sieve_get(account, n)).ok().flatten()
+                }
+                ::sieve::Script::Global(n) => {
+                    let safe = !n.is_empty() && !n.contains(['/', '\\']) && !n.starts_with('.');
+                    safe.then(|| {
+                        std::fs::read_to_string(global_dir.join(format!("{n}.sieve"))).ok()
+                    })
+                    .flatten()
+                }
+            };
             let env = sieve::Env {
                 from: &from,
                 to: &to,
@@ -514,6 +556,9 @@ impl Delivery {
                 mailboxes: &names,
                 hostname: &hostname,
                 seen: &seen,
+                include: &include,
+                spam_score,
+                virus_clean,
             };
             sieve::evaluate(&script, &full, &env, &limits)
         })
@@ -705,6 +750,7 @@ mod tests {
                 client_ip: None,
                 mailbox: mailkeep_types::MailboxRole::Inbox,
                 placements: Default::default(),
+                virus_clean: false,
             })
             .await
             .unwrap();

@@ -15,8 +15,10 @@
 //!   lists, bulk or auto-submitted mail, or mail not addressed to the user): the reply is
 //!   handed to the caller; once per sender and period, remembered through `Env::seen`, as
 //!   duplicate (RFC 7352) is.
-//! - Not done yet, and made harmless: notify is logged as skipped; include finds no
-//!   script.
+//! - include (RFC 6609): the user's scripts by name and the admin's global ones; the
+//!   admin's `sieve.before`/`after` scripts wrap the user's through include.
+//! - spamtest and virustest (RFC 5235) see the spam filter's score and the virus scan.
+//! - Not done: notify (logged as skipped).
 //! - A script that fails to compile or to run delivers to INBOX, and says why.
 
 use sieve::{Compiler, Event, Input, Mailbox, Runtime};
@@ -43,6 +45,19 @@ impl Default for Limits {
             max_nesting: 15,
         }
     }
+}
+
+/// What the admin configured (`[sieve]`).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Bounds on scripts.
+    pub limits: Limits,
+    /// Where global scripts are (`NAME.sieve`).
+    pub global_dir: std::path::PathBuf,
+    /// Global scripts before each user's.
+    pub before: Vec<String>,
+    /// And after.
+    pub after: Vec<String>,
 }
 
 /// One copy the script asks for.
@@ -152,6 +167,33 @@ pub struct Env<'a> {
     /// Whether an id (vacation: sender and handle; duplicate) was seen within its expiry
     /// (seconds), recording it when not.
     pub seen: &'a dyn Fn(&str, u64) -> bool,
+    /// The text of an included script (RFC 6609): the user's by name (`:personal`) or a
+    /// global one; None when there is none.
+    pub include: &'a dyn Fn(&sieve::Script) -> Option<String>,
+    /// The spam filter's score of this copy (spamtest, RFC 5235), when it scored it.
+    pub spam_score: Option<f64>,
+    /// The copy was scanned by the virus scanner and found clean (virustest).
+    pub virus_clean: bool,
+}
+
+/// The script that runs for a user: theirs alone, or wrapped between the admin's global
+/// scripts (RFC 6609 include, so that they share one set of actions and `stop` ends all).
+pub fn wrapper(user_script: &str, before: &[String], after: &[String]) -> Option<String> {
+    if before.is_empty() && after.is_empty() {
+        return None;
+    }
+    let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut out = String::from("require \"include\";\n");
+    for b in before {
+        out.push_str(&format!("include :global {};\n", q(b)));
+    }
+    if !user_script.is_empty() {
+        out.push_str(&format!("include :personal {};\n", q(user_script)));
+    }
+    for a in after {
+        out.push_str(&format!("include :global {};\n", q(a)));
+    }
+    Some(out)
 }
 
 /// Runs `script` on `message` for one recipient.
@@ -167,7 +209,18 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
         .with_max_nested_includes(limits.max_nesting)
         .with_max_out_messages(limits.max_redirects + 1)
         .with_local_hostname(env.hostname.to_string());
-    let mut instance = runtime.filter(message).with_user_address(env.user);
+    let mut instance = runtime
+        .filter(message)
+        .with_user_address(env.user)
+        .with_spam_status(match env.spam_score {
+            Some(p) => sieve::SpamStatus::MaybeSpam(p.clamp(0.0, 1.0)),
+            None => sieve::SpamStatus::Unknown,
+        })
+        .with_virus_status(if env.virus_clean {
+            sieve::VirusStatus::Clean
+        } else {
+            sieve::VirusStatus::Unknown
+        });
     let mut made: Vec<Vec<u8>> = Vec::new();
     instance.set_envelope(sieve::Envelope::From, from);
     instance.set_envelope(sieve::Envelope::To, to);
@@ -181,14 +234,25 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
             Err(e) => return Decision::inbox_after(format!("{e:?}")),
         };
         match event {
-            Event::IncludeScript { name, optional } => {
-                if !optional {
+            Event::IncludeScript { name, optional } => match (env.include)(&name) {
+                Some(text) => match compiler(limits).compile(text.as_bytes()) {
+                    Ok(c) => input = Input::script(name, std::sync::Arc::new(c)),
+                    Err(e) => {
+                        return Decision::inbox_after(format!(
+                            "include {}: {}",
+                            script_name(&name),
+                            describe(&text, &e)
+                        ))
+                    }
+                },
+                None if optional => input = Input::False,
+                None => {
                     return Decision::inbox_after(format!(
-                        "include {name:?}: includes are not supported yet"
-                    ));
+                        "include {}: no such script",
+                        script_name(&name)
+                    ))
                 }
-                input = Input::False;
-            }
+            },
             Event::MailboxExists {
                 mailboxes: asked, ..
             } => {
@@ -302,6 +366,13 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
     decision
 }
 
+fn script_name(s: &sieve::Script) -> String {
+    match s {
+        sieve::Script::Personal(n) => format!(":personal {n:?}"),
+        sieve::Script::Global(n) => format!(":global {n:?}"),
+    }
+}
+
 /// Why a message must get no automatic reply (RFC 3834 2, 3.1.8; RFC 5230 4.5), if it
 /// must not. sieve-rs checks these too, but with mail-parser 0.11 it misses Auto-Submitted
 /// (parsed as a known field, not the "other" one it looks for), so they are checked here
@@ -358,6 +429,10 @@ mod tests {
 
     const MSG: &[u8] = b"From: Boss <boss@corp.test>\r\nTo: me@example.test\r\nSubject: quarterly report\r\nList-Id: <team.corp.test>\r\n\r\nThe numbers are in.\r\n";
 
+    fn no_include(_: &sieve::Script) -> Option<String> {
+        None
+    }
+
     fn env<'a>(seen: &'a dyn Fn(&str, u64) -> bool, boxes: &'a [String]) -> Env<'a> {
         Env {
             from: "boss@corp.test",
@@ -366,7 +441,51 @@ mod tests {
             mailboxes: boxes,
             hostname: "mail.example.test",
             seen,
+            include: &no_include,
+            spam_score: Some(0.95),
+            virus_clean: true,
         }
+    }
+
+    #[test]
+    fn includes_global_wrappers_and_spamtest() {
+        let include = |s: &sieve::Script| {
+            match s {
+            sieve::Script::Global(n) if n == "spam" => Some(
+                "require [\"spamtest\", \"relational\", \"comparator-i;ascii-numeric\", \"fileinto\"];\n\
+                 if spamtest :value \"ge\" :comparator \"i;ascii-numeric\" \"8\" { fileinto \"Junk\"; stop; }\n"
+                    .to_string(),
+            ),
+            sieve::Script::Personal(n) if n == "mine" => Some("require \"fileinto\"; fileinto \"Work\";\n".into()),
+            _ => None,
+        }
+        };
+        let boxes = ["INBOX".to_string(), "Work".to_string(), "Junk".to_string()];
+        let wrapped = wrapper("mine", &["spam".into()], &[]).unwrap();
+        let mut e = env(&|_, _| false, &boxes);
+        e.include = &include;
+        let d = evaluate(&wrapped, MSG, &e, &Limits::default());
+        assert_eq!(d.copies.len(), 1, "{d:?}");
+        assert_eq!(d.copies[0].mailbox.as_deref(), Some("Junk"), "{d:?}");
+        // Not spam: the user's script runs.
+        e.spam_score = Some(0.1);
+        let d = evaluate(&wrapped, MSG, &e, &Limits::default());
+        assert_eq!(d.copies[0].mailbox.as_deref(), Some("Work"), "{d:?}");
+        // A missing include keeps the message and says so.
+        let d = evaluate(
+            &wrapper("gone", &[], &["none".into()]).unwrap(),
+            MSG,
+            &e,
+            &Limits::default(),
+        );
+        assert!(
+            d.error
+                .as_deref()
+                .is_some_and(|x| x.contains("no such script")),
+            "{d:?}"
+        );
+        assert_eq!(d.copies.len(), 1);
+        assert_eq!(wrapper("x", &[], &[]), None);
     }
 
     fn run(script: &str) -> Decision {

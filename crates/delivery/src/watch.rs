@@ -307,6 +307,7 @@ impl Watch {
             client_ip: None,
             mailbox: MailboxRole::Inbox,
             placements: Default::default(),
+            virus_clean: false,
         };
         match self.delivery.deliver(incoming).await {
             Ok(d) => d.events,

@@ -1039,6 +1039,8 @@ pub fn deliver(config_path: &Path, to: Vec<String>, from: String) -> Result<()> 
     // Stored messages always use CRLF line endings, as received over SMTP.
     let data = normalize_crlf(&data);
     let delivery = Delivery::new(store, config.directory.plus_separator);
+    delivery.set_hostname(config.hostname.to_string());
+    delivery.set_sieve(crate::serve::sieve_settings(&config));
     let queue_id = mailkeep_types::QueueId::new(now_micros() as u64, rand::random()).0;
     runtime()?.block_on(async {
         let mut targets = Vec::new();
@@ -1068,6 +1070,7 @@ pub fn deliver(config_path: &Path, to: Vec<String>, from: String) -> Result<()> 
                 client_ip: None,
                 mailbox: mailkeep_types::MailboxRole::Inbox,
                 placements: Default::default(),
+                virus_clean: false,
             })
             .await?;
         if let Err(e) = delivery.store().log_append(delivered.events).await {

@@ -306,6 +306,17 @@ inbound_action = "reject"    # a listed client: "reject" (554 5.7.1 at MAIL) or 
 rhsbl = []                   # asked about MAIL FROM and From: domains, e.g. ["dbl.spamhaus.org"]
 uribl = []                   # asked about the domains of links, e.g. ["multi.surbl.org"]
 
+[sieve]
+# Users' Sieve scripts run at delivery (`mailkeep sieve`, `forward`, `vacation`). The admin's
+# global scripts, NAME.sieve files in global_dir, run before and after each user's (RFC 6609
+# include: a `stop` in a `before` script ends it all), and users may include them.
+# global_dir = "/var/lib/mailkeep/sieve"   # default: DATA/sieve
+before = []                  # e.g. ["spam"] for DATA/sieve/spam.sieve
+after = []
+max_script_size = "64K"
+max_instructions = 20000     # per message
+max_redirects = 4            # per message
+
 [greylist]
 # Greylisting (RFC 6647) on the MX: the first attempt of each (client network, sender,
 # recipient) is deferred with 451 4.7.1; servers that retry after the delay get through.

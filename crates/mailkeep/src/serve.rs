@@ -173,6 +173,22 @@ fn smtp_server(
     })
 }
 
+/// What delivery needs of `[sieve]`.
+pub(crate) fn sieve_settings(config: &Config) -> mailkeep_delivery::sieve::Settings {
+    let s = &config.sieve;
+    mailkeep_delivery::sieve::Settings {
+        limits: mailkeep_delivery::sieve::Limits {
+            max_script_size: s.max_script_size,
+            max_instructions: s.max_instructions,
+            max_redirects: s.max_redirects,
+            ..Default::default()
+        },
+        global_dir: s.global_dir.clone(),
+        before: s.before.clone(),
+        after: s.after.clone(),
+    }
+}
+
 /// Hands successful logins to compromised-account detection, off the login's task.
 struct LoginAlarm(Arc<mailkeep_delivery::watch::Watch>);
 
@@ -334,6 +350,7 @@ async fn serve_config(
     }
     let delivery = Delivery::new(store.clone(), config.directory.plus_separator);
     delivery.set_hostname(config.hostname.to_string());
+    delivery.set_sieve(sieve_settings(&config));
     for l in &config.listeners {
         if matches!(
             l.protocol,
@@ -636,6 +653,7 @@ async fn serve_config(
                         outbound.clone(),
                     )?;
                     guard.reconfigure(c.bans.clone(), &c.auth);
+                    delivery.set_sieve(sieve_settings(&c));
                     watch.reconfigure(c.limits.clone());
                     let web = web_server(&c, store.clone(), tls.clone());
                     let s = smtp_server(&c, delivery.clone(), tls, &outbound, &rates)?;

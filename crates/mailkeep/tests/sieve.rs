@@ -512,3 +512,51 @@ async fn forward_and_vacation_helpers_write_the_script() {
     let (ok, out, _) = server.cli(&["sieve", "list", "alice@example.test"], "");
     assert!(ok && out.trim().is_empty(), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_scripts_run_around_the_users() {
+    let server = Server::start("sieve.before = [\"tagged\"]");
+    let global = server.dir.path().join("sieve");
+    std::fs::create_dir_all(&global).unwrap();
+    std::fs::write(
+        global.join("tagged.sieve"),
+        "require \"fileinto\";\nif header :contains \"Subject\" \"[SPAM]\" { fileinto \"Junk\"; stop; }\n",
+    )
+    .unwrap();
+    // alice's own script includes one of her others.
+    let (ok, _, err) = server.cli(
+        &["sieve", "put", "alice@example.test", "work"],
+        "require [\"fileinto\", \"mailbox\"];\nfileinto :create \"Work\";\n",
+    );
+    assert!(ok, "{err}");
+    script(
+        &server,
+        "alice@example.test",
+        "require \"include\";\ninclude :personal \"work\";\n",
+    );
+
+    let r = send(&server, &["alice@example.test"], &mail("[SPAM] cheap", "")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = send(&server, &["alice@example.test"], &mail("budget", "")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let junk = server
+        .mailbox_texts("alice@example.test", MailboxRole::Junk)
+        .await;
+    assert_eq!(junk.len(), 1, "the global script filed it and stopped");
+    assert!(junk[0].contains("[SPAM] cheap"));
+    let work = imap_listing(&server, "Work");
+    assert!(
+        work.contains("Subject: budget") && !work.contains("SPAM"),
+        "{work}"
+    );
+    // bob has no script: the global one runs for him too.
+    let r = send(&server, &["bob@example.test"], &mail("[SPAM] more", "")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(
+        server
+            .mailbox_texts("bob@example.test", MailboxRole::Junk)
+            .await
+            .len(),
+        1
+    );
+}

@@ -613,6 +613,7 @@ impl Outbound {
                     client_ip: None,
                     mailbox: mailkeep_types::MailboxRole::Inbox,
                     placements: Default::default(),
+                    virus_clean: false,
                 };
                 match self.delivery.deliver(incoming).await {
                     Ok(d) => {

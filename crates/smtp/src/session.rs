@@ -109,6 +109,8 @@ struct Session<S> {
     closing: Option<&'static str>,
     /// The MX's DNSBL verdict on the client, once asked: the list that has it, if any.
     dnsbl: Option<Option<String>>,
+    /// The current message was scanned and found clean (for Sieve's virustest).
+    virus_clean: bool,
 }
 
 /// How a SASL exchange ended without credentials.
@@ -264,6 +266,7 @@ pub async fn run_session<S>(
         rcpts_total: 0,
         closing: None,
         dnsbl: None,
+        virus_clean: false,
     };
     s.log(
         "smtp.connect",
@@ -1583,6 +1586,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let av = self.server.antivirus.clone()?;
         match av.clamd.scan(msg).await {
             Ok(mailkeep_policy::antivirus::Verdict::Clean) => {
+                self.virus_clean = true;
                 self.log(
                     "smtp.antivirus",
                     LogEvent {
@@ -2196,6 +2200,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         // Viruses (clamd): refused before anything is stored or forwarded.
+        self.virus_clean = false;
         if let Some(reply) = self.virus_check(&msg).await {
             let outcome = if reply.starts_with('4') {
                 "tempfail"
@@ -2512,6 +2517,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             client_ip: Some(self.peer.ip().to_string()),
             mailbox,
             placements,
+            virus_clean: self.virus_clean,
         };
         let queue_id = tx.queue_id.clone();
         let envelope_detail = serde_json::json!({

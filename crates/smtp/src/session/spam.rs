@@ -164,6 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Placement {
                     mailbox: if junk { MailboxRole::Junk } else { default },
                     fields: score::status_field(s, cfg.junk, op, &own_hits),
+                    spam_score: Some(s),
                 },
             );
         }
