@@ -180,7 +180,7 @@ impl Delivery {
     pub async fn deliver(&self, msg: Incoming) -> Result<Delivered, DeliveryError> {
         let cache = ingest::parse_cache(&msg.data);
         let internal_date = now_micros() / 1_000_000;
-        // Each recipient's plan: the copies to store (target and flags) and what Sieve did.
+        // Each recipient's plan: the copies to store and what Sieve did.
         let mut plans = Vec::with_capacity(msg.recipients.len());
         for t in &msg.recipients {
             // RFC 5321 4.4: Return-Path; RFC 9228: Delivered-To names the final mailbox.
@@ -224,7 +224,7 @@ impl Delivery {
             if plan.reject.take().is_some() {
                 plan.actions
                     .push("reject not done: other recipients take the message; kept".into());
-                plan.copies = vec![(Target::Role(plan.default), Vec::new())];
+                plan.copies = vec![(Target::Role(plan.default), Vec::new(), None)];
             }
         }
         // Redirects (RFC 5228 4.2), before anything is stored: one that cannot be done
@@ -243,9 +243,10 @@ impl Delivery {
                         if !plan
                             .copies
                             .iter()
-                            .any(|(x, _)| *x == Target::Role(plan.default))
+                            .any(|(x, _, _)| *x == Target::Role(plan.default))
                         {
-                            plan.copies.push((Target::Role(plan.default), Vec::new()));
+                            plan.copies
+                                .push((Target::Role(plan.default), Vec::new(), None));
                         }
                     }
                 }
@@ -255,20 +256,40 @@ impl Delivery {
         let mut batch = Vec::new();
         let mut owner = Vec::new();
         for (i, (t, (prefix, plan))) in msg.recipients.iter().zip(&plans).enumerate() {
-            for (target, flags) in &plan.copies {
+            for (target, flags, edited) in &plan.copies {
                 owner.push(i);
-                batch.push(NewMessage {
-                    account: t.account,
-                    target: *target,
-                    blob: blob.clone(),
-                    blob_size: msg.data.len() as u64,
-                    prefix: prefix.clone().into_bytes(),
-                    headers: msg.data[..(cache.header_size as usize).min(msg.data.len())].to_vec(),
-                    flags: flags.clone(),
-                    internal_date,
-                    cache: cache.clone(),
-                    queue_id: Some(msg.queue_id.clone()),
-                });
+                match edited {
+                    // Changed by editheader: the whole copy as the script left it (its
+                    // prefix included), a blob of its own.
+                    Some(data) => {
+                        let own = ingest::parse_cache(data);
+                        batch.push(NewMessage {
+                            account: t.account,
+                            target: *target,
+                            blob: self.store.put_blob(data).await?,
+                            blob_size: data.len() as u64,
+                            prefix: Vec::new(),
+                            headers: data[..(own.header_size as usize).min(data.len())].to_vec(),
+                            flags: flags.clone(),
+                            internal_date,
+                            cache: own,
+                            queue_id: Some(msg.queue_id.clone()),
+                        });
+                    }
+                    None => batch.push(NewMessage {
+                        account: t.account,
+                        target: *target,
+                        blob: blob.clone(),
+                        blob_size: msg.data.len() as u64,
+                        prefix: prefix.clone().into_bytes(),
+                        headers: msg.data[..(cache.header_size as usize).min(msg.data.len())]
+                            .to_vec(),
+                        flags: flags.clone(),
+                        internal_date,
+                        cache: cache.clone(),
+                        queue_id: Some(msg.queue_id.clone()),
+                    }),
+                }
             }
         }
         let results = self.store.deliver(batch).await?;
@@ -469,7 +490,7 @@ impl Delivery {
         default: MailboxRole,
     ) -> Plan {
         let keep = Plan {
-            copies: vec![(Target::Role(default), Vec::new())],
+            copies: vec![(Target::Role(default), Vec::new(), None)],
             default,
             scripted: false,
             script: String::new(),
@@ -583,13 +604,13 @@ impl Delivery {
         };
         for c in decision.copies {
             let target = self.copy_target(t, &boxes, &c, default, &mut plan).await;
-            if !plan.copies.iter().any(|(x, _)| *x == target) {
-                plan.copies.push((target, c.flags));
+            if !plan.copies.iter().any(|(x, _, _)| *x == target) {
+                plan.copies.push((target, c.flags, c.edited));
             }
         }
         // A failed script never loses the message.
         if plan.error.is_some() && plan.copies.is_empty() && plan.reject.is_none() {
-            plan.copies.push((Target::Role(default), Vec::new()));
+            plan.copies.push((Target::Role(default), Vec::new(), None));
         }
         plan
     }
@@ -682,8 +703,8 @@ const MAX_HOPS: usize = 20;
 /// One recipient's copies and what their Sieve script did.
 #[derive(Debug)]
 struct Plan {
-    /// (where, flags) per copy; none: discarded.
-    copies: Vec<(Target, Vec<String>)>,
+    /// (where, flags, the message as the script changed it) per copy; none: discarded.
+    copies: Vec<(Target, Vec<String>, Option<Vec<u8>>)>,
     /// Where a kept copy goes.
     default: MailboxRole,
     /// A script ran.

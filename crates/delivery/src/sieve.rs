@@ -15,6 +15,8 @@
 //!   lists, bulk or auto-submitted mail, or mail not addressed to the user): the reply is
 //!   handed to the caller; once per sender and period, remembered through `Env::seen`, as
 //!   duplicate (RFC 7352) is.
+//! - editheader (RFC 5293): a copy kept or filed after header changes is stored as
+//!   changed (a redirect still sends the original).
 //! - include (RFC 6609): the user's scripts by name and the admin's global ones; the
 //!   admin's `sieve.before`/`after` scripts wrap the user's through include.
 //! - spamtest and virustest (RFC 5235) see the spam filter's score and the virus scan.
@@ -71,6 +73,9 @@ pub struct Copy {
     pub create: bool,
     /// Flags to set (imap4flags, RFC 5232).
     pub flags: Vec<String>,
+    /// The message as the script changed it (editheader, RFC 5293), whole: it replaces
+    /// the copy's prefix and content. None: unchanged.
+    pub edited: Option<Vec<u8>>,
 }
 
 /// What a script decided for one recipient's copy.
@@ -98,6 +103,7 @@ impl Decision {
                 special_use: None,
                 create: false,
                 flags: Vec::new(),
+                edited: None,
             }],
             reject: None,
             actions: vec!["keep".into()],
@@ -278,13 +284,14 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
                 }
             }
             Event::SetEnvelope { .. } => {}
-            Event::Keep { flags, .. } => {
+            Event::Keep { flags, message_id } => {
                 decision.actions.push("keep".into());
                 decision.copies.push(Copy {
                     mailbox: None,
                     special_use: None,
                     create: false,
                     flags,
+                    edited: edited(&made, message_id),
                 });
             }
             Event::Discard => decision.actions.push("discard".into()),
@@ -299,6 +306,7 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
                 flags,
                 special_use,
                 create,
+                message_id,
                 ..
             } => {
                 decision.actions.push(format!("fileinto {folder:?}"));
@@ -307,6 +315,7 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
                     special_use,
                     create,
                     flags,
+                    edited: edited(&made, message_id),
                 });
             }
             // A redirect sends the message itself (message 0); other messages are ones the
@@ -321,6 +330,17 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
             }
             // A message the script made: a vacation reply (RFC 5230), sent only when its
             // From: is the user's own address (a script's :from may not be anyone's).
+            Event::SendMessage {
+                recipient: sieve::Recipient::Address(to),
+                message_id,
+                ..
+            } if message_id > 0 && !is_vacation_reply(made.get(message_id - 1)) => {
+                // A redirect of the message as editheader changed it: the original goes.
+                decision.actions.push(format!(
+                    "redirect {to:?} (of the original: header edits are not carried over)"
+                ));
+                decision.redirects.push(to);
+            }
             Event::SendMessage {
                 recipient: sieve::Recipient::Address(to),
                 message_id,
@@ -361,9 +381,27 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
             special_use: None,
             create: false,
             flags: Vec::new(),
+            edited: None,
         });
     }
     decision
+}
+
+/// The message as the script changed it, when an action names a changed one (message
+/// ids count from 1; 0 is the message as it came).
+fn edited(made: &[Vec<u8>], message_id: usize) -> Option<Vec<u8>> {
+    message_id.checked_sub(1).and_then(|i| made.get(i)).cloned()
+}
+
+/// Whether a message the script made is a vacation reply (sieve-rs marks its replies
+/// `Auto-Submitted: auto-replied`), not the message changed by editheader.
+fn is_vacation_reply(made: Option<&Vec<u8>>) -> bool {
+    made.is_some_and(|m| {
+        let end = crate::ingest::header_len(m).min(m.len());
+        String::from_utf8_lossy(&m[..end])
+            .to_ascii_lowercase()
+            .contains("\nauto-submitted: auto-replied")
+    })
 }
 
 fn script_name(s: &sieve::Script) -> String {
@@ -508,6 +546,7 @@ mod tests {
                 special_use: None,
                 create: true,
                 flags: vec!["\\Flagged".into()],
+                edited: None,
             }]
         );
     }
@@ -528,9 +567,23 @@ mod tests {
                 mailbox: None,
                 special_use: None,
                 create: false,
-                flags: vec![]
+                flags: vec![],
+                edited: None,
             }]
         );
+    }
+
+    #[test]
+    fn editheader_changes_the_stored_copy() {
+        let d = run(r#"require ["editheader", "fileinto"];
+            addheader "X-Filed" "by sieve";
+            deleteheader "List-Id";
+            fileinto "Work";"#);
+        assert_eq!(d.copies.len(), 1, "{d:?}");
+        let edited = String::from_utf8(d.copies[0].edited.clone().expect("edited")).unwrap();
+        assert!(edited.contains("X-Filed: by sieve"), "{edited}");
+        assert!(!edited.contains("List-Id"), "{edited}");
+        assert!(edited.contains("The numbers are in."), "{edited}");
     }
 
     #[test]

@@ -560,3 +560,40 @@ async fn global_scripts_run_around_the_users() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editheader_changes_are_stored() {
+    let server = Server::start("");
+    script(
+        &server,
+        "alice@example.test",
+        "require [\"editheader\", \"imap4flags\"];\naddheader \"X-Sorted\" \"by alice's rules\";\ndeleteheader \"X-Tracking\";\nkeep :flags \"\\\\Seen\";\n",
+    );
+    let r = send(
+        &server,
+        &["alice@example.test"],
+        &mail("edited", "X-Tracking: 12345\r\n"),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let inbox = server
+        .mailbox_texts("alice@example.test", MailboxRole::Inbox)
+        .await;
+    assert_eq!(inbox.len(), 1);
+    let m = &inbox[0];
+    assert!(m.contains("X-Sorted: by alice's rules\r\n"), "{m}");
+    assert!(!m.contains("X-Tracking"), "{m}");
+    assert!(
+        m.starts_with("X-Sorted") || m.contains("Return-Path: <boss@corp.test>\r\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("Delivered-To: alice@example.test\r\n") && m.contains("Hello."),
+        "{m}"
+    );
+    let listing = imap_listing(&server, "INBOX");
+    assert!(
+        listing.contains("\\Seen") && listing.contains("Subject: edited"),
+        "{listing}"
+    );
+}
