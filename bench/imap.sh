@@ -29,7 +29,7 @@ if [ -z "${SKIP_POPULATE:-}" ]; then
   rm -rf "$W"
   "$MK" init --hostname mail.example.test --domain example.test --data "$W" \
     --smtp-listen "127.0.0.1:$SMTP" --submission-listen none --submissions-listen none --imap-listen "127.0.0.1:$IMAP" --imaps-listen none \
-    --pop3-listen none --pop3s-listen none --https-listen none >/dev/null
+    --pop3-listen none --pop3s-listen none --https-listen none --managesieve-listen none >/dev/null
   sed -i 's/reverse_dns = true/reverse_dns = false/; s/max_connections_per_ip = 20$/max_connections_per_ip = 1000/; s/^max_messages_per_sender_domain = .*/max_messages_per_sender_domain = 0/' "$W/mailkeep.toml"
   for u in imapbig user1 user2 user3 user4 user5; do
     echo "pw-$u" | "$MK" user add "$u@example.test" --config "$W/mailkeep.toml" >/dev/null

@@ -73,7 +73,7 @@ mailkeep_round() {
   rm -rf "$W"
   "$MK" init --hostname mail.example.test --domain example.test --data "$W" \
     --smtp-listen 127.0.0.1:2620 --submission-listen "127.0.0.1:$MK_SUB" --submissions-listen none \
-    --imap-listen none --imaps-listen none --pop3-listen none --pop3s-listen none --https-listen none >/dev/null
+    --imap-listen none --imaps-listen none --pop3-listen none --pop3s-listen none --https-listen none --managesieve-listen none >/dev/null
   # One account sends the whole load: its outbound limits ([limits]) are off here.
   sed -i 's/reverse_dns = true/reverse_dns = false/; s/^retry_first = .*/retry_first = "1h"/; s/^# relay = .*/relay = "127.0.0.1:'"$SINK_PORT"'"/; s/^# relay_tls = .*/relay_tls = "none"/; s/^max_connections_per_ip = 20$/max_connections_per_ip = 1000/; s/^messages_per_hour = .*/messages_per_hour = 0/; s/^messages_per_day = .*/messages_per_day = 0/; s/^recipients_per_message = .*/recipients_per_message = 0/; s/^new_recipients_per_day = .*/new_recipients_per_day = 0/' "$W/mailkeep.toml"
   echo "pw-bench-sender" | "$MK" user add sender@example.test --config "$W/mailkeep.toml" >/dev/null

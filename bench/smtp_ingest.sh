@@ -22,7 +22,7 @@ eval "$("$PEERS/peers.sh" env)"
 MK=$ROOT/target/release/mailkeep
 pkill -f "$MK serve" 2>/dev/null || true
 rm -rf "$W/data"
-"$MK" init --hostname mail.example.test --domain example.test --data "$W/data" --smtp-listen "127.0.0.1:$MK_PORT" --submission-listen none --submissions-listen none --imap-listen none --imaps-listen none --pop3-listen none --pop3s-listen none --https-listen none >/dev/null
+"$MK" init --hostname mail.example.test --domain example.test --data "$W/data" --smtp-listen "127.0.0.1:$MK_PORT" --submission-listen none --submissions-listen none --imap-listen none --imaps-listen none --pop3-listen none --pop3s-listen none --https-listen none --managesieve-listen none >/dev/null
 # One sender domain sends the whole load: the per-domain hourly rate is off here.
 sed -i 's/reverse_dns = true/reverse_dns = false/; s/max_connections_per_ip = 20/max_connections_per_ip = 1000/; s/^max_messages_per_sender_domain = .*/max_messages_per_sender_domain = 0/' "$W/data/mailkeep.toml"
 # The same work as the Postfix + Dovecot peer, which checks no SPF, DKIM or DMARC: mailkeep's

@@ -122,6 +122,7 @@ impl Protocol {
                 | Protocol::Imaps
                 | Protocol::Pop3
                 | Protocol::Pop3s
+                | Protocol::ManageSieve
                 | Protocol::Https
         )
     }

@@ -75,6 +75,9 @@ enum Command {
         /// The HTTPS listener address (the MTA-STS policy; "none" for no listener).
         #[arg(long, default_value = "0.0.0.0:443")]
         https_listen: String,
+        /// The ManageSieve listener address (RFC 5804; "none" for no listener).
+        #[arg(long, default_value = "0.0.0.0:4190")]
+        managesieve_listen: String,
         /// The system user `serve` switches to after binding its ports; the data directory is
         /// given to that user (needs root).
         #[arg(long)]
@@ -243,6 +246,7 @@ fn run() -> Result<()> {
             pop3_listen,
             pop3s_listen,
             https_listen,
+            managesieve_listen,
             user,
         } => init::run(init::InitOptions {
             hostname,
@@ -258,6 +262,7 @@ fn run() -> Result<()> {
                 ("pop3", pop3_listen),
                 ("pop3s", pop3s_listen),
                 ("https", https_listen),
+                ("managesieve", managesieve_listen),
             ]
             .into_iter()
             .filter(|(_, a)| a != "none")

@@ -304,6 +304,25 @@ fn pop3_server(
     }
 }
 
+/// The ManageSieve server (RFC 5804, port 4190).
+fn sieve_server(
+    config: &Config,
+    store: SharedStore,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    logins: Arc<Authenticator>,
+    guard: Arc<Guard>,
+) -> mailkeep_managesieve::SieveServer {
+    mailkeep_managesieve::SieveServer {
+        hostname: config.hostname.to_string(),
+        store,
+        tls,
+        auth: config.auth.clone(),
+        logins,
+        guard,
+        limits: sieve_settings(config).limits,
+    }
+}
+
 pub fn open_store(config: &Config) -> Result<SharedStore> {
     let store = SqliteStore::open(&config.store.path)
         .with_context(|| format!("open store {}", config.store.path.display()))?;
@@ -395,6 +414,13 @@ async fn serve_config(
         logins.clone(),
         guard.clone(),
     ));
+    let managesieve = Arc::new(sieve_server(
+        &config,
+        store.clone(),
+        tls.clone(),
+        logins.clone(),
+        guard.clone(),
+    ));
     let outbound = Arc::new(Outbound::new(
         store.clone(),
         delivery.clone(),
@@ -465,6 +491,9 @@ async fn serve_config(
     let (submission_tx, _) = tokio::sync::watch::channel(submission);
     let (imap_tx, _) = tokio::sync::watch::channel(imap);
     let (pop3_tx, _) = tokio::sync::watch::channel(pop3);
+    let (sieve_tx, _) = tokio::sync::watch::channel(managesieve);
+    // ManageSieve sessions are few and short: small limits of their own.
+    let sieve_limiter = ConnLimiter::new(1000, 20).with_bans(bans.clone());
     let web_tx =
         web_server(&config, store.clone(), tls_for_web).map(|w| tokio::sync::watch::channel(w).0);
     // The web answers few, short requests: its own small limits.
@@ -526,6 +555,15 @@ async fn serve_config(
                     pop3_tx.subscribe(),
                     protocol == Protocol::Pop3s,
                     pop3_limiter.clone(),
+                    shutdown.clone(),
+                    grace,
+                ));
+            }
+            Protocol::ManageSieve => {
+                tasks.spawn(mailkeep_managesieve::serve(
+                    listener,
+                    sieve_tx.subscribe(),
+                    sieve_limiter.clone(),
                     shutdown.clone(),
                     grace,
                 ));
@@ -644,6 +682,13 @@ async fn serve_config(
                         logins.clone(),
                         guard.clone(),
                     );
+                    let _ = sieve_tx.send(Arc::new(sieve_server(
+                        &c,
+                        store.clone(),
+                        tls.clone(),
+                        logins.clone(),
+                        guard.clone(),
+                    )));
                     let sub = submission_server(
                         &c,
                         delivery.clone(),
@@ -740,6 +785,7 @@ pub fn demo(data: Option<PathBuf>, run: RunArgs) -> Result<()> {
             ("imap", "127.0.0.1:1143"),
             ("pop3", "127.0.0.1:1110"),
             ("https", "127.0.0.1:1443"),
+            ("managesieve", "127.0.0.1:14190"),
         ]
         .map(|(p, a)| (p.to_string(), a.to_string()));
         let text = crate::init::config_text(hostname, &domain, &listeners)

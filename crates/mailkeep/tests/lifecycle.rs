@@ -163,6 +163,8 @@ async fn serve_started_as_root_drops_to_the_configured_user() {
             "127.0.0.1:0",
             "--https-listen",
             "127.0.0.1:0",
+            "--managesieve-listen",
+            "127.0.0.1:0",
             "--user",
             "nobody",
             "--data",

@@ -80,6 +80,8 @@ pub fn init_dir(extra_config: &str) -> (tempfile::TempDir, PathBuf) {
             "127.0.0.1:0",
             "--https-listen",
             "127.0.0.1:0",
+            "--managesieve-listen",
+            "127.0.0.1:0",
             "--data",
         ])
         .arg(dir.path())
