@@ -104,16 +104,19 @@ pub fn now_micros() -> i64 {
 pub trait Outbox: Send + Sync {
     /// Queues `data` to `recipients` as mail forwarded by `domain` (its envelope sender
     /// `sender` rewritten with SRS, never signed by us), durably.
+    /// `account` is the user whose script sends it: its hold and usage apply.
     async fn forward(
         &self,
+        account: AccountId,
         sender: &str,
         domain: &str,
         recipients: &[String],
         data: &[u8],
     ) -> Result<(), String>;
-    /// Queues an automatic reply of ours (a vacation reply) to `recipient`: from the null
-    /// sender (RFC 3834 3.3), DKIM-signed for its From: domain like submitted mail.
-    async fn reply(&self, recipient: &str, data: &[u8]) -> Result<(), String>;
+    /// Queues an automatic reply of ours (a vacation reply) to `recipient` for `account`:
+    /// from the null sender (RFC 3834 3.3), DKIM-signed for its From: domain like
+    /// submitted mail.
+    async fn reply(&self, account: AccountId, recipient: &str, data: &[u8]) -> Result<(), String>;
 }
 
 /// The delivery service.
@@ -178,6 +181,17 @@ impl Delivery {
     /// every recipient's script rejects the message, nothing is stored and
     /// [`Delivered::rejected`] says why.
     pub async fn deliver(&self, msg: Incoming) -> Result<Delivered, DeliveryError> {
+        let budget = Arc::new(std::sync::atomic::AtomicUsize::new(MAX_REDIRECTS));
+        self.deliver_with(msg, budget).await
+    }
+
+    /// [`Delivery::deliver`], with what is left of the message's redirect budget (shared
+    /// by every delivery a redirect of it leads to).
+    async fn deliver_with(
+        &self,
+        msg: Incoming,
+        budget: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Result<Delivered, DeliveryError> {
         let cache = ingest::parse_cache(&msg.data);
         let internal_date = now_micros() / 1_000_000;
         // Each recipient's plan: the copies to store and what Sieve did.
@@ -232,7 +246,7 @@ impl Delivery {
         let mut redirect_events = Vec::new();
         for (t, (_, plan)) in msg.recipients.iter().zip(plans.iter_mut()) {
             for to in std::mem::take(&mut plan.redirects) {
-                match self.redirect(t, &msg, &to).await {
+                match self.redirect(t, &msg, &to, &budget).await {
                     Ok(events) => {
                         plan.actions.push(format!("redirected to {to}"));
                         redirect_events.extend(events);
@@ -345,7 +359,7 @@ impl Delivery {
         // Vacation replies, once the message is stored (their fate does not change it).
         for (t, (_, plan)) in msg.recipients.iter().zip(plans.iter_mut()) {
             for (to, reply) in std::mem::take(&mut plan.replies) {
-                let note = match self.send_reply(&to, reply, &msg).await {
+                let note = match self.send_reply(t.account, &to, reply, &msg).await {
                     Ok(more) => {
                         events.extend(more);
                         format!("vacation reply sent to {to}")
@@ -369,6 +383,7 @@ impl Delivery {
     /// through the queue (null sender, signed). The log events of a local delivery.
     fn send_reply<'a>(
         &'a self,
+        account: AccountId,
         to: &'a str,
         data: Vec<u8>,
         msg: &'a Incoming,
@@ -400,7 +415,7 @@ impl Delivery {
                         .outbox
                         .get()
                         .ok_or_else(|| "no outbound queue here".to_string())?;
-                    outbox.reply(to, &data).await?;
+                    outbox.reply(account, to, &data).await?;
                     Ok(Vec::new())
                 }
                 _ => Err("no such recipient".into()),
@@ -418,6 +433,7 @@ impl Delivery {
         t: &'a LocalTarget,
         msg: &'a Incoming,
         to: &'a str,
+        budget: &'a Arc<std::sync::atomic::AtomicUsize>,
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Vec<LogEvent>, String>> + Send + 'a>,
     > {
@@ -435,6 +451,17 @@ impl Delivery {
             if head.matches("delivered-to:").count() >= MAX_HOPS {
                 return Err(format!("more than {MAX_HOPS} deliveries: a loop"));
             }
+            // However scripts fan out, one message makes at most MAX_REDIRECTS redirects.
+            let left = budget.fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            );
+            if left.is_err() {
+                return Err(format!(
+                    "more than {MAX_REDIRECTS} redirects for one message"
+                ));
+            }
             let mut data = format!("Delivered-To: {}\r\n", t.address).into_bytes();
             data.extend_from_slice(&msg.data);
             let resolution = self.resolve(&address).await.map_err(|e| e.to_string())?;
@@ -442,22 +469,39 @@ impl Delivery {
                 Resolution::Targets { local, external }
                     if external.is_empty() && !local.is_empty() =>
                 {
-                    let delivered = self
-                        .deliver(Incoming {
-                            data,
-                            return_path: msg.return_path.clone(),
-                            recipients: local,
-                            queue_id: msg.queue_id.clone(),
-                            session: msg.session.clone(),
-                            client_ip: msg.client_ip.clone(),
-                            mailbox: MailboxRole::Inbox,
-                            placements: HashMap::new(),
-                            virus_clean: msg.virus_clean,
+                    // Accounts the message reached already (by any address of theirs: a
+                    // sub-address, an alias) do not get it again.
+                    let local: Vec<LocalTarget> = local
+                        .into_iter()
+                        .filter(|l| {
+                            !l.address.eq_ignore_ascii_case(&t.address) && !seen(&l.address)
                         })
+                        .collect();
+                    if local.is_empty() {
+                        return Err(format!("a loop: {to} leads back to where the message was"));
+                    }
+                    let delivered = self
+                        .deliver_with(
+                            Incoming {
+                                data,
+                                return_path: msg.return_path.clone(),
+                                recipients: local,
+                                queue_id: msg.queue_id.clone(),
+                                session: msg.session.clone(),
+                                client_ip: msg.client_ip.clone(),
+                                mailbox: MailboxRole::Inbox,
+                                placements: HashMap::new(),
+                                virus_clean: msg.virus_clean,
+                            },
+                            budget.clone(),
+                        )
                         .await
                         .map_err(|e| e.to_string())?;
                     if let Some(r) = delivered.rejected {
                         return Err(format!("rejected there: {r}"));
+                    }
+                    if !delivered.outcomes.iter().any(|o| o.result.is_ok()) {
+                        return Err("it could not be stored there".into());
                     }
                     Ok(delivered.events)
                 }
@@ -468,7 +512,13 @@ impl Delivery {
                         .ok_or_else(|| "no outbound queue here".to_string())?;
                     let domain = t.address.rsplit_once('@').map(|x| x.1).unwrap_or("");
                     outbox
-                        .forward(&msg.return_path, domain, &[address.to_string()], &data)
+                        .forward(
+                            t.account,
+                            &msg.return_path,
+                            domain,
+                            &[address.to_string()],
+                            &data,
+                        )
                         .await?;
                     Ok(Vec::new())
                 }
@@ -553,9 +603,17 @@ impl Delivery {
             let seen = |id: &str, expiry: u64| {
                 let now = now_micros() / 1_000_000;
                 let expiry = i64::try_from(expiry).unwrap_or(i64::MAX);
+                // RFC 5230 4.1: a period of at least an hour for vacation.
+                let expiry = if id.starts_with("_v") {
+                    expiry.max(3600)
+                } else {
+                    expiry
+                };
                 handle
                     .block_on(store.sieve_seen(account, id, now, expiry))
-                    .unwrap_or(true)
+                    // Unknown: no vacation reply (no storm), but no duplicate either (a
+                    // `duplicate` test must not discard mail over a store error).
+                    .unwrap_or(id.starts_with("_v"))
             };
             // RFC 6609: the user's own scripts by name, the admin's from the global directory.
             let include = |s: &::sieve::Script| match s {
@@ -604,7 +662,14 @@ impl Delivery {
         };
         for c in decision.copies {
             let target = self.copy_target(t, &boxes, &c, default, &mut plan).await;
-            if !plan.copies.iter().any(|(x, _, _)| *x == target) {
+            // The same mailbox twice: one copy of the message as it came (an edited one, or
+            // a vacation :fcc, is a copy of its own).
+            let twice = c.edited.is_none()
+                && plan
+                    .copies
+                    .iter()
+                    .any(|(x, _, e)| *x == target && e.is_none());
+            if !twice {
                 plan.copies.push((target, c.flags, c.edited));
             }
         }
@@ -699,6 +764,8 @@ impl Delivery {
 
 /// Most Delivered-To fields a redirected message may carry.
 const MAX_HOPS: usize = 20;
+/// Most redirects one message leads to, over every delivery its redirects make.
+const MAX_REDIRECTS: usize = 20;
 
 /// One recipient's copies and what their Sieve script did.
 #[derive(Debug)]

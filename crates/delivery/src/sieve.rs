@@ -228,6 +228,10 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
             sieve::VirusStatus::Unknown
         });
     let mut made: Vec<Vec<u8>> = Vec::new();
+    // Which made messages are vacation replies (the others are the message as editheader
+    // changed it).
+    let mut vacation_ids: Vec<usize> = Vec::new();
+    let mut vacation_next = false;
     instance.set_envelope(sieve::Envelope::From, from);
     instance.set_envelope(sieve::Envelope::To, to);
     let mut decision = Decision::default();
@@ -270,7 +274,11 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
             }
             // RFC 5230 4.2 (vacation's once per period) and RFC 7352 (duplicate).
             Event::DuplicateId { id, expiry, .. } => {
-                input = (env.seen)(&id, expiry).into();
+                let seen = (env.seen)(&id, expiry);
+                // sieve-rs asks `_v…` for vacation; when not seen, the next message it makes
+                // is the reply.
+                vacation_next = id.starts_with("_v") && !seen;
+                input = seen.into();
             }
             Event::ListContains { .. } | Event::Function { .. } => {
                 input = Input::False;
@@ -281,6 +289,9 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
             } => {
                 if made.len() + 1 == message_id {
                     made.push(message);
+                    if std::mem::take(&mut vacation_next) {
+                        vacation_ids.push(message_id);
+                    }
                 }
             }
             Event::SetEnvelope { .. } => {}
@@ -334,7 +345,7 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
                 recipient: sieve::Recipient::Address(to),
                 message_id,
                 ..
-            } if message_id > 0 && !is_vacation_reply(made.get(message_id - 1)) => {
+            } if message_id > 0 && !vacation_ids.contains(&message_id) => {
                 // A redirect of the message as editheader changed it: the original goes.
                 decision.actions.push(format!(
                     "redirect {to:?} (of the original: header edits are not carried over)"
@@ -393,17 +404,6 @@ fn edited(made: &[Vec<u8>], message_id: usize) -> Option<Vec<u8>> {
     message_id.checked_sub(1).and_then(|i| made.get(i)).cloned()
 }
 
-/// Whether a message the script made is a vacation reply (sieve-rs marks its replies
-/// `Auto-Submitted: auto-replied`), not the message changed by editheader.
-fn is_vacation_reply(made: Option<&Vec<u8>>) -> bool {
-    made.is_some_and(|m| {
-        let end = crate::ingest::header_len(m).min(m.len());
-        String::from_utf8_lossy(&m[..end])
-            .to_ascii_lowercase()
-            .contains("\nauto-submitted: auto-replied")
-    })
-}
-
 fn script_name(s: &sieve::Script) -> String {
     match s {
         sieve::Script::Personal(n) => format!(":personal {n:?}"),
@@ -450,13 +450,28 @@ fn no_auto_reply(message: &[u8]) -> Option<&'static str> {
 
 /// Whether a message's From: address is `user`.
 fn from_is(message: &[u8], user: &str) -> bool {
+    // Exactly one From: field naming exactly one address: a `:from` with a line break or a
+    // list in it cannot slip another sender in beside the user.
+    let end = crate::ingest::header_len(message).min(message.len());
+    let head = String::from_utf8_lossy(&message[..end]).to_ascii_lowercase();
+    let froms = head
+        .split('\n')
+        .filter(|l| l.trim_start_matches('\r').starts_with("from:"))
+        .count();
+    if froms != 1 {
+        return false;
+    }
     mail_parser::MessageParser::new()
         .parse_headers(message)
         .and_then(|m| {
-            m.from()
-                .and_then(|f| f.first())
-                .and_then(|a| a.address())
-                .map(|a| a.eq_ignore_ascii_case(user))
+            let list = m.from()?;
+            (list.iter().count() == 1)
+                .then(|| {
+                    list.first()?
+                        .address()
+                        .map(|a| a.eq_ignore_ascii_case(user))
+                })
+                .flatten()
         })
         .unwrap_or(false)
 }
@@ -587,6 +602,18 @@ mod tests {
     }
 
     #[test]
+    fn an_edited_auto_reply_is_still_redirected() {
+        let auto = b"From: a@b.test\r\nTo: me@example.test\r\nAuto-Submitted: auto-replied\r\nSubject: away\r\n\r\nx\r\n";
+        let d = evaluate(
+            r#"require "editheader"; addheader "X-Seen" "1"; redirect "x@y.test";"#,
+            auto,
+            &env(&|_, _| false, &[]),
+            &Limits::default(),
+        );
+        assert_eq!(d.redirects, ["x@y.test"], "{d:?}");
+    }
+
+    #[test]
     fn discard_reject_and_errors() {
         assert!(run("discard;").copies.is_empty());
         let d = run(r#"require "reject"; reject "no thanks";"#);
@@ -641,7 +668,18 @@ mod tests {
             &|id, expiry| id.contains("boss@corp.test") && expiry == 3 * 86400,
         );
         assert!(d.replies.is_empty(), "{d:?}");
-        // A forged :from is not sent.
+        // A forged :from is not sent, nor one hiding a second From: or a list.
+        for from in [
+            "ceo@example.test",
+            "ceo@example.test\r\nFrom: me@example.test",
+            "me@example.test, ceo@example.test",
+        ] {
+            let d = vacation(
+                &format!("require \"vacation\"; vacation :from {from:?} \"away\";"),
+                &|_, _| false,
+            );
+            assert!(d.replies.is_empty(), "{from}: {d:?}");
+        }
         let d = vacation(
             r#"require "vacation"; vacation :from "ceo@example.test" "away";"#,
             &|_, _| false,

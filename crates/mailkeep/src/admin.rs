@@ -1073,6 +1073,10 @@ pub fn deliver(config_path: &Path, to: Vec<String>, from: String) -> Result<()> 
                 virus_clean: false,
             })
             .await?;
+        if let Some(reason) = &delivered.rejected {
+            let _ = delivery.store().log_append(delivered.events).await;
+            bail!("rejected by the recipients' Sieve scripts: {reason}");
+        }
         if let Err(e) = delivery.store().log_append(delivered.events).await {
             eprintln!("warning: the message is stored but its delivery log entry was not: {e}");
         }

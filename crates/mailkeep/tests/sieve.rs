@@ -597,3 +597,31 @@ async fn editheader_changes_are_stored() {
         "{listing}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_back_to_oneself_or_through_aliases_end() {
+    let server = Server::start("");
+    let (ok, _, err) = server.cli(
+        &[
+            "alias",
+            "add",
+            "team@example.test",
+            "alice@example.test",
+            "bob@example.test",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    // Sub-addresses of herself, and an alias that holds her: each account gets one copy.
+    script(
+        &server,
+        "alice@example.test",
+        "require \"copy\";\nredirect :copy \"alice+a@example.test\";\nredirect :copy \"alice+b@example.test\";\nredirect :copy \"team@example.test\";\n",
+    );
+    let r = send(&server, &["alice@example.test"], &mail("fan out", "")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(server.inbox("alice@example.test").await.len(), 1);
+    assert_eq!(server.inbox("bob@example.test").await.len(), 1);
+    let log = server.log_search_until(&["--kind", "delivery.sieve", "--json"], "leads back");
+    assert!(log.contains("redirected to team@example.test"), "{log}");
+}

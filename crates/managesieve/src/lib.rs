@@ -124,10 +124,15 @@ enum Parsed {
 /// Parses one command line with its literals (RFC 5804 4). With `response`, the line is
 /// a SASL response: one string, or `*` (the command name is then empty).
 fn parse(buf: &[u8], max_literal: usize, response: bool) -> Parsed {
-    let Some(first_eol) = buf.iter().position(|b| *b == b'\n') else {
+    if !buf.contains(&b'\n') {
         return Parsed::More;
-    };
-    let skip = |why: &str| Parsed::Bad(why.to_string(), first_eol + 1);
+    }
+    // A syntax error skips to the end of the line it is on (not into a literal before it).
+    let skip =
+        |why: &str, at: usize| match buf[at.min(buf.len())..].iter().position(|b| *b == b'\n') {
+            Some(p) => Parsed::Bad(why.to_string(), at + p + 1),
+            None => Parsed::More,
+        };
     let mut i = 0;
     let mut name = String::new();
     if !response {
@@ -135,13 +140,13 @@ fn parse(buf: &[u8], max_literal: usize, response: bool) -> Parsed {
             i += 1;
         }
         if i == 0 {
-            return skip("expected a command");
+            return skip("expected a command", i);
         }
         name = String::from_utf8_lossy(&buf[..i]).to_ascii_uppercase();
     } else if buf.first() == Some(&b'*') {
         return match buf.get(1..3) {
             Some(b"\r\n") => Parsed::Command("*".into(), Vec::new(), 3),
-            _ => skip("expected a string"),
+            _ => skip("expected a string", i),
         };
     }
     let mut args = Vec::new();
@@ -155,7 +160,7 @@ fn parse(buf: &[u8], max_literal: usize, response: bool) -> Parsed {
                 return match buf.get(i + 1) {
                     None => Parsed::More,
                     Some(b'\n') => Parsed::Command(name, args, i + 2),
-                    Some(_) => skip("bare CR"),
+                    Some(_) => skip("bare CR", i),
                 }
             }
             Some(b'\n') => return Parsed::Command(name, args, i + 1),
@@ -175,9 +180,9 @@ fn parse(buf: &[u8], max_literal: usize, response: bool) -> Parsed {
                                 s.push(*c);
                                 i += 2;
                             }
-                            Some(_) => return skip("bad escape in a quoted string"),
+                            Some(_) => return skip("bad escape in a quoted string", i),
                         },
-                        Some(b'\r' | b'\n') => return skip("line end in a quoted string"),
+                        Some(b'\r' | b'\n') => return skip("line end in a quoted string", i),
                         Some(c) => {
                             s.push(*c);
                             i += 1;
@@ -186,7 +191,7 @@ fn parse(buf: &[u8], max_literal: usize, response: bool) -> Parsed {
                 }
                 match String::from_utf8(s) {
                     Ok(s) => args.push(Arg::Str(s)),
-                    Err(_) => return skip("a string is not UTF-8"),
+                    Err(_) => return skip("a string is not UTF-8", i),
                 }
             }
             Some(b'{') => {
@@ -199,7 +204,7 @@ fn parse(buf: &[u8], max_literal: usize, response: bool) -> Parsed {
                     .unwrap_or("")
                     .parse::<u64>()
                 else {
-                    return skip("bad literal length");
+                    return skip("bad literal length", i);
                 };
                 if buf.get(j) == Some(&b'+') {
                     j += 1;
@@ -207,7 +212,7 @@ fn parse(buf: &[u8], max_literal: usize, response: bool) -> Parsed {
                 match buf.get(j..j + 3) {
                     None => return Parsed::More,
                     Some(b"}\r\n") => {}
-                    Some(_) => return skip("bad literal"),
+                    Some(_) => return skip("bad literal", i),
                 }
                 if n > max_literal as u64 {
                     return Parsed::TooLarge(n);
@@ -243,10 +248,10 @@ fn parse(buf: &[u8], max_literal: usize, response: bool) -> Parsed {
                     .parse::<u64>()
                 {
                     Ok(n) => args.push(Arg::Num(n)),
-                    Err(_) => return skip("bad number"),
+                    Err(_) => return skip("bad number", i),
                 }
             }
-            Some(_) => return skip("unexpected character"),
+            Some(_) => return skip("unexpected character", i),
         }
     }
 }
@@ -462,7 +467,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                 }
             }
-            if self.buf.len() > MAX_LINE && !self.buf.contains(&b'\n') {
+            // One command (its literals included) may not grow without end.
+            if self.buf.len() > max_literal + MAX_LINE
+                || (self.buf.len() > MAX_LINE && !self.buf.contains(&b'\n'))
+            {
                 self.respond("BYE", None, "Line too long");
                 let _ = self.flush().await;
                 return "line too long".into();
@@ -810,6 +818,11 @@ mod tests {
         assert_eq!(cmd("CHECKSCRIPT {500+}\r\n"), Parsed::TooLarge(500));
         assert!(matches!(cmd("?? x\r\nNOOP\r\n"), Parsed::Bad(_, 6)));
         assert!(matches!(cmd("NOOP \"a\r\n"), Parsed::Bad(_, 9)));
+        // An error after a literal skips to the end of that line, not into the literal.
+        assert!(matches!(
+            cmd("PUTSCRIPT {6+}\r\nLOGOUT ?\r\nNOOP\r\n"),
+            Parsed::Bad(_, 26)
+        ));
         assert_eq!(
             parse(b"\"AGEAYg==\"\r\n", 100, true),
             Parsed::Command(String::new(), vec![Arg::Str("AGEAYg==".into())], 12)

@@ -1614,6 +1614,7 @@ fn report(r: &QueuedRcpt, a: &Attempt, server: &Server) -> dsn::RcptReport {
 impl mailkeep_delivery::Outbox for Outbound {
     async fn forward(
         &self,
+        account: mailkeep_types::AccountId,
         sender: &str,
         domain: &str,
         recipients: &[String],
@@ -1644,15 +1645,23 @@ impl mailkeep_delivery::Outbox for Outbound {
             // RFC 6531: needed for non-ASCII addresses (an 8-bit body needs only 8BITMIME).
             smtputf8: !sender_ascii || recipients.iter().any(|a| !a.is_ascii()),
             requiretls: false,
-            account: None,
+            // The user's script sends it: their hold applies, and it counts as theirs.
+            account: Some(account),
             held: false,
         };
         Outbound::forward(self, queued, data)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.count(account, recipients).await;
+        Ok(())
     }
 
-    async fn reply(&self, recipient: &str, data: &[u8]) -> Result<(), String> {
+    async fn reply(
+        &self,
+        account: mailkeep_types::AccountId,
+        recipient: &str,
+        data: &[u8],
+    ) -> Result<(), String> {
         let queued = NewQueued {
             id: QueueId::new(now_micros() as u64, rand::random()).0,
             // RFC 3834 3.3: automatic responses go from the null sender.
@@ -1668,10 +1677,25 @@ impl mailkeep_delivery::Outbox for Outbound {
             ret: None,
             smtputf8: !recipient.is_ascii(),
             requiretls: false,
-            account: None,
+            account: Some(account),
             held: false,
         };
-        self.submit(queued, data).await.map_err(|e| e.to_string())
+        self.submit(queued, data).await.map_err(|e| e.to_string())?;
+        self.count(account, &[recipient.to_string()]).await;
+        Ok(())
+    }
+}
+
+impl Outbound {
+    /// Counts mail a user's Sieve script sent towards their outbound usage.
+    async fn count(&self, account: mailkeep_types::AccountId, recipients: &[String]) {
+        let keys: Vec<String> = recipients
+            .iter()
+            .filter_map(|r| Address::parse(r).ok().map(|a| a.key()))
+            .collect();
+        if let Err(e) = self.store.usage_record(account, now_secs(), &keys).await {
+            tracing::warn!(error = %e, "recording a Sieve message's usage failed");
+        }
     }
 }
 

@@ -2481,6 +2481,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return;
             }
         }
+        let queued_elsewhere = had_remote || !forwards.is_empty();
         if !forwards.is_empty() {
             // The forwarded copy carries the server's spam verdict.
             let mut copy = spam_field.clone().into_bytes();
@@ -2548,8 +2549,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None
         };
         match self.server.delivery.deliver(incoming).await {
-            // Every recipient's Sieve script rejected it (RFC 5429 2.1: at the SMTP level).
-            Ok(delivered) if delivered.rejected.is_some() => {
+            // Every recipient's Sieve script rejected it (RFC 5429 2.1: at the SMTP level),
+            // unless copies for other domains are queued already: then the sender must not
+            // hear of a failure (a resend would duplicate them).
+            Ok(delivered) if delivered.rejected.is_some() && !queued_elsewhere => {
                 let reason: String = delivered
                     .rejected
                     .unwrap_or_default()
