@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use mailkeep_delivery::sieve::{check, Limits};
+use mailkeep_delivery::sieve::check;
 use mailkeep_store::SharedStore;
 use mailkeep_types::{AccountId, Address};
 
@@ -119,6 +119,16 @@ pub fn vacation(config: &Path, cmd: VacationCmd) -> Result<()> {
             if days == 0 {
                 anyhow::bail!("--days 0: at least 1");
             }
+            if subject.chars().any(|c| c.is_control()) {
+                anyhow::bail!("--subject: one line, without control characters");
+            }
+            // Sieve expands ${...} in strings (RFC 5229): the text would not come out as
+            // written.
+            for (flag, text) in [("--subject", &subject), ("--body", &body)] {
+                if text.contains("${") {
+                    anyhow::bail!("{flag}: \"${{\" is not allowed (Sieve would expand it)");
+                }
+            }
             helpers(config, &user, replace, |h| {
                 h.vacation = Some(Vacation {
                     subject,
@@ -166,14 +176,15 @@ async fn account(store: &SharedStore, user: &str) -> Result<AccountId> {
 }
 
 pub fn sieve(config: &Path, cmd: SieveCmd) -> Result<()> {
-    let limits = Limits::default();
+    // The limits delivery applies (`[sieve]`).
+    let (cfg, store) = crate::admin::open(config)?;
+    let limits = crate::serve::sieve_settings(&cfg).limits;
     if let SieveCmd::Check { file } = &cmd {
         let text = read_script(file.as_deref())?;
         check(&text, &limits).map_err(|e| anyhow::anyhow!("the script has an error: {e}"))?;
         println!("the script is valid");
         return Ok(());
     }
-    let (_, store) = crate::admin::open(config)?;
     crate::admin::runtime()?.block_on(async {
         match cmd {
             SieveCmd::Put {
@@ -332,7 +343,8 @@ pub fn helpers(
     replace: bool,
     change: impl FnOnce(&mut Helpers),
 ) -> Result<()> {
-    let (_, store) = crate::admin::open(config)?;
+    let (cfg, store) = crate::admin::open(config)?;
+    let limits = crate::serve::sieve_settings(&cfg).limits;
     crate::admin::runtime()?.block_on(async {
         let id = account(&store, user).await?;
         if let Some((name, _)) = store.sieve_active(id).await? {
@@ -359,7 +371,7 @@ pub fn helpers(
             return Ok(());
         }
         let text = h.script();
-        check(&text, &Limits::default()).map_err(|e| anyhow::anyhow!("internal: {e}"))?;
+        check(&text, &limits).map_err(|e| anyhow::anyhow!("the script would be refused: {e}"))?;
         store.sieve_put(id, HELPERS, &text).await?;
         store.sieve_activate(id, Some(HELPERS)).await?;
         if let Some(f) = &h.forward {
@@ -386,6 +398,7 @@ pub fn helpers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailkeep_delivery::sieve::Limits;
 
     #[test]
     fn helper_scripts_compile_and_round_trip() {

@@ -484,6 +484,32 @@ async fn forward_and_vacation_helpers_write_the_script() {
             "set",
             "alice@example.test",
             "--subject",
+            "a\nBcc: x@y.test",
+            "--body",
+            "b",
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("--subject"), "{err}");
+    let (ok, _, err) = server.cli(
+        &[
+            "vacation",
+            "set",
+            "alice@example.test",
+            "--subject",
+            "s",
+            "--body",
+            "${hex:0d}",
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("--body"), "{err}");
+    let (ok, _, err) = server.cli(
+        &[
+            "vacation",
+            "set",
+            "alice@example.test",
+            "--subject",
             "s",
             "--body",
             "b",
