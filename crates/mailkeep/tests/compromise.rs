@@ -7,7 +7,7 @@
 mod common;
 
 use common::outbound::{dns, free_port, start_a_with, start_b, submitter, wait_inbox};
-use common::{code, Raw, Server, PASSWORD};
+use common::{Server, PASSWORD};
 use lettre::AsyncTransport;
 use mailkeep_testkit::{Rr, TestDns};
 
@@ -95,13 +95,10 @@ fn feedback_report(from: &str, id: u32, message_id: &str) -> String {
 }
 
 async fn report_from(server: &Server, sender: &str, data: &str) {
-    let mut c = Raw::connect(server.smtp).await;
-    c.envelope(sender, &["postmaster@example.test"]).await;
-    assert_eq!(code(&c.cmd("DATA").await), "354");
-    c.send(data.as_bytes()).await;
-    c.send(b".\r\n").await;
-    assert!(c.reply().await.starts_with("250"));
-    c.cmd("QUIT").await;
+    let r = server
+        .send_mail(sender, &["postmaster@example.test"], data)
+        .await;
+    assert!(r.starts_with("250"), "{r}");
 }
 
 /// `smtp.complaint` events: (counted, ignored), once `n` are logged.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{code, Raw, Server, PASSWORD};
+use common::{Server, PASSWORD};
 use mailkeep_types::MailboxRole;
 
 const SCRIPT: &str = r#"require ["fileinto", "imap4flags", "mailbox", "reject", "envelope", "subaddress"];
@@ -28,14 +28,7 @@ if header :is "Subject" "to a missing folder" {
 "#;
 
 async fn send(server: &Server, to: &[&str], data: &str) -> String {
-    let mut c = Raw::connect(server.smtp).await;
-    c.envelope("boss@corp.test", to).await;
-    assert_eq!(code(&c.cmd("DATA").await), "354");
-    c.send(data.as_bytes()).await;
-    c.send(b".\r\n").await;
-    let r = c.reply().await;
-    c.cmd("QUIT").await;
-    r
+    server.send_mail("boss@corp.test", to, data).await
 }
 
 /// Flags and subjects of a mailbox of alice, over IMAP.
@@ -275,14 +268,7 @@ async fn redirects_go_on_and_loops_stop() {
 }
 
 async fn send_from(server: &Server, from: &str, data: &str) -> String {
-    let mut c = Raw::connect(server.smtp).await;
-    c.envelope(from, &["alice@example.test"]).await;
-    assert_eq!(code(&c.cmd("DATA").await), "354");
-    c.send(data.as_bytes()).await;
-    c.send(b".\r\n").await;
-    let r = c.reply().await;
-    c.cmd("QUIT").await;
-    r
+    server.send_mail(from, &["alice@example.test"], data).await
 }
 
 fn from_to_alice(from: &str, id: u32, extra: &str) -> String {

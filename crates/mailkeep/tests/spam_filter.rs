@@ -5,20 +5,13 @@
 
 mod common;
 
-use common::{code, Raw, Server};
+use common::Server;
 use mailkeep_testkit::{Rr, TestDns};
 use mailkeep_types::MailboxRole;
 
 /// Sends `data` from `from` to every address of `to` over the MX port; the final reply.
 async fn send(server: &Server, from: &str, to: &[&str], data: &str) -> String {
-    let mut c = Raw::connect(server.smtp).await;
-    c.envelope(from, to).await;
-    assert_eq!(code(&c.cmd("DATA").await), "354");
-    c.send(data.as_bytes()).await;
-    c.send(b".\r\n").await;
-    let r = c.reply().await;
-    c.cmd("QUIT").await;
-    r
+    server.send_mail(from, to, data).await
 }
 
 /// A well-formed message (Date, Message-ID, To): no header rule fires on it.

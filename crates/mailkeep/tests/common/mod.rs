@@ -297,9 +297,15 @@ impl Server {
 
     /// Sends `data` from someone@remote.test to alice over the MX port; the final reply.
     pub async fn send_to_alice(&self, data: &str) -> String {
+        self.send_mail("someone@remote.test", &["alice@example.test"], data)
+            .await
+    }
+
+    /// Sends `data` from `from` to every address of `to` over the MX port (every RCPT must
+    /// be taken); the final reply.
+    pub async fn send_mail(&self, from: &str, to: &[&str], data: &str) -> String {
         let mut c = Raw::connect(self.smtp).await;
-        c.envelope("someone@remote.test", &["alice@example.test"])
-            .await;
+        c.envelope(from, to).await;
         assert_eq!(code(&c.cmd("DATA").await), "354");
         c.send(data.as_bytes()).await;
         c.send(b".\r\n").await;
