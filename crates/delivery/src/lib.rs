@@ -53,6 +53,29 @@ pub struct Incoming {
     pub placements: HashMap<AccountId, Placement>,
     /// The virus scanner found it clean (for Sieve's virustest).
     pub virus_clean: bool,
+    /// The caller can still refuse the message (an SMTP session before its reply, `mailkeep
+    /// deliver`): when every recipient's script rejects it, nothing is stored and
+    /// [`Delivered::rejected`] says why. Otherwise each rejecting recipient's refusal goes
+    /// to the sender as a bounce (RFC 5429 2.1).
+    pub refusable: bool,
+    /// What copies sent on to other domains (Sieve redirects) carry, and whether they may
+    /// be sent at all.
+    pub onward: Onward,
+}
+
+/// What the receiving side decided about sending the message on to other domains.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Onward {
+    /// The ARC set (RFC 8617 5.1) to put on top of copies sent elsewhere, sealed by the
+    /// forwarding domain over the message as it came.
+    pub arc_set: Option<String>,
+    /// Why no copy may go to another domain (it looks like spam; it claims one of our
+    /// domains and failed DMARC): the same refusals as an alias's forwarding.
+    pub refused: Option<String>,
+    /// The message needs SMTPUTF8 (RFC 6531) onwards.
+    pub smtputf8: bool,
+    /// The sender asked for REQUIRETLS (RFC 8689): every hop must keep it.
+    pub requiretls: bool,
 }
 
 /// Where one account's copy goes and what it gets besides the shared message.
@@ -105,6 +128,7 @@ pub trait Outbox: Send + Sync {
     /// Queues `data` to `recipients` as mail forwarded by `domain` (its envelope sender
     /// `sender` rewritten with SRS, never signed by us), durably.
     /// `account` is the user whose script sends it: its hold and usage apply.
+    /// `onward` says which SMTP extensions the copy needs (its ARC set is already on top).
     async fn forward(
         &self,
         account: AccountId,
@@ -112,11 +136,24 @@ pub trait Outbox: Send + Sync {
         domain: &str,
         recipients: &[String],
         data: &[u8],
+        onward: &Onward,
     ) -> Result<(), String>;
     /// Queues an automatic reply of ours (a vacation reply) to `recipient` for `account`:
     /// from the null sender (RFC 3834 3.3), DKIM-signed for its From: domain like
     /// submitted mail.
     async fn reply(&self, account: AccountId, recipient: &str, data: &[u8]) -> Result<(), String>;
+    /// Sends `sender` a delivery status notification (RFC 3464, from the null sender) that
+    /// the message `original` (queue id `queue_id`) failed for good for each
+    /// (recipient, SMTP reply): a Sieve `reject` the SMTP session could no longer refuse
+    /// (RFC 5429 2.1). Durable once it returns Ok.
+    async fn bounce(
+        &self,
+        queue_id: &str,
+        sender: &str,
+        failed: &[(String, String)],
+        original: &[u8],
+        onward: &Onward,
+    ) -> Result<(), String>;
 }
 
 /// The delivery service.
@@ -171,6 +208,39 @@ impl Delivery {
         self.plus_separator
     }
 
+    /// Whether `account`'s Sieve scripts (or the admin's global ones) might send a message
+    /// on: their text names `redirect` (or includes another script, which might). The SMTP
+    /// session then has the message ARC-sealed for the copies a redirect sends elsewhere;
+    /// a false positive costs one signature.
+    pub async fn may_redirect(&self, account: AccountId) -> bool {
+        let names = |text: &str| {
+            let t = text.to_ascii_lowercase();
+            t.contains("redirect") || t.contains("include")
+        };
+        let global: Vec<std::path::PathBuf> = match self.sieve.read() {
+            Ok(s) => s
+                .before
+                .iter()
+                .chain(&s.after)
+                .map(|n| s.global_dir.join(format!("{n}.sieve")))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for path in global {
+            if tokio::fs::read_to_string(path)
+                .await
+                .map_or(true, |t| names(&t))
+            {
+                return true;
+            }
+        }
+        match self.store.sieve_active(account).await {
+            Ok(Some((_, script))) => names(&script),
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     /// Resolves a recipient through the directory.
     pub async fn resolve(&self, address: &Address) -> Result<Resolution, DeliveryError> {
         Ok(resolve(self.store.as_ref(), address, self.plus_separator).await?)
@@ -209,11 +279,10 @@ impl Delivery {
             let plan = self.plan(t, &prefix, &msg, default).await;
             plans.push((prefix, plan));
         }
-        // RFC 5429 2.1: a refusal at the SMTP level only when every recipient refuses; a
-        // script that rejects alongside others that accept keeps the message instead (a
-        // bounce for that recipient alone is not done yet).
+        // RFC 5429 2.1: a refusal at the SMTP level when every recipient refuses and the
+        // caller can still refuse.
         let all_reject = !plans.is_empty() && plans.iter().all(|(_, p)| p.reject.is_some());
-        if all_reject {
+        if all_reject && msg.refusable {
             let reason = plans
                 .iter()
                 .find_map(|(_, p)| p.reject.clone())
@@ -234,11 +303,62 @@ impl Delivery {
                 rejected: Some(reason),
             });
         }
-        for (_, plan) in plans.iter_mut() {
-            if plan.reject.take().is_some() {
-                plan.actions
-                    .push("reject not done: other recipients take the message; kept".into());
-                plan.copies = vec![(Target::Role(plan.default), Vec::new(), None)];
+        // Otherwise (RFC 5429 2.1.2) each rejecting recipient's refusal reaches the sender
+        // as a bounce, before anything is stored; a bounce that cannot be queued keeps the
+        // message instead. Never to the null sender (RFC 5429 2.1, RFC 3834 2): discarded,
+        // as Pigeonhole does.
+        let rejecting: Vec<(String, String)> = msg
+            .recipients
+            .iter()
+            .zip(&plans)
+            .filter_map(|(t, (_, p))| {
+                p.reject.as_ref().map(|r| {
+                    let reason: String = r
+                        .chars()
+                        .map(|c| if c.is_control() { ' ' } else { c })
+                        .take(200)
+                        .collect();
+                    (
+                        t.address.clone(),
+                        format!("550 5.7.1 Rejected by the recipient's filter: {reason}"),
+                    )
+                })
+            })
+            .collect();
+        if !rejecting.is_empty() {
+            let bounced = if msg.return_path.is_empty() {
+                Ok("the null sender: discarded".to_string())
+            } else {
+                match self.outbox.get() {
+                    None => Err("no outbound queue here".to_string()),
+                    Some(outbox) => outbox
+                        .bounce(
+                            &msg.queue_id,
+                            &msg.return_path,
+                            &rejecting,
+                            &msg.data,
+                            &msg.onward,
+                        )
+                        .await
+                        .map(|()| format!("bounce sent to {}", msg.return_path)),
+                }
+            };
+            for (_, plan) in plans.iter_mut() {
+                if plan.reject.take().is_none() {
+                    continue;
+                }
+                match &bounced {
+                    Ok(note) => {
+                        plan.actions.push(format!("rejected: {note}"));
+                        plan.bounced = true;
+                    }
+                    Err(e) => {
+                        plan.actions.push(format!(
+                            "reject failed: the bounce could not be sent ({e}); kept"
+                        ));
+                        plan.copies = vec![(Target::Role(plan.default), Vec::new(), None)];
+                    }
+                }
             }
         }
         // Redirects (RFC 5228 4.2), before anything is stored: one that cannot be done
@@ -321,8 +441,13 @@ impl Delivery {
                 events.push(self.sieve_event(&msg, t, &cache, plan, "accepted"));
             }
             if rs.is_empty() {
-                // Discarded by the recipient's script.
-                events.push(self.stored_event(&msg, t, &cache, "discarded", serde_json::json!({})));
+                // Discarded or rejected by the recipient's script.
+                let outcome = if plan.bounced {
+                    "rejected"
+                } else {
+                    "discarded"
+                };
+                events.push(self.stored_event(&msg, t, &cache, outcome, serde_json::json!({})));
                 outcomes.push(Outcome {
                     target: t.clone(),
                     result: Ok(None),
@@ -405,6 +530,8 @@ impl Delivery {
                             mailbox: MailboxRole::Inbox,
                             placements: HashMap::new(),
                             virus_clean: msg.virus_clean,
+                            refusable: false,
+                            onward: Onward::default(),
                         })
                         .await
                         .map_err(|e| e.to_string())?;
@@ -480,6 +607,13 @@ impl Delivery {
                     if local.is_empty() {
                         return Err(format!("a loop: {to} leads back to where the message was"));
                     }
+                    // RFC 3463 4.2.2: a full mailbox does not take it (as at RCPT).
+                    let size = data.len() as u64;
+                    let local: Vec<LocalTarget> =
+                        local.into_iter().filter(|l| !l.over_quota(size)).collect();
+                    if local.is_empty() {
+                        return Err(format!("{to}: the mailbox is full"));
+                    }
                     let delivered = self
                         .deliver_with(
                             Incoming {
@@ -489,9 +623,13 @@ impl Delivery {
                                 queue_id: msg.queue_id.clone(),
                                 session: msg.session.clone(),
                                 client_ip: msg.client_ip.clone(),
-                                mailbox: MailboxRole::Inbox,
+                                // The verdicts that apply to the whole message (DMARC
+                                // quarantine, a listed client) go along.
+                                mailbox: msg.mailbox,
                                 placements: HashMap::new(),
                                 virus_clean: msg.virus_clean,
+                                refusable: true,
+                                onward: msg.onward.clone(),
                             },
                             budget.clone(),
                         )
@@ -506,11 +644,25 @@ impl Delivery {
                     Ok(delivered.events)
                 }
                 Resolution::NotLocal => {
+                    // What an alias would not forward, a script does not either.
+                    if let Some(why) = &msg.onward.refused {
+                        return Err(format!("not sent to another domain: {why}"));
+                    }
                     let outbox = self
                         .outbox
                         .get()
                         .ok_or_else(|| "no outbound queue here".to_string())?;
                     let domain = t.address.rsplit_once('@').map(|x| x.1).unwrap_or("");
+                    // RFC 8617 5.1: our ARC set goes on top (its signatures cover neither
+                    // the trace fields we added nor the Delivered-To).
+                    let data = match &msg.onward.arc_set {
+                        Some(set) => {
+                            let mut sealed = set.clone().into_bytes();
+                            sealed.extend_from_slice(&data);
+                            sealed
+                        }
+                        None => data,
+                    };
                     outbox
                         .forward(
                             t.account,
@@ -518,6 +670,7 @@ impl Delivery {
                             domain,
                             &[address.to_string()],
                             &data,
+                            &msg.onward,
                         )
                         .await?;
                     Ok(Vec::new())
@@ -549,6 +702,7 @@ impl Delivery {
             reject: None,
             redirects: Vec::new(),
             replies: Vec::new(),
+            bounced: false,
         };
         let settings = match self.sieve.read() {
             Ok(s) => s.clone(),
@@ -659,6 +813,7 @@ impl Delivery {
             redirects: decision.redirects,
             replies: decision.replies,
             copies: Vec::new(),
+            bounced: false,
         };
         for c in decision.copies {
             let target = self.copy_target(t, &boxes, &c, default, &mut plan).await;
@@ -788,6 +943,8 @@ struct Plan {
     redirects: Vec<String>,
     /// Replies it made: (recipient, message).
     replies: Vec<(String, Vec<u8>)>,
+    /// Its rejection went to the sender as a bounce.
+    bounced: bool,
 }
 
 fn serde_json_detail(pairs: &[(&str, String)]) -> serde_json::Value {
@@ -839,6 +996,8 @@ mod tests {
                 mailbox: mailkeep_types::MailboxRole::Inbox,
                 placements: Default::default(),
                 virus_clean: false,
+                refusable: true,
+                onward: Default::default(),
             })
             .await
             .unwrap();

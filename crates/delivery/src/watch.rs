@@ -308,6 +308,8 @@ impl Watch {
             mailbox: MailboxRole::Inbox,
             placements: Default::default(),
             virus_clean: false,
+            refusable: false,
+            onward: Default::default(),
         };
         match self.delivery.deliver(incoming).await {
             Ok(d) => d.events,

@@ -1071,6 +1071,9 @@ pub fn deliver(config_path: &Path, to: Vec<String>, from: String) -> Result<()> 
                 mailbox: mailkeep_types::MailboxRole::Inbox,
                 placements: Default::default(),
                 virus_clean: false,
+                // As an LDA does: a rejection is the exit status, for the caller to bounce.
+                refusable: true,
+                onward: Default::default(),
             })
             .await?;
         if let Some(reason) = &delivered.rejected {

@@ -125,16 +125,34 @@ async fn scripts_file_flag_discard_and_reject() {
         "{r}"
     );
     assert!(server.inbox("alice@example.test").await.is_empty());
-    // ...kept when another recipient takes the message (bob has no script).
-    let r = send(
-        &server,
-        &["alice@example.test", "bob@example.test"],
-        &mail("unwanted", ""),
-    )
-    .await;
+    // ...and bounced to the sender (RFC 5429 2.1) when another recipient takes the message
+    // (bob has no script). Carol sent it, and gets the bounce naming alice and the reason.
+    let (ok, _, err) = server.cli(&["user", "add", "carol@example.test"], PASSWORD);
+    assert!(ok, "{err}");
+    let r = server
+        .send_mail(
+            "carol@example.test",
+            &["alice@example.test", "bob@example.test"],
+            &mail("unwanted", ""),
+        )
+        .await;
     assert!(r.starts_with("250"), "{r}");
-    assert_eq!(server.inbox("alice@example.test").await.len(), 1);
+    assert!(server.inbox("alice@example.test").await.is_empty());
     assert_eq!(server.inbox("bob@example.test").await.len(), 1);
+    let bounce = server
+        .mailbox_texts("carol@example.test", MailboxRole::Inbox)
+        .await;
+    assert_eq!(bounce.len(), 1, "{bounce:?}");
+    for want in [
+        "Return-Path: <>",
+        "Subject: Undelivered Mail Returned to Sender",
+        "Final-Recipient: rfc822; alice@example.test",
+        "Status: 5.7.1",
+        "I do not take such mail",
+        "Subject: unwanted",
+    ] {
+        assert!(bounce[0].contains(want), "{want} in {}", bounce[0]);
+    }
 
     // fileinto a mailbox that does not exist: kept in INBOX, the error logged.
     let r = send(
@@ -160,7 +178,7 @@ async fn scripts_file_flag_discard_and_reject() {
         "fileinto \\\"Lists/Team\\\"",
         "\"discard\"",
         "\"reject\"",
-        "reject not done: other recipients take the message; kept",
+        "rejected: bounce sent to carol@example.test",
         "fileinto \\\"Nowhere\\\": no such mailbox",
     ] {
         assert!(log.contains(want), "{want} in {log}");

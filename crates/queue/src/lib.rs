@@ -363,7 +363,8 @@ impl Outbound {
             .map(|r| report(r, &Attempt::Failed(why.clone()), &None))
             .collect();
         if !reports.is_empty() {
-            self.notify_sender(&m, &content, dsn::Kind::Failed, &reports)
+            let _ = self
+                .notify_sender(&m, &content, dsn::Kind::Failed, &reports)
                 .await;
         }
         Ok(pending.len())
@@ -499,7 +500,8 @@ impl Outbound {
             .map(|(r, a, server)| report(r, a, server))
             .collect();
         if !failed.is_empty() {
-            self.notify_sender(&m, &content, dsn::Kind::Failed, &failed)
+            let _ = self
+                .notify_sender(&m, &content, dsn::Kind::Failed, &failed)
                 .await;
         }
         let waited = now - m.created;
@@ -510,7 +512,8 @@ impl Outbound {
                 .map(|(r, a, server)| report(r, a, server))
                 .collect();
             if !delayed.is_empty() {
-                self.notify_sender(&m, &content, dsn::Kind::Delayed, &delayed)
+                let _ = self
+                    .notify_sender(&m, &content, dsn::Kind::Delayed, &delayed)
                     .await;
                 let _ = self.store.queue_set_warned(&m.id).await;
             }
@@ -558,16 +561,17 @@ impl Outbound {
     }
 
     /// Sends a report to the original sender: locally when the sender is ours, else through
-    /// the queue with a null sender (RFC 5321 4.5.5), never for a null sender.
+    /// the queue with a null sender (RFC 5321 4.5.5), never for a null sender. Err: it
+    /// could not be delivered or queued (logged).
     async fn notify_sender(
         &self,
         m: &QueuedMessage,
         content: &[u8],
         kind: dsn::Kind,
         recipients: &[dsn::RcptReport],
-    ) {
+    ) -> Result<(), String> {
         if m.sender.is_empty() {
-            return;
+            return Ok(());
         }
         let what = match kind {
             dsn::Kind::Failed => "bounce",
@@ -599,7 +603,7 @@ impl Outbound {
             Err(_) if reversed.is_some() => Ok(Resolution::NotLocal),
             Err(e) => {
                 tracing::warn!(queue_id = %m.id, error = %e, "no {what}: the sender address is invalid");
-                return;
+                return Err(format!("the sender address is invalid: {e}"));
             }
         };
         let sent = match resolved {
@@ -614,6 +618,8 @@ impl Outbound {
                     mailbox: mailkeep_types::MailboxRole::Inbox,
                     placements: Default::default(),
                     virus_clean: false,
+                    refusable: false,
+                    onward: Default::default(),
                 };
                 match self.delivery.deliver(incoming).await {
                     Ok(d) => {
@@ -659,9 +665,10 @@ impl Outbound {
             ..Default::default()
         };
         self.store.log_submit(vec![ev]);
-        if let Err(e) = sent {
+        if let Err(e) = &sent {
             tracing::warn!(queue_id = %m.id, error = %e, "sending the {what} failed");
         }
+        sent
     }
 
     /// The address an SRS sender of ours stands for (None: not SRS, no secret, or a bad hash
@@ -1619,6 +1626,7 @@ impl mailkeep_delivery::Outbox for Outbound {
         domain: &str,
         recipients: &[String],
         data: &[u8],
+        onward: &mailkeep_delivery::Onward,
     ) -> Result<(), String> {
         let now = now_secs();
         // RFC 5228 4.2: the envelope sender stays the original one; SRS keeps SPF passing.
@@ -1642,9 +1650,11 @@ impl mailkeep_delivery::Outbox for Outbound {
                 .collect(),
             envid: None,
             ret: None,
-            // RFC 6531: needed for non-ASCII addresses (an 8-bit body needs only 8BITMIME).
-            smtputf8: !sender_ascii || recipients.iter().any(|a| !a.is_ascii()),
-            requiretls: false,
+            // RFC 6531: needed for non-ASCII addresses (an 8-bit body needs only 8BITMIME),
+            // or for a message that came with SMTPUTF8.
+            smtputf8: onward.smtputf8 || !sender_ascii || recipients.iter().any(|a| !a.is_ascii()),
+            // RFC 8689 4.2.1: REQUIRETLS stays with the message at every hop.
+            requiretls: onward.requiretls,
             // The user's script sends it: their hold applies, and it counts as theirs.
             account: Some(account),
             held: false,
@@ -1683,6 +1693,43 @@ impl mailkeep_delivery::Outbox for Outbound {
         self.submit(queued, data).await.map_err(|e| e.to_string())?;
         self.count(account, &[recipient.to_string()]).await;
         Ok(())
+    }
+
+    async fn bounce(
+        &self,
+        queue_id: &str,
+        sender: &str,
+        failed: &[(String, String)],
+        original: &[u8],
+        onward: &mailkeep_delivery::Onward,
+    ) -> Result<(), String> {
+        // The message as the report describes it: never queued here itself.
+        let m = QueuedMessage {
+            id: queue_id.to_string(),
+            sender: sender.to_string(),
+            blob: mailkeep_store::BlobId(String::new()),
+            size: original.len() as u64,
+            created: now_secs(),
+            held: false,
+            envid: None,
+            ret: None,
+            smtputf8: onward.smtputf8,
+            warned: false,
+            requiretls: onward.requiretls,
+            account: None,
+            recipients: Vec::new(),
+        };
+        let reports: Vec<dsn::RcptReport> = failed
+            .iter()
+            .map(|(recipient, reply)| dsn::RcptReport {
+                recipient: recipient.clone(),
+                orcpt: None,
+                remote_mta: None,
+                diagnostic: reply.clone(),
+            })
+            .collect();
+        self.notify_sender(&m, original, dsn::Kind::Failed, &reports)
+            .await
     }
 }
 

@@ -2229,9 +2229,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     helo: self.helo.as_deref().unwrap_or(""),
                     mail_from: &tx.sender,
                 };
-                // The domain forwarding this message seals it (RFC 8617 5.1), when told to.
+                // The domain forwarding this message seals it (RFC 8617 5.1), when told to:
+                // an alias's, else that of a recipient whose Sieve script may redirect it.
                 let seal_as = if self.server.forwarding.arc_seal && self.user.is_none() {
-                    tx.rcpts.iter().find_map(|r| r.forward_as.clone())
+                    match tx.rcpts.iter().find_map(|r| r.forward_as.clone()) {
+                        Some(d) => Some(d),
+                        None => {
+                            let mut by_script = None;
+                            for t in tx.rcpts.iter().flat_map(|r| r.targets.iter()) {
+                                if self.server.delivery.may_redirect(t.account).await {
+                                    by_script =
+                                        t.address.rsplit_once('@').map(|(_, d)| d.to_string());
+                                    break;
+                                }
+                            }
+                            by_script
+                        }
+                    }
                 } else {
                     None
                 };
@@ -2285,16 +2299,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         };
         // Forwarded from our servers, a forgery of one of our own domains would pass SPF, and
         // so DMARC, at the next hop: mail from our domains (or their subdomains) is forwarded
-        // only when it passed DMARC here.
-        let forwards_here = self.user.is_none()
-            && self
-                .tx
-                .as_ref()
-                .is_some_and(|t| t.rcpts.iter().any(|r| !r.forward.is_empty()));
+        // only when it passed DMARC here. Checked for aliases' forwarding and for what Sieve
+        // scripts may redirect (`Onward::refused`).
         // Why forwarded copies are not sent: the reply (when nothing else is delivered) and
         // the log's detail.
         let mut forward_refused: Option<(String, serde_json::Value)> = None;
-        if forwards_here && !dmarc_pass {
+        if self.user.is_none() && !dmarc_pass {
             if let Some(d) = from_domain(&msg) {
                 if self.hosted_or_parent(&d).await {
                     forward_refused = Some((
@@ -2334,7 +2344,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             spam_field = v.field;
             // What we take for spam is not passed on to other servers: forwarding it would
             // be our domain sending spam. Local copies still go to Junk.
-            if forwards_here && forward_refused.is_none() && v.is_spam {
+            if forward_refused.is_none() && v.is_spam {
                 forward_refused = Some((
                     format!(
                         "550 5.7.1 Not forwarded: the message looks like spam (score {:.2})",
@@ -2452,6 +2462,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
         }
+        // What Sieve redirects to other domains carry, or why they may not be sent.
+        let onward = mailkeep_delivery::Onward {
+            arc_set: arc_set.clone(),
+            refused: forward_refused.as_ref().map(|(reply, _)| {
+                reply
+                    .trim_start_matches("550 5.7.1 Not forwarded: ")
+                    .to_string()
+            }),
+            smtputf8: self.tx.as_ref().is_some_and(|t| t.smtputf8),
+            requiretls: self.tx.as_ref().is_some_and(|t| t.requiretls),
+        };
         if let (Some((reply, why)), false) = (forward_refused, forwards.is_empty()) {
             let mut detail = why;
             if let Some(d) = detail.as_object_mut() {
@@ -2519,6 +2540,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             mailbox,
             placements,
             virus_clean: self.virus_clean,
+            // Copies queued for other domains already: the sender must not hear of a
+            // failure (a resend would duplicate them); a rejection is a bounce instead.
+            refusable: !queued_elsewhere,
+            onward,
         };
         let queue_id = tx.queue_id.clone();
         let envelope_detail = serde_json::json!({
@@ -2549,10 +2574,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             None
         };
         match self.server.delivery.deliver(incoming).await {
-            // Every recipient's Sieve script rejected it (RFC 5429 2.1: at the SMTP level),
-            // unless copies for other domains are queued already: then the sender must not
-            // hear of a failure (a resend would duplicate them).
-            Ok(delivered) if delivered.rejected.is_some() && !queued_elsewhere => {
+            // Every recipient's Sieve script rejected it (RFC 5429 2.1: at the SMTP level).
+            Ok(delivered) if delivered.rejected.is_some() => {
                 let reason: String = delivered
                     .rejected
                     .unwrap_or_default()
