@@ -78,8 +78,9 @@ fn cli_ok(server: &Server, args: &[&str], stdin: &str) {
     assert!(ok, "{args:?}: {err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwarded_mail_is_rewritten_sealed_and_bounces_come_back() {
+/// A (example.test) and B (b.test, sender.test, with users carol and dave), each other's MX
+/// through a DNS server the test runs (kept alive by the caller).
+fn two_servers() -> (Server, Server, TestDns) {
     let port = free_port(A_IP);
     let queue = format!(
         "port = {port}\nretry_first = \"1s\"\nretry_max = \"2s\"\nfailure_delay = \"10ms\"\n"
@@ -98,6 +99,8 @@ async fn forwarded_mail_is_rewritten_sealed_and_bounces_come_back() {
             Rr::Mx(10, "mx.example.test.".into()),
         ),
         ("mx.example.test.".into(), Rr::A(A_IP.parse().unwrap())),
+        // A's second domain (B hosts example.test too: every test server does).
+        ("a.test.".into(), Rr::Mx(10, "mx.example.test.".into())),
         (
             "example.test.".into(),
             Rr::Txt("v=spf1 ip4:127.0.0.1 -all".into()),
@@ -139,6 +142,12 @@ async fn forwarded_mail_is_rewritten_sealed_and_bounces_come_back() {
     }
     cli_ok(&b, &["user", "add", "carol@b.test"], PASSWORD);
     cli_ok(&b, &["user", "add", "dave@sender.test"], PASSWORD);
+    (a, b, dns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_mail_is_rewritten_sealed_and_bounces_come_back() {
+    let (a, b, _dns) = two_servers();
     cli_ok(
         &a,
         &["alias", "add", "fwd@example.test", "carol@b.test"],
@@ -378,4 +387,109 @@ async fn with_forwarding_off_external_targets_are_refused_or_skipped() {
     let (ok, out, err) = server.cli(&["queue", "list"], "");
     assert!(ok, "{err}");
     assert!(!out.contains("elsewhere.test"), "nothing queued: {out}");
+}
+
+/// A Sieve redirect to another domain goes like an alias's copy: SRS, A's ARC seal, the
+/// user's Delivered-To; a forgery of A's domain is kept rather than sent on. Two aliases
+/// forwarding to each other across the two servers end with one bounce to the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sieve_redirects_are_sealed_and_forwarding_loops_end_in_a_bounce() {
+    let (a, b, _dns) = two_servers();
+    let (ok, _, err) = a.cli(
+        &["sieve", "put", "bob@example.test", "main", "--activate"],
+        "redirect \"carol@b.test\";\n",
+    );
+    assert!(ok, "{err}");
+
+    // 1. dave's signed message to bob reaches carol, sealed by A.
+    let signed = DAVE_KEY.sign(
+        "From: Dave <dave@sender.test>\r\nTo: bob@example.test\r\nSubject: redirected\r\n\
+Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <rd1@sender.test>\r\n\r\nhello via bob\r\n",
+    );
+    let (_, end) = from_dave(&a, "dave@sender.test", &["bob@example.test"], &signed).await;
+    assert!(end.starts_with("250"), "{end}");
+    let got = wait_inbox(&b, "carol@b.test", 1).await;
+    let m = &got[0];
+    let srs = header(m, "Return-Path").expect("Return-Path");
+    assert!(
+        srs.starts_with("<SRS0=") && srs.ends_with("=sender.test=dave@example.test>"),
+        "{srs}"
+    );
+    assert!(m.contains("\r\nDelivered-To: bob@example.test\r\n"), "{m}");
+    let seal = header(m, "ARC-Seal").expect("ARC-Seal on the redirected copy");
+    for want in ["i=1", "cv=none", "d=example.test", "a=rsa-sha256"] {
+        assert!(seal.contains(want), "{want} in {seal}");
+    }
+    let results = header(m, "Authentication-Results").expect("B's results");
+    for want in [
+        "spf=pass",
+        "dkim=pass header.i=@sender.test",
+        "arc=pass",
+        "dmarc=pass",
+    ] {
+        assert!(results.contains(want), "{want} in {results}");
+    }
+    assert!(a.inbox("bob@example.test").await.is_empty());
+
+    // 2. A forgery of A's own domain is not redirected: bob keeps it, the log says why.
+    let (_, end) = from_dave(
+        &a,
+        "ceo@example.test",
+        &["bob@example.test"],
+        "From: ceo@example.test\r\nTo: bob@example.test\r\nSubject: wire the money\r\n\r\nnow\r\n",
+    )
+    .await;
+    assert!(end.starts_with("250"), "{end}");
+    let log = a.log_search_until(
+        &["--kind", "delivery.sieve", "--json"],
+        "not sent to another domain",
+    );
+    assert!(
+        log.contains("a domain of ours, must pass DMARC here"),
+        "{log}"
+    );
+    let kept = a
+        .mailbox_texts("bob@example.test", mailkeep_types::MailboxRole::Junk)
+        .await;
+    assert!(
+        kept.iter().any(|m| m.contains("wire the money")),
+        "{kept:?}"
+    );
+
+    // 3. loop@a.test forwards to loop@b.test, which forwards back: A refuses the message the
+    // second time round (its Delivered-To names the alias), and B's bounce reaches dave
+    // through both SRS addresses.
+    cli_ok(&a, &["domain", "add", "a.test"], "");
+    cli_ok(&a, &["alias", "add", "loop@a.test", "loop@b.test"], "");
+    cli_ok(&b, &["alias", "add", "loop@b.test", "loop@a.test"], "");
+    let signed = DAVE_KEY.sign(
+        "From: Dave <dave@sender.test>\r\nTo: loop@a.test\r\nSubject: round and round\r\n\
+Date: Sun, 29 Nov 2026 10:00:00 +0000\r\nMessage-ID: <loop1@sender.test>\r\n\r\nx\r\n",
+    );
+    let (_, end) = from_dave(&a, "dave@sender.test", &["loop@a.test"], &signed).await;
+    assert!(end.starts_with("250"), "{end}");
+    let got = wait_inbox(&b, "dave@sender.test", 1).await;
+    assert_eq!(got.len(), 1, "one bounce: {got:?}");
+    let bounce = &got[0];
+    assert_eq!(header(bounce, "Return-Path").as_deref(), Some("<>"));
+    assert!(
+        bounce.contains("Mail forwarding loop for <loop@a.test>"),
+        "{bounce}"
+    );
+    assert!(bounce.contains("Subject: round and round"), "{bounce}");
+    let log = a.log_search_until(&["--json"], "Mail forwarding loop");
+    assert_eq!(
+        log.matches("\"reply\":\"554 5.4.6 Mail forwarding loop")
+            .count(),
+        1,
+        "refused once: {log}"
+    );
+    // Nothing is left going round.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    for s in [&a, &b] {
+        let (ok, out, err) = s.cli(&["queue", "list"], "");
+        assert!(ok, "{err}");
+        assert!(!out.contains("loop@"), "{out}");
+    }
+    assert_eq!(b.inbox("dave@sender.test").await.len(), 1, "no storm");
 }

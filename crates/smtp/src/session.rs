@@ -32,6 +32,20 @@ use mailkeep_net::stream::Conn;
 /// Most received headers before a message is taken for a loop (RFC 5321 6.3).
 const MAX_RECEIVED: usize = 100;
 
+/// The addresses of a header section's Delivered-To fields, lower-cased.
+fn delivered_to(head: &[u8]) -> Vec<String> {
+    head.split(|b| *b == b'\n')
+        .filter(|l| l.len() > 13 && l[..13].eq_ignore_ascii_case(b"delivered-to:"))
+        .map(|l| {
+            String::from_utf8_lossy(&l[13..])
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_ascii_lowercase()
+        })
+        .collect()
+}
+
 struct Rcpt {
     address: String,
     targets: Vec<LocalTarget>,
@@ -157,6 +171,12 @@ fn header_message_id(data: &[u8]) -> Option<String> {
 }
 
 /// RCPT's NOTIFY parameter (RFC 3461 4.1) as a comma-separated list.
+/// The recipient's ORCPT as the queue passes it on and DSNs name it (RFC 3461 4.2):
+/// `rfc822;` and the address in xtext (smtp-proto hands over the address decoded).
+fn rcpt_orcpt(to: &smtp_proto::RcptTo<String>) -> Option<String> {
+    to.orcpt.as_ref().map(|a| format!("rfc822;{}", xtext(a)))
+}
+
 fn rcpt_notify(to: &smtp_proto::RcptTo<String>) -> Option<String> {
     let mut n = Vec::new();
     for (flag, name) in [
@@ -1254,7 +1274,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     address: address.to_string(),
                     targets: Vec::new(),
                     notify: rcpt_notify(&to),
-                    orcpt: to.orcpt.clone(),
+                    orcpt: rcpt_orcpt(&to),
                     remote: true,
                     forward: Vec::new(),
                     forward_as: None,
@@ -1361,7 +1381,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             address: address.to_string(),
             targets: room,
             notify: notify.clone(),
-            orcpt: to.orcpt.clone(),
+            orcpt: rcpt_orcpt(&to),
             remote: false,
             forward,
             forward_as,
@@ -1717,7 +1737,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             address: raw.to_string(),
             targets: Vec::new(),
             notify,
-            orcpt: to.orcpt.clone(),
+            orcpt: rcpt_orcpt(to),
             remote: false,
             forward: targets,
             forward_as: Some(forward_as),
@@ -2136,8 +2156,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ),
             _ => tx.sender.clone(),
         };
-        let mut content = arc_set.unwrap_or_default().into_bytes();
-        let sealed = !content.is_empty();
+        // Each forwarding alias is named in a Delivered-To (RFC 9228), by which a loop back
+        // to it is caught (see `finish_message`).
+        let mut content = Vec::new();
+        let mut named: Vec<String> = Vec::new();
+        for r in tx.rcpts.iter().filter(|r| !r.forward.is_empty()) {
+            let key = r.address.to_ascii_lowercase();
+            if !named.contains(&key) {
+                content.extend_from_slice(format!("Delivered-To: {}\r\n", r.address).as_bytes());
+                named.push(key);
+            }
+        }
+        let sealed = arc_set.is_some();
+        content.extend_from_slice(arc_set.unwrap_or_default().as_bytes());
         content.extend_from_slice(data);
         let queued = mailkeep_store::NewQueued {
             id: tx.queue_id.0.clone(),
@@ -2184,6 +2215,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             self.errors += 1;
             self.end_transaction(
                 "554 5.4.6 Too many Received headers: mail loop".into(),
+                "rejected",
+                None,
+                msg.len(),
+            );
+            return;
+        }
+        // A message an alias of ours forwarded already (its Delivered-To names the alias,
+        // as Postfix's local(8) checks) has come back round a forwarding loop.
+        let delivered_to = delivered_to(&msg[..header_end]);
+        let looped = self.tx.as_ref().and_then(|tx| {
+            tx.rcpts
+                .iter()
+                .filter(|r| !r.forward.is_empty())
+                .find(|r| delivered_to.contains(&r.address.to_ascii_lowercase()))
+                .map(|r| r.address.clone())
+        });
+        if let Some(address) = looped {
+            self.errors += 1;
+            self.end_transaction(
+                format!("554 5.4.6 Mail forwarding loop for <{address}>"),
                 "rejected",
                 None,
                 msg.len(),
@@ -2638,5 +2689,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         }
         self.flush_log();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_orcpt_is_passed_on_as_it_must_be_sent() {
+        // smtp-proto decodes `ORCPT=rfc822;a+2Bb@x.test`; what goes on is the parameter again.
+        let to = smtp_proto::RcptTo {
+            address: "a+b@x.test".to_string(),
+            orcpt: Some("a+b@x.test".to_string()),
+            ..Default::default()
+        };
+        assert_eq!(rcpt_orcpt(&to).as_deref(), Some("rfc822;a+2Bb@x.test"));
+    }
+
+    #[test]
+    fn delivered_to_fields_are_read_whatever_their_case() {
+        let head = b"Received: x\r\nDELIVERED-TO: <Loop@A.test>\r\ndelivered-to: b@c.test\r\n\r\n";
+        assert_eq!(delivered_to(head), vec!["loop@a.test", "b@c.test"]);
     }
 }
