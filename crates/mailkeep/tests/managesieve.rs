@@ -2,7 +2,8 @@
 //! STARTTLS, SASL PLAIN, HAVESPACE, PUTSCRIPT (a script with an error is refused with its
 //! line), LISTSCRIPTS, SETACTIVE, GETSCRIPT, DELETESCRIPT; RENAMESCRIPT and CHECKSCRIPT,
 //! which that client lacks, over its raw command channel. The script it activates then
-//! files mail that arrives over SMTP.
+//! files mail that arrives over SMTP. The same with `sieve-connect` (Debian's package), a
+//! command-line client many admins use.
 
 mod common;
 
@@ -134,4 +135,120 @@ print("login", m.login("", "alice@example.test", "wrong"))
     );
     let log = server.log_search_until(&["--kind", "managesieve.login", "--json"], "rejected");
     assert!(log.contains("\"outcome\":\"accepted\""), "{log}");
+}
+
+/// Runs `sieve-connect` (Debian's package, installed by `.ci/run`) against the server as
+/// alice: STARTTLS without certificate checks (the test certificate is self-signed), the
+/// password on a pipe. Returns (success, stdout and stderr).
+fn sieve_connect(server: &Server, args: &[&str]) -> (bool, String) {
+    use std::io::Write;
+    let port = server.listeners["managesieve"].port().to_string();
+    let mut child = std::process::Command::new("sieve-connect")
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--user",
+            "alice@example.test",
+            "--notlsverify",
+            "--passwordfd",
+            "0",
+        ])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sieve-connect (Debian package sieve-connect; .ci/run installs it)");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(format!("{PASSWORD}\n").as_bytes())
+            .expect("password");
+    }
+    let out = child.wait_with_output().expect("sieve-connect");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sieve_connect_uploads_activates_and_checks_scripts() {
+    let server = Server::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("rules.sieve");
+    let script = "require [\"fileinto\", \"mailbox\"];\n\
+                  if header :contains \"Subject\" \"receipt\" { fileinto :create \"Receipts\"; }\n";
+    std::fs::write(&good, script).unwrap();
+    let bad = dir.path().join("bad.sieve");
+    std::fs::write(&bad, "keep;\nfrobnicate;\n").unwrap();
+    let good = good.to_str().unwrap();
+    let bad = bad.to_str().unwrap();
+
+    let (ok, out) = sieve_connect(
+        &server,
+        &["--upload", "--localsieve", good, "--remotesieve", "rules"],
+    );
+    assert!(ok, "upload: {out}");
+    // A script with an error is refused, with its line.
+    let (ok, out) = sieve_connect(
+        &server,
+        &["--upload", "--localsieve", bad, "--remotesieve", "bad"],
+    );
+    assert!(!ok && out.contains("at line 2"), "bad upload: {out}");
+    let (ok, out) = sieve_connect(&server, &["--checkscript", "--localsieve", bad]);
+    assert!(!ok && out.contains("at line 2"), "check: {out}");
+    let (ok, out) = sieve_connect(&server, &["--checkscript", "--localsieve", good]);
+    assert!(ok, "check: {out}");
+    let (ok, out) = sieve_connect(&server, &["--activate", "--remotesieve", "rules"]);
+    assert!(ok, "activate: {out}");
+    let (ok, out) = sieve_connect(&server, &["--list"]);
+    assert!(ok && out.contains("\"rules\" ACTIVE"), "list: {out}");
+    assert!(!out.contains("bad"), "the bad script was not stored: {out}");
+    let got = dir.path().join("got.sieve");
+    let (ok, out) = sieve_connect(
+        &server,
+        &[
+            "--download",
+            "--remotesieve",
+            "rules",
+            "--localsieve",
+            got.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "download: {out}");
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), script);
+    // The active script cannot be deleted; deactivated, it can.
+    let (ok, out) = sieve_connect(&server, &["--delete", "--remotesieve", "rules"]);
+    assert!(!ok && out.contains("ACTIVE"), "delete active: {out}");
+
+    // The script it activated runs at delivery.
+    let r = server
+        .send_mail(
+            "shop@store.test",
+            &["alice@example.test"],
+            "From: shop@store.test\r\nSubject: your receipt\r\n\r\nThanks.\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    let store = server.store();
+    let u = store.user_get("alice@example.test").await.unwrap().unwrap();
+    let boxes = store.mailboxes(u.id).await.unwrap();
+    let receipts = boxes
+        .iter()
+        .find(|b| b.name == "Receipts")
+        .expect("created by the script");
+    assert_eq!(store.messages(receipts.id).await.unwrap().len(), 1);
+
+    let (ok, out) = sieve_connect(&server, &["--deactivate"]);
+    assert!(ok, "deactivate: {out}");
+    let (ok, out) = sieve_connect(&server, &["--delete", "--remotesieve", "rules"]);
+    assert!(ok, "delete: {out}");
+    let (ok, out) = sieve_connect(&server, &["--list"]);
+    assert!(ok && !out.contains("rules"), "list: {out}");
 }
