@@ -386,47 +386,28 @@ impl Delivery {
                 }
             }
         }
-        let blob = self.store.put_blob(&msg.data).await?;
-        let mut batch = Vec::new();
-        let mut owner = Vec::new();
-        for (i, (t, (prefix, plan))) in msg.recipients.iter().zip(&plans).enumerate() {
-            for (target, flags, edited) in &plan.copies {
-                owner.push(i);
-                match edited {
-                    // Changed by editheader: the whole copy as the script left it (its
-                    // prefix included), a blob of its own.
-                    Some(data) => {
-                        let own = ingest::parse_cache(data);
-                        batch.push(NewMessage {
-                            account: t.account,
-                            target: *target,
-                            blob: self.store.put_blob(data).await?,
-                            blob_size: data.len() as u64,
-                            prefix: Vec::new(),
-                            headers: data[..(own.header_size as usize).min(data.len())].to_vec(),
-                            flags: flags.clone(),
-                            internal_date,
-                            cache: own,
-                            queue_id: Some(msg.queue_id.clone()),
-                        });
+        let results = match self.store_copies(&msg, &plans, &cache, internal_date).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing stored: the sender retries, and what the scripts' vacation and
+                // duplicate recorded for this delivery must not make the retry "seen".
+                for (t, (_, plan)) in msg.recipients.iter().zip(&plans) {
+                    if !plan.recorded.is_empty() {
+                        if let Err(e) = self.store.sieve_unsee(t.account, &plan.recorded).await {
+                            tracing::warn!(account = t.account.0, error = %e, "forgetting Sieve ids failed");
+                        }
                     }
-                    None => batch.push(NewMessage {
-                        account: t.account,
-                        target: *target,
-                        blob: blob.clone(),
-                        blob_size: msg.data.len() as u64,
-                        prefix: prefix.clone().into_bytes(),
-                        headers: msg.data[..(cache.header_size as usize).min(msg.data.len())]
-                            .to_vec(),
-                        flags: flags.clone(),
-                        internal_date,
-                        cache: cache.clone(),
-                        queue_id: Some(msg.queue_id.clone()),
-                    }),
                 }
+                return Err(e.into());
             }
-        }
-        let results = self.store.deliver(batch).await?;
+        };
+        let owner: Vec<usize> = msg
+            .recipients
+            .iter()
+            .zip(&plans)
+            .enumerate()
+            .flat_map(|(i, (_, (_, p)))| std::iter::repeat_n(i, p.copies.len()))
+            .collect();
         let mut per: Vec<Vec<Result<Stored, StoreError>>> =
             (0..msg.recipients.len()).map(|_| Vec::new()).collect();
         for (i, r) in owner.into_iter().zip(results) {
@@ -502,6 +483,56 @@ impl Delivery {
             message_id: cache.message_id,
             rejected: None,
         })
+    }
+
+    /// Stores every planned copy (one blob for the message, one per edited copy) in one
+    /// batch: per copy, in plan order, where it went or why not.
+    async fn store_copies(
+        &self,
+        msg: &Incoming,
+        plans: &[(String, Plan)],
+        cache: &mailkeep_store::MessageCache,
+        internal_date: i64,
+    ) -> Result<Vec<Result<Stored, StoreError>>, StoreError> {
+        let blob = self.store.put_blob(&msg.data).await?;
+        let mut batch = Vec::new();
+        for (t, (prefix, plan)) in msg.recipients.iter().zip(plans) {
+            for (target, flags, edited) in &plan.copies {
+                match edited {
+                    // Changed by editheader: the whole copy as the script left it (its
+                    // prefix included), a blob of its own.
+                    Some(data) => {
+                        let own = ingest::parse_cache(data);
+                        batch.push(NewMessage {
+                            account: t.account,
+                            target: *target,
+                            blob: self.store.put_blob(data).await?,
+                            blob_size: data.len() as u64,
+                            prefix: Vec::new(),
+                            headers: data[..(own.header_size as usize).min(data.len())].to_vec(),
+                            flags: flags.clone(),
+                            internal_date,
+                            cache: own,
+                            queue_id: Some(msg.queue_id.clone()),
+                        });
+                    }
+                    None => batch.push(NewMessage {
+                        account: t.account,
+                        target: *target,
+                        blob: blob.clone(),
+                        blob_size: msg.data.len() as u64,
+                        prefix: prefix.clone().into_bytes(),
+                        headers: msg.data[..(cache.header_size as usize).min(msg.data.len())]
+                            .to_vec(),
+                        flags: flags.clone(),
+                        internal_date,
+                        cache: cache.clone(),
+                        queue_id: Some(msg.queue_id.clone()),
+                    }),
+                }
+            }
+        }
+        self.store.deliver(batch).await
     }
 
     /// Sends a reply a script made: delivered here when `to` is one of our users, else
@@ -703,6 +734,7 @@ impl Delivery {
             redirects: Vec::new(),
             replies: Vec::new(),
             bounced: false,
+            recorded: Vec::new(),
         };
         let settings = match self.sieve.read() {
             Ok(s) => s.clone(),
@@ -753,7 +785,9 @@ impl Delivery {
         let handle = tokio::runtime::Handle::current();
         let decided = tokio::task::spawn_blocking(move || {
             // Vacation's and duplicate's memory (a store failure counts as seen: better no
-            // reply than one every time).
+            // reply than one every time). What this run records is noted, to be forgotten
+            // if the delivery fails.
+            let recorded = std::sync::Mutex::new(Vec::new());
             let seen = |id: &str, expiry: u64| {
                 let now = now_micros() / 1_000_000;
                 let expiry = i64::try_from(expiry).unwrap_or(i64::MAX);
@@ -763,11 +797,18 @@ impl Delivery {
                 } else {
                     expiry
                 };
-                handle
-                    .block_on(store.sieve_seen(account, id, now, expiry))
+                match handle.block_on(store.sieve_seen(account, id, now, expiry)) {
+                    Ok(true) => true,
+                    Ok(false) => {
+                        if let Ok(mut r) = recorded.lock() {
+                            r.push(id.to_string());
+                        }
+                        false
+                    }
                     // Unknown: no vacation reply (no storm), but no duplicate either (a
                     // `duplicate` test must not discard mail over a store error).
-                    .unwrap_or(id.starts_with("_v"))
+                    Err(_) => id.starts_with("_v"),
+                }
             };
             // RFC 6609: the user's own scripts by name, the admin's from the global directory.
             let include = |s: &::sieve::Script| match s {
@@ -793,15 +834,19 @@ impl Delivery {
                 spam_score,
                 virus_clean,
             };
-            sieve::evaluate(&script, &full, &env, &limits)
+            let decision = sieve::evaluate(&script, &full, &env, &limits);
+            (decision, recorded.into_inner().unwrap_or_default())
         })
         .await;
-        let decision = match decided {
+        let (decision, recorded) = match decided {
             Ok(d) => d,
-            Err(e) => sieve::Decision {
-                error: Some(format!("the script's run failed: {e}")),
-                ..Default::default()
-            },
+            Err(e) => (
+                sieve::Decision {
+                    error: Some(format!("the script's run failed: {e}")),
+                    ..Default::default()
+                },
+                Vec::new(),
+            ),
         };
         let mut plan = Plan {
             scripted: true,
@@ -814,6 +859,7 @@ impl Delivery {
             replies: decision.replies,
             copies: Vec::new(),
             bounced: false,
+            recorded,
         };
         for c in decision.copies {
             let target = self.copy_target(t, &boxes, &c, default, &mut plan).await;
@@ -945,6 +991,9 @@ struct Plan {
     replies: Vec<(String, Vec<u8>)>,
     /// Its rejection went to the sender as a bounce.
     bounced: bool,
+    /// Ids its vacation and duplicate tests recorded in this run (forgotten when the
+    /// delivery fails).
+    recorded: Vec<String>,
 }
 
 fn serde_json_detail(pairs: &[(&str, String)]) -> serde_json::Value {

@@ -3335,6 +3335,20 @@ impl SieveStore for SqliteStore {
         .await
     }
 
+    async fn sieve_unsee(&self, account: AccountId, ids: &[String]) -> Result<()> {
+        let ids = ids.to_vec();
+        self.write(move |c| {
+            let mut st = c
+                .prepare_cached("DELETE FROM sieve_seen WHERE account = ?1 AND id = ?2")
+                .map_err(backend)?;
+            for id in &ids {
+                st.execute(params![account.0, id]).map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn sieve_active(&self, account: AccountId) -> Result<Option<(String, String)>> {
         self.read(move |c| {
             c.prepare_cached(

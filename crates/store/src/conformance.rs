@@ -85,6 +85,16 @@ async fn sieve(store: &SharedStore) {
         .sieve_seen(u, "_vx", 151, 50)
         .await
         .expect("seen again"));
+    // Forgotten: not seen any more; others stay.
+    store
+        .sieve_unsee(u, &["_vx".to_string(), "_unknown".to_string()])
+        .await
+        .expect("unsee");
+    assert!(!store
+        .sieve_seen(u, "_vx", 152, 50)
+        .await
+        .expect("forgotten"));
+    assert!(store.sieve_seen(u, "_vy", 152, 50).await.expect("kept"));
 }
 
 /// Greylisting records: written, read back, expired by their own clocks.

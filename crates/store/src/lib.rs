@@ -859,6 +859,9 @@ pub trait SieveStore: Send + Sync {
     /// `now + expiry`. One transaction.
     async fn sieve_seen(&self, account: AccountId, id: &str, now: i64, expiry: i64)
         -> Result<bool>;
+    /// Forgets ids [`SieveStore::sieve_seen`] recorded for a delivery that then failed (the
+    /// sender retries, and the retry must not count as seen).
+    async fn sieve_unsee(&self, account: AccountId, ids: &[String]) -> Result<()>;
 }
 
 /// One greylisting record (RFC 6647): of a triplet, a client network or a sender domain.
