@@ -319,6 +319,8 @@ pub struct SieveConfig {
     pub max_instructions: usize,
     /// Redirects per message.
     pub max_redirects: usize,
+    /// Scripts a user may keep through ManageSieve.
+    pub max_scripts: usize,
 }
 
 /// Greylisting on the MX (`[greylist]`, RFC 6647): a first attempt from a client network,
@@ -1283,6 +1285,7 @@ impl Config {
             )? as usize,
             max_instructions: positive(&cx, "sieve.max_instructions", sv.max_instructions, 20_000)?,
             max_redirects: count_key(&cx, "sieve.max_redirects", sv.max_redirects, 4)? as usize,
+            max_scripts: positive(&cx, "sieve.max_scripts", sv.max_scripts, 100)?,
         };
         let greylist = GreylistConfig {
             enabled: gr.enabled.unwrap_or(false),

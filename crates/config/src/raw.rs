@@ -187,6 +187,8 @@ pub struct RawSieve {
     pub max_instructions: Option<i64>,
     /// `max_redirects`
     pub max_redirects: Option<i64>,
+    /// `max_scripts`
+    pub max_scripts: Option<i64>,
 }
 
 /// `[greylist]`

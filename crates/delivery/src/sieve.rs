@@ -36,6 +36,8 @@ pub struct Limits {
     pub max_redirects: usize,
     /// Nested blocks and tests.
     pub max_nesting: usize,
+    /// Scripts one user may keep (ManageSieve's PUTSCRIPT; RFC 5804 QUOTA/MAXSCRIPTS).
+    pub max_scripts: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +47,7 @@ impl Default for Limits {
             max_instructions: 20_000,
             max_redirects: 4,
             max_nesting: 15,
+            max_scripts: 100,
         }
     }
 }

@@ -316,6 +316,7 @@ after = []
 max_script_size = "64K"
 max_instructions = 20000     # per message
 max_redirects = 4            # per message
+max_scripts = 100            # scripts a user may keep through ManageSieve
 
 [greylist]
 # Greylisting (RFC 6647) on the MX: the first attempt of each (client network, sender,

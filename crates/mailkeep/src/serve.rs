@@ -181,6 +181,7 @@ pub(crate) fn sieve_settings(config: &Config) -> mailkeep_delivery::sieve::Setti
             max_script_size: s.max_script_size,
             max_instructions: s.max_instructions,
             max_redirects: s.max_redirects,
+            max_scripts: s.max_scripts,
             ..Default::default()
         },
         global_dir: s.global_dir.clone(),

@@ -160,11 +160,13 @@ fn read_script(file: Option<&Path>) -> Result<String> {
 
 /// Script names as ManageSieve allows them (RFC 5804 1.6): not empty, at most 512
 /// characters, no control characters.
-fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.chars().count() > 512 || name.chars().any(|c| c.is_control()) {
-        anyhow::bail!("NAME {name:?}: 1 to 512 characters, none of them control characters");
-    }
-    Ok(())
+/// A script name as ManageSieve stores it (NFC), or why it is not one.
+fn check_name(name: &str) -> Result<String> {
+    mailkeep_managesieve::script_name(name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "NAME {name:?}: 1 to 512 characters, none of them control characters or line separators"
+        )
+    })
 }
 
 async fn account(store: &SharedStore, user: &str) -> Result<AccountId> {
@@ -193,7 +195,7 @@ pub fn sieve(config: &Path, cmd: SieveCmd) -> Result<()> {
                 file,
                 activate,
             } => {
-                check_name(&name)?;
+                let name = check_name(&name)?;
                 let text = read_script(file.as_deref())?;
                 check(&text, &limits)
                     .map_err(|e| anyhow::anyhow!("the script has an error: {e}"))?;
@@ -208,6 +210,7 @@ pub fn sieve(config: &Path, cmd: SieveCmd) -> Result<()> {
                 );
             }
             SieveCmd::Get { user, name } => {
+                let name = check_name(&name)?;
                 let id = account(&store, &user).await?;
                 match store.sieve_get(id, &name).await? {
                     Some(t) => print!("{t}"),
@@ -221,6 +224,7 @@ pub fn sieve(config: &Path, cmd: SieveCmd) -> Result<()> {
                 }
             }
             SieveCmd::Activate { user, name } => {
+                let name = check_name(&name)?;
                 let id = account(&store, &user).await?;
                 store
                     .sieve_activate(id, Some(&name))
@@ -234,6 +238,7 @@ pub fn sieve(config: &Path, cmd: SieveCmd) -> Result<()> {
                 println!("no script is active for {user}");
             }
             SieveCmd::Delete { user, name } => {
+                let name = check_name(&name)?;
                 let id = account(&store, &user).await?;
                 store
                     .sieve_delete(id, &name)

@@ -179,7 +179,7 @@ fn sieve_connect(server: &Server, args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sieve_connect_uploads_activates_and_checks_scripts() {
-    let server = Server::start("");
+    let server = Server::start("sieve.max_scripts = 2");
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("rules.sieve");
     let script = "require [\"fileinto\", \"mailbox\"];\n\
@@ -223,6 +223,39 @@ async fn sieve_connect_uploads_activates_and_checks_scripts() {
     );
     assert!(ok, "download: {out}");
     assert_eq!(std::fs::read_to_string(&got).unwrap(), script);
+    // Names are NFC (RFC 5804 1.6): a combining accent names the precomposed script.
+    let (ok, out) = sieve_connect(
+        &server,
+        &[
+            "--upload",
+            "--localsieve",
+            good,
+            "--remotesieve",
+            "Cafe\u{301}",
+        ],
+    );
+    assert!(ok, "upload: {out}");
+    let (ok, out) = sieve_connect(&server, &["--list"]);
+    assert!(ok && out.contains("\"Caf\u{e9}\""), "list: {out}");
+    // Two scripts are the allowance here: a third is refused, a replacement is not.
+    let (ok, out) = sieve_connect(
+        &server,
+        &["--upload", "--localsieve", good, "--remotesieve", "third"],
+    );
+    assert!(!ok && out.contains("QUOTA/MAXSCRIPTS"), "third: {out}");
+    let (ok, out) = sieve_connect(
+        &server,
+        &[
+            "--upload",
+            "--localsieve",
+            good,
+            "--remotesieve",
+            "Caf\u{e9}",
+        ],
+    );
+    assert!(ok, "replace: {out}");
+    let (ok, out) = sieve_connect(&server, &["--delete", "--remotesieve", "Caf\u{e9}"]);
+    assert!(ok, "delete: {out}");
     // The active script cannot be deleted; deactivated, it can.
     let (ok, out) = sieve_connect(&server, &["--delete", "--remotesieve", "rules"]);
     assert!(!ok && out.contains("ACTIVE"), "delete active: {out}");

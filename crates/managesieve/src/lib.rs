@@ -286,8 +286,28 @@ fn string(s: &str) -> String {
 }
 
 /// Script names (RFC 5804 1.6): not empty, no control characters, at most 512 characters.
+/// A script name as stored (NFC), or None when it is not a valid one (RFC 5804 1.6). The
+/// CLI names scripts the same way.
+pub fn script_name(name: &str) -> Option<String> {
+    good_name(name).then(|| nfc(name))
+}
+
+/// RFC 5804 1.6: a script name has no control characters (U+0000-001F, U+007F-009F) and
+/// no line or paragraph separator (U+2028, U+2029).
 fn good_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().count() <= 512 && !name.chars().any(|c| c.is_control())
+    !name.is_empty()
+        && name.chars().count() <= 512
+        && !name
+            .chars()
+            .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+}
+
+/// RFC 5804 1.6: names are Net-Unicode (RFC 5198 3), so normalised to NFC: two spellings of
+/// "Café" are one script.
+fn nfc(name: &str) -> String {
+    icu_normalizer::ComposingNormalizerBorrowed::new_nfc()
+        .normalize(name)
+        .into_owned()
 }
 
 enum Flow {
@@ -589,9 +609,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(user) = self.user.clone() else {
             return Ok(self.no(None, "Log in first"));
         };
+        // The arguments that are script names, in NFC.
+        let normalised: Vec<String> = strs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let is_name = match name {
+                    "RENAMESCRIPT" => true,
+                    "CHECKSCRIPT" => false,
+                    _ => i == 0,
+                };
+                if is_name {
+                    nfc(s)
+                } else {
+                    s.to_string()
+                }
+            })
+            .collect();
+        let strs: Vec<&str> = normalised.iter().map(String::as_str).collect();
         let store = self.server.store.clone();
         let limits = self.server.limits;
-        let flow = match (name, strs) {
+        // RFC 5804 2.3: a new script beyond the account's allowance is refused up front.
+        let too_many = |list: &[(String, bool)], script: &str| {
+            list.len() >= limits.max_scripts && !list.iter().any(|(n, _)| n == script)
+        };
+        let flow = match (name, strs.as_slice()) {
             ("HAVESPACE", [script]) => {
                 let size = args.iter().find_map(|a| match a {
                     Arg::Num(n) => Some(*n),
@@ -603,6 +645,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Some(n) if n > limits.max_script_size as u64 => self.no(
                         Some("QUOTA/MAXSIZE"),
                         &format!("Scripts may have at most {} bytes", limits.max_script_size),
+                    ),
+                    Some(_) if too_many(&store.sieve_list(user.id).await?, script) => self.no(
+                        Some("QUOTA/MAXSCRIPTS"),
+                        &format!("At most {} scripts", limits.max_scripts),
                     ),
                     Some(_) => {
                         self.respond("OK", None, "Putscript would succeed");
@@ -618,6 +664,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     return Ok(self.no(
                         Some("QUOTA/MAXSIZE"),
                         &format!("Scripts may have at most {} bytes", limits.max_script_size),
+                    ));
+                }
+                if too_many(&store.sieve_list(user.id).await?, script) {
+                    return Ok(self.no(
+                        Some("QUOTA/MAXSCRIPTS"),
+                        &format!("At most {} scripts", limits.max_scripts),
                     ));
                 }
                 match check(text, &limits) {
@@ -838,5 +890,8 @@ mod tests {
         assert_eq!(string("abc"), "\"abc\"");
         assert_eq!(string("a\"b"), "{3}\r\na\"b");
         assert!(good_name("vacation") && !good_name("") && !good_name("a\nb"));
+        assert!(!good_name("a\u{2028}b") && !good_name("a\u{85}b"));
+        // "Café" with a combining accent is the precomposed one.
+        assert_eq!(nfc("Cafe\u{301}"), "Caf\u{e9}");
     }
 }
