@@ -61,6 +61,42 @@ pub struct Incoming {
     /// What copies sent on to other domains (Sieve redirects) carry, and whether they may
     /// be sent at all.
     pub onward: Onward,
+    /// What the sender asked of delivery status notifications, for the bounces delivery
+    /// sends itself.
+    pub dsn: DsnRequest,
+}
+
+/// What the sender asked of delivery status notifications (RFC 3461).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DsnRequest {
+    /// ENVID (RFC 3461 4.4).
+    pub envid: Option<String>,
+    /// RET=HDRS (RFC 3461 4.3): a bounce returns only the header.
+    pub headers_only: bool,
+    /// Per local account: how the sender named it and what it asked.
+    pub recipients: HashMap<AccountId, DsnRecipient>,
+}
+
+/// One recipient as the sender gave it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DsnRecipient {
+    /// The address in RCPT TO (an alias, a sub-address), which a bounce names.
+    pub address: String,
+    /// ORCPT (`rfc822;` and xtext), if given.
+    pub orcpt: Option<String>,
+    /// NOTIFY (`NEVER`, or a list of SUCCESS, FAILURE, DELAY), if given.
+    pub notify: Option<String>,
+}
+
+/// A recipient a bounce is about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bounced {
+    /// The recipient as the sender named it.
+    pub recipient: String,
+    /// Its ORCPT.
+    pub orcpt: Option<String>,
+    /// Why (an SMTP reply: code, enhanced code, text).
+    pub reply: String,
 }
 
 /// What the receiving side decided about sending the message on to other domains.
@@ -143,15 +179,16 @@ pub trait Outbox: Send + Sync {
     /// submitted mail.
     async fn reply(&self, account: AccountId, recipient: &str, data: &[u8]) -> Result<(), String>;
     /// Sends `sender` a delivery status notification (RFC 3464, from the null sender) that
-    /// the message `original` (queue id `queue_id`) failed for good for each
-    /// (recipient, SMTP reply): a Sieve `reject` the SMTP session could no longer refuse
-    /// (RFC 5429 2.1). Durable once it returns Ok.
+    /// the message `original` (queue id `queue_id`) failed for good for `failed`: a Sieve
+    /// `reject` the SMTP session could no longer refuse (RFC 5429 2.1), with what the
+    /// sender asked (`dsn`). Durable once it returns Ok.
     async fn bounce(
         &self,
         queue_id: &str,
         sender: &str,
-        failed: &[(String, String)],
+        failed: &[Bounced],
         original: &[u8],
+        dsn: &DsnRequest,
         onward: &Onward,
     ) -> Result<(), String>;
 }
@@ -208,11 +245,16 @@ impl Delivery {
         self.plus_separator
     }
 
-    /// Whether `account`'s Sieve scripts (or the admin's global ones) might send a message
-    /// on: their text names `redirect` (or includes another script, which might). The SMTP
-    /// session then has the message ARC-sealed for the copies a redirect sends elsewhere;
-    /// a false positive costs one signature.
-    pub async fn may_redirect(&self, account: AccountId) -> bool {
+    /// Which of these accounts (an index) has Sieve scripts that might send a message on:
+    /// the admin's global scripts or the account's active one name `redirect` (or include
+    /// another script, which might). The SMTP session then has the message ARC-sealed for
+    /// the copies a redirect sends elsewhere; a false positive costs one signature. A global
+    /// script that cannot be read counts as not redirecting (its include fails at delivery
+    /// and keeps the message).
+    pub async fn may_redirect(&self, accounts: &[AccountId]) -> Option<usize> {
+        if accounts.is_empty() {
+            return None;
+        }
         let names = |text: &str| {
             let t = text.to_ascii_lowercase();
             t.contains("redirect") || t.contains("include")
@@ -229,16 +271,19 @@ impl Delivery {
         for path in global {
             if tokio::fs::read_to_string(path)
                 .await
-                .map_or(true, |t| names(&t))
+                .is_ok_and(|t| names(&t))
             {
-                return true;
+                return Some(0);
             }
         }
-        match self.store.sieve_active(account).await {
-            Ok(Some((_, script))) => names(&script),
-            Ok(None) => false,
-            Err(_) => true,
+        for (i, account) in accounts.iter().enumerate() {
+            match self.store.sieve_active(*account).await {
+                Ok(Some((_, script))) if names(&script) => return Some(i),
+                Ok(_) => {}
+                Err(_) => return Some(i),
+            }
         }
+        None
     }
 
     /// Resolves a recipient through the directory.
@@ -304,86 +349,47 @@ impl Delivery {
             });
         }
         // Otherwise (RFC 5429 2.1.2) each rejecting recipient's refusal reaches the sender
-        // as a bounce, before anything is stored; a bounce that cannot be queued keeps the
-        // message instead. Never to the null sender (RFC 5429 2.1, RFC 3834 2): discarded,
-        // as Pigeonhole does.
-        let rejecting: Vec<(String, String)> = msg
-            .recipients
-            .iter()
-            .zip(&plans)
-            .filter_map(|(t, (_, p))| {
-                p.reject.as_ref().map(|r| {
-                    let reason: String = r
-                        .chars()
-                        .map(|c| if c.is_control() { ' ' } else { c })
-                        .take(200)
-                        .collect();
-                    (
-                        t.address.clone(),
-                        format!("550 5.7.1 Rejected by the recipient's filter: {reason}"),
-                    )
-                })
-            })
-            .collect();
-        if !rejecting.is_empty() {
-            let bounced = if msg.return_path.is_empty() {
-                Ok("the null sender: discarded".to_string())
-            } else {
-                match self.outbox.get() {
-                    None => Err("no outbound queue here".to_string()),
-                    Some(outbox) => outbox
-                        .bounce(
-                            &msg.queue_id,
-                            &msg.return_path,
-                            &rejecting,
-                            &msg.data,
-                            &msg.onward,
-                        )
-                        .await
-                        .map(|()| format!("bounce sent to {}", msg.return_path)),
-                }
+        // as a bounce, once the other copies are stored. None to the null sender (RFC 5429
+        // 2.1, RFC 3834 2), to a sender whose NOTIFY leaves failures out (RFC 3461 4.1), or
+        // for mail we would not send on (spam, a forgery of our domains): no backscatter to
+        // forged senders. Those are dropped for that recipient, as Pigeonhole does.
+        let mut bounces: Vec<(usize, Bounced)> = Vec::new();
+        for (i, (t, (_, plan))) in msg.recipients.iter().zip(plans.iter_mut()).enumerate() {
+            let Some(reason) = plan.reject.take() else {
+                continue;
             };
-            for (_, plan) in plans.iter_mut() {
-                if plan.reject.take().is_none() {
-                    continue;
-                }
-                match &bounced {
-                    Ok(note) => {
-                        plan.actions.push(format!("rejected: {note}"));
-                        plan.bounced = true;
-                    }
-                    Err(e) => {
-                        plan.actions.push(format!(
-                            "reject failed: the bounce could not be sent ({e}); kept"
-                        ));
-                        plan.copies = vec![(Target::Role(plan.default), Vec::new(), None)];
-                    }
-                }
-            }
-        }
-        // Redirects (RFC 5228 4.2), before anything is stored: one that cannot be done
-        // keeps the message instead.
-        let mut redirect_events = Vec::new();
-        for (t, (_, plan)) in msg.recipients.iter().zip(plans.iter_mut()) {
-            for to in std::mem::take(&mut plan.redirects) {
-                match self.redirect(t, &msg, &to, &budget).await {
-                    Ok(events) => {
-                        plan.actions.push(format!("redirected to {to}"));
-                        redirect_events.extend(events);
-                    }
-                    Err(e) => {
-                        plan.actions
-                            .push(format!("redirect {to:?} failed: {e}; kept"));
-                        if !plan
-                            .copies
-                            .iter()
-                            .any(|(x, _, _)| *x == Target::Role(plan.default))
-                        {
-                            plan.copies
-                                .push((Target::Role(plan.default), Vec::new(), None));
-                        }
-                    }
-                }
+            plan.bounced = true;
+            let reason: String = reason
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(200)
+                .collect();
+            let asked = msg.dsn.recipients.get(&t.account);
+            let wants = asked
+                .and_then(|r| r.notify.as_deref())
+                .is_none_or(|n| n.to_ascii_uppercase().contains("FAILURE"));
+            let silent = if msg.return_path.is_empty() {
+                Some("the null sender".to_string())
+            } else if !wants {
+                Some("the sender's NOTIFY asks for no bounce".to_string())
+            } else {
+                msg.onward
+                    .refused
+                    .as_ref()
+                    .map(|why| format!("no bounce for such mail ({why})"))
+            };
+            match silent {
+                Some(why) => plan.actions.push(format!("rejected: {why}; dropped")),
+                None => bounces.push((
+                    i,
+                    Bounced {
+                        recipient: asked
+                            .map(|r| r.address.clone())
+                            .unwrap_or_else(|| t.address.clone()),
+                        orcpt: asked.and_then(|r| r.orcpt.clone()),
+                        reply: format!("550 5.7.1 Rejected by the recipient's filter: {reason}"),
+                    },
+                )),
             }
         }
         let results = match self.store_copies(&msg, &plans, &cache, internal_date).await {
@@ -415,8 +421,101 @@ impl Delivery {
                 v.push(r);
             }
         }
+        // Then what goes elsewhere, so that a retry after a failed store does not send it
+        // twice: redirects (RFC 5228 4.2) and the bounce. What cannot be done keeps the
+        // message instead, in a second batch.
+        let mut keep = vec![false; msg.recipients.len()];
+        let mut events = Vec::new();
+        for (i, (t, (_, plan))) in msg.recipients.iter().zip(plans.iter_mut()).enumerate() {
+            for to in std::mem::take(&mut plan.redirects) {
+                match self.redirect(t, &msg, &to, &budget).await {
+                    Ok(more) => {
+                        plan.actions.push(format!("redirected to {to}"));
+                        events.extend(more);
+                    }
+                    Err(e) => {
+                        plan.actions
+                            .push(format!("redirect {to:?} failed: {e}; kept"));
+                        keep[i] = true;
+                    }
+                }
+            }
+        }
+        if !bounces.is_empty() {
+            let failed: Vec<Bounced> = bounces.iter().map(|(_, b)| b.clone()).collect();
+            let sent = match self.outbox.get() {
+                None => Err("no outbound queue here".to_string()),
+                Some(outbox) => {
+                    outbox
+                        .bounce(
+                            &msg.queue_id,
+                            &msg.return_path,
+                            &failed,
+                            &msg.data,
+                            &msg.dsn,
+                            &msg.onward,
+                        )
+                        .await
+                }
+            };
+            for (i, _) in &bounces {
+                let Some((_, plan)) = plans.get_mut(*i) else {
+                    continue;
+                };
+                match &sent {
+                    Ok(()) => plan
+                        .actions
+                        .push(format!("rejected: bounce sent to {}", msg.return_path)),
+                    Err(e) => {
+                        plan.actions.push(format!(
+                            "reject failed: the bounce could not be sent ({e}); kept"
+                        ));
+                        plan.bounced = false;
+                        if let Some(k) = keep.get_mut(*i) {
+                            *k = true;
+                        }
+                    }
+                }
+            }
+        }
+        // The kept copies: one in the recipient's default mailbox, unless one is there.
+        let mut second: Vec<(String, Plan)> = Vec::new();
+        for (i, (prefix, plan)) in plans.iter().enumerate() {
+            let default = Target::Role(plan.default);
+            let needed = keep.get(i).copied().unwrap_or(false)
+                && !plan
+                    .copies
+                    .iter()
+                    .any(|(x, _, e)| *x == default && e.is_none());
+            second.push((
+                prefix.clone(),
+                Plan {
+                    copies: if needed {
+                        vec![(default, Vec::new(), None)]
+                    } else {
+                        Vec::new()
+                    },
+                    ..Plan::keep(plan.default)
+                },
+            ));
+        }
+        if second.iter().any(|(_, p)| !p.copies.is_empty()) {
+            // A failure now must not lose these copies: the sender is told to retry, and
+            // the copies stored already come again (a duplicate, not a loss).
+            let results = self
+                .store_copies(&msg, &second, &cache, internal_date)
+                .await?;
+            let owner = second
+                .iter()
+                .enumerate()
+                .flat_map(|(i, (_, p))| std::iter::repeat_n(i, p.copies.len()));
+            for (i, r) in owner.zip(results) {
+                if let Some(v) = per.get_mut(i) {
+                    v.push(r);
+                }
+            }
+        }
         let mut outcomes = Vec::with_capacity(msg.recipients.len());
-        let mut events = redirect_events;
         for ((t, (_, plan)), rs) in msg.recipients.iter().zip(&plans).zip(per) {
             if plan.scripted {
                 events.push(self.sieve_event(&msg, t, &cache, plan, "accepted"));
@@ -563,6 +662,7 @@ impl Delivery {
                             virus_clean: msg.virus_clean,
                             refusable: false,
                             onward: Onward::default(),
+                            dsn: DsnRequest::default(),
                         })
                         .await
                         .map_err(|e| e.to_string())?;
@@ -654,13 +754,18 @@ impl Delivery {
                                 queue_id: msg.queue_id.clone(),
                                 session: msg.session.clone(),
                                 client_ip: msg.client_ip.clone(),
-                                // The verdicts that apply to the whole message (DMARC
-                                // quarantine, a listed client) go along.
-                                mailbox: msg.mailbox,
+                                // Where the redirecting user's copy went (Junk for spam, a
+                                // DMARC quarantine, a listed client) goes along.
+                                mailbox: msg
+                                    .placements
+                                    .get(&t.account)
+                                    .map(|p| p.mailbox)
+                                    .unwrap_or(msg.mailbox),
                                 placements: HashMap::new(),
                                 virus_clean: msg.virus_clean,
                                 refusable: true,
                                 onward: msg.onward.clone(),
+                                dsn: DsnRequest::default(),
                             },
                             budget.clone(),
                         )
@@ -723,19 +828,7 @@ impl Delivery {
         msg: &Incoming,
         default: MailboxRole,
     ) -> Plan {
-        let keep = Plan {
-            copies: vec![(Target::Role(default), Vec::new(), None)],
-            default,
-            scripted: false,
-            script: String::new(),
-            actions: Vec::new(),
-            error: None,
-            reject: None,
-            redirects: Vec::new(),
-            replies: Vec::new(),
-            bounced: false,
-            recorded: Vec::new(),
-        };
+        let keep = Plan::keep(default);
         let settings = match self.sieve.read() {
             Ok(s) => s.clone(),
             Err(_) => return keep,
@@ -996,6 +1089,25 @@ struct Plan {
     recorded: Vec<String>,
 }
 
+impl Plan {
+    /// No script: one copy in `default`.
+    fn keep(default: MailboxRole) -> Plan {
+        Plan {
+            copies: vec![(Target::Role(default), Vec::new(), None)],
+            default,
+            scripted: false,
+            script: String::new(),
+            actions: Vec::new(),
+            error: None,
+            reject: None,
+            redirects: Vec::new(),
+            replies: Vec::new(),
+            bounced: false,
+            recorded: Vec::new(),
+        }
+    }
+}
+
 fn serde_json_detail(pairs: &[(&str, String)]) -> serde_json::Value {
     serde_json::Value::Object(
         pairs
@@ -1047,6 +1159,7 @@ mod tests {
                 virus_clean: false,
                 refusable: true,
                 onward: Default::default(),
+                dsn: Default::default(),
             })
             .await
             .unwrap();

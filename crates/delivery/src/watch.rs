@@ -310,6 +310,7 @@ impl Watch {
             virus_clean: false,
             refusable: false,
             onward: Default::default(),
+            dsn: Default::default(),
         };
         match self.delivery.deliver(incoming).await {
             Ok(d) => d.events,

@@ -1074,6 +1074,7 @@ pub fn deliver(config_path: &Path, to: Vec<String>, from: String) -> Result<()> 
                 // As an LDA does: a rejection is the exit status, for the caller to bounce.
                 refusable: true,
                 onward: Default::default(),
+                dsn: Default::default(),
             })
             .await?;
         if let Some(reason) = &delivered.rejected {

@@ -158,9 +158,8 @@ fn read_script(file: Option<&Path>) -> Result<String> {
     Ok(text)
 }
 
-/// Script names as ManageSieve allows them (RFC 5804 1.6): not empty, at most 512
-/// characters, no control characters.
-/// A script name as ManageSieve stores it (NFC), or why it is not one.
+/// A script name as ManageSieve stores it (NFC; RFC 5804 1.6: 1 to 512 characters, no
+/// control characters or line separators), or why it is not one.
 fn check_name(name: &str) -> Result<String> {
     mailkeep_managesieve::script_name(name).ok_or_else(|| {
         anyhow::anyhow!(

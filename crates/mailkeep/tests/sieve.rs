@@ -185,6 +185,58 @@ async fn scripts_file_flag_discard_and_reject() {
     ] {
         assert!(bounce[0].contains(want), "{want} in {}", bounce[0]);
     }
+    // The bounce keeps to what the sender asked (RFC 3461): the address it wrote to, its
+    // ORCPT and ENVID, only the header with RET=HDRS; none at all with NOTIFY=NEVER.
+    let mut c = common::Raw::connect(server.smtp).await;
+    assert_eq!(common::code(&c.cmd("EHLO client.test").await), "250");
+    let r = c
+        .cmd("MAIL FROM:<carol@example.test> RET=HDRS ENVID=env+2B1")
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c
+        .cmd("RCPT TO:<alice+x@example.test> ORCPT=rfc822;al+2Bx@example.test")
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("RCPT TO:<bob@example.test>").await.starts_with("250"));
+    assert_eq!(common::code(&c.cmd("DATA").await), "354");
+    c.send(
+        mail("unwanted", "")
+            .replace("Hello.", "the body stays home")
+            .as_bytes(),
+    )
+    .await;
+    c.send(b".\r\n").await;
+    assert!(c.reply().await.starts_with("250"));
+    let bounces = imap_messages(&server, "carol@example.test", "INBOX");
+    assert_eq!(bounces.len(), 2, "{bounces:?}");
+    let b = &bounces[1];
+    for want in [
+        "Final-Recipient: rfc822; alice+x@example.test",
+        "Original-Recipient: rfc822;al+x@example.test",
+        // Both decoded from xtext (RFC 3464 2.2.1, 2.3.1).
+        "Original-Envelope-Id: env+1",
+        "Content-Type: text/rfc822-headers",
+    ] {
+        assert!(b.contains(want), "{want} in {b}");
+    }
+    assert!(!b.contains("the body stays home"), "{b}");
+    let r = c.cmd("MAIL FROM:<carol@example.test>").await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd("RCPT TO:<alice@example.test> NOTIFY=NEVER").await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("RCPT TO:<bob@example.test>").await.starts_with("250"));
+    assert_eq!(common::code(&c.cmd("DATA").await), "354");
+    c.send(mail("unwanted", "").as_bytes()).await;
+    c.send(b".\r\n").await;
+    assert!(c.reply().await.starts_with("250"));
+    c.cmd("QUIT").await;
+    assert_eq!(
+        imap_messages(&server, "carol@example.test", "INBOX").len(),
+        2,
+        "no bounce with NOTIFY=NEVER"
+    );
+    assert!(imap_messages(&server, "alice@example.test", "INBOX").is_empty());
+    assert_eq!(imap_messages(&server, "bob@example.test", "INBOX").len(), 3);
 
     // fileinto a mailbox that does not exist: kept in INBOX, the error logged.
     let r = send(
@@ -209,6 +261,7 @@ async fn scripts_file_flag_discard_and_reject() {
         "\"discard\"",
         "\"reject\"",
         "rejected: bounce sent to carol@example.test",
+        "rejected: the sender's NOTIFY asks for no bounce; dropped",
         "fileinto \\\"Nowhere\\\": no such mailbox",
     ] {
         assert!(log.contains(want), "{want} in {log}");

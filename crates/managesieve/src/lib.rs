@@ -285,7 +285,6 @@ fn string(s: &str) -> String {
     }
 }
 
-/// Script names (RFC 5804 1.6): not empty, no control characters, at most 512 characters.
 /// A script name as stored (NFC), or None when it is not a valid one (RFC 5804 1.6). The
 /// CLI names scripts the same way.
 pub fn script_name(name: &str) -> Option<String> {
@@ -609,7 +608,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let Some(user) = self.user.clone() else {
             return Ok(self.no(None, "Log in first"));
         };
-        // The arguments that are script names, in NFC.
+        // The arguments that are script names, in NFC; a name stored as given before names
+        // were normalised is still found as it is.
+        let existing: Vec<String> = match name {
+            "CHECKSCRIPT" | "LISTSCRIPTS" | "NOOP" => Vec::new(),
+            _ => self
+                .server
+                .store
+                .sieve_list(user.id)
+                .await?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect(),
+        };
         let normalised: Vec<String> = strs
             .iter()
             .enumerate()
@@ -619,10 +630,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     "CHECKSCRIPT" => false,
                     _ => i == 0,
                 };
-                if is_name {
-                    nfc(s)
-                } else {
+                let new_name = name == "RENAMESCRIPT" && i == 1;
+                if !is_name || (!new_name && existing.iter().any(|n| n == s)) {
                     s.to_string()
+                } else {
+                    nfc(s)
                 }
             })
             .collect();

@@ -66,6 +66,36 @@ pub fn status_of(diagnostic: &str, kind: Kind) -> String {
     }
 }
 
+/// RFC 3464 2.3.1: the ORCPT parameter (`type;xtext`) as the field shows it, its xtext
+/// decoded (RFC 3461 4): `rfc822;a+2Bb@x` is `rfc822;a+b@x`. Control characters go.
+fn orcpt_text(orcpt: &str) -> String {
+    let (kind, value) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
+    let raw = value.as_bytes();
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = raw
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (raw[i], hex) {
+            (b'+', Some(b)) => {
+                bytes.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                bytes.push(b);
+                i += 1;
+            }
+        }
+    }
+    let text: String = String::from_utf8_lossy(&bytes)
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
+    format!("{kind};{text}")
+}
+
 fn rfc2822(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
@@ -139,7 +169,7 @@ pub fn build(r: &Report<'_>, now: i64) -> Vec<u8> {
     for rc in r.recipients {
         m.push_str("\r\n");
         if let Some(o) = &rc.orcpt {
-            let _ = write!(m, "Original-Recipient: {o}\r\n");
+            let _ = write!(m, "Original-Recipient: {}\r\n", orcpt_text(o));
         }
         let (action, status) = match r.kind {
             Kind::Failed => ("failed", status_of(&rc.diagnostic, Kind::Failed)),
@@ -186,6 +216,17 @@ pub fn build(r: &Report<'_>, now: i64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn original_recipients_are_shown_decoded() {
+        assert_eq!(orcpt_text("rfc822;a+2Bb@x.test"), "rfc822;a+b@x.test");
+        assert_eq!(
+            orcpt_text("rfc822;caf+C3+A9@x.test"),
+            "rfc822;caf\u{e9}@x.test"
+        );
+        assert_eq!(orcpt_text("rfc822;x+0D+0Ay@z"), "rfc822;xy@z");
+        assert_eq!(orcpt_text("rfc822;odd+@z"), "rfc822;odd+@z");
+    }
 
     #[test]
     fn status_codes_come_from_the_reply() {

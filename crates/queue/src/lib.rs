@@ -620,6 +620,7 @@ impl Outbound {
                     virus_clean: false,
                     refusable: false,
                     onward: Default::default(),
+                    dsn: Default::default(),
                 };
                 match self.delivery.deliver(incoming).await {
                     Ok(d) => {
@@ -1359,8 +1360,9 @@ impl Outbound {
             if let Some(ret) = &m.ret {
                 mail.push_str(&format!(" RET={ret}"));
             }
+            // Kept decoded (as smtp-proto hands it over); sent as xtext (RFC 3461 4.4).
             if let Some(envid) = &m.envid {
-                mail.push_str(&format!(" ENVID={envid}"));
+                mail.push_str(&format!(" ENVID={}", xtext(envid)));
             }
         }
         let lines: Vec<String> = rcpts
@@ -1616,6 +1618,26 @@ fn report(r: &QueuedRcpt, a: &Attempt, server: &Server) -> dsn::RcptReport {
     }
 }
 
+/// RFC 3461 4: a DSN parameter (ENVID, ORCPT's address) smtp-proto decoded, as xtext again.
+/// A character up to U+00FF is the byte it was decoded from (smtp-proto turns `+HH` into
+/// U+00HH); others go as their UTF-8 bytes.
+pub fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match u8::try_from(u32::from(c)) {
+            Ok(b) if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' => out.push(c),
+            Ok(b) => out.push_str(&format!("+{b:02X}")),
+            Err(_) => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("+{b:02X}"));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Sieve redirects to other domains (`Delivery::set_outbox`): forwarded like an alias's copy.
 #[async_trait::async_trait]
 impl mailkeep_delivery::Outbox for Outbound {
@@ -1699,8 +1721,9 @@ impl mailkeep_delivery::Outbox for Outbound {
         &self,
         queue_id: &str,
         sender: &str,
-        failed: &[(String, String)],
+        failed: &[mailkeep_delivery::Bounced],
         original: &[u8],
+        dsn: &mailkeep_delivery::DsnRequest,
         onward: &mailkeep_delivery::Onward,
     ) -> Result<(), String> {
         // The message as the report describes it: never queued here itself.
@@ -1711,8 +1734,8 @@ impl mailkeep_delivery::Outbox for Outbound {
             size: original.len() as u64,
             created: now_secs(),
             held: false,
-            envid: None,
-            ret: None,
+            envid: dsn.envid.clone(),
+            ret: dsn.headers_only.then(|| "HDRS".to_string()),
             smtputf8: onward.smtputf8,
             warned: false,
             requiretls: onward.requiretls,
@@ -1721,11 +1744,11 @@ impl mailkeep_delivery::Outbox for Outbound {
         };
         let reports: Vec<dsn::RcptReport> = failed
             .iter()
-            .map(|(recipient, reply)| dsn::RcptReport {
-                recipient: recipient.clone(),
-                orcpt: None,
+            .map(|b| dsn::RcptReport {
+                recipient: b.recipient.clone(),
+                orcpt: b.orcpt.clone(),
                 remote_mta: None,
-                diagnostic: reply.clone(),
+                diagnostic: b.reply.clone(),
             })
             .collect();
         self.notify_sender(&m, original, dsn::Kind::Failed, &reports)

@@ -170,13 +170,15 @@ fn header_message_id(data: &[u8]) -> Option<String> {
         .and_then(|m| m.message_id().map(String::from))
 }
 
-/// RCPT's NOTIFY parameter (RFC 3461 4.1) as a comma-separated list.
 /// The recipient's ORCPT as the queue passes it on and DSNs name it (RFC 3461 4.2):
 /// `rfc822;` and the address in xtext (smtp-proto hands over the address decoded).
 fn rcpt_orcpt(to: &smtp_proto::RcptTo<String>) -> Option<String> {
-    to.orcpt.as_ref().map(|a| format!("rfc822;{}", xtext(a)))
+    to.orcpt
+        .as_ref()
+        .map(|a| format!("rfc822;{}", mailkeep_queue::xtext(a)))
 }
 
+/// RCPT's NOTIFY parameter (RFC 3461 4.1) as a comma-separated list.
 fn rcpt_notify(to: &smtp_proto::RcptTo<String>) -> Option<String> {
     let mut n = Vec::new();
     for (flag, name) in [
@@ -2156,9 +2158,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             ),
             _ => tx.sender.clone(),
         };
-        // Each forwarding alias is named in a Delivered-To (RFC 9228), by which a loop back
-        // to it is caught (see `finish_message`).
-        let mut content = Vec::new();
+        // Our ARC set on top; below it each forwarding alias named in a Delivered-To (RFC
+        // 9228), by which a loop back to it is caught (see `finish_message`).
+        let sealed = arc_set.is_some();
+        let mut content = arc_set.unwrap_or_default().into_bytes();
         let mut named: Vec<String> = Vec::new();
         for r in tx.rcpts.iter().filter(|r| !r.forward.is_empty()) {
             let key = r.address.to_ascii_lowercase();
@@ -2167,8 +2170,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 named.push(key);
             }
         }
-        let sealed = arc_set.is_some();
-        content.extend_from_slice(arc_set.unwrap_or_default().as_bytes());
         content.extend_from_slice(data);
         let queued = mailkeep_store::NewQueued {
             id: tx.queue_id.0.clone(),
@@ -2223,15 +2224,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         // A message an alias of ours forwarded already (its Delivered-To names the alias,
         // as Postfix's local(8) checks) has come back round a forwarding loop.
+        // Refused when every recipient loops; otherwise only the looping aliases'
+        // forwarding is dropped (their local targets and the other recipients get it).
         let delivered_to = delivered_to(&msg[..header_end]);
-        let looped = self.tx.as_ref().and_then(|tx| {
-            tx.rcpts
-                .iter()
-                .filter(|r| !r.forward.is_empty())
-                .find(|r| delivered_to.contains(&r.address.to_ascii_lowercase()))
+        let looped: Vec<usize> = self
+            .tx
+            .as_ref()
+            .map(|tx| {
+                tx.rcpts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| {
+                        !r.forward.is_empty()
+                            && delivered_to.contains(&r.address.to_ascii_lowercase())
+                    })
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let all = self.tx.as_ref().map_or(0, |tx| tx.rcpts.len());
+        if !looped.is_empty() && looped.len() == all {
+            let address = self
+                .tx
+                .as_ref()
+                .and_then(|tx| tx.rcpts.get(looped[0]))
                 .map(|r| r.address.clone())
-        });
-        if let Some(address) = looped {
+                .unwrap_or_default();
             self.errors += 1;
             self.end_transaction(
                 format!("554 5.4.6 Mail forwarding loop for <{address}>"),
@@ -2240,6 +2258,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 msg.len(),
             );
             return;
+        }
+        for i in looped {
+            let dropped = self
+                .tx
+                .as_mut()
+                .and_then(|tx| tx.rcpts.get_mut(i))
+                .map(|r| (r.address.clone(), std::mem::take(&mut r.forward)));
+            if let Some((address, targets)) = dropped {
+                self.log(
+                    "smtp.forward_refused",
+                    LogEvent {
+                        recipient: Some(address.clone()),
+                        outcome: Some("rejected".into()),
+                        reply: Some(format!("554 5.4.6 Mail forwarding loop for <{address}>")),
+                        detail: serde_json::json!({ "targets": targets, "loop": true }),
+                        ..Default::default()
+                    },
+                );
+            }
         }
         let size = msg.len();
         let msg = match self.submitted(msg).await {
@@ -2286,15 +2323,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     match tx.rcpts.iter().find_map(|r| r.forward_as.clone()) {
                         Some(d) => Some(d),
                         None => {
-                            let mut by_script = None;
-                            for t in tx.rcpts.iter().flat_map(|r| r.targets.iter()) {
-                                if self.server.delivery.may_redirect(t.account).await {
-                                    by_script =
-                                        t.address.rsplit_once('@').map(|(_, d)| d.to_string());
-                                    break;
-                                }
+                            let targets: Vec<&LocalTarget> =
+                                tx.rcpts.iter().flat_map(|r| r.targets.iter()).collect();
+                            let accounts: Vec<_> = targets.iter().map(|t| t.account).collect();
+                            match self.server.delivery.may_redirect(&accounts).await {
+                                Some(i) => targets
+                                    .get(i)
+                                    .and_then(|t| t.address.rsplit_once('@'))
+                                    .map(|(_, d)| d.to_string()),
+                                None => None,
                             }
-                            by_script
                         }
                     }
                 } else {
@@ -2581,6 +2619,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             return;
         }
         let Some(tx) = self.tx.as_ref() else { return };
+        // What the sender asked of bounces, per account (the first recipient reaching it).
+        let mut dsn = mailkeep_delivery::DsnRequest {
+            envid: tx.dsn_envid.clone(),
+            headers_only: tx.dsn_ret == Some("HDRS"),
+            recipients: std::collections::HashMap::new(),
+        };
+        for r in &tx.rcpts {
+            for t in &r.targets {
+                dsn.recipients.entry(t.account).or_insert_with(|| {
+                    mailkeep_delivery::DsnRecipient {
+                        address: r.address.clone(),
+                        orcpt: r.orcpt.clone(),
+                        notify: r.notify.clone(),
+                    }
+                });
+            }
+        }
         let incoming = Incoming {
             data,
             return_path: tx.sender.clone(),
@@ -2595,6 +2650,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // failure (a resend would duplicate them); a rejection is a bounce instead.
             refusable: !queued_elsewhere,
             onward,
+            dsn,
         };
         let queue_id = tx.queue_id.clone();
         let envelope_detail = serde_json::json!({
@@ -2705,6 +2761,18 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(rcpt_orcpt(&to).as_deref(), Some("rfc822;a+2Bb@x.test"));
+        // `+C3+A9` came as two characters U+00C3 U+00A9: they go back as those two bytes.
+        let to = smtp_proto::RcptTo {
+            orcpt: Some("caf\u{c3}\u{a9}@x.test".to_string()),
+            ..Default::default()
+        };
+        assert_eq!(rcpt_orcpt(&to).as_deref(), Some("rfc822;caf+C3+A9@x.test"));
+        // UTF-8 sent as is (RFC 6533 utf-8-addr-xtext) goes as its bytes.
+        let to = smtp_proto::RcptTo {
+            orcpt: Some("\u{4e2d}@x.test".to_string()),
+            ..Default::default()
+        };
+        assert_eq!(rcpt_orcpt(&to).as_deref(), Some("rfc822;+E4+B8+AD@x.test"));
     }
 
     #[test]
