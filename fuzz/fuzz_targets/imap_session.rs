@@ -60,6 +60,12 @@ fn world() -> &'static World {
                         queue_id: "fuzz".into(),
                         session: "fuzz".into(),
                         client_ip: None,
+                        mailbox: mailkeep_types::MailboxRole::Inbox,
+                        placements: Default::default(),
+                        virus_clean: false,
+                        refusable: true,
+                        onward: Default::default(),
+                        dsn: Default::default(),
                     })
                     .await
                     .unwrap();
@@ -70,10 +76,17 @@ fn world() -> &'static World {
                 std::path::Path::new("/fuzz/mailkeep.toml"),
             )
             .unwrap();
+            let guard = Arc::new(mailkeep_auth::Guard::new(
+                config.bans.clone(),
+                &config.auth,
+                mailkeep_net::bans::BanList::default(),
+                store.clone(),
+            ));
             Arc::new(ImapServer {
                 hostname: config.hostname.clone(),
                 store: store.clone(),
                 tls: None,
+                guard,
                 imap: config.imap.clone(),
                 auth: config.auth.clone(),
                 logins: Arc::new(mailkeep_store::directory::Authenticator::new(

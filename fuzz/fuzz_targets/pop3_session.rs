@@ -36,10 +36,17 @@ fn world() -> &'static World {
                 std::path::Path::new("/fuzz/mailkeep.toml"),
             )
             .unwrap();
+            let guard = Arc::new(mailkeep_auth::Guard::new(
+                config.bans.clone(),
+                &config.auth,
+                mailkeep_net::bans::BanList::default(),
+                store.clone(),
+            ));
             Arc::new(Pop3Server {
                 hostname: config.hostname.clone(),
                 store: store.clone(),
                 tls: None,
+                guard,
                 pop3: config.pop3.clone(),
                 auth: config.auth.clone(),
                 logins: Arc::new(mailkeep_store::directory::Authenticator::new(

@@ -40,6 +40,17 @@ fn world() -> &'static World {
                 tls: None,
                 rdns: mailkeep_net::ReverseDns::new(&[], Duration::from_secs(1), false).unwrap(),
                 primary_domain: Some(d),
+                submission: None,
+                outbound: None,
+                verifier: None,
+                forwarding: config.forwarding.clone(),
+                limits: config.limits.clone(),
+                watch: None,
+                rates: Default::default(),
+                antivirus: None,
+                spam: config.spam.clone(),
+                greylist: config.greylist.clone(),
+                dnsbl: None,
             })
         });
         World { rt, server, _dir: dir }
@@ -56,6 +67,7 @@ fuzz_target!(|input: &[u8]| {
             "192.0.2.1:4000".parse().unwrap(),
             w.server.clone(),
             shutdown,
+            None,
         ));
         let _ = client.write_all(input).await;
         let _ = client.shutdown().await;
