@@ -60,6 +60,27 @@ pub enum Attempt {
     },
 }
 
+/// One login attempt as a listener sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginRequest<'a> {
+    /// The listener's session id (the log event's).
+    pub session: &'a str,
+    /// The client.
+    pub ip: IpAddr,
+    /// The service, for the guard's counts and log (`smtp`, `imap`, `pop3`, `managesieve`).
+    pub protocol: &'a str,
+    /// The log event's kind (`imap.login`, `smtp.auth`, ...).
+    pub kind: &'a str,
+    /// The SASL mechanism or command (`PLAIN`, `LOGIN`, `USER`).
+    pub mechanism: &'a str,
+    /// Whether the connection is encrypted.
+    pub tls: bool,
+    /// The login name given.
+    pub login: &'a str,
+    /// The password given.
+    pub password: &'a str,
+}
+
 /// An attempt's outcome as sessions use it.
 #[derive(Debug)]
 pub struct Outcome {
@@ -211,6 +232,41 @@ impl Guard {
         if let Ok(mut w) = self.watcher.write() {
             *w = Some(watcher);
         }
+    }
+
+    /// [`Guard::login`] as every listener uses it: the outcome, with the wait before a
+    /// failure's answer already waited, and the log event describing the attempt (the login
+    /// as its recipient, the mechanism, TLS, the app password used) for the caller to
+    /// record with its own events.
+    pub async fn check(
+        &self,
+        logins: &Authenticator,
+        r: LoginRequest<'_>,
+    ) -> Result<(Outcome, LogEvent), StoreError> {
+        let outcome = self
+            .login(logins, r.ip, r.login, r.password, r.protocol)
+            .await?
+            .outcome();
+        let event = LogEvent {
+            ts: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0),
+            session: r.session.to_string(),
+            kind: r.kind.to_string(),
+            ip: Some(r.ip.to_string()),
+            recipient: Some(r.login.chars().take(200).collect()),
+            outcome: Some(outcome.word.into()),
+            detail: serde_json::json!({
+                "mechanism": r.mechanism, "tls": r.tls, "app_password": outcome.app_password,
+            }),
+            ..Default::default()
+        };
+        // The wait grows with the address's failures (in every session and listener).
+        if outcome.user.is_none() {
+            tokio::time::sleep(outcome.delay).await;
+        }
+        Ok((outcome, event))
     }
 
     /// Checks a login from `ip` through `logins`, counting failures and banning or locking

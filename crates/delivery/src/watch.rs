@@ -238,13 +238,9 @@ impl Watch {
                 return;
             }
         };
-        let who = match store.users(None).await {
-            Ok(users) => users
-                .into_iter()
-                .find(|u| u.id == account)
-                .map(|u| u.address.to_string())
-                .unwrap_or_else(|| format!("account {}", account.0)),
-            Err(_) => format!("account {}", account.0),
+        let who = match store.user_by_id(account).await {
+            Ok(Some(u)) => u.address.to_string(),
+            _ => format!("account {}", account.0),
         };
         tracing::warn!(account = %who, %reason, held, "outbound mail of an account put on hold");
         if let Some(d) = detail.as_object_mut() {

@@ -25,7 +25,7 @@ use mailkeep_imap_proto::response::{self, status_line, ListEntry, Status};
 use mailkeep_net::sasl::decode_plain;
 use mailkeep_net::stream::{Conn, HANDSHAKE_TIMEOUT};
 use mailkeep_net::Shutdown;
-use mailkeep_store::{ChangeEvent, LogEvent, Mailbox, Rights, StoreError, User};
+use mailkeep_store::{ChangeEvent, Mailbox, Rights, StoreError, User};
 use mailkeep_types::{MailboxId, MailboxRole, ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -941,31 +941,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     async fn login(&mut self, tag: &str, login: &str, password: &str, mechanism: &str) -> Res {
-        let attempt = self
+        let request = mailkeep_auth::LoginRequest {
+            session: &self.id,
+            ip: self.peer.ip(),
+            protocol: "imap",
+            kind: "imap.login",
+            mechanism,
+            tls: self.tls,
+            login,
+            password,
+        };
+        let (outcome, event) = self
             .server
             .guard
-            .login(&self.server.logins, self.peer.ip(), login, password, "imap")
+            .check(&self.server.logins, request)
             .await?;
+        self.server.store.log_submit(vec![event]);
         let mailkeep_auth::Outcome {
             user,
-            app_password: app,
-            word: outcome,
-            delay,
             banned,
             locked,
-        } = attempt.outcome();
-        self.server.store.log_submit(vec![LogEvent {
-            ts: now_micros(),
-            session: self.id.clone(),
-            kind: "imap.login".into(),
-            ip: Some(self.peer.ip().to_string()),
-            recipient: Some(login.chars().take(200).collect()),
-            outcome: Some(outcome.into()),
-            detail: serde_json::json!({
-                "mechanism": mechanism, "tls": self.tls, "app_password": app,
-            }),
-            ..Default::default()
-        }]);
+            ..
+        } = outcome;
         match user {
             Some(u) => {
                 tracing::info!(session = %self.id, user = %u.address, "imap login");
@@ -981,8 +978,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             None => {
                 self.failures += 1;
-                // The wait grows with the address's failures (in every session).
-                tokio::time::sleep(delay).await;
                 if locked {
                     // RFC 5530 3: UNAVAILABLE, a temporary failure.
                     self.tagged(

@@ -606,12 +606,14 @@ async fn serve_config(
 
     // Maintenance, hourly: delivery log retention, and blob files no message refers to any
     // more (removed users, deliveries interrupted by a crash) once they are a day old.
-    let retention = config.log.retention;
-    let grey = config.greylist.clone();
+    // Their settings follow reloads.
+    let (maintenance_tx, maintenance_rx) =
+        tokio::sync::watch::channel((config.log.retention, config.greylist.clone()));
     let log_store = store.clone();
     let mut log_shutdown = shutdown.clone();
     tasks.spawn(async move {
         loop {
+            let (retention, grey) = maintenance_rx.borrow().clone();
             let cutoff = now_micros() - retention.as_micros() as i64;
             match log_store.log_expire(cutoff).await {
                 Ok(n) if n > 0 => tracing::info!(events = n, "delivery log expired old events"),
@@ -736,6 +738,7 @@ async fn serve_config(
                             }
                         }
                         let _ = server_tx.send(Arc::new(s));
+                        let _ = maintenance_tx.send((c.log.retention, c.greylist.clone()));
                         tracing::info!(file = %path.display(), "SIGHUP: configuration reloaded");
                     }
                     Err(e) => tracing::error!("SIGHUP: keeping the old configuration: {e:#}"),

@@ -19,7 +19,7 @@ use mailkeep_delivery::sieve::{check, Limits};
 use mailkeep_net::sasl::decode_plain;
 use mailkeep_net::stream::{Conn, HANDSHAKE_TIMEOUT};
 use mailkeep_net::{accept_loop, ConnLimiter, LimitExceeded, Shutdown};
-use mailkeep_store::{LogEvent, SharedStore, StoreError, User};
+use mailkeep_store::{SharedStore, StoreError, User};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -357,13 +357,6 @@ pub async fn run_session<S>(
     let reason = s.run().await;
     tracing::debug!(session = %s.id, peer = %s.peer, reason = %reason, "managesieve session closed");
     let _ = s.conn.shutdown().await;
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
@@ -789,35 +782,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if !plain.authzid.is_empty() && !plain.authzid.eq_ignore_ascii_case(&plain.authcid) {
             return Ok(self.no(None, "Acting as another user is not allowed"));
         }
-        let attempt = self
+        let request = mailkeep_auth::LoginRequest {
+            session: &self.id,
+            ip: self.peer.ip(),
+            protocol: "managesieve",
+            kind: "managesieve.login",
+            mechanism: "PLAIN",
+            tls: self.tls,
+            login: &plain.authcid,
+            password: &plain.password,
+        };
+        let (outcome, event) = self
             .server
             .guard
-            .login(
-                &self.server.logins,
-                self.peer.ip(),
-                &plain.authcid,
-                &plain.password,
-                "managesieve",
-            )
+            .check(&self.server.logins, request)
             .await?;
+        self.server.store.log_submit(vec![event]);
         let mailkeep_auth::Outcome {
             user,
-            app_password: app,
-            word,
-            delay,
             banned,
             locked,
-        } = attempt.outcome();
-        self.server.store.log_submit(vec![LogEvent {
-            ts: now_micros(),
-            session: self.id.clone(),
-            kind: "managesieve.login".into(),
-            ip: Some(self.peer.ip().to_string()),
-            recipient: Some(plain.authcid.chars().take(200).collect()),
-            outcome: Some(word.into()),
-            detail: serde_json::json!({ "mechanism": "PLAIN", "tls": self.tls, "app_password": app }),
-            ..Default::default()
-        }]);
+            ..
+        } = outcome;
         match user {
             Some(u) => {
                 self.user = Some(u);
@@ -826,7 +812,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             None => {
                 self.failures += 1;
-                tokio::time::sleep(delay).await;
                 if locked {
                     self.respond(
                         "NO",

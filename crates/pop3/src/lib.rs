@@ -19,7 +19,7 @@ use mailkeep_config::{AuthConfig, Plaintext, Pop3Config};
 use mailkeep_net::sasl::decode_plain;
 use mailkeep_net::stream::{accept_tls, Conn, HANDSHAKE_TIMEOUT};
 use mailkeep_net::{accept_loop, ConnLimiter, LimitExceeded, Shutdown};
-use mailkeep_store::{FlagMode, LogEvent, SharedStore, StoreError, User};
+use mailkeep_store::{FlagMode, SharedStore, StoreError, User};
 use mailkeep_types::{MailboxId, MailboxRole, ModSeq, Uid};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -172,13 +172,6 @@ pub async fn run_session<S>(
     let reason = s.run().await;
     tracing::debug!(session = %s.id, peer = %s.peer, reason = %reason, "pop3 session closed");
     let _ = s.conn.shutdown().await;
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// Message data for RETR/TOP: CRLF line ends and dot-stuffing (RFC 1939 3), ending with the
@@ -622,35 +615,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         password: &str,
         mechanism: &str,
     ) -> Result<Flow, StoreError> {
-        let attempt = self
+        let request = mailkeep_auth::LoginRequest {
+            session: &self.id,
+            ip: self.peer.ip(),
+            protocol: "pop3",
+            kind: "pop3.login",
+            mechanism,
+            tls: self.tls,
+            login,
+            password,
+        };
+        let (outcome, event) = self
             .server
             .guard
-            .login(&self.server.logins, self.peer.ip(), login, password, "pop3")
+            .check(&self.server.logins, request)
             .await?;
+        self.server.store.log_submit(vec![event]);
         let mailkeep_auth::Outcome {
             user,
-            app_password: app,
-            word: outcome,
-            delay,
             banned,
             locked,
-        } = attempt.outcome();
-        self.server.store.log_submit(vec![LogEvent {
-            ts: now_micros(),
-            session: self.id.clone(),
-            kind: "pop3.login".into(),
-            ip: Some(self.peer.ip().to_string()),
-            recipient: Some(login.chars().take(200).collect()),
-            outcome: Some(outcome.into()),
-            detail: serde_json::json!({
-                "mechanism": mechanism, "tls": self.tls, "app_password": app,
-            }),
-            ..Default::default()
-        }]);
+            ..
+        } = outcome;
         let Some(user) = user else {
             self.failures += 1;
-            // The wait grows with the address's failures (in every session).
-            tokio::time::sleep(delay).await;
             if locked {
                 // RFC 3206 4: [SYS/TEMP], a temporary failure.
                 self.err("[SYS/TEMP] too many failed logins for this account, try again later");

@@ -743,11 +743,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 })
             }
         };
-        let attempt = match sub
-            .guard
-            .login(&sub.logins, self.peer.ip(), &login, &password, "smtp")
-            .await
-        {
+        let request = mailkeep_auth::LoginRequest {
+            session: &self.id,
+            ip: self.peer.ip(),
+            protocol: "smtp",
+            kind: "smtp.auth",
+            mechanism: mech,
+            tls: self.tls.is_some(),
+            login: &login,
+            password: &password,
+        };
+        let (outcome, event) = match sub.guard.check(&sub.logins, request).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(session = %self.id, error = %e, "login check failed");
@@ -755,25 +761,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 return Flow::Continue;
             }
         };
+        self.log("smtp.auth", event);
         let mailkeep_auth::Outcome {
             user,
-            app_password: app,
-            word: outcome,
-            delay,
             banned,
             locked,
-        } = attempt.outcome();
-        self.log(
-            "smtp.auth",
-            LogEvent {
-                recipient: Some(login.chars().take(200).collect()),
-                outcome: Some(outcome.into()),
-                detail: serde_json::json!({
-                    "mechanism": mech, "tls": self.tls.is_some(), "app_password": app,
-                }),
-                ..Default::default()
-            },
-        );
+            ..
+        } = outcome;
         match user {
             Some(u) => {
                 tracing::info!(session = %self.id, user = %u.address, "submission login");
@@ -783,7 +777,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
             None => {
                 self.auth_failures += 1;
-                tokio::time::sleep(delay).await;
                 if locked {
                     // RFC 4954 6: a temporary failure; the account is under attack.
                     self.error(

@@ -568,6 +568,19 @@ impl DirectoryStore for SqliteStore {
         .await
     }
 
+    async fn user_by_id(&self, account: AccountId) -> Result<Option<User>> {
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {USER_COLS} FROM accounts WHERE id = ?1"),
+                [account.0],
+                row_user,
+            )
+            .optional()
+            .map_err(backend)
+        })
+        .await
+    }
+
     async fn users(&self, domain: Option<&Domain>) -> Result<Vec<User>> {
         let d = domain.map(|d| d.to_string());
         self.read(move |c| {

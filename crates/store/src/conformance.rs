@@ -1,7 +1,7 @@
 //! The conformance suite every backend must pass. A backend's tests call [`run_all`] with a
 //! fresh, empty store; each check panics with a message naming the rule it broke.
 
-use mailkeep_types::{Address, Domain, MailboxId, MailboxRole, ModSeq, Uid};
+use mailkeep_types::{AccountId, Address, Domain, MailboxId, MailboxRole, ModSeq, Uid};
 
 use crate::directory::{resolve, Resolution};
 use crate::{
@@ -679,6 +679,9 @@ async fn acl(store: &SharedStore) {
         .unwrap();
     let carol = store.user_get("owner@example.com").await.unwrap().unwrap();
     let erin = store.user_get("erin@example.com").await.unwrap().unwrap();
+    // By id too; an id nobody has is None.
+    assert_eq!(store.user_by_id(erin.id).await.unwrap(), Some(erin.clone()));
+    assert_eq!(store.user_by_id(AccountId(i64::MAX)).await.unwrap(), None);
     let team = store.mailbox_create(carol.id, "Team", None).await.unwrap();
     let private = store
         .mailbox_create(carol.id, "Private", None)

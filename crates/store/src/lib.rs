@@ -436,6 +436,8 @@ pub trait DirectoryStore: Send + Sync {
     ) -> Result<AccountId>;
     /// Looks a user up by [`Address::key`].
     async fn user_get(&self, key: &str) -> Result<Option<User>>;
+    /// Looks a user up by account id.
+    async fn user_by_id(&self, account: AccountId) -> Result<Option<User>>;
     /// Users, optionally of one domain.
     async fn users(&self, domain: Option<&Domain>) -> Result<Vec<User>>;
     /// Removes a user and their mailboxes.
