@@ -618,6 +618,11 @@ impl DirectoryStore for SqliteStore {
             .map_err(backend)?;
             c.execute("DELETE FROM accounts WHERE id = ?1", [id])
                 .map_err(backend)?;
+            // Its queued mail still goes out, but as no one's: SQLite may give the id to the
+            // next account, which must not inherit its bounces (the other per-account
+            // tables cascade).
+            c.execute("UPDATE queue SET account = NULL WHERE account = ?1", [id])
+                .map_err(backend)?;
             // The account's spam model (its id): a later account that gets the same id must
             // not start with it.
             for table in ["spam_tokens", "spam_totals", "spam_learnt"] {
