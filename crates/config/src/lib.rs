@@ -216,6 +216,9 @@ pub struct ImapConfig {
     pub max_connections: usize,
     /// Connections open at once from one IP address.
     pub max_connections_per_ip: usize,
+    /// Commands a session may send per second, after a first burst of twice as many (0: no
+    /// limit); beyond it each command waits its turn.
+    pub commands_per_second: u32,
 }
 
 /// POP3 server behaviour.
@@ -227,6 +230,8 @@ pub struct Pop3Config {
     pub max_connections: usize,
     /// Connections at once from one address (default: `[imap]`'s).
     pub max_connections_per_ip: usize,
+    /// Commands a session may send per second, as `[imap]`'s (0: no limit).
+    pub commands_per_second: u32,
 }
 
 /// When a password may be sent without TLS.
@@ -901,6 +906,12 @@ impl Config {
                 im.max_connections_per_ip,
                 1000,
             )?,
+            commands_per_second: count_key(
+                &cx,
+                "imap.commands_per_second",
+                im.commands_per_second,
+                5000,
+            )?,
         };
         if imap.max_line < 1024 {
             return Err(cx.invalid("imap.max_line", "at least 1024 bytes", imap.max_line));
@@ -925,6 +936,12 @@ impl Config {
                 "pop3.max_connections_per_ip",
                 po.max_connections_per_ip,
                 imap.max_connections_per_ip,
+            )?,
+            commands_per_second: count_key(
+                &cx,
+                "pop3.commands_per_second",
+                po.commands_per_second,
+                1000,
             )?,
         };
         // The submission listeners: [smtp], with their own connection limits and rates.

@@ -341,6 +341,8 @@ pub struct RawImap {
     pub max_connections: Option<i64>,
     /// `max_connections_per_ip`
     pub max_connections_per_ip: Option<i64>,
+    /// `commands_per_second`
+    pub commands_per_second: Option<i64>,
 }
 
 /// `[pop3]`
@@ -353,6 +355,8 @@ pub struct RawPop3 {
     pub max_connections: Option<i64>,
     /// `max_connections_per_ip`
     pub max_connections_per_ip: Option<i64>,
+    /// `commands_per_second`
+    pub commands_per_second: Option<i64>,
 }
 
 /// `[submission]`: the submission listeners' own limits (absent keys: `[smtp]`'s).

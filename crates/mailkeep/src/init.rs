@@ -213,11 +213,13 @@ max_line = "64K"             # longest command line without its literals
 idle_timeout = "30m"         # RFC 9051 5.4: at least 30 minutes
 max_connections = 20000
 max_connections_per_ip = 1000
+commands_per_second = 5000   # per session, after a burst of twice as many; then commands wait (0: off)
 
 [pop3]
 idle_timeout = "10m"         # RFC 1939 3: at least 10 minutes
 # max_connections = 20000    # default: [imap]'s
 # max_connections_per_ip = 1000
+commands_per_second = 1000   # per session, as [imap]'s (pipelined RETRs of a whole mailbox pass)
 
 [auth]
 plaintext = "loopback"       # passwords without TLS: "loopback" only (as Dovecot) or "never"

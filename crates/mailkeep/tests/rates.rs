@@ -1,5 +1,6 @@
-//! SMTP rate limits: commands per second (they wait), messages and recipients per connection,
-//! and messages per sender domain per hour on the MX.
+//! Rate limits: SMTP commands per second (they wait), messages and recipients per
+//! connection, and messages per sender domain per hour on the MX; IMAP and POP3 commands per
+//! second.
 
 mod common;
 
@@ -149,4 +150,66 @@ except smtplib.SMTPException as e:
     assert_eq!(code(&c2.cmd("EHLO other.test").await), "250");
     assert!(send(&mut c, "a@one.test").await.starts_with("250"));
     assert!(send(&mut c, "b@two.test").await.starts_with("250"));
+}
+
+/// Sends `n` pipelined lines made by `line(i)` to a line-based server after its greeting and
+/// reads `n` replies, each the first line starting with `done(i)`; returns how long that took.
+async fn pipelined(
+    addr: std::net::SocketAddr,
+    n: usize,
+    line: impl Fn(usize) -> String,
+    done: impl Fn(usize) -> String,
+) -> Duration {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut greeting = String::new();
+    r.read_line(&mut greeting).await.expect("greeting");
+    let started = Instant::now();
+    let all: String = (0..n).map(&line).collect();
+    w.write_all(all.as_bytes()).await.expect("write");
+    for i in 0..n {
+        let want = done(i);
+        loop {
+            let mut l = String::new();
+            let got = tokio::time::timeout(Duration::from_secs(20), r.read_line(&mut l))
+                .await
+                .expect("a reply in time")
+                .expect("read");
+            assert!(got > 0, "closed after {i} replies");
+            if l.starts_with(&want) {
+                break;
+            }
+        }
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_and_pop3_commands_are_paced() {
+    let server = Server::start("imap.commands_per_second = 10\npop3.commands_per_second = 10");
+    // A burst of twice the rate passes; the ten commands after it wait a tenth of a second
+    // each: a second at least.
+    let imap = pipelined(
+        server.listeners["imap"],
+        30,
+        |i| format!("a{i} NOOP\r\n"),
+        |i| format!("a{i} OK"),
+    )
+    .await;
+    assert!(imap >= Duration::from_millis(900), "IMAP paced: {imap:?}");
+    // POP3 after a login (NOOP is a TRANSACTION command; errors would end the session).
+    let pop3 = pipelined(
+        server.listeners["pop3"],
+        32,
+        |i| match i {
+            0 => "USER alice@example.test\r\n".to_string(),
+            1 => format!("PASS {}\r\n", common::PASSWORD),
+            _ => "NOOP\r\n".to_string(),
+        },
+        |_| "+OK".to_string(),
+    )
+    .await;
+    assert!(pop3 >= Duration::from_millis(900), "POP3 paced: {pop3:?}");
 }

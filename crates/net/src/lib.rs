@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 pub mod accept;
 pub mod bans;
+pub mod pace;
 pub mod sasl;
 pub mod stream;
 

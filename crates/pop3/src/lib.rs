@@ -136,6 +136,8 @@ struct Session<S> {
     drop: Option<Maildrop>,
     failures: u32,
     errors: u32,
+    /// `pop3.commands_per_second`, after a burst of twice as many.
+    pacer: mailkeep_net::pace::Pacer,
 }
 
 enum Flow {
@@ -154,7 +156,12 @@ pub async fn run_session<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let pacer = mailkeep_net::pace::Pacer::with_burst(
+        server.pop3.commands_per_second,
+        server.pop3.commands_per_second.saturating_mul(2),
+    );
     let mut s = Session {
+        pacer,
         conn: Conn::Plain(stream),
         tls,
         buf: Vec::new(),
@@ -241,6 +248,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // Every complete line buffered is a command (RFC 2449 6.6 PIPELINING).
             while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let wait = self.pacer.take(std::time::Instant::now());
+                if !wait.is_zero() {
+                    // What is due goes out first.
+                    if let Err(e) = self.flush().await {
+                        return format!("i/o error: {e}");
+                    }
+                    tokio::time::sleep(wait).await;
+                }
                 let flow = if line.len() > MAX_LINE {
                     self.err("line too long");
                     Flow::Continue

@@ -113,10 +113,8 @@ struct Session<S> {
     user: Option<mailkeep_store::User>,
     /// Submission: failed AUTH attempts in this session.
     auth_failures: u32,
-    /// Commands that may still go without waiting (`smtp.commands_per_second`), and when the
-    /// allowance was last topped up.
-    allowance: f64,
-    allowance_at: Instant,
+    /// Commands that may still go without waiting (`smtp.commands_per_second`).
+    pacer: mailkeep_net::pace::Pacer,
     /// Recipients accepted in this connection.
     rcpts_total: u32,
     /// Set by a command whose reply ends the connection (421), with why.
@@ -283,8 +281,7 @@ pub async fn run_session<S>(
         messages: 0,
         user: None,
         auth_failures: 0,
-        allowance: f64::from(server_commands_per_second),
-        allowance_at: Instant::now(),
+        pacer: mailkeep_net::pace::Pacer::new(server_commands_per_second),
         rcpts_total: 0,
         closing: None,
         dnsbl: None,
@@ -514,22 +511,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// `smtp.commands_per_second`: a token bucket as deep as the rate; a command finding it
     /// empty waits for its token (replies already due are sent first).
     async fn pace(&mut self) {
-        let rate = f64::from(self.server.config.commands_per_second);
-        if rate <= 0.0 {
-            return;
-        }
-        let now = Instant::now();
-        let refill = now.duration_since(self.allowance_at).as_secs_f64() * rate;
-        self.allowance = (self.allowance + refill).min(rate);
-        self.allowance_at = now;
-        if self.allowance < 1.0 {
-            let wait = (1.0 - self.allowance) / rate;
+        let wait = self.pacer.take(Instant::now());
+        if !wait.is_zero() {
             let _ = self.flush().await;
-            tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
-            self.allowance = 1.0;
-            self.allowance_at = Instant::now();
+            tokio::time::sleep(wait).await;
         }
-        self.allowance -= 1.0;
     }
 
     async fn command(&mut self, line: Vec<u8>) -> Flow {

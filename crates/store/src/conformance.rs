@@ -390,7 +390,10 @@ async fn usage(store: &SharedStore) {
     // A removed account's queued mail still goes, but is no longer anyone's: an account
     // that later gets the same id must not inherit its bounces or its hold.
     store.queue_insert(queued("U3"), 700).await.expect("queue");
-    store.user_remove(&addr("u@usage.test")).await.expect("remove");
+    store
+        .user_remove(&addr("u@usage.test"))
+        .await
+        .expect("remove");
     let left = store.queue_get("U3").await.expect("get").expect("queued");
     assert_eq!(left.account, None);
     assert!(!left.held);
