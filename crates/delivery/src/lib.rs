@@ -563,13 +563,13 @@ impl Delivery {
         }
         // Vacation replies, once the message is stored (their fate does not change it).
         for (t, (_, plan)) in msg.recipients.iter().zip(plans.iter_mut()) {
-            for (to, reply) in std::mem::take(&mut plan.replies) {
+            for (to, reply, what) in std::mem::take(&mut plan.replies) {
                 let note = match self.send_reply(t.account, &to, reply, &msg).await {
                     Ok(more) => {
                         events.extend(more);
-                        format!("vacation reply sent to {to}")
+                        format!("{what} sent to {to}")
                     }
-                    Err(e) => format!("vacation reply to {to} failed: {e}"),
+                    Err(e) => format!("{what} to {to} failed: {e}"),
                 };
                 let mut ev = self.sieve_event(&msg, t, &cache, plan, "accepted");
                 ev.detail = serde_json::json!({ "script": plan.script, "actions": [note] });
@@ -1080,8 +1080,8 @@ struct Plan {
     reject: Option<String>,
     /// Where it redirects the message.
     redirects: Vec<String>,
-    /// Replies it made: (recipient, message).
-    replies: Vec<(String, Vec<u8>)>,
+    /// Messages it made to send: (recipient, message, what it is).
+    replies: Vec<(String, Vec<u8>, &'static str)>,
     /// Its rejection went to the sender as a bounce.
     bounced: bool,
     /// Ids its vacation and duplicate tests recorded in this run (forgotten when the

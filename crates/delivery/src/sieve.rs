@@ -20,7 +20,11 @@
 //! - include (RFC 6609): the user's scripts by name and the admin's global ones; the
 //!   admin's `sieve.before`/`after` scripts wrap the user's through include.
 //! - spamtest and virustest (RFC 5235) see the spam filter's score and the virus scan.
-//! - Not done: notify (logged as skipped).
+//! - notify (RFC 5435) with the mailto method (RFC 5436): sieve-rs builds the notification
+//!   (Auto-Submitted: auto-notified); it goes like a vacation reply, from the user only, to
+//!   at most `max_redirects` addresses, never about an automatic message, and never with
+//!   header fields from the URI beyond a few harmless ones. Other methods are logged as
+//!   not supported.
 //! - A script that fails to compile or to run delivers to INBOX, and says why.
 
 use sieve::{Compiler, Event, Input, Mailbox, Runtime};
@@ -94,8 +98,9 @@ pub struct Decision {
     pub error: Option<String>,
     /// Addresses to redirect the message to (RFC 5228 4.2).
     pub redirects: Vec<String>,
-    /// Replies the script made (vacation, RFC 5230): (recipient, message).
-    pub replies: Vec<(String, Vec<u8>)>,
+    /// Messages the script made to send (a vacation reply, RFC 5230; a notification, RFC
+    /// 5436): (recipient, message, what it is).
+    pub replies: Vec<(String, Vec<u8>, &'static str)>,
 }
 
 impl Decision {
@@ -124,13 +129,132 @@ fn compiler(limits: &Limits) -> Compiler {
         .with_max_nested_tests(limits.max_nesting)
 }
 
+/// Compiles a script to run it: with its variables declared at the top first (see
+/// [`hoist_variables`]); an error is described on the script as written.
+fn compile(script: &str, limits: &Limits) -> Result<std::sync::Arc<sieve::Sieve>, String> {
+    if let Some(hoisted) = hoist_variables(script) {
+        if let Ok(c) = compiler(limits).compile(hoisted.as_bytes()) {
+            return Ok(std::sync::Arc::new(c));
+        }
+    }
+    compiler(limits)
+        .compile(script.as_bytes())
+        .map(std::sync::Arc::new)
+        .map_err(|e| describe(script, &e))
+}
+
+/// RFC 5229 3: a variable is the script's, wherever it is set. sieve-rs 0.7.3 scopes a
+/// name to the block that first sets it, so after `if header :matches "Subject" "*" { set
+/// "s" "${1}"; }` a later `${s}` is empty (Pigeonhole's own examples do this). Declaring
+/// every variable the script sets right after its `require`s, on the same line (line
+/// numbers stay), makes each one the script's. None when the script sets nothing.
+fn hoist_variables(script: &str) -> Option<String> {
+    let b = script.as_bytes();
+    let mut names: Vec<String> = Vec::new();
+    // Where the leading `require`s end, and whether a command has started since.
+    let mut insert_at: Option<usize> = None;
+    let mut leading = true;
+    let mut i = 0;
+    // The previous word (identifier) and whether the next string is a `set`'s name.
+    let mut want_name = false;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+            }
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                if want_name {
+                    want_name = false;
+                    let name = &script[start.min(b.len())..i.min(b.len())];
+                    let valid = name
+                        .bytes()
+                        .next()
+                        .is_some_and(|f| f.is_ascii_alphabetic() || f == b'_')
+                        && name.bytes().all(|x| x.is_ascii_alphanumeric() || x == b'_');
+                    if valid && !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                        names.push(name.to_string());
+                    }
+                }
+                i += 1;
+                continue;
+            }
+            b';' => {
+                want_name = false;
+                if leading {
+                    insert_at = Some(i + 1);
+                }
+            }
+            b'{' | b'}' => {
+                want_name = false;
+                leading = false;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                let word = &script[start..i];
+                let tag = start > 0 && b[start - 1] == b':';
+                // `text:` strings hold anything up to a line with a lone dot.
+                if word.eq_ignore_ascii_case("text") && b.get(i) == Some(&b':') {
+                    while i < b.len() {
+                        let line_end = script[i..].find('\n').map_or(b.len(), |n| i + n + 1);
+                        let line = script[i..line_end].trim_end_matches(['\r', '\n']);
+                        i = line_end;
+                        if line == "." {
+                            break;
+                        }
+                    }
+                    want_name = false;
+                    continue;
+                }
+                if !tag {
+                    if word.eq_ignore_ascii_case("set") {
+                        want_name = true;
+                    }
+                    if !word.eq_ignore_ascii_case("require") {
+                        leading = false;
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    if names.is_empty() {
+        return None;
+    }
+    let at = insert_at?;
+    let decls: String = names
+        .iter()
+        .map(|n| format!(" set \"{n}\" \"\";"))
+        .collect();
+    Some(format!("{}{decls}{}", &script[..at], &script[at..]))
+}
+
 /// Compiles a script: Ok, or the error with its line and column (for `sieve put|check`
 /// and ManageSieve's CHECKSCRIPT).
 pub fn check(script: &str, limits: &Limits) -> Result<(), String> {
-    compiler(limits)
-        .compile(script.as_bytes())
-        .map(|_| ())
-        .map_err(|e| describe(script, &e))
+    compile(script, limits).map(|_| ())
 }
 
 /// A compile error as people read it. sieve-rs gives line 0 for an unknown command; the
@@ -208,9 +332,9 @@ pub fn wrapper(user_script: &str, before: &[String], after: &[String]) -> Option
 /// Runs `script` on `message` for one recipient.
 pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) -> Decision {
     let (from, to, mailboxes) = (env.from, env.to, env.mailboxes);
-    let compiled = match compiler(limits).compile(script.as_bytes()) {
-        Ok(c) => std::sync::Arc::new(c),
-        Err(e) => return Decision::inbox_after(describe(script, &e)),
+    let compiled = match compile(script, limits) {
+        Ok(c) => c,
+        Err(e) => return Decision::inbox_after(e),
     };
     let runtime = Runtime::new()
         .with_cpu_limit(limits.max_instructions)
@@ -248,13 +372,12 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
         };
         match event {
             Event::IncludeScript { name, optional } => match (env.include)(&name) {
-                Some(text) => match compiler(limits).compile(text.as_bytes()) {
-                    Ok(c) => input = Input::script(name, std::sync::Arc::new(c)),
+                Some(text) => match compile(&text, limits) {
+                    Ok(c) => input = Input::script(name, c),
                     Err(e) => {
                         return Decision::inbox_after(format!(
-                            "include {}: {}",
+                            "include {}: {e}",
                             script_name(&name),
-                            describe(&text, &e)
                         ))
                     }
                 },
@@ -367,11 +490,30 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
                         .push(format!("vacation reply to {to:?} not sent: {why}"));
                 } else if from_is(&reply, env.user) {
                     decision.actions.push(format!("vacation reply to {to:?}"));
-                    decision.replies.push((to, reply));
+                    decision.replies.push((to, reply, "vacation reply"));
                 } else {
                     decision.actions.push(format!(
                         "vacation reply to {to:?} not sent: :from is not the user"
                     ));
+                }
+            }
+            // A notification (RFC 5435 `notify` with a mailto URI, RFC 5436) sieve-rs made.
+            Event::SendMessage {
+                recipient: sieve::Recipient::Group(to),
+                message_id,
+                ..
+            } if message_id > 0 => {
+                let note = made.get(message_id - 1).cloned().unwrap_or_default();
+                match notification_refused(message, &note, env.user, &to, limits) {
+                    Some(why) => decision
+                        .actions
+                        .push(format!("notify {to:?} not sent: {why}")),
+                    None => {
+                        decision.actions.push(format!("notify {to:?}"));
+                        for a in to {
+                            decision.replies.push((a, note.clone(), "notification"));
+                        }
+                    }
                 }
             }
             Event::SendMessage { recipient, .. } => {
@@ -381,9 +523,9 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
                 skipped = true;
             }
             Event::Notify { method, .. } => {
-                decision
-                    .actions
-                    .push(format!("notify {method:?} skipped: not supported"));
+                decision.actions.push(format!(
+                    "notify {method:?} skipped: only mailto is supported"
+                ));
             }
         }
     }
@@ -419,9 +561,28 @@ fn script_name(s: &sieve::Script) -> String {
 /// (parsed as a known field, not the "other" one it looks for), so they are checked here
 /// as well.
 fn no_auto_reply(message: &[u8]) -> Option<&'static str> {
+    if let Some(why) = automatic(message) {
+        return Some(why);
+    }
+    for (name, value) in &header_fields(message) {
+        match name.as_str() {
+            "precedence" if ["bulk", "list", "junk"].contains(&value.as_str()) => {
+                return Some("the message is bulk mail (Precedence)")
+            }
+            n if n.starts_with("list-") => return Some("the message is from a list"),
+            "x-auto-response-suppress" if value.contains("all") || value.contains("oof") => {
+                return Some("the sender asked for none (X-Auto-Response-Suppress)")
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A message's header fields as unfolded, lower-cased (name, value) pairs.
+fn header_fields(message: &[u8]) -> Vec<(String, String)> {
     let end = crate::ingest::header_len(message).min(message.len());
     let head = String::from_utf8_lossy(&message[..end]).to_ascii_lowercase();
-    // Unfolded "name: value" pairs.
     let mut fields: Vec<(String, String)> = Vec::new();
     for line in head.split("\r\n").flat_map(|l| l.split('\n')) {
         if line.starts_with([' ', '\t']) {
@@ -432,21 +593,78 @@ fn no_auto_reply(message: &[u8]) -> Option<&'static str> {
             fields.push((name.trim().to_string(), value.trim().to_string()));
         }
     }
-    for (name, value) in &fields {
-        match name.as_str() {
-            // RFC 3834 5: anything but "no" is automatic.
-            "auto-submitted" if value.split(';').next().unwrap_or("").trim() != "no" => {
-                return Some("the message is automatic (Auto-Submitted)")
-            }
-            "precedence" if ["bulk", "list", "junk"].contains(&value.as_str()) => {
-                return Some("the message is bulk mail (Precedence)")
-            }
-            n if n.starts_with("list-") => return Some("the message is from a list"),
-            "x-auto-response-suppress" if value.contains("all") || value.contains("oof") => {
-                return Some("the sender asked for none (X-Auto-Response-Suppress)")
-            }
-            _ => {}
-        }
+    fields
+}
+
+/// Why a message is automatic (RFC 3834 5: an Auto-Submitted field other than "no").
+fn automatic(message: &[u8]) -> Option<&'static str> {
+    header_fields(message)
+        .iter()
+        .any(|(name, value)| {
+            name == "auto-submitted" && value.split(';').next().unwrap_or("").trim() != "no"
+        })
+        .then_some("the message is automatic (Auto-Submitted)")
+}
+
+/// The fields a notification may have: sieve-rs's own and a few a mailto URI may add.
+const NOTIFICATION_FIELDS: &[&str] = &[
+    "from",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "message-id",
+    "importance",
+    "x-priority",
+    "auto-submitted",
+    "x-sieve",
+    "content-type",
+    "in-reply-to",
+    "references",
+    "keywords",
+    "comments",
+];
+
+/// Why a notification sieve-rs made about `message` must not go to `to`, if it must not.
+fn notification_refused(
+    message: &[u8],
+    note: &[u8],
+    user: &str,
+    to: &[String],
+    limits: &Limits,
+) -> Option<String> {
+    // RFC 5436 2.7: none about an automatic message (sieve-rs's own check misses
+    // Auto-Submitted with mail-parser 0.11, as for vacation).
+    if let Some(why) = automatic(message) {
+        return Some(why.into());
+    }
+    if to.is_empty() {
+        return Some("the URI names no recipient".into());
+    }
+    if to.len() > limits.max_redirects {
+        return Some(format!("more than {} recipients", limits.max_redirects));
+    }
+    // RFC 5436 2.3: the sender may only be the user.
+    if !from_is(note, user) {
+        return Some(":from is not the user".into());
+    }
+    let fields = header_fields(note);
+    if let Some((name, _)) = fields
+        .iter()
+        .find(|(name, _)| !NOTIFICATION_FIELDS.contains(&name.as_str()))
+    {
+        return Some(format!(
+            "the URI sets {name:?}, which a notification may not carry"
+        ));
+    }
+    // RFC 5436 2.7: marked as a notification, once.
+    let marks: Vec<&String> = fields
+        .iter()
+        .filter(|(n, _)| n == "auto-submitted")
+        .map(|(_, v)| v)
+        .collect();
+    if marks.len() != 1 || !marks[0].starts_with("auto-notified") {
+        return Some("it would not be marked Auto-Submitted: auto-notified".into());
     }
     None
 }
@@ -637,6 +855,104 @@ mod tests {
     }
 
     #[test]
+    fn variables_set_in_a_block_are_the_scripts() {
+        let script = "require [\"fileinto\", \"variables\"]; # set \"no\" \"x\";\n\
+                      if header :matches \"Subject\" \"*\" { set :lower \"Subj\" \"${1}\"; }\n\
+                      fileinto \"${subj}\";\n";
+        let hoisted = hoist_variables(script).expect("a set");
+        assert_eq!(
+            hoisted.lines().next(),
+            Some("require [\"fileinto\", \"variables\"]; set \"Subj\" \"\"; # set \"no\" \"x\";")
+        );
+        assert_eq!(
+            hoisted.lines().count(),
+            script.lines().count(),
+            "lines stay"
+        );
+        let boxes = ["INBOX".to_string(), "quarterly report".to_string()];
+        let d = evaluate(script, MSG, &env(&|_, _| false, &boxes), &Limits::default());
+        assert_eq!(d.actions, ["fileinto \"quarterly report\""], "{d:?}");
+        // Nothing set, or set only inside strings and text: blocks: nothing to do.
+        assert_eq!(hoist_variables("keep;"), None);
+        assert_eq!(
+            hoist_variables("require \"vacation\";\nvacation text:\nset \"x\" \"y\";\n.\n;"),
+            None
+        );
+        // Errors still name the script's own lines.
+        let d = evaluate(
+            "require \"variables\";\nset \"a\" \"b\";\nfrobnicate;\n",
+            MSG,
+            &env(&|_, _| false, &boxes),
+            &Limits::default(),
+        );
+        assert!(
+            d.error.as_deref().is_some_and(|e| e.contains("line 3")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn notifications_by_mailto() {
+        let boxes = ["INBOX".to_string()];
+        let personal =
+            b"From: Boss <boss@corp.test>\r\nTo: me@example.test\r\nSubject: hi\r\n\r\nHi.\r\n";
+        let notify = |script: &str, message: &[u8]| {
+            evaluate(
+                &format!("require [\"enotify\", \"variables\"];\n{script}"),
+                message,
+                &env(&|_, _| false, &boxes),
+                &Limits::default(),
+            )
+        };
+        let d = notify(
+            r#"notify :importance "1" :message "from boss" "mailto:pager@phone.test?body=check%20mail";"#,
+            personal,
+        );
+        assert_eq!(d.copies.len(), 1, "implicit keep: {d:?}");
+        assert_eq!(d.replies.len(), 1, "{d:?}");
+        let (to, note, what) = &d.replies[0];
+        let note = String::from_utf8_lossy(note);
+        assert_eq!((to.as_str(), *what), ("pager@phone.test", "notification"));
+        for want in [
+            "Auto-Submitted: auto-notified",
+            "Subject: from boss",
+            "Importance: High",
+            "\r\n\r\ncheck mail",
+        ] {
+            assert!(note.contains(want), "{want} in {note}");
+        }
+        assert!(from_is(note.as_bytes(), "me@example.test"), "{note}");
+        // RFC 5436 2.7: none about an automatic message.
+        let auto =
+            b"From: robot@corp.test\r\nAuto-Submitted: auto-generated\r\nSubject: x\r\n\r\nx\r\n";
+        let d = notify(r#"notify "mailto:pager@phone.test";"#, auto);
+        assert!(d.replies.is_empty(), "{d:?}");
+        // A :from naming someone else gives way to the user (sieve-rs).
+        let d = notify(
+            r#"notify :from "ceo@example.test" "mailto:pager@phone.test";"#,
+            personal,
+        );
+        assert_eq!(d.replies.len(), 1, "{d:?}");
+        assert!(from_is(&d.replies[0].1, "me@example.test"), "{d:?}");
+        // Not to a crowd, no smuggled header fields.
+        for script in [
+            r#"notify "mailto:a@x.test,b@x.test,c@x.test,d@x.test,e@x.test";"#,
+            r#"notify "mailto:pager@phone.test?Reply-To=evil@x.test";"#,
+        ] {
+            let d = notify(script, personal);
+            assert!(d.replies.is_empty(), "{script}: {d:?}");
+            assert!(
+                d.actions.iter().any(|a| a.contains("not sent")),
+                "{script}: {d:?}"
+            );
+        }
+        // Other methods are not supported; the message is kept.
+        let d = notify(r#"notify "xmpp:me@im.test";"#, personal);
+        assert_eq!(d.copies.len(), 1, "{d:?}");
+        assert!(d.replies.is_empty(), "{d:?}");
+    }
+
+    #[test]
     fn redirects_and_a_skipped_vacation() {
         let d = run(r#"redirect "elsewhere@x.test";"#);
         assert!(d.copies.is_empty());
@@ -657,7 +973,7 @@ mod tests {
             false
         });
         assert_eq!(d.replies.len(), 1, "{d:?}");
-        let (to, reply) = &d.replies[0];
+        let (to, reply, _) = &d.replies[0];
         let reply = String::from_utf8_lossy(reply);
         assert_eq!(to, "boss@corp.test");
         assert!(

@@ -735,3 +735,55 @@ async fn redirects_back_to_oneself_or_through_aliases_end() {
     let log = server.log_search_until(&["--kind", "delivery.sieve", "--json"], "leads back");
     assert!(log.contains("redirected to team@example.test"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_sends_a_mailto_notification() {
+    let server = Server::start("");
+    // alice asks to be told on bob's address of mail from the boss (RFC 5435, RFC 5436).
+    script(
+        &server,
+        "alice@example.test",
+        "require [\"enotify\", \"variables\"];\n\
+         if header :matches \"Subject\" \"*\" { set \"subject\" \"${1}\"; }\n\
+         if address :is \"from\" \"boss@corp.test\" {\n\
+           notify :importance \"1\" :message \"Boss wrote: ${subject}\" \"mailto:bob@example.test\";\n\
+         }\n",
+    );
+    let r = send(&server, &["alice@example.test"], &mail("budget", "")).await;
+    assert!(r.starts_with("250"), "{r}");
+    // alice keeps the message; bob gets the notification, from alice, from the null sender.
+    assert_eq!(
+        imap_messages(&server, "alice@example.test", "INBOX").len(),
+        1
+    );
+    let bob = imap_messages(&server, "bob@example.test", "INBOX");
+    assert_eq!(bob.len(), 1, "{bob:?}");
+    for want in [
+        "Return-Path: <>",
+        "Subject: Boss wrote: budget",
+        "Auto-Submitted: auto-notified",
+        "Importance: High",
+    ] {
+        assert!(bob[0].contains(want), "{want} in {}", bob[0]);
+    }
+    assert!(
+        bob[0].contains("From: alice@example.test") || bob[0].contains("<alice@example.test>"),
+        "{}",
+        bob[0]
+    );
+    // None about an automatic message.
+    let r = send(
+        &server,
+        &["alice@example.test"],
+        &mail("auto budget", "Auto-Submitted: auto-generated\r\n"),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(imap_messages(&server, "bob@example.test", "INBOX").len(), 1);
+    let log = server.log_search_until(&["--kind", "delivery.sieve", "--json"], "not sent");
+    assert!(
+        log.contains("notification sent to bob@example.test"),
+        "{log}"
+    );
+    assert!(log.contains("the message is automatic"), "{log}");
+}

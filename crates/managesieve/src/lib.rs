@@ -34,7 +34,7 @@ const IDLE: Duration = Duration::from_secs(30 * 60);
 pub const EXTENSIONS: &str = "fileinto reject ereject envelope body variables imap4flags \
 relational comparator-i;ascii-numeric subaddress date index mailbox special-use regex include \
 duplicate vacation vacation-seconds copy editheader spamtest spamtestplus virustest \
-encoded-character environment";
+encoded-character environment enotify";
 
 /// What every ManageSieve session shares.
 pub struct SieveServer {
@@ -393,6 +393,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let sasl = if self.plaintext_ok() { "PLAIN" } else { "" };
         self.line(&format!("\"SASL\" \"{sasl}\""));
         self.line(&format!("\"SIEVE\" \"{EXTENSIONS}\""));
+        // RFC 5804 1.7: the notification methods enotify supports (RFC 5436).
+        self.line("\"NOTIFY\" \"mailto\"");
         if self.server.tls.is_some() && !self.tls {
             self.line("\"STARTTLS\"");
         }
