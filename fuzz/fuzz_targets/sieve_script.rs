@@ -1,6 +1,6 @@
 //! Sieve scripts as users upload them (ManageSieve PUTSCRIPT, `mailkeep sieve put`): our
 //! declaration hoisting (`hoist_variables`) and sieve-rs's compiler, through `check`, never
-//! panic; the result is Ok or an error that names a place.
+//! panic; the result is Ok or an error with a message.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

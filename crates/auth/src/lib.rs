@@ -98,6 +98,16 @@ pub struct Outcome {
     pub locked: bool,
 }
 
+impl Outcome {
+    /// The wait before a failure's answer, which grows with the address's failures (in
+    /// every session and listener); none after a success.
+    pub async fn pause(&self) {
+        if self.user.is_none() {
+            tokio::time::sleep(self.delay).await;
+        }
+    }
+}
+
 impl Attempt {
     /// The attempt as sessions use it.
     pub fn outcome(self) -> Outcome {
@@ -234,10 +244,10 @@ impl Guard {
         }
     }
 
-    /// [`Guard::login`] as every listener uses it: the outcome, with the wait before a
-    /// failure's answer already waited, and the log event describing the attempt (the login
-    /// as its recipient, the mechanism, TLS, the app password used) for the caller to
-    /// record with its own events.
+    /// [`Guard::login`] as every listener uses it: the outcome and the log event describing
+    /// the attempt (the login as its recipient, the mechanism, TLS, the app password used)
+    /// for the caller to record with its own events, before it waits ([`Outcome::pause`])
+    /// and answers.
     pub async fn check(
         &self,
         logins: &Authenticator,
@@ -262,10 +272,6 @@ impl Guard {
             }),
             ..Default::default()
         };
-        // The wait grows with the address's failures (in every session and listener).
-        if outcome.user.is_none() {
-            tokio::time::sleep(outcome.delay).await;
-        }
         Ok((outcome, event))
     }
 

@@ -133,7 +133,14 @@ fn compiler(limits: &Limits) -> Compiler {
 /// [`hoist_variables`]); an error is described on the script as written.
 fn compile(script: &str, limits: &Limits) -> Result<std::sync::Arc<sieve::Sieve>, String> {
     if let Some(hoisted) = hoist_variables(script) {
-        if let Ok(c) = compiler(limits).compile(hoisted.as_bytes()) {
+        // The declarations do not count against the script's size.
+        let roomier = Limits {
+            max_script_size: limits
+                .max_script_size
+                .saturating_add(hoisted.len().saturating_sub(script.len())),
+            ..*limits
+        };
+        if let Ok(c) = compiler(&roomier).compile(hoisted.as_bytes()) {
             return Ok(std::sync::Arc::new(c));
         }
     }
@@ -155,8 +162,11 @@ fn hoist_variables(script: &str) -> Option<String> {
     let mut insert_at: Option<usize> = None;
     let mut leading = true;
     let mut i = 0;
-    // The previous word (identifier) and whether the next string is a `set`'s name.
+    // Whether the next string is a `set`'s name; whether strings now are `global` names
+    // (RFC 5229 has none, sieve-rs's `global` may not follow a `set` of the same name).
     let mut want_name = false;
+    let mut want_global = false;
+    let mut globals: Vec<String> = Vec::new();
     while i < b.len() {
         let c = b[i];
         match c {
@@ -171,6 +181,7 @@ fn hoist_variables(script: &str) -> Option<String> {
                     i += 1;
                 }
                 i += 2;
+                continue;
             }
             b'"' => {
                 let start = i + 1;
@@ -181,7 +192,9 @@ fn hoist_variables(script: &str) -> Option<String> {
                     }
                     i += 1;
                 }
-                if want_name {
+                if want_global {
+                    globals.push(script[start.min(b.len())..i.min(b.len())].to_ascii_lowercase());
+                } else if want_name {
                     want_name = false;
                     let name = &script[start.min(b.len())..i.min(b.len())];
                     let valid = name
@@ -198,6 +211,7 @@ fn hoist_variables(script: &str) -> Option<String> {
             }
             b';' => {
                 want_name = false;
+                want_global = false;
                 if leading {
                     insert_at = Some(i + 1);
                 }
@@ -230,6 +244,9 @@ fn hoist_variables(script: &str) -> Option<String> {
                     if word.eq_ignore_ascii_case("set") {
                         want_name = true;
                     }
+                    if word.eq_ignore_ascii_case("global") {
+                        want_global = true;
+                    }
                     if !word.eq_ignore_ascii_case("require") {
                         leading = false;
                     }
@@ -240,6 +257,7 @@ fn hoist_variables(script: &str) -> Option<String> {
         }
         i += 1;
     }
+    names.retain(|n| !globals.contains(&n.to_ascii_lowercase()));
     if names.is_empty() {
         return None;
     }
@@ -364,6 +382,8 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
     let mut decision = Decision::default();
     let mut input = Input::script("user", compiled);
     let mut skipped = false;
+    // Addresses notified in this run: at most `max_redirects` over all its notify actions.
+    let mut notified: Vec<String> = Vec::new();
     while let Some(result) = instance.run(input) {
         input = Input::True;
         let event = match result {
@@ -504,13 +524,32 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
                 ..
             } if message_id > 0 => {
                 let note = made.get(message_id - 1).cloned().unwrap_or_default();
-                match notification_refused(message, &note, env.user, &to, limits) {
+                let mut fresh: Vec<String> = Vec::new();
+                for a in &to {
+                    let known = notified
+                        .iter()
+                        .chain(&fresh)
+                        .any(|n| n.eq_ignore_ascii_case(a));
+                    if !known {
+                        fresh.push(a.clone());
+                    }
+                }
+                let refused = if notified.len() + fresh.len() > limits.max_redirects {
+                    Some(format!(
+                        "more than {} notified addresses in one run",
+                        limits.max_redirects
+                    ))
+                } else {
+                    notification_refused(message, &note, env.user, &to)
+                };
+                match refused {
                     Some(why) => decision
                         .actions
                         .push(format!("notify {to:?} not sent: {why}")),
                     None => {
                         decision.actions.push(format!("notify {to:?}"));
-                        for a in to {
+                        for a in fresh {
+                            notified.push(a.clone());
                             decision.replies.push((a, note.clone(), "notification"));
                         }
                     }
@@ -523,9 +562,16 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
                 skipped = true;
             }
             Event::Notify { method, .. } => {
-                decision.actions.push(format!(
-                    "notify {method:?} skipped: only mailto is supported"
-                ));
+                // sieve-rs hands a mailto notify over here once the script made as many
+                // messages as it may.
+                let why = if method.to_ascii_lowercase().starts_with("mailto:") {
+                    "the script made as many messages as it may"
+                } else {
+                    "only mailto is supported"
+                };
+                decision
+                    .actions
+                    .push(format!("notify {method:?} skipped: {why}"));
             }
         }
     }
@@ -626,13 +672,7 @@ const NOTIFICATION_FIELDS: &[&str] = &[
 ];
 
 /// Why a notification sieve-rs made about `message` must not go to `to`, if it must not.
-fn notification_refused(
-    message: &[u8],
-    note: &[u8],
-    user: &str,
-    to: &[String],
-    limits: &Limits,
-) -> Option<String> {
+fn notification_refused(message: &[u8], note: &[u8], user: &str, to: &[String]) -> Option<String> {
     // RFC 5436 2.7: none about an automatic message (sieve-rs's own check misses
     // Auto-Submitted with mail-parser 0.11, as for vacation).
     if let Some(why) = automatic(message) {
@@ -641,8 +681,16 @@ fn notification_refused(
     if to.is_empty() {
         return Some("the URI names no recipient".into());
     }
-    if to.len() > limits.max_redirects {
-        return Some(format!("more than {} recipients", limits.max_redirects));
+    // Line breaks only as CRLF, and each field once: nothing a URI value, a :message or
+    // the triggering message's Subject holds can start a field of its own.
+    let end = crate::ingest::header_len(note).min(note.len());
+    let head = &note[..end];
+    let bare = head.iter().enumerate().any(|(i, &c)| {
+        (c == b'\r' && head.get(i + 1) != Some(&b'\n'))
+            || (c == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    });
+    if bare {
+        return Some("a line break inside a header field".into());
     }
     // RFC 5436 2.3: the sender may only be the user.
     if !from_is(note, user) {
@@ -656,6 +704,11 @@ fn notification_refused(
         return Some(format!(
             "the URI sets {name:?}, which a notification may not carry"
         ));
+    }
+    for (i, (name, _)) in fields.iter().enumerate() {
+        if fields[..i].iter().any(|(n, _)| n == name) {
+            return Some(format!("{name:?} twice"));
+        }
     }
     // RFC 5436 2.7: marked as a notification, once.
     let marks: Vec<&String> = fields
@@ -872,6 +925,18 @@ mod tests {
         let boxes = ["INBOX".to_string(), "quarterly report".to_string()];
         let d = evaluate(script, MSG, &env(&|_, _| false, &boxes), &Limits::default());
         assert_eq!(d.actions, ["fileinto \"quarterly report\""], "{d:?}");
+        // Comments do not hide what follows them.
+        assert_eq!(
+            hoist_variables("require \"variables\";\n/*x*/set \"a\" \"b\"; fileinto /*y*/\"box\";"),
+            Some("require \"variables\"; set \"a\" \"\";\n/*x*/set \"a\" \"b\"; fileinto /*y*/\"box\";".into())
+        );
+        // A `global` name is left alone.
+        assert_eq!(
+            hoist_variables(
+                "require [\"variables\", \"include\"];\nglobal \"g\";\nset \"g\" \"1\";"
+            ),
+            None
+        );
         // Nothing set, or set only inside strings and text: blocks: nothing to do.
         assert_eq!(hoist_variables("keep;"), None);
         assert_eq!(
@@ -946,6 +1011,27 @@ mod tests {
                 "{script}: {d:?}"
             );
         }
+        // At most max_redirects (4) addresses over the whole run; a repeat is not sent twice.
+        let d = notify(
+            r#"notify "mailto:a@x.test,b@x.test"; notify "mailto:a@x.test,c@x.test";
+               notify "mailto:d@x.test,e@x.test";"#,
+            personal,
+        );
+        let sent: Vec<&str> = d.replies.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(sent, ["a@x.test", "b@x.test", "c@x.test"], "{d:?}");
+        assert!(
+            d.actions.iter().any(|a| a.contains("more than 4 notified")),
+            "{d:?}"
+        );
+        // No header field smuggled through a URI value or the message's own Subject.
+        let d = notify(
+            r#"notify "mailto:pager@phone.test?subject=hi%0D%0AContent-Type:%20text/html";"#,
+            personal,
+        );
+        assert!(d.replies.is_empty(), "{d:?}");
+        let crafted = b"From: Boss <boss@corp.test>\r\nTo: me@example.test\r\nSubject: =?utf-8?q?x=0D=0AReply-To:_evil@x.test?=\r\n\r\nHi.\r\n";
+        let d = notify(r#"notify "mailto:pager@phone.test";"#, crafted);
+        assert!(d.replies.is_empty(), "{d:?}");
         // Other methods are not supported; the message is kept.
         let d = notify(r#"notify "xmpp:me@im.test";"#, personal);
         assert_eq!(d.copies.len(), 1, "{d:?}");

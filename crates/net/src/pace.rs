@@ -1,5 +1,6 @@
-//! Command pacing: a token bucket per session, as deep as the rate. A command that finds
-//! it empty waits for its token; a client within the rate never waits.
+//! Command pacing: a token bucket per session, as deep as the rate or deeper (the largest
+//! burst). A command that finds it empty waits for its token; a client within the rate
+//! never waits.
 
 use std::time::{Duration, Instant};
 
@@ -74,7 +75,7 @@ mod tests {
         assert!((w.as_secs_f64() - 0.2).abs() < 1e-6, "{w:?}");
         let w = p.take(start);
         assert!((w.as_secs_f64() - 0.4).abs() < 1e-6, "{w:?}");
-        // A client that waited two seconds has a full bucket again, no more.
+        // A client that waited three seconds has a full bucket again, no more.
         let later = start + Duration::from_secs(3);
         for _ in 0..5 {
             assert_eq!(p.take(later), Duration::ZERO);

@@ -646,6 +646,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             .check(&self.server.logins, request)
             .await?;
         self.server.store.log_submit(vec![event]);
+        outcome.pause().await;
         let mailkeep_auth::Outcome {
             user,
             banned,

@@ -336,7 +336,10 @@ impl ReadError {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     fn log(&mut self, kind: &str, mut ev: LogEvent) {
-        ev.ts = now_micros();
+        // An event made elsewhere (a login's, by the guard) keeps its time.
+        if ev.ts == 0 {
+            ev.ts = now_micros();
+        }
         ev.session = self.id.clone();
         ev.kind = kind.into();
         ev.ip = Some(self.peer.ip().to_string());
@@ -748,6 +751,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             }
         };
         self.log("smtp.auth", event);
+        outcome.pause().await;
         let mailkeep_auth::Outcome {
             user,
             banned,

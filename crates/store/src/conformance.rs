@@ -387,16 +387,17 @@ async fn usage(store: &SharedStore) {
         .await
         .expect("login"));
 
-    // A removed account's queued mail still goes, but is no longer anyone's: an account
-    // that later gets the same id must not inherit its bounces or its hold.
-    store.queue_insert(queued("U3"), 700).await.expect("queue");
+    // A removed account's queued mail is no longer anyone's (an account that later gets
+    // the same id must not inherit its bounces); what was held stays held for an admin.
+    assert_eq!(store.account_hold(a, "burst", 700).await.expect("hold"), 0);
+    store.queue_insert(queued("U3"), 710).await.expect("queue");
     store
         .user_remove(&addr("u@usage.test"))
         .await
         .expect("remove");
     let left = store.queue_get("U3").await.expect("get").expect("queued");
-    assert_eq!(left.account, None);
-    assert!(!left.held);
+    assert_eq!((left.account, left.held), (None, true));
+    assert!(store.account_hold_state(a).await.expect("state").is_none());
     store.queue_delete("U3").await.expect("delete");
 }
 
