@@ -1,6 +1,6 @@
 //! Rate limits: SMTP commands per second (they wait), messages and recipients per
-//! connection, and messages per sender domain per hour on the MX; IMAP and POP3 commands per
-//! second.
+//! connection, and messages per sender domain per hour on the MX; IMAP, POP3 and ManageSieve
+//! commands per second.
 
 mod common;
 
@@ -187,7 +187,7 @@ async fn pipelined(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn imap_and_pop3_commands_are_paced() {
+async fn imap_pop3_and_managesieve_commands_are_paced() {
     let server = Server::start("imap.commands_per_second = 10\npop3.commands_per_second = 10");
     // A burst of twice the rate passes; the ten commands after it wait a tenth of a second
     // each: a second at least.
@@ -212,4 +212,17 @@ async fn imap_and_pop3_commands_are_paced() {
     )
     .await;
     assert!(pop3 >= Duration::from_millis(900), "POP3 paced: {pop3:?}");
+    // ManageSieve: 100 a second after a burst of 200; NOOP's tag tells the replies apart
+    // from the greeting (RFC 5804 2.15).
+    let sieve = pipelined(
+        server.listeners["managesieve"],
+        300,
+        |i| format!("NOOP \"n{i}\"\r\n"),
+        |i| format!("OK (TAG \"n{i}\")"),
+    )
+    .await;
+    assert!(
+        sieve >= Duration::from_millis(900),
+        "ManageSieve paced: {sieve:?}"
+    );
 }

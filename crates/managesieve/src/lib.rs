@@ -29,6 +29,9 @@ const MAX_LINE: usize = 8 * 1024;
 const MAX_ERRORS: u32 = 20;
 /// How long a session may stay silent.
 const IDLE: Duration = Duration::from_secs(30 * 60);
+/// Commands a session may send per second, after a burst of twice as many: far above what
+/// a client managing its scripts sends, low enough that one connection cannot take a core.
+const COMMANDS_PER_SECOND: u32 = 100;
 
 /// The Sieve extensions we announce (RFC 5804 1.7 SIEVE): those our delivery path runs.
 pub const EXTENSIONS: &str = "fileinto reject ereject envelope body variables imap4flags \
@@ -329,6 +332,8 @@ struct Session<S> {
     sasl: bool,
     failures: u32,
     errors: u32,
+    /// [`COMMANDS_PER_SECOND`].
+    pacer: mailkeep_net::pace::Pacer,
 }
 
 /// Runs a session until LOGOUT, error, timeout or shutdown.
@@ -341,6 +346,7 @@ pub async fn run_session<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let mut s = Session {
+        pacer: mailkeep_net::pace::Pacer::with_burst(COMMANDS_PER_SECOND, COMMANDS_PER_SECOND * 2),
         conn: Conn::Plain(stream),
         tls: false,
         buf: Vec::new(),
@@ -446,6 +452,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     }
                     Parsed::Command(name, args, n) => {
                         self.buf.drain(..n.min(self.buf.len()));
+                        let wait = self.pacer.take(std::time::Instant::now());
+                        if !wait.is_zero() {
+                            // What is due goes out first.
+                            if self.flush().await.is_err() {
+                                return "i/o error".into();
+                            }
+                            tokio::time::sleep(wait).await;
+                        }
                         match self.command(&name, args).await {
                             Ok(f) => f,
                             Err(e) => {
