@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::outbound::imap_fetch;
 use common::{Server, PASSWORD};
 
 const SCRIPT: &str = r#"require ["fileinto", "imap4flags", "mailbox", "reject", "envelope", "subaddress"];
@@ -29,40 +30,6 @@ if header :is "Subject" "to a missing folder" {
 
 async fn send(server: &Server, to: &[&str], data: &str) -> String {
     server.send_mail("boss@corp.test", to, data).await
-}
-
-/// The messages of a user's mailbox, whole, read over IMAP with Python's imaplib.
-fn imap_messages(server: &Server, user: &str, mailbox: &str) -> Vec<String> {
-    let script = r#"
-import imaplib, json, sys
-m = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
-m.login(sys.argv[2], sys.argv[3])
-typ, data = m.select('"' + sys.argv[4] + '"', readonly=True)
-assert typ == "OK", data
-out = []
-if int(data[0]) > 0:
-    typ, data = m.fetch("1:*", "(BODY.PEEK[])")
-    out = [item[1].decode("utf-8", "replace") for item in data if isinstance(item, tuple)]
-print(json.dumps(out))
-m.logout()
-"#;
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &server.listeners["imap"].port().to_string(),
-            user,
-            PASSWORD,
-            mailbox,
-        ])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "imaplib: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("imaplib's JSON")
 }
 
 /// Flags and subjects of a mailbox of alice, over IMAP.
@@ -150,7 +117,7 @@ async fn scripts_file_flag_discard_and_reject() {
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
-    assert!(imap_messages(&server, "alice@example.test", "INBOX").is_empty());
+    assert!(imap_fetch(&server, "alice@example.test", "INBOX").is_empty());
 
     // reject: refused when alice is the only recipient...
     let r = send(&server, &["alice@example.test"], &mail("unwanted", "")).await;
@@ -158,7 +125,7 @@ async fn scripts_file_flag_discard_and_reject() {
         r.starts_with("550 5.7.1 Rejected by the recipient's filter: I do not take such mail"),
         "{r}"
     );
-    assert!(imap_messages(&server, "alice@example.test", "INBOX").is_empty());
+    assert!(imap_fetch(&server, "alice@example.test", "INBOX").is_empty());
     // ...and bounced to the sender (RFC 5429 2.1) when another recipient takes the message
     // (bob has no script). Carol sent it, and gets the bounce naming alice and the reason.
     let (ok, _, err) = server.cli(&["user", "add", "carol@example.test"], PASSWORD);
@@ -171,9 +138,9 @@ async fn scripts_file_flag_discard_and_reject() {
         )
         .await;
     assert!(r.starts_with("250"), "{r}");
-    assert!(imap_messages(&server, "alice@example.test", "INBOX").is_empty());
-    assert_eq!(imap_messages(&server, "bob@example.test", "INBOX").len(), 1);
-    let bounce = imap_messages(&server, "carol@example.test", "INBOX");
+    assert!(imap_fetch(&server, "alice@example.test", "INBOX").is_empty());
+    assert_eq!(imap_fetch(&server, "bob@example.test", "INBOX").len(), 1);
+    let bounce = imap_fetch(&server, "carol@example.test", "INBOX");
     assert_eq!(bounce.len(), 1, "{bounce:?}");
     for want in [
         "Return-Path: <>",
@@ -207,7 +174,7 @@ async fn scripts_file_flag_discard_and_reject() {
     .await;
     c.send(b".\r\n").await;
     assert!(c.reply().await.starts_with("250"));
-    let bounces = imap_messages(&server, "carol@example.test", "INBOX");
+    let bounces = imap_fetch(&server, "carol@example.test", "INBOX");
     assert_eq!(bounces.len(), 2, "{bounces:?}");
     let b = &bounces[1];
     for want in [
@@ -231,12 +198,12 @@ async fn scripts_file_flag_discard_and_reject() {
     assert!(c.reply().await.starts_with("250"));
     c.cmd("QUIT").await;
     assert_eq!(
-        imap_messages(&server, "carol@example.test", "INBOX").len(),
+        imap_fetch(&server, "carol@example.test", "INBOX").len(),
         2,
         "no bounce with NOTIFY=NEVER"
     );
-    assert!(imap_messages(&server, "alice@example.test", "INBOX").is_empty());
-    assert_eq!(imap_messages(&server, "bob@example.test", "INBOX").len(), 3);
+    assert!(imap_fetch(&server, "alice@example.test", "INBOX").is_empty());
+    assert_eq!(imap_fetch(&server, "bob@example.test", "INBOX").len(), 3);
 
     // fileinto a mailbox that does not exist: kept in INBOX, the error logged.
     let r = send(
@@ -246,7 +213,7 @@ async fn scripts_file_flag_discard_and_reject() {
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
-    let inbox = imap_messages(&server, "alice@example.test", "INBOX");
+    let inbox = imap_fetch(&server, "alice@example.test", "INBOX");
     assert!(
         inbox
             .iter()
@@ -302,8 +269,8 @@ async fn redirects_go_on_and_loops_stop() {
     );
     let r = send(&server, &["bob@example.test"], &mail("for bob", "")).await;
     assert!(r.starts_with("250"), "{r}");
-    assert!(imap_messages(&server, "bob@example.test", "INBOX").is_empty());
-    let alice = imap_messages(&server, "alice@example.test", "INBOX");
+    assert!(imap_fetch(&server, "bob@example.test", "INBOX").is_empty());
+    let alice = imap_fetch(&server, "alice@example.test", "INBOX");
     assert_eq!(alice.len(), 1);
     assert!(
         alice[0].contains("Delivered-To: alice@example.test\r\n")
@@ -325,11 +292,11 @@ async fn redirects_go_on_and_loops_stop() {
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
-    let bob = imap_messages(&server, "bob@example.test", "INBOX");
+    let bob = imap_fetch(&server, "bob@example.test", "INBOX");
     assert_eq!(bob.len(), 1, "{bob:?}");
     assert!(bob[0].contains("Subject: round and round"), "{}", bob[0]);
     assert_eq!(
-        imap_messages(&server, "alice@example.test", "INBOX").len(),
+        imap_fetch(&server, "alice@example.test", "INBOX").len(),
         1,
         "only the first message"
     );
@@ -347,10 +314,7 @@ async fn redirects_go_on_and_loops_stop() {
     );
     let r = send(&server, &["alice@example.test"], &mail("pass it on", "")).await;
     assert!(r.starts_with("250"), "{r}");
-    assert_eq!(
-        imap_messages(&server, "alice@example.test", "INBOX").len(),
-        2
-    );
+    assert_eq!(imap_fetch(&server, "alice@example.test", "INBOX").len(), 2);
     let queued = server.store().queue_list().await.unwrap();
     let m = queued
         .iter()
@@ -396,7 +360,7 @@ async fn vacation_replies_once_and_never_to_lists_or_robots() {
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
-    let bob = imap_messages(&server, "bob@example.test", "INBOX");
+    let bob = imap_fetch(&server, "bob@example.test", "INBOX");
     assert_eq!(bob.len(), 1, "{bob:?}");
     for want in [
         "Return-Path: <>",
@@ -420,7 +384,7 @@ async fn vacation_replies_once_and_never_to_lists_or_robots() {
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
-    assert_eq!(imap_messages(&server, "bob@example.test", "INBOX").len(), 1);
+    assert_eq!(imap_fetch(&server, "bob@example.test", "INBOX").len(), 1);
     // Nothing to automatic mail or lists (RFC 3834).
     for (id, extra) in [
         (3, "Auto-Submitted: auto-replied\r\n"),
@@ -435,7 +399,7 @@ async fn vacation_replies_once_and_never_to_lists_or_robots() {
         .await;
         assert!(r.starts_with("250"), "{r}");
     }
-    let carol = imap_messages(&server, "carol@example.test", "INBOX");
+    let carol = imap_fetch(&server, "carol@example.test", "INBOX");
     assert!(carol.is_empty(), "{carol:?}");
     // A sender elsewhere: the reply is queued from the null sender.
     let r = send_from(
@@ -456,10 +420,7 @@ async fn vacation_replies_once_and_never_to_lists_or_robots() {
         .expect("reply queued");
     assert_eq!(m.sender, "");
     // alice got every message.
-    assert_eq!(
-        imap_messages(&server, "alice@example.test", "INBOX").len(),
-        6
-    );
+    assert_eq!(imap_fetch(&server, "alice@example.test", "INBOX").len(), 6);
     let log = server.log_search_until(
         &["--kind", "delivery.sieve", "--json"],
         "vacation reply sent to x@remote.test",
@@ -522,16 +483,16 @@ async fn forward_and_vacation_helpers_write_the_script() {
     .await;
     assert!(r.starts_with("250"), "{r}");
     assert_eq!(
-        imap_messages(&server, "alice@example.test", "INBOX").len(),
+        imap_fetch(&server, "alice@example.test", "INBOX").len(),
         1,
         "kept"
     );
     assert_eq!(
-        imap_messages(&server, "bob@example.test", "INBOX").len(),
+        imap_fetch(&server, "bob@example.test", "INBOX").len(),
         1,
         "forwarded"
     );
-    let carol = imap_messages(&server, "carol@example.test", "INBOX");
+    let carol = imap_fetch(&server, "carol@example.test", "INBOX");
     assert_eq!(carol.len(), 1);
     assert!(
         carol[0].contains("Subject: Away") && carol[0].contains("Back on \"Monday\"."),
@@ -563,7 +524,7 @@ async fn forward_and_vacation_helpers_write_the_script() {
     .await;
     assert!(r.starts_with("250"), "{r}");
     assert_eq!(
-        imap_messages(&server, "bob@example.test", "INBOX").len(),
+        imap_fetch(&server, "bob@example.test", "INBOX").len(),
         2,
         "only the forwarded copy"
     );
@@ -656,7 +617,7 @@ async fn global_scripts_run_around_the_users() {
     assert!(r.starts_with("250"), "{r}");
     let r = send(&server, &["alice@example.test"], &mail("budget", "")).await;
     assert!(r.starts_with("250"), "{r}");
-    let junk = imap_messages(&server, "alice@example.test", "Junk");
+    let junk = imap_fetch(&server, "alice@example.test", "Junk");
     assert_eq!(junk.len(), 1, "the global script filed it and stopped");
     assert!(junk[0].contains("[SPAM] cheap"));
     let work = imap_listing(&server, "Work");
@@ -667,7 +628,7 @@ async fn global_scripts_run_around_the_users() {
     // bob has no script: the global one runs for him too.
     let r = send(&server, &["bob@example.test"], &mail("[SPAM] more", "")).await;
     assert!(r.starts_with("250"), "{r}");
-    assert_eq!(imap_messages(&server, "bob@example.test", "Junk").len(), 1);
+    assert_eq!(imap_fetch(&server, "bob@example.test", "Junk").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -685,7 +646,7 @@ async fn editheader_changes_are_stored() {
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
-    let inbox = imap_messages(&server, "alice@example.test", "INBOX");
+    let inbox = imap_fetch(&server, "alice@example.test", "INBOX");
     assert_eq!(inbox.len(), 1);
     let m = &inbox[0];
     assert!(m.contains("X-Sorted: by alice's rules\r\n"), "{m}");
@@ -727,11 +688,8 @@ async fn redirects_back_to_oneself_or_through_aliases_end() {
     );
     let r = send(&server, &["alice@example.test"], &mail("fan out", "")).await;
     assert!(r.starts_with("250"), "{r}");
-    assert_eq!(
-        imap_messages(&server, "alice@example.test", "INBOX").len(),
-        1
-    );
-    assert_eq!(imap_messages(&server, "bob@example.test", "INBOX").len(), 1);
+    assert_eq!(imap_fetch(&server, "alice@example.test", "INBOX").len(), 1);
+    assert_eq!(imap_fetch(&server, "bob@example.test", "INBOX").len(), 1);
     let log = server.log_search_until(&["--kind", "delivery.sieve", "--json"], "leads back");
     assert!(log.contains("redirected to team@example.test"), "{log}");
 }
@@ -752,11 +710,8 @@ async fn notify_sends_a_mailto_notification() {
     let r = send(&server, &["alice@example.test"], &mail("budget", "")).await;
     assert!(r.starts_with("250"), "{r}");
     // alice keeps the message; bob gets the notification, from alice, from the null sender.
-    assert_eq!(
-        imap_messages(&server, "alice@example.test", "INBOX").len(),
-        1
-    );
-    let bob = imap_messages(&server, "bob@example.test", "INBOX");
+    assert_eq!(imap_fetch(&server, "alice@example.test", "INBOX").len(), 1);
+    let bob = imap_fetch(&server, "bob@example.test", "INBOX");
     assert_eq!(bob.len(), 1, "{bob:?}");
     for want in [
         "Return-Path: <>",
@@ -779,7 +734,7 @@ async fn notify_sends_a_mailto_notification() {
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
-    assert_eq!(imap_messages(&server, "bob@example.test", "INBOX").len(), 1);
+    assert_eq!(imap_fetch(&server, "bob@example.test", "INBOX").len(), 1);
     let log = server.log_search_until(&["--kind", "delivery.sieve", "--json"], "not sent");
     assert!(
         log.contains("notification sent to bob@example.test"),

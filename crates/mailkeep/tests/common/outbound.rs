@@ -156,17 +156,23 @@ pub fn dkim_records_of(a: &Server, n: u32, suffix: &str) -> Vec<String> {
     ]
 }
 
-/// Every message in `user`'s INBOX on `server`, as Python's imaplib fetches them over IMAPS.
+/// A user's INBOX, every message whole, fetched over IMAPS with Python's imaplib.
 pub fn imap_fetch_all(server: &Server, user: &str) -> Vec<String> {
+    imap_fetch(server, user, "INBOX")
+}
+
+/// A mailbox of a user, every message whole, fetched over IMAPS with Python's imaplib.
+pub fn imap_fetch(server: &Server, user: &str, mailbox: &str) -> Vec<String> {
     let script = r#"
 import imaplib, ssl, sys
-port, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+port, user, password, mailbox = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
 m = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=ctx)
 m.login(user, password)
-m.select("INBOX", readonly=True)
+typ, data = m.select('"' + mailbox + '"', readonly=True)
+assert typ == "OK", data
 typ, data = m.uid("FETCH", "1:*", "(BODY.PEEK[])")
 assert typ == "OK", data
 for item in data:
@@ -181,6 +187,7 @@ m.logout()
             &server.listeners["imaps"].port().to_string(),
             user,
             PASSWORD,
+            mailbox,
         ])
         .output()
         .expect("python3");
