@@ -14,7 +14,15 @@
 //!   the server started). Sessions already logged in are never touched; a locked login does
 //!   not check the password (no hashing work for the attacker) and counts as a failure of
 //!   its address.
-//! - Addresses in `bans.allow` are never banned or locked out; their failures still wait.
+//! - A login from a banned address is refused without checking the password, whichever
+//!   session it comes on (sessions opened before the ban end too: `net::Shutdown::wait`).
+//! - An address's logins take turns: one password check at a time per address (IPv6 /64),
+//!   and a failure keeps the turn through its wait, so parallel connections add neither
+//!   guesses nor speed; the count that leads to a ban is over all of them.
+//! - Addresses in `bans.allow` are never banned or locked out and do not take turns (a
+//!   webmail on the same host logs in for many people at once); their failures still wait.
+//! - When the password checkers' queue is full (a login burst), the answer is a temporary
+//!   failure (`Attempt::Busy`), not counted against the address.
 //! - Counters live in memory (bounded); bans come from the store, refreshed by
 //!   [`Guard::refresh`], so the CLI's `ban add|remove` reach a running server.
 
@@ -58,6 +66,10 @@ pub enum Attempt {
         /// The address was banned by this attempt.
         banned: bool,
     },
+    /// The address is banned: the password was not checked.
+    Banned,
+    /// Too many password checks are waiting: try again shortly (not counted).
+    Busy,
 }
 
 /// One login attempt as a listener sees it.
@@ -96,14 +108,47 @@ pub struct Outcome {
     pub banned: bool,
     /// The account is locked for this address (a temporary failure).
     pub locked: bool,
+    /// The server is too busy checking passwords (a temporary failure).
+    pub busy: bool,
+    /// The address's turn, held through the wait after a failure.
+    turn: Option<Turn>,
 }
 
 impl Outcome {
     /// The wait before a failure's answer, which grows with the address's failures (in
-    /// every session and listener); none after a success.
-    pub async fn pause(&self) {
+    /// every session and listener); none after a success. The address's next login waits
+    /// for it too.
+    pub async fn pause(&mut self) {
         if self.user.is_none() {
             tokio::time::sleep(self.delay).await;
+        }
+        self.turn = None;
+    }
+}
+
+/// One address's turn to log in (see the module notes); others from it wait.
+struct Turn {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    key: IpAddr,
+    turns: Turns,
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Turn({})", self.key)
+    }
+}
+
+type Turns = Arc<Mutex<HashMap<IpAddr, Arc<tokio::sync::Mutex<()>>>>>;
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.guard = None;
+        if let Ok(mut t) = self.turns.lock() {
+            // Nobody else holds or waits for it: forget the address.
+            if t.get(&self.key).is_some_and(|m| Arc::strong_count(m) == 1) {
+                t.remove(&self.key);
+            }
         }
     }
 }
@@ -118,6 +163,8 @@ impl Attempt {
             delay,
             banned,
             locked,
+            busy: false,
+            turn: None,
         };
         match self {
             Attempt::Success(l) => Outcome {
@@ -127,9 +174,16 @@ impl Attempt {
                 delay: Duration::ZERO,
                 banned: false,
                 locked: false,
+                busy: false,
+                turn: None,
             },
             Attempt::Failure { delay, banned } => failed("rejected", delay, banned, false),
             Attempt::Locked { delay, banned } => failed("locked", delay, banned, true),
+            Attempt::Banned => failed("banned", Duration::ZERO, true, false),
+            Attempt::Busy => Outcome {
+                busy: true,
+                ..failed("busy", Duration::ZERO, false, false)
+            },
         }
     }
 }
@@ -161,6 +215,7 @@ pub struct Guard {
     settings: std::sync::RwLock<(BansConfig, Duration)>,
     store: SharedStore,
     state: Mutex<State>,
+    turns: Turns,
 }
 
 fn now() -> i64 {
@@ -189,6 +244,7 @@ impl Guard {
             settings: std::sync::RwLock::new((config, auth.failure_delay)),
             store,
             state: Mutex::new(State::default()),
+            turns: Turns::default(),
         }
     }
 
@@ -216,11 +272,11 @@ impl Guard {
         self.settings().0.allow.iter().any(|n| n.contains(ip))
     }
 
-    /// Reads the bans in force from the store into the list (and forgets ended ones): at
-    /// start, and every few seconds so that `mailkeep ban add|remove` take effect.
+    /// Reads the bans in force from the store into the list: at start, and every second so
+    /// that `mailkeep ban add|remove` take effect (and end the sessions of a banned
+    /// address).
     pub async fn refresh(&self) -> Result<(), StoreError> {
         let t = now();
-        self.store.bans_expire(t).await?;
         let rows = self.store.bans(t).await?;
         let list = rows
             .into_iter()
@@ -235,6 +291,12 @@ impl Guard {
             .collect();
         self.bans.set(list);
         Ok(())
+    }
+
+    /// Deletes ended bans from the store (a write: hourly is enough, `refresh` ignores
+    /// them).
+    pub async fn expire(&self) -> Result<(), StoreError> {
+        self.store.bans_expire(now()).await.map(|_| ())
     }
 
     /// Tells `watcher` of every successful login from then on.
@@ -253,10 +315,13 @@ impl Guard {
         logins: &Authenticator,
         r: LoginRequest<'_>,
     ) -> Result<(Outcome, LogEvent), StoreError> {
-        let outcome = self
-            .login(logins, r.ip, r.login, r.password, r.protocol)
-            .await?
-            .outcome();
+        let (attempt, turn) = self
+            .login_turn(logins, r.ip, r.login, r.password, r.protocol)
+            .await?;
+        let mut outcome = attempt.outcome();
+        if outcome.user.is_none() {
+            outcome.turn = turn;
+        }
         let event = LogEvent {
             ts: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -285,14 +350,60 @@ impl Guard {
         password: &str,
         protocol: &str,
     ) -> Result<Attempt, StoreError> {
-        let account = login.trim().to_lowercase();
+        Ok(self
+            .login_turn(logins, ip, login, password, protocol)
+            .await?
+            .0)
+    }
+
+    /// Waits for the address's turn (none for allowed addresses).
+    async fn turn(&self, key: IpAddr) -> Option<Turn> {
+        let lock = {
+            let mut t = self.turns.lock().ok()?;
+            t.entry(key).or_default().clone()
+        };
+        Some(Turn {
+            guard: Some(lock.lock_owned().await),
+            key,
+            turns: self.turns.clone(),
+        })
+    }
+
+    /// [`Guard::login`], with the address's turn for the caller to hold through the wait
+    /// after a failure.
+    async fn login_turn(
+        &self,
+        logins: &Authenticator,
+        ip: IpAddr,
+        login: &str,
+        password: &str,
+        protocol: &str,
+    ) -> Result<(Attempt, Option<Turn>), StoreError> {
+        if self.bans.find(ip, now()).is_some() {
+            return Ok((Attempt::Banned, None));
+        }
         let key = ban_network(ip).addr();
+        let turn = if self.allowed(ip) {
+            None
+        } else {
+            self.turn(key).await
+        };
+        // Banned while it waited for its turn: the password is never checked.
+        if self.bans.find(ip, now()).is_some() {
+            return Ok((Attempt::Banned, None));
+        }
+        let account = login.trim().to_lowercase();
         let t = now();
         if self.locked_out(&account, key, ip, t) {
             let (delay, banned) = self.failure(ip, &account, protocol, t).await;
-            return Ok(Attempt::Locked { delay, banned });
+            return Ok((Attempt::Locked { delay, banned }, turn));
         }
-        match logins.login(self.store.as_ref(), login, password).await? {
+        let found = match logins.login(self.store.as_ref(), login, password).await {
+            Ok(found) => found,
+            Err(StoreError::Busy(_)) => return Ok((Attempt::Busy, None)),
+            Err(e) => return Err(e),
+        };
+        let attempt = match found {
             Some(found) => {
                 if !self.allowed(ip) {
                     let watcher = self.watcher.read().ok().and_then(|w| w.clone());
@@ -306,13 +417,14 @@ impl Guard {
                     }
                     st.known.insert((account, key));
                 }
-                Ok(Attempt::Success(found))
+                Attempt::Success(found)
             }
             None => {
                 let (delay, banned) = self.failure(ip, &account, protocol, t).await;
-                Ok(Attempt::Failure { delay, banned })
+                Attempt::Failure { delay, banned }
             }
-        }
+        };
+        Ok((attempt, turn))
     }
 
     /// Whether `account` is locked against this address.
@@ -473,6 +585,7 @@ mod tests {
             plaintext: mailkeep_config::Plaintext::Loopback,
             failure_delay: Duration::from_millis(1),
             max_failures: 3,
+            max_unauthenticated_per_ip: 20,
         };
         let guard = Guard::new(config, &auth, BanList::default(), store.clone());
         (dir, store, guard, Authenticator::new(1, Duration::ZERO))
@@ -522,6 +635,7 @@ mod tests {
                 plaintext: mailkeep_config::Plaintext::Loopback,
                 failure_delay: Duration::ZERO,
                 max_failures: 3,
+                max_unauthenticated_per_ip: 20,
             },
             BanList::default(),
             store.clone(),
@@ -554,6 +668,58 @@ mod tests {
             .ban_list()
             .find("2001:db8:1:3::1".parse().unwrap(), now())
             .is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_guesses_from_one_address_count_once_each_and_stop_at_the_ban() {
+        let (_dir, _store, guard, logins) = setup(config()).await;
+        let guard = Arc::new(guard);
+        let logins = Arc::new(logins);
+        let attacker: IpAddr = "198.51.100.7".parse().unwrap();
+        // 50 sessions guess at once; only 5 (bans.after) passwords are ever checked.
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (guard, logins) = (guard.clone(), logins.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = LoginRequest {
+                    session: "s",
+                    ip: attacker,
+                    protocol: "imap",
+                    kind: "imap.login",
+                    mechanism: "PLAIN",
+                    tls: false,
+                    login: "alice@example.test",
+                    password: "wrong",
+                };
+                let (mut outcome, _) = guard.check(&logins, r).await.unwrap();
+                outcome.pause().await;
+                outcome.word
+            }));
+        }
+        let mut words = Vec::new();
+        for t in tasks {
+            words.push(t.await.unwrap());
+        }
+        let count = |w: &str| words.iter().filter(|x| **x == w).count();
+        assert_eq!(count("rejected"), 5, "{words:?}");
+        assert_eq!(count("banned"), 45, "{words:?}");
+        assert_eq!(count("accepted"), 0, "{words:?}");
+        // The right password after the ban is not even checked.
+        let a = guard
+            .login(
+                &logins,
+                attacker,
+                "alice@example.test",
+                "right password",
+                "imap",
+            )
+            .await
+            .unwrap();
+        assert!(matches!(a, Attempt::Banned), "{a:?}");
+        assert!(
+            guard.turns.lock().unwrap().is_empty(),
+            "turns are forgotten"
+        );
     }
 
     #[tokio::test]

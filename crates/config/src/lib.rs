@@ -252,6 +252,10 @@ pub struct AuthConfig {
     pub failure_delay: Duration,
     /// Failed logins in one session before it is closed.
     pub max_failures: u32,
+    /// Connections from one address (IPv6: /64) that have not logged in yet, per login
+    /// listener (IMAP, POP3, submission, ManageSieve): far below `max_connections_per_ip`, so
+    /// that an address cannot open hundreds of sessions to guess on in parallel.
+    pub max_unauthenticated_per_ip: usize,
 }
 
 /// Sender authentication of inbound mail (`[verify]`).
@@ -997,6 +1001,12 @@ impl Config {
                 au.failure_delay.as_ref().unwrap_or(&default("2s".into())),
             )?,
             max_failures: positive(&cx, "auth.max_failures", au.max_failures, 3)? as u32,
+            max_unauthenticated_per_ip: positive(
+                &cx,
+                "auth.max_unauthenticated_per_ip",
+                au.max_unauthenticated_per_ip,
+                20,
+            )?,
         };
 
         let st = raw.store.unwrap_or_default();

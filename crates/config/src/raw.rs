@@ -385,6 +385,8 @@ pub struct RawAuth {
     pub failure_delay: Option<Size>,
     /// `max_failures`
     pub max_failures: Option<i64>,
+    /// `max_unauthenticated_per_ip`
+    pub max_unauthenticated_per_ip: Option<i64>,
 }
 
 /// `[store]`

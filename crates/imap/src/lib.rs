@@ -80,12 +80,19 @@ pub async fn serve(
             let server = server.borrow().clone();
             let shutdown = sessions_shutdown.clone();
             async move {
-                let permit = match permit {
-                    Ok(p) => p,
+                let (permit, shutdown) = match permit {
+                    // The session ends when its address is banned, too.
+                    Ok(p) => {
+                        let watched = p.watch(shutdown);
+                        (p, watched)
+                    }
                     Err(why) => {
                         let text = match why {
                             LimitExceeded::Total => "too many connections, try again later",
                             LimitExceeded::PerIp => "too many connections from your address",
+                            LimitExceeded::Unauthenticated => {
+                                "too many connections from your address that have not logged in"
+                            }
                             LimitExceeded::Banned => {
                                 "your address is banned after too many failed logins"
                             }

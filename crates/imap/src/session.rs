@@ -350,7 +350,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     None => std::future::pending().await,
                 }
             } => return Read::Event(ev),
-            _ = shutdown.wait() => {
+            stop = shutdown.wait() => {
+                if stop == mailkeep_net::Stop::Banned {
+                    self.untagged(Status::Bye, None, "your address is banned");
+                    let _ = self.flush().await;
+                    return Read::Closed("address banned".into());
+                }
                 self.untagged(Status::Bye, None, "server shutting down");
                 let _ = self.flush().await;
                 return Read::Closed("server shutdown".into());
@@ -509,6 +514,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     "temporary storage failure, try again".to_string(),
                 )
             }
+            StoreError::Busy(why) => ("UNAVAILABLE", format!("{why}, try again shortly")),
         };
         self.tagged(tag, Status::No, Some(code), &text);
     }
@@ -928,7 +934,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             login,
             password,
         };
-        let (outcome, event) = self
+        let (mut outcome, event) = self
             .server
             .guard
             .check(&self.server.logins, request)
@@ -939,11 +945,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             user,
             banned,
             locked,
+            busy,
             ..
         } = outcome;
         match user {
             Some(u) => {
                 tracing::info!(session = %self.id, user = %u.address, "imap login");
+                self.shutdown.logged_in();
                 self.user = Some(u);
                 let caps = self.capabilities();
                 self.tagged(
@@ -951,6 +959,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     Status::Ok,
                     Some(&format!("CAPABILITY {caps}")),
                     "logged in",
+                );
+                Ok(Flow::Continue)
+            }
+            None if busy => {
+                // RFC 5530 3: UNAVAILABLE; nothing was checked or counted.
+                self.tagged(
+                    tag,
+                    Status::No,
+                    Some("UNAVAILABLE"),
+                    "too many logins at once, try again shortly",
                 );
                 Ok(Flow::Continue)
             }
@@ -1100,7 +1118,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     let _ = self.flush().await;
                     return Err("timeout".into());
                 }
-                _ = shutdown.wait() => {
+                stop = shutdown.wait() => {
+                    if stop == mailkeep_net::Stop::Banned {
+                        self.untagged(Status::Bye, None, "your address is banned");
+                        let _ = self.flush().await;
+                        return Err("address banned".into());
+                    }
                     self.untagged(Status::Bye, None, "server shutting down");
                     let _ = self.flush().await;
                     return Err("server shutdown".into());

@@ -272,6 +272,12 @@ fn address_arg(s: &str, what: &str) -> Result<Address> {
     Address::parse(s).map_err(|e| anyhow!("{what} {s:?}: {e}"))
 }
 
+/// An address to create (a user, an alias or its target): exactly what SMTP's RCPT accepts,
+/// so that nothing is added that mail cannot reach.
+fn new_address_arg(s: &str, what: &str) -> Result<Address> {
+    mailkeep_smtp::recipient_address(s.trim()).map_err(|e| anyhow!("{what} {s:?}: {e}"))
+}
+
 fn size_arg(s: &str, what: &str) -> Result<u64> {
     parse_size(&Size::Str(s.to_string()))
         .ok_or_else(|| anyhow!("{what} {s:?}: expected a size like 500M or 2G"))
@@ -355,7 +361,7 @@ pub fn user(config_path: &Path, cmd: UserCmd) -> Result<()> {
     let rt = runtime()?;
     match cmd {
         UserCmd::Add { address, quota } => {
-            let a = address_arg(&address, "address")?;
+            let a = new_address_arg(&address, "address")?;
             let quota = match quota {
                 Some(q) => size_arg(&q, "--quota")?,
                 None => config.directory.default_quota,
@@ -461,10 +467,10 @@ pub fn alias(config: &Path, cmd: AliasCmd) -> Result<()> {
                 targets,
                 sendable,
             } => {
-                let a = address_arg(&address, "address")?;
+                let a = new_address_arg(&address, "address")?;
                 let t = targets
                     .iter()
-                    .map(|t| address_arg(t, "target"))
+                    .map(|t| new_address_arg(t, "target"))
                     .collect::<Result<Vec<_>>>()?;
                 store.alias_add(&a, &t).await?;
                 if sendable {
@@ -1144,37 +1150,6 @@ fn format_ts(micros: i64) -> String {
         .unwrap_or_else(|| micros.to_string())
 }
 
-fn describe(e: &LogEvent) -> String {
-    let mut parts = Vec::new();
-    if let Some(r) = &e.recipient {
-        parts.push(format!("to=<{r}>"));
-    } else if e.kind == "smtp.mail" {
-        parts.push(format!("from=<{}>", e.sender.as_deref().unwrap_or("")));
-    }
-    if let Some(m) = &e.message_id {
-        parts.push(format!("message-id=<{m}>"));
-    }
-    if let Some(o) = &e.outcome {
-        parts.push(o.clone());
-    }
-    if let Some(r) = &e.reply {
-        parts.push(format!("\"{r}\""));
-    }
-    if let serde_json::Value::Object(m) = &e.detail {
-        for (k, v) in m {
-            if v.is_null() {
-                continue;
-            }
-            let v = match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            parts.push(format!("{k}={v}"));
-        }
-    }
-    parts.join(" ")
-}
-
 pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
     let (_, store) = open(config)?;
     let LogCmd::Search {
@@ -1203,9 +1178,11 @@ pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
         limit,
     };
     let events = runtime()?.block_on(store.log_search(&filter))?;
+    use mailkeep_store::logtext::{describe, escape};
+    // Fields hold peers' text: escaped, so a peer cannot forge lines (logtext).
     if json {
         for e in &events {
-            println!("{}", serde_json::to_string(e)?);
+            println!("{}", mailkeep_store::logtext::json(e)?);
         }
         return Ok(());
     }
@@ -1223,15 +1200,15 @@ pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
             println!();
             println!(
                 "session {} from {}",
-                e.session,
-                e.ip.as_deref().unwrap_or("local")
+                escape(&e.session),
+                escape(e.ip.as_deref().unwrap_or("local"))
             );
         }
         let indent = match (&e.queue_id, e.kind.as_str()) {
             (Some(q), kind) if kind != "smtp.close" => {
                 if message.as_deref() != Some(q) {
                     message = Some(q.clone());
-                    println!("  message {q}");
+                    println!("  message {}", escape(q));
                 }
                 "    "
             }
@@ -1240,7 +1217,12 @@ pub fn log(config: &Path, cmd: LogCmd) -> Result<()> {
                 "  "
             }
         };
-        println!("{indent}{} {:<16} {}", format_ts(e.ts), e.kind, describe(e));
+        println!(
+            "{indent}{} {:<16} {}",
+            format_ts(e.ts),
+            escape(&e.kind),
+            describe(e)
+        );
     }
     Ok(())
 }

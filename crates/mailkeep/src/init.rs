@@ -225,6 +225,7 @@ commands_per_second = 1000   # per session, as [imap]'s (pipelined RETRs of a wh
 plaintext = "loopback"       # passwords without TLS: "loopback" only (as Dovecot) or "never"
 failure_delay = "2s"         # wait after a failed login, doubled with each further failure
 max_failures = 3             # failed logins before the connection is closed
+max_unauthenticated_per_ip = 20  # connections not logged in yet, per address and listener
 
 [store]
 backend = "sqlite"           # the embedded store

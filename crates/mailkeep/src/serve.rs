@@ -91,7 +91,7 @@ fn load_tls_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>>
 }
 
 /// How often the bans are read from the store again.
-const BANS_REFRESH: Duration = Duration::from_secs(5);
+const BANS_REFRESH: Duration = Duration::from_secs(1);
 
 fn smtp_server(
     config: &Config,
@@ -398,6 +398,7 @@ async fn serve_config(
         bans.clone(),
         store.clone(),
     ));
+    guard.expire().await.context("deleting ended bans")?;
     guard.refresh().await.context("reading the bans")?;
     let snapshots = Arc::new(Snapshots::default());
     let imap = Arc::new(imap_server(
@@ -494,7 +495,10 @@ async fn serve_config(
     let (pop3_tx, _) = tokio::sync::watch::channel(pop3);
     let (sieve_tx, _) = tokio::sync::watch::channel(managesieve);
     // ManageSieve sessions are few and short: small limits of their own.
-    let sieve_limiter = ConnLimiter::new(1000, 20).with_bans(bans.clone());
+    let unauthenticated = config.auth.max_unauthenticated_per_ip;
+    let sieve_limiter = ConnLimiter::new(1000, 20)
+        .with_bans(bans.clone())
+        .with_unauthenticated_limit(unauthenticated);
     let web_tx =
         web_server(&config, store.clone(), tls_for_web).map(|w| tokio::sync::watch::channel(w).0);
     // The web answers few, short requests: its own small limits.
@@ -503,18 +507,21 @@ async fn serve_config(
         config.imap.max_connections,
         config.imap.max_connections_per_ip,
     )
-    .with_bans(bans.clone());
+    .with_bans(bans.clone())
+    .with_unauthenticated_limit(unauthenticated);
     // Each kind of listener counts its own connections (`[submission]`, `[pop3]`).
     let submission_limiter = ConnLimiter::new(
         config.submission.max_connections,
         config.submission.max_connections_per_ip,
     )
-    .with_bans(bans.clone());
+    .with_bans(bans.clone())
+    .with_unauthenticated_limit(unauthenticated);
     let pop3_limiter = ConnLimiter::new(
         config.pop3.max_connections,
         config.pop3.max_connections_per_ip,
     )
-    .with_bans(bans.clone());
+    .with_bans(bans.clone())
+    .with_unauthenticated_limit(unauthenticated);
     let grace = Duration::from_secs(run.grace_seconds);
     let mut tasks = tokio::task::JoinSet::new();
     for (protocol, _, listener) in bound {
@@ -588,15 +595,23 @@ async fn serve_config(
     // The outbound queue sends until shutdown, then finishes the deliveries under way.
     tasks.spawn(outbound.clone().run(shutdown.clone()));
 
-    // Bans added or lifted by `mailkeep ban` (and ended ones) reach the listeners within
-    // seconds.
+    // Bans added or lifted by `mailkeep ban` (and ended ones) reach the listeners within a
+    // second, and end the open sessions of a newly banned address; ended bans are deleted
+    // from the store hourly.
     let refresher = guard.clone();
     let mut bans_shutdown = shutdown.clone();
     tasks.spawn(async move {
+        let mut ticks: u32 = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(BANS_REFRESH) => {}
                 _ = bans_shutdown.wait() => return,
+            }
+            ticks = ticks.wrapping_add(1);
+            if ticks % 3600 == 0 {
+                if let Err(e) = refresher.expire().await {
+                    tracing::warn!(error = %e, "deleting ended bans failed");
+                }
             }
             if let Err(e) = refresher.refresh().await {
                 tracing::warn!(error = %e, "reading the bans failed");

@@ -75,13 +75,20 @@ pub async fn serve(
             let server = server.borrow().clone();
             let shutdown = sessions_shutdown.clone();
             async move {
-                let permit = match permit {
-                    Ok(p) => p,
+                let (permit, shutdown) = match permit {
+                    // The session ends when its address is banned, too.
+                    Ok(p) => {
+                        let watched = p.watch(shutdown);
+                        (p, watched)
+                    }
                     Err(why) => {
                         let text = match why {
                             LimitExceeded::Total => "BYE (TRYLATER) \"Too many connections\"\r\n",
                             LimitExceeded::PerIp => {
                                 "BYE (TRYLATER) \"Too many connections from your address\"\r\n"
+                            }
+                            LimitExceeded::Unauthenticated => {
+                                "BYE (TRYLATER) \"Too many connections from your address that have not logged in\"\r\n"
                             }
                             LimitExceeded::Banned => {
                                 "BYE \"Your address is banned after too many failed logins\"\r\n"
@@ -510,7 +517,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let mut shutdown = self.shutdown.clone();
             let n = tokio::select! {
                 r = tokio::time::timeout(IDLE, self.conn.read(&mut chunk)) => r,
-                _ = shutdown.wait() => {
+                stop = shutdown.wait() => {
+                    if stop == mailkeep_net::Stop::Banned {
+                        self.respond("BYE", None, "Your address is banned");
+                        let _ = self.flush().await;
+                        return "address banned".into();
+                    }
                     self.respond("BYE", Some("TRYLATER"), "Server shutting down");
                     let _ = self.flush().await;
                     return "server shutdown".into();
@@ -808,7 +820,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             login: &plain.authcid,
             password: &plain.password,
         };
-        let (outcome, event) = self
+        let (mut outcome, event) = self
             .server
             .guard
             .check(&self.server.logins, request)
@@ -819,12 +831,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             user,
             banned,
             locked,
+            busy,
             ..
         } = outcome;
         match user {
             Some(u) => {
+                self.shutdown.logged_in();
                 self.user = Some(u);
                 self.respond("OK", None, "Logged in");
+                Ok(Flow::Continue)
+            }
+            None if busy => {
+                // RFC 5804 1.3: TRYLATER; nothing was checked or counted.
+                self.respond(
+                    "NO",
+                    Some("TRYLATER"),
+                    "Too many logins at once, try again shortly",
+                );
                 Ok(Flow::Continue)
             }
             None => {
@@ -838,7 +861,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 } else {
                     self.respond("NO", None, "Authentication failed");
                 }
-                if banned || self.failures >= self.server.auth.max_failures {
+                if banned {
+                    self.respond(
+                        "BYE",
+                        None,
+                        "Too many failed logins: your address is banned",
+                    );
+                    return Ok(Flow::Close("address banned".into()));
+                }
+                if self.failures >= self.server.auth.max_failures {
                     self.respond("BYE", None, "Too many failed logins");
                     return Ok(Flow::Close("too many failed logins".into()));
                 }

@@ -1,9 +1,12 @@
 //! Banned networks (brute-force defence): checked when a connection is accepted, before any
-//! protocol starts. The list lives in memory, shared by every listener; the auth guard keeps
-//! it in step with the store, where bans outlive restarts.
+//! protocol starts, and watched by every open session ([`crate::Shutdown::wait`]), which ends
+//! when its address is banned. The list lives in memory, shared by every listener; the auth
+//! guard keeps it in step with the store, where bans outlive restarts.
 
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
 
 use mailkeep_types::ipnet::IpNet;
 
@@ -19,16 +22,37 @@ pub struct Ban {
 }
 
 /// The bans in force, shared.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct BanList {
     inner: Arc<RwLock<Vec<Ban>>>,
+    /// Counts changes of the list; sessions wait on it to see whether their address was
+    /// banned.
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl Default for BanList {
+    fn default() -> BanList {
+        BanList {
+            inner: Arc::default(),
+            changes: Arc::new(watch::channel(0).0),
+        }
+    }
 }
 
 impl BanList {
-    /// Replaces the whole list.
-    pub fn set(&self, bans: Vec<Ban>) {
-        if let Ok(mut b) = self.inner.write() {
-            *b = bans;
+    /// Replaces the whole list (sessions are told only when it changed).
+    pub fn set(&self, mut bans: Vec<Ban>) {
+        bans.sort_by_key(|b| b.network.to_string());
+        let changed = match self.inner.write() {
+            Ok(mut b) => {
+                let changed = *b != bans;
+                *b = bans;
+                changed
+            }
+            Err(_) => false,
+        };
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
         }
     }
 
@@ -37,7 +61,14 @@ impl BanList {
         if let Ok(mut b) = self.inner.write() {
             b.retain(|x| x.network != ban.network);
             b.push(ban);
+            b.sort_by_key(|b| b.network.to_string());
         }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that sees every change of the list from now on.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The ban covering `ip` at unix time `now`, if any.
@@ -77,5 +108,24 @@ mod tests {
             .is_some());
         list.set(Vec::new());
         assert!(list.find("2001:db8::77".parse().unwrap(), 0).is_none());
+    }
+
+    #[test]
+    fn watchers_are_told_of_changes_only() {
+        let list = BanList::default();
+        let mut rx = list.subscribe();
+        let ban = Ban {
+            network: "192.0.2.0/24".parse().unwrap(),
+            reason: "test".into(),
+            expires: None,
+        };
+        list.add(ban.clone());
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        // The same list again (the guard's refresh every second): no wake-up.
+        list.set(vec![ban]);
+        assert!(!rx.has_changed().unwrap());
+        list.set(Vec::new());
+        assert!(rx.has_changed().unwrap());
     }
 }

@@ -62,18 +62,21 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Ne
 }
 
 /// Counts open connections, in total and per client address (per /64 for IPv6, since one
-/// host usually owns a whole /64).
+/// host usually owns a whole /64), and among them those that have not logged in yet.
 #[derive(Clone)]
 pub struct ConnLimiter {
     inner: Arc<Mutex<LimiterState>>,
     max_total: usize,
     max_per_ip: usize,
+    max_unauthenticated_per_ip: usize,
     bans: bans::BanList,
 }
 
 struct LimiterState {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
+    /// Connections per address key that have not logged in (listeners with a login only).
+    unauthenticated: HashMap<IpAddr, usize>,
 }
 
 /// Why a connection was refused.
@@ -83,6 +86,8 @@ pub enum LimitExceeded {
     Total,
     /// Too many from this address.
     PerIp,
+    /// Too many from this address that have not logged in yet.
+    Unauthenticated,
     /// The address is banned (too many failed logins, or by an admin).
     Banned,
 }
@@ -91,6 +96,39 @@ pub enum LimitExceeded {
 pub struct ConnPermit {
     limiter: ConnLimiter,
     key: IpAddr,
+    login: Arc<LoginMark>,
+}
+
+/// Whether a connection has logged in; shared by its permit and its [`Shutdown`].
+struct LoginMark {
+    limiter: ConnLimiter,
+    key: IpAddr,
+    ip: IpAddr,
+    /// Counted among the unauthenticated connections of its address.
+    counted: std::sync::atomic::AtomicBool,
+}
+
+impl LoginMark {
+    /// Stops counting the connection as unauthenticated (once).
+    fn release(&self) {
+        if self
+            .counted
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            if let Ok(mut st) = self.limiter.inner.lock() {
+                decrement(&mut st.unauthenticated, self.key);
+            }
+        }
+    }
+}
+
+fn decrement(map: &mut HashMap<IpAddr, usize>, key: IpAddr) {
+    if let Some(n) = map.get_mut(&key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
 }
 
 fn limit_key(ip: IpAddr) -> IpAddr {
@@ -106,6 +144,13 @@ fn limit_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 impl ConnLimiter {
     /// A limiter.
     pub fn new(max_total: usize, max_per_ip: usize) -> ConnLimiter {
@@ -113,9 +158,11 @@ impl ConnLimiter {
             inner: Arc::new(Mutex::new(LimiterState {
                 total: 0,
                 per_ip: HashMap::new(),
+                unauthenticated: HashMap::new(),
             })),
             max_total,
             max_per_ip,
+            max_unauthenticated_per_ip: usize::MAX,
             bans: bans::BanList::default(),
         }
     }
@@ -126,13 +173,16 @@ impl ConnLimiter {
         self
     }
 
+    /// For listeners with a login: at most `n` connections per address that have not logged
+    /// in yet ([`Shutdown::logged_in`] moves a connection out of that count).
+    pub fn with_unauthenticated_limit(mut self, n: usize) -> ConnLimiter {
+        self.max_unauthenticated_per_ip = n;
+        self
+    }
+
     /// Takes a slot for a connection from `ip`.
     pub fn acquire(&self, ip: IpAddr) -> Result<ConnPermit, LimitExceeded> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        if self.bans.find(ip, now).is_some() {
+        if self.bans.find(ip, unix_now()).is_some() {
             return Err(LimitExceeded::Banned);
         }
         let key = limit_key(ip);
@@ -140,15 +190,29 @@ impl ConnLimiter {
         if st.total >= self.max_total {
             return Err(LimitExceeded::Total);
         }
-        let n = st.per_ip.entry(key).or_insert(0);
-        if *n >= self.max_per_ip {
+        if st.per_ip.get(&key).copied().unwrap_or(0) >= self.max_per_ip {
             return Err(LimitExceeded::PerIp);
         }
-        *n += 1;
+        let limited = self.max_unauthenticated_per_ip != usize::MAX;
+        if limited
+            && st.unauthenticated.get(&key).copied().unwrap_or(0) >= self.max_unauthenticated_per_ip
+        {
+            return Err(LimitExceeded::Unauthenticated);
+        }
+        *st.per_ip.entry(key).or_insert(0) += 1;
+        if limited {
+            *st.unauthenticated.entry(key).or_insert(0) += 1;
+        }
         st.total += 1;
         Ok(ConnPermit {
             limiter: self.clone(),
             key,
+            login: Arc::new(LoginMark {
+                limiter: self.clone(),
+                key,
+                ip,
+                counted: std::sync::atomic::AtomicBool::new(limited),
+            }),
         })
     }
 
@@ -158,24 +222,53 @@ impl ConnLimiter {
     }
 }
 
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        if let Ok(mut st) = self.limiter.inner.lock() {
-            st.total = st.total.saturating_sub(1);
-            if let Some(n) = st.per_ip.get_mut(&self.key) {
-                *n -= 1;
-                if *n == 0 {
-                    st.per_ip.remove(&self.key);
-                }
-            }
+impl ConnPermit {
+    /// The signal this connection's session watches: `shutdown`, and a ban of its address
+    /// (by the login guard or `mailkeep ban add`), which ends it within a second.
+    pub fn watch(&self, shutdown: Shutdown) -> Shutdown {
+        Shutdown {
+            rx: shutdown.rx,
+            conn: Some(ConnWatch {
+                bans: self.limiter.bans.clone(),
+                changes: self.limiter.bans.subscribe(),
+                login: self.login.clone(),
+            }),
         }
     }
 }
 
-/// The shutdown signal: `true` once the server is stopping.
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.login.release();
+        if let Ok(mut st) = self.limiter.inner.lock() {
+            st.total = st.total.saturating_sub(1);
+            decrement(&mut st.per_ip, self.key);
+        }
+    }
+}
+
+/// What a session watches: the server's shutdown and, for a connection, a ban of its
+/// address. It also tells the connection limiter when the session logged in.
 #[derive(Clone)]
 pub struct Shutdown {
     rx: watch::Receiver<bool>,
+    conn: Option<ConnWatch>,
+}
+
+#[derive(Clone)]
+struct ConnWatch {
+    bans: bans::BanList,
+    changes: watch::Receiver<u64>,
+    login: Arc<LoginMark>,
+}
+
+/// Why a session must end now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// The server is shutting down.
+    Shutdown,
+    /// The client's address was banned.
+    Banned,
 }
 
 /// Triggers [`Shutdown`].
@@ -186,7 +279,7 @@ pub struct ShutdownTrigger {
 /// A new signal pair.
 pub fn shutdown_pair() -> (ShutdownTrigger, Shutdown) {
     let (tx, rx) = watch::channel(false);
-    (ShutdownTrigger { tx }, Shutdown { rx })
+    (ShutdownTrigger { tx }, Shutdown { rx, conn: None })
 }
 
 impl ShutdownTrigger {
@@ -199,6 +292,16 @@ impl ShutdownTrigger {
     pub fn subscribe(&self) -> Shutdown {
         Shutdown {
             rx: self.tx.subscribe(),
+            conn: None,
+        }
+    }
+}
+
+async fn server_stopping(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            // The trigger is gone: nothing will ever stop us, so wait forever.
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -209,12 +312,39 @@ impl Shutdown {
         *self.rx.borrow()
     }
 
-    /// Resolves when shutdown starts.
-    pub async fn wait(&mut self) {
-        while !*self.rx.borrow_and_update() {
-            if self.rx.changed().await.is_err() {
-                // The trigger is gone: nothing will ever stop us, so wait forever.
-                std::future::pending::<()>().await;
+    /// Whether the connection's address is banned now.
+    pub fn banned(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.bans.find(c.login.ip, unix_now()).is_some())
+    }
+
+    /// The session logged in: it no longer counts against the limit of unauthenticated
+    /// connections of its address.
+    pub fn logged_in(&self) {
+        if let Some(c) = &self.conn {
+            c.login.release();
+        }
+    }
+
+    /// Resolves when the session must end: the server is shutting down, or (for a
+    /// connection) its address was banned.
+    pub async fn wait(&mut self) -> Stop {
+        let Some(c) = self.conn.as_mut() else {
+            server_stopping(&mut self.rx).await;
+            return Stop::Shutdown;
+        };
+        loop {
+            if c.bans.find(c.login.ip, unix_now()).is_some() {
+                return Stop::Banned;
+            }
+            tokio::select! {
+                _ = server_stopping(&mut self.rx) => return Stop::Shutdown,
+                changed = c.changes.changed() => if changed.is_err() {
+                    // The ban list is gone (never while serving): only shutdown remains.
+                    server_stopping(&mut self.rx).await;
+                    return Stop::Shutdown;
+                },
             }
         }
     }
@@ -320,6 +450,62 @@ mod tests {
         );
         let off = ReverseDns::new(&[dns.addr()], Duration::from_secs(2), false).unwrap();
         assert_eq!(off.lookup(IpAddr::V4(ip)).await, None);
+    }
+
+    #[test]
+    fn unauthenticated_connections_are_limited_until_they_log_in() {
+        let (_t, shutdown) = shutdown_pair();
+        let l = ConnLimiter::new(100, 50).with_unauthenticated_limit(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let p1 = l.acquire(a).unwrap();
+        let p2 = l.acquire(a).unwrap();
+        assert_eq!(l.acquire(a).err(), Some(LimitExceeded::Unauthenticated));
+        assert!(
+            l.acquire("192.0.2.2".parse().unwrap()).is_ok(),
+            "per address"
+        );
+        let s1 = p1.watch(shutdown.clone());
+        s1.logged_in();
+        s1.logged_in();
+        let p3 = l.acquire(a).unwrap();
+        assert_eq!(l.acquire(a).err(), Some(LimitExceeded::Unauthenticated));
+        drop(p2);
+        let _p4 = l.acquire(a).unwrap();
+        drop(p3);
+        drop(p1);
+        assert_eq!(
+            l.open(),
+            1,
+            "the logged-in connection's slot went with its permit"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ban_stops_the_sessions_of_its_address_only() {
+        let (trigger, shutdown) = shutdown_pair();
+        let bans = bans::BanList::default();
+        let l = ConnLimiter::new(100, 50).with_bans(bans.clone());
+        let attacker = l.acquire("192.0.2.7".parse().unwrap()).unwrap();
+        let other = l.acquire("198.51.100.1".parse().unwrap()).unwrap();
+        let mut a = attacker.watch(shutdown.clone());
+        let mut b = other.watch(shutdown.clone());
+        let waiting = tokio::spawn(async move { a.wait().await });
+        tokio::task::yield_now().await;
+        bans.add(bans::Ban {
+            network: "192.0.2.0/24".parse().unwrap(),
+            reason: "test".into(),
+            expires: None,
+        });
+        let stop = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stop, Stop::Banned);
+        assert!(tokio::time::timeout(Duration::from_millis(50), b.wait())
+            .await
+            .is_err());
+        trigger.trigger();
+        assert_eq!(b.wait().await, Stop::Shutdown);
     }
 
     #[test]

@@ -67,14 +67,21 @@ pub async fn serve(
             let server = server.borrow().clone();
             let shutdown = sessions_shutdown.clone();
             async move {
-                let permit = match permit {
-                    Ok(p) => p,
+                let (permit, shutdown) = match permit {
+                    // The session ends when its address is banned, too.
+                    Ok(p) => {
+                        let watched = p.watch(shutdown);
+                        (p, watched)
+                    }
                     Err(why) => {
                         if !implicit_tls {
                             let text = match why {
                                 LimitExceeded::Total => "-ERR [SYS/TEMP] too many connections\r\n",
                                 LimitExceeded::PerIp => {
                                     "-ERR [SYS/TEMP] too many connections from your address\r\n"
+                                }
+                                LimitExceeded::Unauthenticated => {
+                                    "-ERR [SYS/TEMP] too many connections from your address that have not logged in\r\n"
                                 }
                                 LimitExceeded::Banned => {
                                     "-ERR [SYS/PERM] your address is banned after too many failed logins\r\n"
@@ -302,7 +309,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             let mut shutdown = self.shutdown.clone();
             let n = tokio::select! {
                 r = tokio::time::timeout(self.server.pop3.idle_timeout, self.conn.read(&mut chunk)) => r,
-                _ = shutdown.wait() => {
+                stop = shutdown.wait() => {
+                    if stop == mailkeep_net::Stop::Banned {
+                        self.err("[SYS/PERM] your address is banned");
+                        let _ = self.flush().await;
+                        return "address banned".into();
+                    }
                     self.err("[SYS/TEMP] server shutting down");
                     let _ = self.flush().await;
                     return "server shutdown".into();
@@ -640,7 +652,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             login,
             password,
         };
-        let (outcome, event) = self
+        let (mut outcome, event) = self
             .server
             .guard
             .check(&self.server.logins, request)
@@ -651,11 +663,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             user,
             banned,
             locked,
+            busy,
             ..
         } = outcome;
+        if busy {
+            // RFC 3206 4: [SYS/TEMP]; nothing was checked or counted.
+            self.err("[SYS/TEMP] too many logins at once, try again shortly");
+            return Ok(Flow::Continue);
+        }
         let Some(user) = user else {
             self.failures += 1;
-            if locked {
+            if banned {
+                // RFC 3206 4: [AUTH], and the reason the connection ends.
+                self.err(
+                    "[AUTH] authentication failed: too many failed logins, your address is banned",
+                );
+            } else if locked {
                 // RFC 3206 4: [SYS/TEMP], a temporary failure.
                 self.err("[SYS/TEMP] too many failed logins for this account, try again later");
             } else {

@@ -135,9 +135,56 @@ impl SenderRates {
     }
 }
 
+/// An address as RCPT TO would take it (smtp-proto's RFC 5321 4.1.2 syntax, RFC 6531's UTF-8
+/// local parts, then our [`mailkeep_types::Address`] rules): `mailkeep user add` and `alias
+/// add` create only addresses that mail can be sent to. The error says what is wrong.
+pub fn recipient_address(input: &str) -> Result<mailkeep_types::Address, String> {
+    if input
+        .chars()
+        .any(|c| c.is_control() || c == '<' || c == '>')
+    {
+        return Err("control characters and angle brackets are not allowed".into());
+    }
+    let line = format!("RCPT TO:<{input}>\r\n");
+    match smtp_proto::Request::parse(&mut line.as_bytes().iter()) {
+        Ok(smtp_proto::Request::Rcpt { to }) if to.address == input => {
+            mailkeep_types::Address::parse(&to.address).map_err(|e| e.to_string())
+        }
+        Ok(_) => Err("not an address SMTP accepts (RFC 5321 4.1.2)".into()),
+        Err(_) => Err(
+            "not an address SMTP accepts (RFC 5321 4.1.2: dot-separated atoms, or a quoted string, before the @)"
+                .into(),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recipient_addresses_are_those_rcpt_takes() {
+        for ok in [
+            "alice@example.test",
+            "a.b+tag@example.test",
+            "\u{4e2d}@example.test",
+            "x_y-z@sub.example.test",
+        ] {
+            assert!(recipient_address(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "a..b@example.test",
+            ".a@example.test",
+            "a b@example.test",
+            "a@",
+            "@example.test",
+            "a@b@example.test",
+            "a\r\n@example.test",
+            "<a>@example.test",
+        ] {
+            assert!(recipient_address(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sender_rates_count_per_domain_and_hour() {
@@ -204,6 +251,14 @@ pub async fn serve_reloadable(
             let server = server.borrow().clone();
             let shutdown = sessions_shutdown.clone();
             async move {
+                // The session ends when its address is banned, too.
+                let (permit, shutdown) = match permit {
+                    Ok(p) => {
+                        let watched = p.watch(shutdown);
+                        (Ok(p), watched)
+                    }
+                    Err(why) => (Err(why), shutdown),
+                };
                 match permit {
                     Ok(permit) if implicit_tls => {
                         let Some(cfg) = server.tls.clone() else {

@@ -22,6 +22,7 @@ use mailkeep_types::{Address, Domain, MailboxRole, QueueId};
 use smtp_proto::{Error as ProtoError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+mod dsn_params;
 mod greylist;
 mod spam;
 
@@ -221,6 +222,9 @@ pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
     let reply = match why {
         LimitExceeded::Total => "421 4.7.0 Too many connections, try again later\r\n",
         LimitExceeded::PerIp => "421 4.7.0 Too many connections from your address\r\n",
+        LimitExceeded::Unauthenticated => {
+            "421 4.7.0 Too many connections from your address that have not logged in\r\n"
+        }
         // RFC 5321 3.1: 554 at the greeting; the ban ends on its own or by the postmaster.
         LimitExceeded::Banned => {
             "554 5.7.1 Your address is banned after too many failed logins; ask the postmaster\r\n"
@@ -321,6 +325,8 @@ enum ReadError {
     Closed,
     Io(String),
     Shutdown,
+    /// The client's address was banned while the session was open.
+    Banned,
 }
 
 impl ReadError {
@@ -330,6 +336,7 @@ impl ReadError {
             ReadError::Closed => "client closed the connection".into(),
             ReadError::Io(e) => format!("i/o error: {e}"),
             ReadError::Shutdown => "server shutdown".into(),
+            ReadError::Banned => "address banned".into(),
         }
     }
 }
@@ -377,6 +384,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         self.wbuf.extend_from_slice(b"\r\n");
     }
 
+    /// RFC 5321 3.8: a 421 may end a session at any point, inside a message too.
+    async fn told_banned(&mut self, e: &ReadError) {
+        if matches!(e, ReadError::Banned) {
+            self.reply("421 4.7.0 Your address is banned, closing connection");
+            let _ = self.flush().await;
+        }
+    }
+
     async fn flush(&mut self) -> Result<(), ReadError> {
         if self.wbuf.is_empty() {
             return Ok(());
@@ -396,7 +411,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     /// Reads more input, flushing pending replies first. `interruptible`: a shutdown aborts
-    /// the wait (only between commands, never inside a message).
+    /// the wait (only between commands, never inside a message). A ban of the client's
+    /// address aborts it anywhere.
     async fn fill(
         &mut self,
         timeout: std::time::Duration,
@@ -406,13 +422,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         let mut tmp = [0u8; 16384];
         let mut shutdown = self.shutdown.clone();
         let read = tokio::time::timeout(timeout, self.conn.read(&mut tmp));
-        let n = if interruptible {
-            tokio::select! {
-                r = read => r,
-                _ = shutdown.wait() => return Err(ReadError::Shutdown),
-            }
-        } else {
-            read.await
+        tokio::pin!(read);
+        let n = tokio::select! {
+            r = &mut read => r,
+            stop = shutdown.wait() => match stop {
+                mailkeep_net::Stop::Banned => return Err(ReadError::Banned),
+                mailkeep_net::Stop::Shutdown if interruptible => return Err(ReadError::Shutdown),
+                mailkeep_net::Stop::Shutdown => read.await,
+            },
         };
         match n {
             Err(_) => Err(ReadError::Timeout),
@@ -472,6 +489,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.reply("421 4.3.2 Server shutting down, try again later");
                     let _ = self.flush().await;
                     return "server shutdown".into();
+                }
+                Err(ReadError::Banned) => {
+                    self.reply("421 4.7.0 Your address is banned, closing connection");
+                    let _ = self.flush().await;
+                    return "address banned".into();
                 }
                 Err(ReadError::Timeout) => {
                     self.reply("421 4.4.2 Idle timeout, closing connection");
@@ -578,8 +600,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             Request::Helo { host } => self.hello(host, false),
             Request::Lhlo { .. } => self.error("500 5.5.1 LHLO is for LMTP"),
             Request::StartTls => return self.starttls(raw).await,
-            Request::Mail { from } => self.mail(from).await,
-            Request::Rcpt { to } => self.rcpt(to).await,
+            // RFC 3461 4: ENVID and ORCPT decode to printable US-ASCII, or the decoded bytes
+            // would reach bounces, the queue and the log.
+            Request::Mail { from } => match dsn_params::check(raw) {
+                Ok(()) => self.mail(from).await,
+                Err(reply) => self.error(&reply),
+            },
+            Request::Rcpt { to } => match dsn_params::check(raw) {
+                Ok(()) => self.rcpt(to).await,
+                Err(reply) => self.error(&reply),
+            },
             Request::Data => return self.data().await,
             Request::Bdat {
                 chunk_size,
@@ -742,7 +772,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             login: &login,
             password: &password,
         };
-        let (outcome, event) = match sub.guard.check(&sub.logins, request).await {
+        let (mut outcome, event) = match sub.guard.check(&sub.logins, request).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(session = %self.id, error = %e, "login check failed");
@@ -756,16 +786,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             user,
             banned,
             locked,
+            busy,
             ..
         } = outcome;
         match user {
             Some(u) => {
                 tracing::info!(session = %self.id, user = %u.address, "submission login");
+                self.shutdown.logged_in();
                 self.user = Some(u);
                 self.reply("235 2.7.0 Authentication successful");
                 Flow::Continue
             }
             None => {
+                if busy {
+                    // RFC 4954 6: a temporary failure; nothing was checked or counted.
+                    self.reply("454 4.7.0 Too many logins at once, try again shortly");
+                    return Flow::Continue;
+                }
                 self.auth_failures += 1;
                 if locked {
                     // RFC 4954 6: a temporary failure; the account is under attack.
@@ -1815,6 +1852,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 if let Some(tx) = self.tx.take() {
                     self.log_tx_abandoned(&tx, &format!("during DATA: {}", e.reason()));
                 }
+                self.told_banned(&e).await;
                 self.flush_log();
                 return Flow::Close("connection lost during DATA");
             }
@@ -1845,6 +1883,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     if let Some(tx) = self.tx.take() {
                         self.log_tx_abandoned(&tx, &format!("during BDAT: {}", e.reason()));
                     }
+                    self.told_banned(&e).await;
                     return Flow::Close("connection lost during BDAT");
                 }
             }

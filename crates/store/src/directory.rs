@@ -213,6 +213,10 @@ struct CachedLogin {
     expires: std::time::Instant,
 }
 
+/// Password checks waiting at most (a few seconds of work for two cores); beyond it a login
+/// is answered with a temporary failure.
+const MAX_QUEUED: usize = 512;
+
 /// Most remembered logins.
 const MAX_CACHED: usize = 10_000;
 
@@ -227,7 +231,7 @@ impl Authenticator {
         // Checks run on a few long-lived threads rather than the blocking pool: argon2's
         // 19 MiB is then reused by the same threads' allocator instead of being left behind
         // in every thread that ever ran one.
-        let (jobs, rx) = std::sync::mpsc::sync_channel::<CheckJob>(1024);
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<CheckJob>(MAX_QUEUED);
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         for i in 0..parallel.max(1) {
             let rx = rx.clone();
@@ -328,12 +332,13 @@ impl Authenticator {
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = (password.to_string(), hash, tx);
-        // A full queue (1,024 checks waiting) is answered as a failure, not by waiting.
+        // A full queue (MAX_QUEUED checks waiting) is a temporary failure, not a wrong
+        // password: a login flood costs queue slots and CPU time, never memory or a ban.
         let ok = match self.jobs.try_send(job) {
             Ok(()) => rx.await.unwrap_or(false),
             Err(_) => {
-                tracing::warn!("password checks are queued too deep; refusing a login");
-                false
+                tracing::warn!("password checks are queued too deep; refusing a login for now");
+                return Err(crate::StoreError::Busy("too many logins at once".into()));
             }
         };
         if !ok {

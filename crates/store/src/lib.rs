@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod conformance;
 pub mod directory;
+pub mod logtext;
 pub mod password;
 
 pub use mailkeep_types::acl::{effective_rights, AclEntry, Rights, ANYONE};
@@ -42,12 +43,15 @@ pub enum StoreError {
     /// Storage failed (disk, database); the operation had no effect.
     #[error("storage error: {0}")]
     Backend(String),
+    /// Too much work is queued (password checks in a login burst): try again shortly.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 impl StoreError {
     /// True when the caller may retry later (server-side failure rather than a bad request).
     pub fn is_temporary(&self) -> bool {
-        matches!(self, StoreError::Backend(_))
+        matches!(self, StoreError::Backend(_) | StoreError::Busy(_))
     }
 }
 
