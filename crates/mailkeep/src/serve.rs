@@ -608,7 +608,7 @@ async fn serve_config(
                 _ = bans_shutdown.wait() => return,
             }
             ticks = ticks.wrapping_add(1);
-            if ticks % 3600 == 0 {
+            if ticks.is_multiple_of(3600) {
                 if let Err(e) = refresher.expire().await {
                     tracing::warn!(error = %e, "deleting ended bans failed");
                 }
