@@ -356,7 +356,7 @@ impl Guard {
             .0)
     }
 
-    /// Waits for the address's turn (none for allowed addresses).
+    /// Waits for the address's turn (callers skip it for allowed addresses).
     async fn turn(&self, key: IpAddr) -> Option<Turn> {
         let lock = {
             let mut t = self.turns.lock().ok()?;
