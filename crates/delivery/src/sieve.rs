@@ -504,7 +504,10 @@ pub fn evaluate(script: &str, message: &[u8], env: &Env<'_>, limits: &Limits) ->
                 ..
             } if message_id > 0 => {
                 let reply = made.get(message_id - 1).cloned().unwrap_or_default();
-                if let Some(why) = no_auto_reply(message) {
+                if let Some(why) = no_auto_reply(message)
+                    .map(str::to_string)
+                    .or_else(|| made_header_refused(&reply, VACATION_FIELDS))
+                {
                     decision
                         .actions
                         .push(format!("vacation reply to {to:?} not sent: {why}"));
@@ -681,35 +684,14 @@ fn notification_refused(message: &[u8], note: &[u8], user: &str, to: &[String]) 
     if to.is_empty() {
         return Some("the URI names no recipient".into());
     }
-    // Line breaks only as CRLF, and each field once: nothing a URI value, a :message or
-    // the triggering message's Subject holds can start a field of its own.
-    let end = crate::ingest::header_len(note).min(note.len());
-    let head = &note[..end];
-    let bare = head.iter().enumerate().any(|(i, &c)| {
-        (c == b'\r' && head.get(i + 1) != Some(&b'\n'))
-            || (c == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-    });
-    if bare {
-        return Some("a line break inside a header field".into());
+    if let Some(why) = made_header_refused(note, NOTIFICATION_FIELDS) {
+        return Some(why);
     }
     // RFC 5436 2.3: the sender may only be the user.
     if !from_is(note, user) {
         return Some(":from is not the user".into());
     }
     let fields = header_fields(note);
-    if let Some((name, _)) = fields
-        .iter()
-        .find(|(name, _)| !NOTIFICATION_FIELDS.contains(&name.as_str()))
-    {
-        return Some(format!(
-            "the URI sets {name:?}, which a notification may not carry"
-        ));
-    }
-    for (i, (name, _)) in fields.iter().enumerate() {
-        if fields[..i].iter().any(|(n, _)| n == name) {
-            return Some(format!("{name:?} twice"));
-        }
-    }
     // RFC 5436 2.7: marked as a notification, once.
     let marks: Vec<&String> = fields
         .iter()
@@ -718,6 +700,52 @@ fn notification_refused(message: &[u8], note: &[u8], user: &str, to: &[String]) 
         .collect();
     if marks.len() != 1 || !marks[0].starts_with("auto-notified") {
         return Some("it would not be marked Auto-Submitted: auto-notified".into());
+    }
+    None
+}
+
+/// The fields a vacation reply (RFC 5230) may have: those sieve-rs writes.
+const VACATION_FIELDS: &[&str] = &[
+    "from",
+    "to",
+    "subject",
+    "in-reply-to",
+    "references",
+    "date",
+    "message-id",
+    "auto-submitted",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+];
+
+/// Why the header of a message the script made must not go out, if it must not: line breaks
+/// only as CRLF, only `allowed` fields, each once. So nothing a URI value, a :subject, a
+/// :message or the triggering message's own Subject (an encoded word may decode to CRLF,
+/// which sieve-rs copies into "Auto: ...") holds can start a field of its own.
+fn made_header_refused(made: &[u8], allowed: &[&str]) -> Option<String> {
+    let end = crate::ingest::header_len(made).min(made.len());
+    let head = &made[..end];
+    let bare = head.iter().enumerate().any(|(i, &c)| {
+        (c == b'\r' && head.get(i + 1) != Some(&b'\n'))
+            || (c == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    });
+    if bare {
+        return Some("a line break inside a header field".into());
+    }
+    let fields = header_fields(made);
+    if let Some((name, _)) = fields
+        .iter()
+        .find(|(name, _)| !allowed.contains(&name.as_str()))
+    {
+        return Some(format!(
+            "it would carry a {name:?} field: a line break inside a value it copies?"
+        ));
+    }
+    for (i, (name, _)) in fields.iter().enumerate() {
+        if fields[..i].iter().any(|(n, _)| n == name) {
+            return Some(format!("{name:?} twice"));
+        }
     }
     None
 }
@@ -1096,6 +1124,38 @@ mod tests {
                 .any(|a| a.contains(":from is not the user")),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn an_encoded_line_break_in_the_subject_cannot_add_a_field_to_the_vacation_reply() {
+        // The Subject decodes to "hi\r\nX-Injected: yes\r\nBcc: victim@x.test"; the reply's
+        // "Auto: <subject>" must keep it inside one field.
+        let msg = b"From: Boss <boss@corp.test>\r\nTo: me@example.test\r\nSubject: =?UTF-8?B?aGkNClgtSW5qZWN0ZWQ6IHllcw0KQmNjOiB2aWN0aW1AeC50ZXN0?=\r\nMessage-ID: <2@corp.test>\r\n\r\nHi.\r\n";
+        let boxes = ["INBOX".to_string()];
+        let d = evaluate(
+            r#"require "vacation"; vacation "I am away";"#,
+            msg,
+            &env(&|_, _| false, &boxes),
+            &Limits::default(),
+        );
+        assert!(d.replies.is_empty(), "{d:?}");
+        assert!(
+            d.actions
+                .iter()
+                .any(|a| a.contains("not sent: it would carry")),
+            "{d:?}"
+        );
+        for (_, reply, _) in &d.replies {
+            let end = crate::ingest::header_len(reply);
+            let head = String::from_utf8_lossy(&reply[..end]);
+            for line in head.split("\r\n") {
+                assert!(
+                    !line.starts_with("X-Injected") && !line.starts_with("Bcc"),
+                    "{head}"
+                );
+                assert!(!line.contains(['\r', '\n']), "{head:?}");
+            }
+        }
     }
 
     #[test]

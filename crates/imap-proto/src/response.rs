@@ -29,8 +29,21 @@ pub fn string(out: &mut Vec<u8>, s: &[u8], utf8: bool) {
         }
         out.push(b'"');
     } else {
-        out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
-        out.extend_from_slice(s);
+        literal(out, s);
+    }
+}
+
+/// Writes a literal. RFC 3501 4.3 / RFC 9051 4.3: a literal carries no NUL (only a
+/// literal8, RFC 3516, does), so each NUL goes out as 0x80, as Dovecot does; the length
+/// stays the same, and so do RFC822.SIZE and partial offsets.
+pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
+    let start = out.len();
+    out.extend_from_slice(s);
+    for b in &mut out[start..] {
+        if *b == 0 {
+            *b = 0x80;
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use mailkeep_imap_proto::response::{body_structure, envelope, nstring, string};
+use mailkeep_imap_proto::response::{body_structure, envelope, literal, nstring, string};
 use mailkeep_imap_proto::section::{binary, extract, BinaryError};
 use mailkeep_imap_proto::selected::{FetchItem, Section, SectionText};
 use mailkeep_types::message::{BodyStructure, Envelope};
@@ -292,12 +292,14 @@ fn render(
 }
 
 /// Message text goes as a literal unless it is short and plain (clients handle both).
+///
+/// A stored message keeps its exact bytes, NUL included (SMTP BINARYMIME and IMAP `~{n}`
+/// APPEND can carry it); outside BINARY, [`literal`] sends each NUL as 0x80.
 fn literal_or_string(out: &mut Vec<u8>, data: &[u8]) {
     if data.len() < 64 && data.is_ascii() && !data.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
         string(out, data, false);
     } else {
-        out.extend_from_slice(format!("{{{}}}\r\n", data.len()).as_bytes());
-        out.extend_from_slice(data);
+        literal(out, data);
     }
 }
 
@@ -388,6 +390,38 @@ mod tests {
                 && sets_seen(&items("RFC822"))
         );
         assert!(!sets_seen(&items("RFC822.HEADER")));
+    }
+
+    #[test]
+    fn nul_goes_out_as_0x80_except_in_binary() {
+        let env = Envelope::default();
+        let body = BodyStructure::default();
+        let raw = b"Subject: z\r\n\r\na\x00b\r\n";
+        let meta = Meta {
+            uid: 1,
+            flags: &[],
+            recent: false,
+            internal_date: 0,
+            size: raw.len() as u64,
+            modseq: 1,
+            envelope: &env,
+            body: &body,
+        };
+        let line = |s: &str| fetch_line(1, &items(s), &meta, Some(raw), false).unwrap();
+        // RFC 3501 4.3: no NUL in a literal; same length, so RFC822.SIZE still holds.
+        assert_eq!(
+            line("BODY.PEEK[]"),
+            b"* 1 FETCH (BODY[] {19}\r\nSubject: z\r\n\r\na\x80b\r\n)\r\n".to_vec()
+        );
+        assert_eq!(
+            line("BODY.PEEK[TEXT]"),
+            b"* 1 FETCH (BODY[TEXT] {5}\r\na\x80b\r\n)\r\n".to_vec()
+        );
+        // BINARY sends the exact bytes in a literal8 (RFC 3516 4.2).
+        assert_eq!(
+            line("BINARY.PEEK[1]"),
+            b"* 1 FETCH (BINARY[1] ~{5}\r\na\x00b\r\n)\r\n".to_vec()
+        );
     }
 
     #[test]

@@ -428,18 +428,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     PRE_AUTH_LITERAL
                 };
                 if accepted_bytes.saturating_add(length) > limit {
-                    self.framer.reject();
-                    if mode == LiteralMode::Sync {
-                        // RFC 7888 4 / RFC 9051 7.1: refused before the client sends a byte.
-                        let tag = Self::tag_str(&tag);
+                    let tag = Self::tag_str(&tag);
+                    if mode == LiteralMode::NonSync {
+                        // RFC 7888 4: the bytes of a refused non-synchronizing literal are
+                        // already on their way, and reading them all is what an attacker
+                        // announcing {4294967295+} wants; answer and close instead.
+                        self.untagged(Status::Bye, None, "literal too large, closing");
                         status_line(
-                            &mut self.out,
+                            &mut self.done,
                             tag.as_deref(),
-                            Status::No,
+                            Status::Bad,
                             Some("TOOBIG"),
                             &format!("literal too large, the limit is {limit} bytes"),
                         );
+                        return Ok(Flow::Close("non-synchronizing literal too large".into()));
                     }
+                    self.framer.reject();
+                    // RFC 7888 4 / RFC 9051 7.1: refused before the client sends a byte.
+                    status_line(
+                        &mut self.out,
+                        tag.as_deref(),
+                        Status::No,
+                        Some("TOOBIG"),
+                        &format!("literal too large, the limit is {limit} bytes"),
+                    );
                 } else {
                     self.framer.accept();
                     if mode == LiteralMode::Sync {

@@ -169,6 +169,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Imap<S> {
         }
     }
 
+    /// Like [`Imap::until_tagged`], for replies that are not UTF-8: the raw bytes.
+    async fn raw_until_tagged(&mut self, tag: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let start = out.len();
+            let n =
+                tokio::time::timeout(Duration::from_secs(10), self.s.read_until(b'\n', &mut out))
+                    .await
+                    .expect("reply in time")
+                    .expect("read");
+            assert!(n > 0, "connection closed");
+            if out[start..].starts_with(format!("{tag} ").as_bytes()) {
+                return out;
+            }
+        }
+    }
+
     async fn closed(&mut self) -> bool {
         let mut l = String::new();
         matches!(
@@ -269,21 +286,66 @@ async fn imap_literal_size_dos_is_refused_before_continuation() {
     c.send(b"a APPEND INBOX {4294967295}\r\n").await;
     let l = c.line().await;
     assert!(l.starts_with("a NO [TOOBIG]"), "{l}");
-    // A non-synchronizing literal over the limit is read and dropped, not stored.
-    let big = vec![b'x'; 2 << 20];
-    c.send(format!("b APPEND INBOX {{{}+}}\r\n", big.len()).as_bytes())
-        .await;
-    c.send(&big).await;
-    c.send(b"\r\n").await;
-    let r = c.until_tagged("b").await;
-    assert!(last(&r).starts_with("b NO [TOOBIG]"), "{r:?}");
-    let r = c.cmd("c", "STATUS INBOX (MESSAGES)").await;
-    assert!(r[0].contains("MESSAGES 0"), "{r:?}");
     // A line longer than the limit is BAD, and the session goes on.
     let long = format!("d NOOP {}\r\n", "x".repeat(100_000));
     c.send(long.as_bytes()).await;
     assert!(c.line().await.starts_with("d BAD"));
     assert!(last(&c.cmd("e", "NOOP").await).starts_with("e OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_nonsync_literal_of_4_gib_is_answered_and_the_connection_closed() {
+    let server = Server::start("max_literal = \"1M\"");
+    let imap = server.listeners["imap"];
+    // RFC 7888 4: the bytes are already on their way; the server answers and closes instead
+    // of reading 4 GiB.
+    let mut c = login(imap, "alice").await;
+    // (Only a few bytes follow: a close with unread input would reset the connection and
+    // could drop the answer before the client reads it.)
+    c.send(b"b APPEND INBOX {4294967295+}\r\nxxxxxxxx").await;
+    let r = c.until_tagged("b").await;
+    assert!(r.iter().any(|l| l.starts_with("* BYE")), "{r:?}");
+    assert!(last(&r).starts_with("b BAD [TOOBIG]"), "{r:?}");
+    assert!(
+        c.closed().await,
+        "the connection is closed after the refusal"
+    );
+    // The same before login, with a literal just over the pre-login limit.
+    let mut c = connect(imap).await;
+    c.send(b"a LOGIN {100000+}\r\n").await;
+    let r = c.until_tagged("a").await;
+    assert!(last(&r).starts_with("a BAD [TOOBIG]"), "{r:?}");
+    assert!(c.closed().await);
+    // Nothing was stored.
+    let mut c = login(imap, "alice").await;
+    let r = c.cmd("c", "STATUS INBOX (MESSAGES)").await;
+    assert!(r[0].contains("MESSAGES 0"), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_with_nul_is_kept_exact_and_sent_as_0x80_outside_binary() {
+    // Decision (docs/architecture.md): SMTP accepts NUL (BINARYMIME can carry it), the store
+    // keeps the exact bytes, and IMAP sends NUL only in a BINARY literal8 (RFC 3501 4.3).
+    let server = Server::start("");
+    let mut c = Raw::connect(server.smtp).await;
+    c.envelope("sender@remote.test", &[&format!("alice@{DOMAIN}")])
+        .await;
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Subject: nul\r\n\r\na\x00b\r\n.\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("250"), "{r}");
+    let mut i = login(server.listeners["imap"], "alice").await;
+    i.cmd("s", "SELECT INBOX").await;
+    i.send(b"f FETCH 1 (BODY.PEEK[TEXT])\r\n").await;
+    let r = i.raw_until_tagged("f").await;
+    assert!(
+        r.windows(5).any(|w| w == b"a\x80b\r\n") && !r.contains(&0),
+        "{r:?}"
+    );
+    i.send(b"g FETCH 1 (BINARY.PEEK[1])\r\n").await;
+    let r = i.raw_until_tagged("g").await;
+    assert!(r.windows(10).any(|w| w == b"~{5}\r\na\x00b\r"), "{r:?}");
+    assert!(last(&i.cmd("h", "LOGOUT").await).starts_with("h OK"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

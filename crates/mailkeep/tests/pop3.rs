@@ -73,3 +73,40 @@ async fn pop3_stls_command_injection_is_discarded() {
         "the injected USER survived the handshake: {line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pop3_long_line_flood_gets_one_error_not_one_per_piece() {
+    let server = Server::start("");
+    let s = tokio::net::TcpStream::connect(server.listeners["pop3"])
+        .await
+        .expect("connect");
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("+OK"), "{line}");
+    // A 200 KiB line (25 times the 8 KiB limit), then a command.
+    let mut long = b"NOOP ".to_vec();
+    long.extend(std::iter::repeat_n(b'x', 200 * 1024));
+    long.extend_from_slice(b"\r\nCAPA\r\n");
+    r.get_mut().write_all(&long).await.unwrap();
+    let mut replies = Vec::new();
+    loop {
+        line.clear();
+        tokio::time::timeout(Duration::from_secs(10), r.read_line(&mut line))
+            .await
+            .expect("reply in time")
+            .expect("read");
+        assert!(!line.is_empty(), "connection closed after {replies:?}");
+        replies.push(line.clone());
+        if line.starts_with("+OK") {
+            break;
+        }
+    }
+    assert_eq!(
+        replies,
+        vec![
+            "-ERR line too long\r\n".to_string(),
+            "+OK capability list follows\r\n".to_string()
+        ]
+    );
+}

@@ -397,7 +397,10 @@ impl ReverseDns {
         })
     }
 
-    /// The PTR name of `ip`, without the trailing dot; None when absent or slow.
+    /// The PTR name of `ip`, without the trailing dot; None when absent, slow, or not a
+    /// host name. The name goes into Received fields and the log, and whoever owns the
+    /// address's reverse zone chooses it: a label may hold any byte (RFC 2181 11), CR and
+    /// LF too, so only letters, digits, `-` and `_` pass (IDNs in their ASCII form).
     pub async fn lookup(&self, ip: IpAddr) -> Option<String> {
         let resolver = self.resolver.as_ref()?;
         let fut = resolver.reverse_lookup(ip);
@@ -405,7 +408,8 @@ impl ReverseDns {
             Ok(Ok(names)) => names
                 .iter()
                 .next()
-                .map(|n| n.to_utf8().trim_end_matches('.').to_string()),
+                .map(|n| n.to_ascii().trim_end_matches('.').to_string())
+                .filter(|n| mailkeep_types::Domain::parse(n).is_ok()),
             _ => None,
         }
     }

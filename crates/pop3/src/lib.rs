@@ -143,6 +143,8 @@ struct Session<S> {
     drop: Option<Maildrop>,
     failures: u32,
     errors: u32,
+    /// The rest of an over-long line is being dropped up to its LF; it was answered once.
+    skipping: bool,
     /// `pop3.commands_per_second`, after a burst of twice as many.
     pacer: mailkeep_net::pace::Pacer,
 }
@@ -182,6 +184,7 @@ pub async fn run_session<S>(
         drop: None,
         failures: 0,
         errors: 0,
+        skipping: false,
     };
     let reason = s.run().await;
     tracing::debug!(session = %s.id, peer = %s.peer, reason = %reason, "pop3 session closed");
@@ -255,6 +258,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
             // Every complete line buffered is a command (RFC 2449 6.6 PIPELINING).
             while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                if std::mem::take(&mut self.skipping) {
+                    // The end of a line already answered with "line too long".
+                    continue;
+                }
                 let wait = self.pacer.take(std::time::Instant::now());
                 if !wait.is_zero() {
                     // What is due goes out first.
@@ -297,10 +304,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             }
             if self.buf.len() > MAX_LINE {
-                // A line with no end in sight: drop what we have.
+                // A line with no end in sight: drop it up to its LF, answering once for the
+                // whole line, not once per piece read.
                 self.buf.clear();
-                self.err("line too long");
-                self.errors += 1;
+                if !self.skipping {
+                    self.skipping = true;
+                    if let Flow::Close(r) = self.error("line too long") {
+                        let _ = self.flush().await;
+                        return r;
+                    }
+                }
             }
             if let Err(e) = self.flush().await {
                 return format!("i/o error: {e}");

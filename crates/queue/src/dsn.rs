@@ -89,11 +89,22 @@ fn orcpt_text(orcpt: &str) -> String {
             }
         }
     }
-    let text: String = String::from_utf8_lossy(&bytes)
-        .chars()
-        .filter(|c| !c.is_control())
-        .collect();
-    format!("{kind};{text}")
+    let text = String::from_utf8_lossy(&bytes);
+    format!("{};{}", one_line(kind), one_line(&text))
+}
+
+/// Peer text as one line of a header field or of the report's text: every control character
+/// (CR and LF above all, which would start a field or a MIME boundary of the peer's choosing)
+/// becomes a space. Whatever the SMTP parsers let through, a report never carries it.
+fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
 }
 
 fn rfc2822(unix: i64) -> String {
@@ -144,13 +155,18 @@ pub fn build(r: &Report<'_>, now: i64) -> Vec<u8> {
          {intro}\r\n\
          \r\n",
         host = r.hostname,
-        to = r.to,
+        to = one_line(r.to),
         date = rfc2822(now),
         id = r.queue_id,
         nonce = rand::random::<u64>(),
     );
     for rc in r.recipients {
-        let _ = write!(m, "<{}>: {}\r\n", rc.recipient, rc.diagnostic);
+        let _ = write!(
+            m,
+            "<{}>: {}\r\n",
+            one_line(&rc.recipient),
+            one_line(&rc.diagnostic)
+        );
     }
     // RFC 3464 2.2: per-message fields.
     let _ = write!(
@@ -162,7 +178,9 @@ pub fn build(r: &Report<'_>, now: i64) -> Vec<u8> {
         host = r.hostname
     );
     if let Some(envid) = r.envid {
-        let _ = write!(m, "Original-Envelope-Id: {envid}\r\n");
+        // RFC 3464 2.2.1: the ENVID decoded; RFC 3461 4 lets it decode to printable
+        // ASCII only, which MAIL checks (501 5.5.4).
+        let _ = write!(m, "Original-Envelope-Id: {}\r\n", one_line(envid));
     }
     let _ = write!(m, "Arrival-Date: {}\r\n", rfc2822(r.arrival));
     // RFC 3464 2.3: per-recipient fields.
@@ -178,10 +196,10 @@ pub fn build(r: &Report<'_>, now: i64) -> Vec<u8> {
         let _ = write!(
             m,
             "Final-Recipient: rfc822; {}\r\nAction: {action}\r\nStatus: {status}\r\n",
-            rc.recipient
+            one_line(&rc.recipient)
         );
         if let Some(mta) = &rc.remote_mta {
-            let _ = write!(m, "Remote-MTA: dns; {mta}\r\n");
+            let _ = write!(m, "Remote-MTA: dns; {}\r\n", one_line(mta));
         }
         // A server's reply goes in as it was; our own reasons are X-Mailkeep diagnostics.
         let diag_type = if rc.remote_mta.is_some() {
@@ -189,8 +207,11 @@ pub fn build(r: &Report<'_>, now: i64) -> Vec<u8> {
         } else {
             "x-mailkeep"
         };
-        let diagnostic: String = rc.diagnostic.chars().filter(|c| !c.is_control()).collect();
-        let _ = write!(m, "Diagnostic-Code: {diag_type}; {diagnostic}\r\n");
+        let _ = write!(
+            m,
+            "Diagnostic-Code: {diag_type}; {}\r\n",
+            one_line(&rc.diagnostic)
+        );
         let _ = write!(m, "Last-Attempt-Date: {}\r\n", rfc2822(now));
     }
     let mut out = m.into_bytes();
@@ -224,8 +245,39 @@ mod tests {
             orcpt_text("rfc822;caf+C3+A9@x.test"),
             "rfc822;caf\u{e9}@x.test"
         );
-        assert_eq!(orcpt_text("rfc822;x+0D+0Ay@z"), "rfc822;xy@z");
+        assert_eq!(orcpt_text("rfc822;x+0D+0Ay@z"), "rfc822;x  y@z");
         assert_eq!(orcpt_text("rfc822;odd+@z"), "rfc822;odd+@z");
+    }
+
+    #[test]
+    fn peer_text_cannot_add_a_field_or_a_boundary() {
+        let evil = "x\r\nX-Injected: yes\r\n\r\n--b--\n\u{0}\u{85}";
+        let rcpts = [RcptReport {
+            recipient: evil.into(),
+            orcpt: Some(format!("rfc822;{evil}")),
+            remote_mta: Some(evil.into()),
+            diagnostic: format!("550 5.1.1 {evil}"),
+        }];
+        let report = Report {
+            hostname: "mail.example.test",
+            to: "a@example.test",
+            queue_id: "Q1",
+            envid: Some(evil),
+            arrival: 1_700_000_000,
+            kind: Kind::Failed,
+            recipients: &rcpts,
+            original: b"Subject: s\r\n\r\nb\r\n",
+            headers_only: false,
+        };
+        let text = String::from_utf8(build(&report, 1_700_000_100)).unwrap();
+        for line in text.split("\r\n") {
+            assert!(!line.starts_with("X-Injected"), "{text}");
+            assert!(!line.starts_with("--b--"), "{text}");
+            assert!(
+                !line.chars().any(|c| c.is_control() && c != '\t'),
+                "{line:?}"
+            );
+        }
     }
 
     #[test]

@@ -413,7 +413,12 @@ impl Verifier {
                     }),
                 );
                 // RFC 7489 7.2: the row of this message in the domain's aggregate report.
-                if let Some(record) = dmarc.dmarc_record() {
+                // The domain is the peer's From: domain and goes into the report's Subject
+                // (mail-auth builds it): only a host name gets a report.
+                if let Some(record) = dmarc
+                    .dmarc_record()
+                    .filter(|_| mailkeep_types::Domain::parse(dmarc.domain()).is_ok())
+                {
                     // mail-auth keeps the mailto: URIs as bare addresses.
                     let rua: Vec<String> = record
                         .rua()
@@ -459,7 +464,9 @@ impl Verifier {
                 }
                 // RFC 7489 6.7: the policy applies only when DMARC fails.
                 if failed && c.dmarc_enforce {
-                    let domain = dmarc.domain().to_string();
+                    // Into an SMTP reply: nothing that could end the reply line.
+                    let domain: String =
+                        dmarc.domain().chars().filter(|c| !c.is_control()).collect();
                     action = match policy {
                         mail_auth::dmarc::Policy::Reject => Action::Reject(format!(
                             "550 5.7.1 Rejected by the DMARC policy of {domain}: the message \
