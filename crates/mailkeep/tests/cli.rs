@@ -406,3 +406,25 @@ fn demo_runs_a_working_server_and_prints_what_a_newcomer_needs() {
         "{config} left behind"
     );
 }
+
+#[test]
+fn user_and_alias_add_take_only_what_rcpt_accepts() {
+    let (_dir, config) = init_dir("");
+    // RFC 5321 4.1.2: a dot-string has no empty atom; RCPT refuses it with 501, so the CLI
+    // must refuse to create it, naming the argument.
+    let (ok, _, err) = cli(
+        &config,
+        &["user", "add", "a..b@example.test"],
+        "pw-long-enough-1\n",
+    );
+    assert!(
+        !ok && err.contains("address \"a..b@example.test\""),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &config,
+        &["alias", "add", "x@example.test", "a..b@example.test"],
+        "",
+    );
+    assert!(!ok && err.contains("target \"a..b@example.test\""), "{err}");
+}

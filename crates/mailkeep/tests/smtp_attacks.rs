@@ -358,3 +358,52 @@ async fn too_many_recipients_and_quota() {
         .await
         .starts_with("552 5.2.2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_parameters_carrying_crlf_nul_or_8bit_are_refused() {
+    let server = Server::start("");
+    let mut c = Raw::connect(server.smtp).await;
+    assert_eq!(code(&c.cmd("EHLO client.test").await), "250");
+    // RFC 3461 4: ENVID and ORCPT are xtext that decodes to printable US-ASCII only.
+    for envid in [
+        "a+0D+0AX-Injected:+20yes",
+        "a+00b",
+        "caf+C3+A9",
+        "caf\u{e9}",
+    ] {
+        let r = c
+            .cmd(&format!("MAIL FROM:<someone@remote.test> ENVID={envid}"))
+            .await;
+        assert!(r.starts_with("501 5.5.4"), "ENVID={envid}: {r}");
+    }
+    let r = c.cmd("MAIL FROM:<someone@remote.test> ENVID=ok+2B1").await;
+    assert!(r.starts_with("250"), "{r}");
+    for orcpt in [
+        "rfc822;a+0D+0Ab@x.test",
+        "rfc822;a+00b@x.test",
+        "rfc822;a+FFb@x.test",
+    ] {
+        let r = c
+            .cmd(&format!("RCPT TO:<alice@example.test> ORCPT={orcpt}"))
+            .await;
+        assert!(r.starts_with("501 5.5.4"), "ORCPT={orcpt}: {r}");
+    }
+    let r = c
+        .cmd("RCPT TO:<alice@example.test> ORCPT=rfc822;alice+2Bx@example.test")
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("QUIT").await;
+    // Nothing the log prints carries a decoded or raw control character.
+    let (ok, out, err) = server.cli(&["log", "search", "--json"], "");
+    assert!(ok, "{err}");
+    assert!(!out.is_empty());
+    for line in out.lines() {
+        assert!(!line.chars().any(|ch| ch.is_control()), "{line:?}");
+    }
+    let (ok, out, err) = server.cli(&["log", "search"], "");
+    assert!(ok, "{err}");
+    assert!(
+        !out.lines().any(|l| l.starts_with("X-Injected")),
+        "a forged log line: {out}"
+    );
+}
