@@ -71,7 +71,7 @@ def main():
     ap.add_argument("--user", required=True)
     ap.add_argument("--password", required=True)
     ap.add_argument("-n", type=int, default=500, help="connections (at most 2000)")
-    ap.add_argument("--settle", type=float, default=10.0, help="seconds to wait after closing")
+    ap.add_argument("--settle", type=float, default=30.0, help="seconds to wait after closing")
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--calm", action="store_true", help="log in one connection at a time")
     ap.add_argument("--sources", type=int, default=200,
