@@ -22,13 +22,24 @@ pub mod raw;
 /// A configuration error: which file, which key, what was wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
+    /// There is no file at that path: the newcomer's first error, so it says what to do.
+    #[error(
+        "{file}: no such config file; name another with --config FILE (before or after the \
+         subcommand) or MAILKEEP_CONFIG=FILE, or create one with `mailkeep init --hostname \
+         HOST --domain DOMAIN`"
+    )]
+    Missing {
+        /// The file.
+        file: PathBuf,
+    },
+    /// The file could not be read. (The I/O error is in the message, not a `source`, so
+    /// that a printed error chain names it once.)
+    #[error("{file}: cannot read: {error}")]
     Read {
         /// The file.
         file: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// TOML syntax, a wrong type, or an unknown key (the message names the key and line).
     #[error("{file}: {message}")]
@@ -715,9 +726,17 @@ pub fn parse_duration(v: &raw::Size) -> Option<Duration> {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            file: file.to_path_buf(),
-            source,
+        let text = std::fs::read_to_string(file).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::Missing {
+                    file: file.to_path_buf(),
+                }
+            } else {
+                ConfigError::Read {
+                    file: file.to_path_buf(),
+                    error,
+                }
+            }
         })?;
         Config::parse(&text, file)
     }

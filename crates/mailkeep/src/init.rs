@@ -136,12 +136,22 @@ pub fn dkim_keys_as(
 pub fn self_signed(dir: &Path, hostname: &str, domain: &Domain) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let names = vec![hostname.to_string(), format!("mta-sts.{domain}")];
-    let cert = rcgen::generate_simple_self_signed(names).context("self-signed certificate")?;
+    let mut params = rcgen::CertificateParams::new(names).context("self-signed certificate")?;
+    // The subject names the host (rcgen's default is "rcgen self signed cert"), which is what
+    // a client shows when it asks the user to trust the certificate.
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, hostname);
+    let key = rcgen::KeyPair::generate().context("self-signed certificate key")?;
+    let cert = params
+        .self_signed(&key)
+        .context("self-signed certificate")?;
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem())
+    std::fs::write(&cert_path, cert.pem())
         .with_context(|| format!("write {}", cert_path.display()))?;
-    write_private(&key_path, cert.signing_key.serialize_pem().as_bytes())?;
+    write_private(&key_path, key.serialize_pem().as_bytes())?;
     Ok((cert_path, key_path))
 }
 

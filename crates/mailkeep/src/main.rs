@@ -12,28 +12,22 @@ mod spam;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// A complete mail server you run yourself.
 #[derive(Parser)]
 #[command(name = "mailkeep", version, about)]
 struct Cli {
+    /// The config file [default: /etc/mailkeep/mailkeep.toml; for `init`, DATA/mailkeep.toml].
+    /// Accepted before or after the subcommand.
+    #[arg(long, short = 'c', global = true, env = "MAILKEEP_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Args, Clone)]
-struct ConfigArg {
-    /// The config file.
-    #[arg(
-        long,
-        short = 'c',
-        global = true,
-        env = "MAILKEEP_CONFIG",
-        default_value = "/etc/mailkeep/mailkeep.toml"
-    )]
-    config: PathBuf,
-}
+/// Where the config is read when neither `--config` nor `MAILKEEP_CONFIG` names one.
+const DEFAULT_CONFIG: &str = "/etc/mailkeep/mailkeep.toml";
 
 #[derive(Subcommand)]
 enum Command {
@@ -48,9 +42,6 @@ enum Command {
         /// The data directory.
         #[arg(long, default_value = "/var/lib/mailkeep")]
         data: PathBuf,
-        /// Where to write the config (default: DATA/mailkeep.toml).
-        #[arg(long)]
-        config: Option<PathBuf>,
         /// The SMTP listener address written to the config ("none" for no listener).
         #[arg(long, default_value = "0.0.0.0:25")]
         smtp_listen: String,
@@ -84,9 +75,12 @@ enum Command {
         user: Option<String>,
     },
     /// Run every configured listener.
+    ///
+    /// One process serves SMTP (MX, port 25), submission (587 with STARTTLS, 465 with implicit
+    /// TLS), IMAP (143, 993), POP3 (110, 995), ManageSieve (4190) and HTTPS (443: the MTA-STS
+    /// policy), each where the config's `[[listener]]` entries (or `--listen`) put it; the outbound
+    /// queue, DMARC/TLS-RPT reports and the hourly maintenance run inside it too.
     Serve {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(flatten)]
         run: serve::RunArgs,
     },
@@ -100,113 +94,81 @@ enum Command {
     },
     /// Hosted domains.
     Domain {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: admin::DomainCmd,
     },
     /// User accounts.
     User {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: admin::UserCmd,
     },
     /// Checks of the server from outside: whether its addresses are on DNS blocklists.
     Check {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: check::CheckCmd,
     },
     /// The spam classifier: learn from folders of ham and spam, and measure its accuracy.
     Spam {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: spam::SpamCmd,
     },
     /// Users' Sieve scripts: store, check, activate.
     Sieve {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: sieve::SieveCmd,
     },
     /// Forward a user's mail to another address (a Sieve script the command writes).
     Forward {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: sieve::ForwardCmd,
     },
     /// A user's vacation reply (a Sieve script the command writes).
     Vacation {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: sieve::VacationCmd,
     },
     /// DNS: the records a domain needs, and a check of what is published.
     Dns {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: dns::DnsCmd,
     },
     /// DMARC aggregate reports: send ours now, sum up those received.
     Dmarc {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: admin::DmarcCmd,
     },
     /// SMTP TLS reports (RFC 8460): send ours now, sum up those received.
     Tlsrpt {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: admin::TlsRptCmd,
     },
     /// DKIM signing keys: list, rotate.
     Dkim {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: admin::DkimCmd,
     },
     /// The outbound queue: mail waiting to go to other domains.
     Queue {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: admin::QueueCmd,
     },
     /// Aliases.
     Alias {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: admin::AliasCmd,
     },
     /// Banned addresses and networks (brute-force defence): list, add, remove.
     Ban {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: admin::BanCmd,
     },
     /// Shared mailboxes: who may use a user's mailboxes (IMAP ACL, RFC 4314).
     Acl {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: admin::AclCmd,
     },
     /// Deliver a message read from standard input to local recipients.
     Deliver {
-        #[command(flatten)]
-        config: ConfigArg,
         /// A recipient (repeatable).
         #[arg(long, required = true)]
         to: Vec<String>,
@@ -216,8 +178,6 @@ enum Command {
     },
     /// The delivery log.
     Log {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: admin::LogCmd,
     },
@@ -239,13 +199,21 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // `demo` refuses a --config typed on its command line but ignores MAILKEEP_CONFIG.
+    let typed_config =
+        matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine);
+    let cli = Cli::from_arg_matches(&matches)?;
+    let config = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let config = config.as_path();
     match cli.command {
         Command::Init {
             hostname,
             domain,
             data,
-            config,
             smtp_listen,
             submission_listen,
             submissions_listen,
@@ -260,7 +228,7 @@ fn run() -> Result<()> {
             hostname,
             domain,
             data,
-            config,
+            config: cli.config,
             listeners: [
                 ("smtp", smtp_listen),
                 ("submission", submission_listen),
@@ -278,24 +246,32 @@ fn run() -> Result<()> {
             .collect(),
             user,
         }),
-        Command::Serve { config, run } => serve::serve(&config.config, run),
-        Command::Demo { data, run } => serve::demo(data, run),
-        Command::Domain { config, action } => admin::domain(&config.config, action),
-        Command::User { config, action } => admin::user(&config.config, action),
-        Command::Alias { config, action } => admin::alias(&config.config, action),
-        Command::Queue { config, action } => admin::queue(&config.config, action),
-        Command::Dkim { config, action } => admin::dkim(&config.config, action),
-        Command::Dns { config, action } => dns::dns(&config.config, action),
-        Command::Check { config, action } => check::check(&config.config, action),
-        Command::Spam { config, action } => spam::spam(&config.config, action),
-        Command::Sieve { config, action } => sieve::sieve(&config.config, action),
-        Command::Forward { config, action } => sieve::forward(&config.config, action),
-        Command::Vacation { config, action } => sieve::vacation(&config.config, action),
-        Command::Dmarc { config, action } => admin::dmarc(&config.config, action),
-        Command::Tlsrpt { config, action } => admin::tlsrpt(&config.config, action),
-        Command::Acl { config, action } => admin::acl(&config.config, action),
-        Command::Ban { config, action } => admin::ban(&config.config, action),
-        Command::Deliver { config, to, from } => admin::deliver(&config.config, to, from),
-        Command::Log { config, action } => admin::log(&config.config, action),
+        Command::Serve { run } => serve::serve(config, run),
+        Command::Demo { data, run } => {
+            if typed_config {
+                anyhow::bail!(
+                    "--config: demo writes its own config (in --data or a temporary \
+                     directory); --config is for `serve` and the admin commands"
+                );
+            }
+            serve::demo(data, run)
+        }
+        Command::Domain { action } => admin::domain(config, action),
+        Command::User { action } => admin::user(config, action),
+        Command::Alias { action } => admin::alias(config, action),
+        Command::Queue { action } => admin::queue(config, action),
+        Command::Dkim { action } => admin::dkim(config, action),
+        Command::Dns { action } => dns::dns(config, action),
+        Command::Check { action } => check::check(config, action),
+        Command::Spam { action } => spam::spam(config, action),
+        Command::Sieve { action } => sieve::sieve(config, action),
+        Command::Forward { action } => sieve::forward(config, action),
+        Command::Vacation { action } => sieve::vacation(config, action),
+        Command::Dmarc { action } => admin::dmarc(config, action),
+        Command::Tlsrpt { action } => admin::tlsrpt(config, action),
+        Command::Acl { action } => admin::acl(config, action),
+        Command::Ban { action } => admin::ban(config, action),
+        Command::Deliver { to, from } => admin::deliver(config, to, from),
+        Command::Log { action } => admin::log(config, action),
     }
 }

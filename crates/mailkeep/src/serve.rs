@@ -27,7 +27,7 @@ use tokio::signal::unix::{signal, SignalKind};
 pub struct RunArgs {
     /// Listen on PROTO=ADDR instead of the configured listeners (repeatable), e.g.
     /// smtp=127.0.0.1:2525. Protocols: smtp, submission, submissions, imap, imaps, pop3,
-    /// pop3s, managesieve, http.
+    /// pop3s, managesieve, https.
     #[arg(long, value_parser = parse_listen_arg)]
     pub listen: Vec<Listener>,
     /// Ask this DNS server (IP or IP:PORT) instead of the configured ones (repeatable).
@@ -43,6 +43,8 @@ pub fn init_tracing() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, never into a file, pipe or journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -351,9 +353,20 @@ async fn serve_config(
     // Bind everything first: a port that cannot be bound stops the start, nothing half-runs.
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let listener = TcpListener::bind(l.address)
-            .await
-            .with_context(|| format!("listen {}={}", l.protocol.name(), l.address))?;
+        let listener = TcpListener::bind(l.address).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    ": port {} is taken by another program; choose another with --listen \
+                     {}=ADDR:PORT (--listen replaces the configured listeners: give one for \
+                     each protocol to serve)",
+                    l.address.port(),
+                    l.protocol.name()
+                )
+            } else {
+                String::new()
+            };
+            anyhow::anyhow!("listen {}={}: {e}{hint}", l.protocol.name(), l.address)
+        })?;
         let local = listener.local_addr()?;
         bound.push((l.protocol, local, listener));
     }

@@ -428,3 +428,97 @@ fn user_and_alias_add_take_only_what_rcpt_accepts() {
     );
     assert!(!ok && err.contains("target \"a..b@example.test\""), "{err}");
 }
+
+/// What a newcomer meets first: each error says what to do, once, and the output is clean.
+#[test]
+fn a_newcomers_first_errors_say_what_to_do() {
+    // A missing config names the file and the three ways out, once.
+    let out = Command::new(BIN)
+        .args(["user", "list", "--config", "/nonexistent/mailkeep.toml"])
+        .env_remove("MAILKEEP_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "/nonexistent/mailkeep.toml",
+        "--config",
+        "MAILKEEP_CONFIG",
+        "mailkeep init",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+    assert_eq!(
+        err.matches("/nonexistent/mailkeep.toml").count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+
+    // --config before the subcommand works as well as after it.
+    let (dir, config) = init_dir("");
+    let c = config.to_str().unwrap();
+    for args in [
+        vec!["--config", c, "domain", "list"],
+        vec!["domain", "--config", c, "list"],
+        vec!["domain", "list", "--config", c],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("example.test"));
+    }
+
+    // The self-signed certificate names the host as its subject (what a client shows).
+    let cert = dir.path().join("tls/cert.pem");
+    let subject = Command::new("python3")
+        .args([
+            "-c",
+            "import ssl,sys; print(ssl._ssl._test_decode_cert(sys.argv[1])['subject'])",
+        ])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let subject = String::from_utf8_lossy(&subject.stdout);
+    assert!(
+        subject.contains("'commonName', 'mail.example.test'"),
+        "{subject}"
+    );
+
+    // serve --help names every protocol it serves.
+    let help = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for want in ["SMTP", "submission", "IMAP", "POP3", "ManageSieve", "HTTPS"] {
+        assert!(help.contains(want), "serve --help lacks {want}: {help}");
+    }
+
+    // demo on a port another program holds names the port and the flag, and stops.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = Command::new(BIN)
+        .args(["demo", "--listen", &format!("smtp=127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("port {port} is taken")), "{err}");
+    assert!(err.contains("--listen smtp="), "{err}");
+    // A fresh store is created without one log line per schema migration, and output that
+    // is not a terminal carries no colour codes.
+    assert!(!err.contains("migrat"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err}");
+}
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let server = common::Server::start("");
+    let log = server.log();
+    assert!(log.contains("mailkeep started"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
+}

@@ -375,7 +375,12 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
         tx.pragma_update(None, "user_version", (i + 1) as i64)
             .map_err(|e| e.to_string())?;
         tx.commit().map_err(|e| e.to_string())?;
-        tracing::info!(version = i + 1, "store schema migrated");
+    }
+    // One line per start, not one per migration: a new store is not news, an upgrade is.
+    if version == 0 {
+        tracing::debug!(version = CURRENT, "store created");
+    } else if version < CURRENT {
+        tracing::info!(from = version, to = CURRENT, "store schema upgraded");
     }
     Ok(())
 }
