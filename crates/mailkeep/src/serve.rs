@@ -335,10 +335,20 @@ pub fn open_store(config: &Config) -> Result<SharedStore> {
 pub fn serve(path: &Path, run: RunArgs) -> Result<()> {
     init_tracing();
     let config = load_config(path, &run)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = server_runtime()?;
     rt.block_on(serve_config(config, run, Some(path.to_path_buf()), None))
+}
+
+/// The server's runtime. Blocking-pool threads (store reads, blob files) retire after 2 s
+/// idle instead of tokio's 10 s: the pool wakes its idle threads in turn, so with the
+/// once-a-second ban and queue polls a 10 s keep-alive kept every thread a login burst had
+/// started alive for good, each with its stack and its allocator cache (4 MB after 500
+/// logins; bench/login_burst.sh).
+fn server_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(Duration::from_secs(2))
+        .build()?)
 }
 
 /// Called once every listener is bound, with the addresses.
@@ -832,9 +842,7 @@ pub fn demo(data: Option<PathBuf>, run: RunArgs) -> Result<()> {
         std::fs::write(&config_path, text)?;
     }
     let config = load_config(&config_path, &run)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = server_runtime()?;
     rt.block_on(async {
         let store = open_store(&config)?;
         match store.domain_add(&domain).await {

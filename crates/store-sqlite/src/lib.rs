@@ -14,9 +14,10 @@
 #![warn(missing_docs)]
 
 mod blobs;
+mod readers;
 mod schema;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 
 use async_trait::async_trait;
@@ -38,8 +39,6 @@ use tokio::sync::{broadcast, oneshot};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
-/// Most idle reader connections kept.
-const MAX_READERS: usize = 8;
 /// Blobs up to this size are kept in the database (`blob_data`), bigger ones in files.
 pub const SMALL_BLOB_MAX: usize = 64 * 1024;
 
@@ -108,11 +107,10 @@ impl<T: Send, F: FnOnce(&Connection) -> Result<T> + Send> WriteJob for Job<T, F>
 
 /// The embedded SQLite store.
 pub struct SqliteStore {
-    db_path: PathBuf,
     blobs: blobs::BlobDir,
     writer: Mutex<mpsc::Sender<Box<dyn WriteJob>>>,
-    readers: Arc<Mutex<Vec<Connection>>>,
-    /// At most MAX_READERS reads at once: each holds a connection (with its page cache) and
+    readers: Arc<readers::Readers>,
+    /// At most [`readers::MAX_READERS`] reads at once: each holds a connection (with its page cache) and
     /// a blocking thread, so thousands of sessions reading at once queue here instead of
     /// opening thousands of connections.
     read_permits: Arc<tokio::sync::Semaphore>,
@@ -155,11 +153,10 @@ impl SqliteStore {
             .map_err(backend)?;
         let (events, _) = broadcast::channel(4096);
         Ok(SqliteStore {
-            db_path,
+            readers: Arc::new(readers::Readers::new(&db_path)),
             blobs,
             writer: Mutex::new(tx),
-            readers: Arc::new(Mutex::new(Vec::new())),
-            read_permits: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(readers::MAX_READERS)),
             events,
         })
     }
@@ -237,17 +234,9 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T>,
     {
         let _permit = self.read_permits.acquire().await.map_err(backend)?;
-        let conn = self.readers.lock().ok().and_then(|mut v| v.pop());
-        let conn = match conn {
-            Some(c) => c,
-            None => open_conn(&self.db_path, false).map_err(backend)?,
-        };
+        let conn = self.readers.take().map_err(backend)?;
         let r = in_read_txn(&conn, f);
-        if let Ok(mut v) = self.readers.lock() {
-            if v.len() < MAX_READERS {
-                v.push(conn);
-            }
-        }
+        self.readers.give_back(conn);
         r
     }
 
@@ -257,7 +246,6 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let readers = self.readers.clone();
-        let path = self.db_path.clone();
         let permit = self
             .read_permits
             .clone()
@@ -266,17 +254,9 @@ impl SqliteStore {
             .map_err(backend)?;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let conn = readers.lock().ok().and_then(|mut v| v.pop());
-            let conn = match conn {
-                Some(c) => c,
-                None => open_conn(&path, false).map_err(backend)?,
-            };
+            let conn = readers.take().map_err(backend)?;
             let r = in_read_txn(&conn, f);
-            if let Ok(mut v) = readers.lock() {
-                if v.len() < MAX_READERS {
-                    v.push(conn);
-                }
-            }
+            readers.give_back(conn);
             r
         })
         .await
