@@ -8,6 +8,7 @@
 #
 # usage: bench/imap.sh [MESSAGES] [IDLE_CONNECTIONS]          (defaults 20000 10000)
 # env:   PEERS=../shared/peers  OUT=/var/tmp/mailkeep-bench/imap  SKIP_POPULATE=1 (reuse data)
+# Stops only the processes it started, by PID.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${PEERS:-$ROOT/../shared/peers}
@@ -24,7 +25,11 @@ eval "$("$PEERS/peers.sh" env)"
 
 (cd "$ROOT" && cargo build --release --bin mailkeep)
 MK=$ROOT/target/release/mailkeep
-pkill -f "$MK serve --config $W/mailkeep.toml" 2>/dev/null || true
+MK_PID=""
+# Stops only the server this script started, by PID, however the script ends.
+stop_mk() { [ -z "$MK_PID" ] || { kill "$MK_PID" 2>/dev/null; wait "$MK_PID" 2>/dev/null; MK_PID=""; } || true; }
+trap stop_mk EXIT
+trap 'exit 130' INT TERM
 if [ -z "${SKIP_POPULATE:-}" ]; then
   rm -rf "$W"
   "$MK" init --hostname mail.example.test --domain example.test --data "$W" \
@@ -37,9 +42,9 @@ if [ -z "${SKIP_POPULATE:-}" ]; then
 fi
 # Room for the idle connections (also when SKIP_POPULATE reuses a config made for fewer).
 sed -i "s/^max_connections_per_ip = [0-9]* *$/max_connections_per_ip = $((C + 100))/" "$W/mailkeep.toml"
-MAILKEEP_LOG=warn setsid "$MK" serve --config "$W/mailkeep.toml" >"$OUT/serve.log" 2>&1 &
+MAILKEEP_LOG=warn "$MK" serve --config "$W/mailkeep.toml" >"$OUT/serve.log" 2>&1 &
+MK_PID=$!
 for _ in $(seq 50); do grep -q ready "$OUT/serve.log" 2>/dev/null && break; sleep 0.1; done
-MK_PID=$(pgrep -f "$MK serve --config $W/mailkeep.toml" | head -1)
 
 count_dovecot() { find "$WORKDIR/mail/example.test/imapbig/Maildir/cur" "$WORKDIR/mail/example.test/imapbig/Maildir/new" -type f 2>/dev/null | wc -l; }
 if [ -z "${SKIP_POPULATE:-}" ]; then
@@ -69,10 +74,10 @@ idle() { # label port pid
 }
 # A fresh mailkeep for the idle run: the database pages the steps above read are mapped
 # (file-backed, shared) and would blur the per-connection figure as the kernel drops them.
-kill "$MK_PID"; sleep 1
-MAILKEEP_LOG=warn setsid "$MK" serve --config "$W/mailkeep.toml" >"$OUT/serve.log" 2>&1 &
+stop_mk
+MAILKEEP_LOG=warn "$MK" serve --config "$W/mailkeep.toml" >"$OUT/serve.log" 2>&1 &
+MK_PID=$!
 for _ in $(seq 50); do grep -q ready "$OUT/serve.log" 2>/dev/null && break; sleep 0.1; done
-MK_PID=$(pgrep -f "$MK serve --config $W/mailkeep.toml" | head -1)
 idle mailkeep "$IMAP" "$MK_PID"
 idle dovecot "$IMAP_PORT" "$DOVECOT_PID"
 
@@ -102,4 +107,4 @@ for who in ["mailkeep", "dovecot"]:
         print(f"idle {who}: {i.get('established')} connections, {pc.get('pss')} KiB PSS and "
               f"{pc.get('rss')} KiB RSS per connection (server process tree)")
 PY
-kill "$MK_PID"
+stop_mk

@@ -28,6 +28,8 @@ SINK_BIN=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
 MK=$ROOT/target/release/mailkeep
 
 SINK=""
+MK_PID=""
+stop_mk() { [ -z "$MK_PID" ] || { kill "$MK_PID" 2>/dev/null; wait "$MK_PID" 2>/dev/null; MK_PID=""; } || true; }
 start_sink() {
   "$SINK_BIN" -u nobody -m 1024 "127.0.0.1:$SINK_PORT" 1024 &
   SINK=$!
@@ -41,15 +43,18 @@ restore() {
   stop_sink
   while IFS= read -r l; do postconf -c "$PF" -e "$l"; done <<<"$saved"
   postfix -c "$PF" reload >/dev/null 2>&1 || true
-  pkill -f "$MK serve --config $W/mailkeep.toml" 2>/dev/null || true
+  stop_mk
 }
+# Stops only the processes it started (sink, mailkeep), by PID, however the script ends.
 trap restore EXIT
+trap 'exit 130' INT TERM
 postconf -c "$PF" -e "relayhost = [127.0.0.1]:$SINK_PORT" 'default_transport = smtp' \
   'relay_transport = smtp' 'smtp_tls_security_level = none'
 
 pf_queued() { find "$WORKDIR/spool/hold" "$WORKDIR/spool/deferred" "$WORKDIR/spool/active" "$WORKDIR/spool/incoming" "$WORKDIR/spool/maildrop" -type f 2>/dev/null | wc -l; }
 
 postfix_round() {
+  trap stop_sink EXIT  # runs in $(...): its own sink, stopped however it ends
   postconf -c "$PF" -e 'smtpd_data_restrictions = check_client_access static:HOLD'
   postfix -c "$PF" reload >/dev/null 2>&1; sleep 1
   python3 "$PEERS/smtp_bench.py" --port "$SMTP_PORT" --to "user@sink.test" -m "$M" -s 20 -l 4096 -d \
@@ -69,7 +74,8 @@ postfix_round() {
 mk_queued() { sqlite3 -readonly "$W/store/mailkeep.db" 'SELECT count(*) FROM queue' 2>/dev/null || echo -1; }
 
 mailkeep_round() {
-  pkill -f "$MK serve --config $W/mailkeep.toml" 2>/dev/null || true
+  trap 'stop_sink; stop_mk' EXIT  # runs in $(...): its own processes
+  stop_mk
   rm -rf "$W"
   "$MK" init --hostname mail.example.test --domain example.test --data "$W" \
     --smtp-listen 127.0.0.1:2620 --submission-listen "127.0.0.1:$MK_SUB" --submissions-listen none \
@@ -77,7 +83,8 @@ mailkeep_round() {
   # One account sends the whole load: its outbound limits ([limits]) are off here.
   sed -i 's/reverse_dns = true/reverse_dns = false/; s/^retry_first = .*/retry_first = "1h"/; s/^# relay = .*/relay = "127.0.0.1:'"$SINK_PORT"'"/; s/^# relay_tls = .*/relay_tls = "none"/; s/^max_connections_per_ip = 20$/max_connections_per_ip = 1000/; s/^messages_per_hour = .*/messages_per_hour = 0/; s/^messages_per_day = .*/messages_per_day = 0/; s/^recipients_per_message = .*/recipients_per_message = 0/; s/^new_recipients_per_day = .*/new_recipients_per_day = 0/' "$W/mailkeep.toml"
   echo "pw-bench-sender" | "$MK" user add sender@example.test --config "$W/mailkeep.toml" >/dev/null
-  MAILKEEP_LOG=warn setsid "$MK" serve --config "$W/mailkeep.toml" >"$OUT/serve.log" 2>&1 &
+  MAILKEEP_LOG=warn "$MK" serve --config "$W/mailkeep.toml" >"$OUT/serve.log" 2>&1 &
+  MK_PID=$!
   for _ in $(seq 50); do grep -q ready "$OUT/serve.log" 2>/dev/null && break; sleep 0.1; done
   python3 "$ROOT/bench/submit_load.py" "$MK_SUB" sender@example.test pw-bench-sender user@sink.test "$M" 20 4096
   for _ in $(seq 600); do [ "$(mk_queued)" -ge "$M" ] && break; sleep 0.5; done
@@ -88,7 +95,7 @@ mailkeep_round() {
   for _ in $(seq 18000); do [ "$(mk_queued)" = "0" ] && break; sleep 0.05; done
   t1=$(date +%s.%N)
   stop_sink
-  pkill -f "$MK serve --config $W/mailkeep.toml" 2>/dev/null || true
+  stop_mk
   echo "$t0 $t1" | awk -v m="$M" '{printf "%.2f s  %.0f msg/s\n", $2-$1, m/($2-$1)}'
 }
 

@@ -6,6 +6,8 @@
 #
 # usage: bench/smtp_ingest.sh [MESSAGES] [SESSIONS] [ROUNDS]     (defaults 20000 20 2)
 # env:   PEERS=../shared/peers  OUT=/var/tmp/mailkeep-bench/results  MK_PORT=2600
+#        MK_ENV="VAR=value ..." (environment for the mailkeep server, e.g. MALLOC_CONF=...)
+# Stops only the processes it started, by PID.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${PEERS:-$ROOT/../shared/peers}
@@ -20,7 +22,6 @@ eval "$("$PEERS/peers.sh" env)"
 
 (cd "$ROOT" && cargo build --release --bin mailkeep)
 MK=$ROOT/target/release/mailkeep
-pkill -f "$MK serve" 2>/dev/null || true
 rm -rf "$W/data"
 "$MK" init --hostname mail.example.test --domain example.test --data "$W/data" --smtp-listen "127.0.0.1:$MK_PORT" --submission-listen none --submissions-listen none --imap-listen none --imaps-listen none --pop3-listen none --pop3s-listen none --https-listen none --managesieve-listen none >/dev/null
 # One sender domain sends the whole load: the per-domain hourly rate is off here.
@@ -31,9 +32,12 @@ sed -i 's/^spf = true/spf = false/; s/^dkim = true/dkim = false/; s/^arc = true/
 for r in $(seq 1 "$ROUNDS"); do
   echo "pw-user$r-bench" | "$MK" user add "mk$r@example.test" --config "$W/data/mailkeep.toml" >/dev/null
 done
-MAILKEEP_LOG=warn setsid "$MK" serve --config "$W/data/mailkeep.toml" >"$W/serve.log" 2>&1 &
-sleep 1
-MK_PID=$(pgrep -f "$MK serve --config $W/data/mailkeep.toml" | head -1)
+MAILKEEP_LOG=warn ${MK_ENV:-} "$MK" serve --config "$W/data/mailkeep.toml" >"$W/serve.log" 2>&1 &
+MK_PID=$!
+# Stops only the server this script started, by PID, however the script ends.
+trap 'kill "$MK_PID" 2>/dev/null || true' EXIT
+trap 'exit 130' INT TERM
+for _ in $(seq 50); do grep -q ready "$W/serve.log" 2>/dev/null && break; sleep 0.1; done
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 RSS_START=$(rss "$MK_PID")
 

@@ -187,7 +187,9 @@ enum Command {
 /// 19 MiB per password check, and in a login burst glibc kept those blocks in its per-thread
 /// arenas for good (its mmap threshold rises to the largest block freed), so 500
 /// simultaneous logins left the process 185 MiB bigger; jemalloc returns them to the system
-/// within seconds (bench/login_burst.sh).
+/// within seconds (bench/login_burst.sh). It is the process's `malloc` too (SQLite's page
+/// caches went to glibc arenas per blocking thread otherwise), without per-thread caches
+/// (`.cargo/config.toml`); `MALLOC_CONF=...` tunes it at run time.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
