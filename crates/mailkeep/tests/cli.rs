@@ -518,7 +518,15 @@ fn a_newcomers_first_errors_say_what_to_do() {
 #[test]
 fn logs_written_to_a_file_carry_no_colour_codes() {
     let server = common::Server::start("");
-    let log = server.log();
+    // The start line may follow the listeners' "ready" by a moment.
+    let mut log = server.log();
+    for _ in 0..100 {
+        if log.contains("mailkeep started") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log = server.log();
+    }
     assert!(log.contains("mailkeep started"), "{log}");
     assert!(!log.contains('\u{1b}'), "{log}");
 }
