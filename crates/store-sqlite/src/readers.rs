@@ -51,9 +51,10 @@ impl Readers {
     fn give_back_at(&self, conn: Connection, now: Instant) {
         let closed: Vec<(Connection, Instant)> = match self.idle.lock() {
             Ok(mut v) => {
-                if v.len() < MAX_READERS {
-                    v.push((conn, now));
+                if v.len() >= MAX_READERS {
+                    return drop(v);
                 }
+                v.push((conn, now));
                 let stale = v
                     .iter()
                     .take(v.len().saturating_sub(1))
